@@ -1,0 +1,362 @@
+// Forward and backward CUDA kernels of multi-scale deformable attention (semantics in
+// ../ms_deform_attn.h).
+//
+// Work mapping (both kernels): a "group" of G threads (G a power of two <= 32, so a warp holds
+// 32 / G whole groups) owns one (b, q, h). Each thread owns packs of kPack contiguous channels:
+// pack j + k * G for k < chunks, so that the group reads contiguous channels in each chunk.
+// G = next_pow2(ceil(C / kPack)) capped at 32; chunks > 1 only when C > 32 * kPack. With kVec a
+// pack is one aligned 16-byte load (4 float32, 8 float16/bfloat16, 2 float64); without it (C not a
+// multiple of that, or unaligned data) a pack of at most 4 elements is loaded element by element
+// and cut at C, so any C works (1, 3, 30, 71, 257, ...).
+//
+// The L * P sampling points of a group are processed in tiles of G: thread j of the group reads
+// location and weight of point (tile + j) (coalesced), computes its corner rows and bilinear
+// factors once, and stages them in shared memory; then every thread of the group walks the G
+// staged points and gathers its channels. So the per-point index math runs once per point, not
+// once per channel.
+#pragma once
+
+#include "ms_deform_attn_io.cuh"
+
+#include <cstdint>
+
+namespace detr_ext {
+namespace msda_cuda {
+
+constexpr int kThreads = 256;  // per block
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Minimum resident blocks per SM handed to __launch_bounds__ (a register cap of
+// 65536 / (256 * n)): chosen from `nvcc -Xptxas -v` for sm_80 / sm_90 as the highest occupancy
+// that the compiler reaches without spilling.
+template <typename scalar_t>
+constexpr int forward_min_blocks() {
+  return sizeof(scalar_t) == 4 ? 5 : 4;
+}
+template <typename scalar_t, bool kVec>
+constexpr int backward_min_blocks() {
+  if constexpr (sizeof(scalar_t) == 4) return 4;
+  if constexpr (sizeof(scalar_t) == 2) return 3;
+  return kVec ? 3 : 2;
+}
+
+template <typename scalar_t, typename coord_t>
+struct MsdaArgs {
+  const scalar_t* value;           // [B, N, H, C]
+  const int64_t* spatial_shapes;   // [L, 2] (height, width)
+  const int64_t* level_start;      // [L]
+  const coord_t* locations;        // [B, Q, H, L, P, 2]
+  const coord_t* weights;          // [B, Q, H, L, P]
+  int64_t num_groups;              // B * Q * H
+  int64_t queries_heads;           // Q * H
+  int64_t num_rows;                // N
+  int heads, channels, num_points, points_per_group;  // H, C, P, L * P
+  int group_size, log2_group_size, chunks;            // G, log2(G), ceil(ceil(C / kPack) / G)
+};
+
+// Where a thread sits: its (b, q, h) group, its rank in the group, and the shared-memory slot of
+// the group's first thread (threads stage their point in slot threadIdx.x).
+struct GroupPlace {
+  int64_t group;
+  int rank;
+  int first_slot;
+  bool active;     // group < num_groups
+  bool warp_idle;  // the whole warp is past the end: it may leave (no block-wide barriers)
+};
+
+__device__ __forceinline__ GroupPlace place_thread(int64_t num_groups, int log2_group_size) {
+  const int64_t thread = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int tid = static_cast<int>(threadIdx.x);
+  GroupPlace place;
+  place.group = thread >> log2_group_size;
+  place.rank = tid & ((1 << log2_group_size) - 1);
+  place.first_slot = tid - place.rank;
+  place.active = place.group < num_groups;
+  place.warp_idle = ((thread & ~int64_t(31)) >> log2_group_size) >= num_groups;
+  return place;
+}
+
+template <typename acc_t>
+struct SamplePoint {
+  int4 rows;      // value rows of the corners (x0,y0), (x0+1,y0), (x0,y0+1), (x0+1,y0+1); -1: none
+  acc_t frac_x;   // px - floor(px)
+  acc_t frac_y;
+  acc_t attn;     // attention weight
+  acc_t width;    // d(px)/d(loc_x)
+  acc_t height;   // d(py)/d(loc_y)
+};
+
+template <typename acc_t>
+__device__ __forceinline__ SamplePoint<acc_t> empty_point() {
+  return {make_int4(-1, -1, -1, -1), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+}
+
+// Reads point `point` (= l * P + p) of group `group` and locates its bilinear corners, as
+// grid_sample(align_corners=False, padding_mode="zeros"): px = x * W - 0.5, py = y * H - 0.5.
+// A corner outside the level, or (with corrupted spatial_shapes / level_start_index) outside
+// [0, N), gets row -1 and is never read.
+template <typename scalar_t, typename coord_t>
+__device__ __forceinline__ SamplePoint<acc_type<scalar_t>> read_point(
+    const MsdaArgs<scalar_t, coord_t>& a, int64_t group, int point) {
+  using acc_t = acc_type<scalar_t>;
+  using CoordIO = ScalarIO<coord_t>;
+  const int64_t index = group * a.points_per_group + point;
+  const acc_t loc_x = CoordIO::load(a.locations + 2 * index);
+  const acc_t loc_y = CoordIO::load(a.locations + 2 * index + 1);
+  const int level = point / a.num_points;
+  const int64_t height = a.spatial_shapes[2 * level];
+  const int64_t width = a.spatial_shapes[2 * level + 1];
+  const int64_t start = a.level_start[level];
+
+  SamplePoint<acc_t> sp = empty_point<acc_t>();
+  sp.attn = CoordIO::load(a.weights + index);
+  sp.width = static_cast<acc_t>(width);
+  sp.height = static_cast<acc_t>(height);
+  const acc_t px = loc_x * sp.width - acc_t(0.5);
+  const acc_t py = loc_y * sp.height - acc_t(0.5);
+  // Some corner can be inside only for px in [-1, W) and py in [-1, H); elsewhere (and for NaN)
+  // the sample and all its gradients are zero. The bounds also keep the conversions in range.
+  if (!(px >= acc_t(-1) && px < sp.width && py >= acc_t(-1) && py < sp.height)) return sp;
+  const acc_t x0f = floor(px);
+  const acc_t y0f = floor(py);
+  sp.frac_x = px - x0f;
+  sp.frac_y = py - y0f;
+  const int64_t x0 = static_cast<int64_t>(x0f);
+  const int64_t y0 = static_cast<int64_t>(y0f);
+  int rows[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int64_t x = x0 + (k & 1);
+    const int64_t y = y0 + (k >> 1);
+    // Unsigned arithmetic: defined wrap-around for corrupted shapes, and a negative start
+    // becomes huge, so the single `< N` test also rejects it.
+    const uint64_t row = static_cast<uint64_t>(start) +
+                         static_cast<uint64_t>(y) * static_cast<uint64_t>(width) +
+                         static_cast<uint64_t>(x);
+    const bool inside = x >= 0 && x < width && y >= 0 && y < height &&
+                        row < static_cast<uint64_t>(a.num_rows);
+    rows[k] = inside ? static_cast<int>(row) : -1;  // N < 2^31 is checked on the host
+  }
+  sp.rows = make_int4(rows[0], rows[1], rows[2], rows[3]);
+  return sp;
+}
+
+template <typename acc_t>
+struct alignas(4 * sizeof(acc_t)) Coef4 {
+  acc_t v[4];
+};
+
+template <typename acc_t>
+__device__ __forceinline__ void bilinear_weights(acc_t fx, acc_t fy, acc_t (&w)[4]) {
+  w[0] = (acc_t(1) - fx) * (acc_t(1) - fy);
+  w[1] = fx * (acc_t(1) - fy);
+  w[2] = (acc_t(1) - fx) * fy;
+  w[3] = fx * fy;
+}
+
+// Loads the pack at channel c0 of the four corner rows (zeros for missing corners). All loads are
+// issued before any use, so the four gathers are in flight together.
+template <bool kVec, typename scalar_t, int kPack>
+__device__ __forceinline__ void gather_corners(const scalar_t* value_head, int64_t row_stride,
+                                               const int (&rows)[4], int c0, int count,
+                                               acc_type<scalar_t> (&v)[4][kPack]) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (rows[k] >= 0) {
+      load_channels<kVec>(value_head + rows[k] * row_stride + c0, count, v[k]);
+    } else {
+#pragma unroll
+      for (int c = 0; c < kPack; ++c) v[k][c] = 0;
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ forward
+template <typename scalar_t, typename coord_t, bool kVec>
+__global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
+    ms_deform_attn_forward_kernel(const MsdaArgs<scalar_t, coord_t> a,
+                                  scalar_t* __restrict__ output) {
+  using acc_t = acc_type<scalar_t>;
+  constexpr int kPack = pack_size<scalar_t, kVec>();
+  // Staged points: corner rows and the combined weights attn * bilinear, in two arrays so that
+  // the 16-byte broadcast reads of different groups fall on different banks.
+  __shared__ int4 staged_rows[kThreads];
+  __shared__ Coef4<acc_t> staged_weights[kThreads];
+
+  const GroupPlace place = place_thread(a.num_groups, a.log2_group_size);
+  if (place.warp_idle) return;
+  const int64_t b = place.group / a.queries_heads;
+  const int64_t h = place.group % a.heads;
+  const int64_t row_stride = static_cast<int64_t>(a.heads) * a.channels;
+  const scalar_t* value_head = a.value + (b * a.num_rows * a.heads + h) * a.channels;
+  const int G = a.group_size;
+
+  for (int chunk = 0; chunk < a.chunks; ++chunk) {
+    const int c0 = (chunk * G + place.rank) * kPack;
+    const int count = a.channels - c0;  // channels of this pack that exist (<= 0: none)
+    acc_t acc[kPack];
+#pragma unroll
+    for (int c = 0; c < kPack; ++c) acc[c] = 0;
+
+    for (int tile = 0; tile < a.points_per_group; tile += G) {
+      const int point = tile + place.rank;
+      const SamplePoint<acc_t> sp = place.active && point < a.points_per_group
+                                        ? read_point(a, place.group, point)
+                                        : empty_point<acc_t>();
+      Coef4<acc_t> coef;
+      bilinear_weights(sp.frac_x, sp.frac_y, coef.v);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) coef.v[k] *= sp.attn;
+      __syncwarp();  // the previous tile's readers are done
+      staged_rows[threadIdx.x] = sp.rows;
+      staged_weights[threadIdx.x] = coef;
+      __syncwarp();
+      if (count <= 0) continue;
+      const int staged = min(G, a.points_per_group - tile);
+      for (int i = 0; i < staged; ++i) {
+        const int4 r = staged_rows[place.first_slot + i];
+        const Coef4<acc_t> w = staged_weights[place.first_slot + i];
+        const int rows[4] = {r.x, r.y, r.z, r.w};
+        acc_t v[4][kPack];
+        gather_corners<kVec>(value_head, row_stride, rows, c0, count, v);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+#pragma unroll
+          for (int c = 0; c < kPack; ++c) acc[c] += w.v[k] * v[k][c];
+        }
+      }
+    }
+    if (place.active && count > 0) {
+      store_channels<kVec>(output + place.group * a.channels + c0, count, acc);
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------------- backward
+// One pack of one staged point: adds grad_output . value_corner to dot[k] and scatters
+// attn * w[k] * grad_output into the grad_value rows of the present corners.
+template <bool kVec, typename scalar_t, int kPack>
+__device__ __forceinline__ void backward_pack(
+    const scalar_t* value_head, acc_type<scalar_t>* grad_value_head, int64_t row_stride,
+    const int (&rows)[4], const acc_type<scalar_t> (&scatter)[4], int c0, int count,
+    const acc_type<scalar_t> (&g)[kPack], acc_type<scalar_t> (&dot)[4]) {
+  using acc_t = acc_type<scalar_t>;
+  acc_t v[4][kPack];
+  gather_corners<kVec>(value_head, row_stride, rows, c0, count, v);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+#pragma unroll
+    for (int c = 0; c < kPack; ++c) dot[k] += g[c] * v[k][c];
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (rows[k] >= 0 && scatter[k] != acc_t(0)) {
+      acc_t add[kPack];
+#pragma unroll
+      for (int c = 0; c < kPack; ++c) add[c] = scatter[k] * g[c];
+      atomic_add_channels<kVec>(grad_value_head + rows[k] * row_stride + c0, count, add);
+    }
+  }
+}
+
+// grad_value: [B, N, H, C] in acc_t (float32 for float16/bfloat16 values), zero-initialized.
+// grad_locations / grad_weights: every element is written exactly once, by the thread that staged
+// the point, after the group has reduced the channel sums with warp shuffles (no atomics).
+template <typename scalar_t, typename coord_t, bool kVec>
+__global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec>()))
+    ms_deform_attn_backward_kernel(const MsdaArgs<scalar_t, coord_t> a,
+                                   const scalar_t* __restrict__ grad_output,
+                                   acc_type<scalar_t>* __restrict__ grad_value,
+                                   coord_t* __restrict__ grad_locations,
+                                   coord_t* __restrict__ grad_weights) {
+  using acc_t = acc_type<scalar_t>;
+  using CoordIO = ScalarIO<coord_t>;
+  constexpr int kPack = pack_size<scalar_t, kVec>();
+  __shared__ int4 staged_rows[kThreads];
+  __shared__ Coef4<acc_t> staged_coefs[kThreads];  // frac_x, frac_y, attn, unused
+
+  const GroupPlace place = place_thread(a.num_groups, a.log2_group_size);
+  if (place.warp_idle) return;
+  const int64_t b = place.group / a.queries_heads;
+  const int64_t h = place.group % a.heads;
+  const int64_t row_stride = static_cast<int64_t>(a.heads) * a.channels;
+  const int64_t head_offset = (b * a.num_rows * a.heads + h) * a.channels;
+  const scalar_t* value_head = a.value + head_offset;
+  acc_t* grad_value_head = grad_value + head_offset;
+  const scalar_t* grad_out_group = grad_output + place.group * a.channels;
+  const int G = a.group_size;
+
+  // grad_output of the first pack stays in registers; further chunks (C > 32 * kPack) reload
+  // theirs per point from L1/L2.
+  const int first_c0 = place.rank * kPack;
+  const int first_count = place.active ? a.channels - first_c0 : 0;
+  acc_t first_g[kPack];
+  if (first_count > 0) {
+    load_channels<kVec>(grad_out_group + first_c0, first_count, first_g);
+  } else {
+#pragma unroll
+    for (int c = 0; c < kPack; ++c) first_g[c] = 0;
+  }
+
+  for (int tile = 0; tile < a.points_per_group; tile += G) {
+    const int point = tile + place.rank;
+    const bool owner = place.active && point < a.points_per_group;
+    const SamplePoint<acc_t> sp =
+        owner ? read_point(a, place.group, point) : empty_point<acc_t>();
+    __syncwarp();
+    staged_rows[threadIdx.x] = sp.rows;
+    staged_coefs[threadIdx.x] = Coef4<acc_t>{{sp.frac_x, sp.frac_y, sp.attn, acc_t(0)}};
+    __syncwarp();
+
+    acc_t own_weight = 0, own_x = 0, own_y = 0;  // sums of the point this thread staged
+    const int staged = min(G, a.points_per_group - tile);
+    for (int i = 0; i < staged; ++i) {
+      const int4 r = staged_rows[place.first_slot + i];
+      const Coef4<acc_t> coef = staged_coefs[place.first_slot + i];
+      const int rows[4] = {r.x, r.y, r.z, r.w};
+      const acc_t fx = coef.v[0], fy = coef.v[1], attn = coef.v[2];
+      acc_t w[4], scatter[4], dot[4] = {0, 0, 0, 0};
+      bilinear_weights(fx, fy, w);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) scatter[k] = attn * w[k];
+      if (first_count > 0) {
+        backward_pack<kVec>(value_head, grad_value_head, row_stride, rows, scatter, first_c0,
+                            first_count, first_g, dot);
+      }
+      for (int chunk = 1; chunk < a.chunks; ++chunk) {
+        const int c0 = (chunk * G + place.rank) * kPack;
+        const int count = place.active ? a.channels - c0 : 0;
+        if (count <= 0) continue;
+        acc_t g[kPack];
+        load_channels<kVec>(grad_out_group + c0, count, g);
+        backward_pack<kVec>(value_head, grad_value_head, row_stride, rows, scatter, c0, count, g,
+                            dot);
+      }
+      // Missing corners have dot 0 (their value is zero), so they drop out of all three sums.
+      // d(bilinear)/d(px) and d(bilinear)/d(py) at fixed corners:
+      acc_t sum_weight = w[0] * dot[0] + w[1] * dot[1] + w[2] * dot[2] + w[3] * dot[3];
+      acc_t sum_x = (acc_t(1) - fy) * (dot[1] - dot[0]) + fy * (dot[3] - dot[2]);
+      acc_t sum_y = (acc_t(1) - fx) * (dot[2] - dot[0]) + fx * (dot[3] - dot[1]);
+      for (int offset = G >> 1; offset > 0; offset >>= 1) {  // butterfly within the group
+        sum_weight += __shfl_xor_sync(kFullMask, sum_weight, offset);
+        sum_x += __shfl_xor_sync(kFullMask, sum_x, offset);
+        sum_y += __shfl_xor_sync(kFullMask, sum_y, offset);
+      }
+      if (place.rank == i) {
+        own_weight = sum_weight;
+        own_x = sum_x;
+        own_y = sum_y;
+      }
+    }
+    if (owner) {
+      const int64_t index = place.group * a.points_per_group + point;
+      CoordIO::store(grad_weights + index, own_weight);
+      // px = x * W - 0.5, so d/dx = W * d/dpx (and likewise for y).
+      CoordIO::store(grad_locations + 2 * index, sp.attn * own_x * sp.width);
+      CoordIO::store(grad_locations + 2 * index + 1, sp.attn * own_y * sp.height);
+    }
+  }
+}
+
+}  // namespace msda_cuda
+}  // namespace detr_ext

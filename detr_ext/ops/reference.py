@@ -1,0 +1,64 @@
+"""The pure-PyTorch multi-scale deformable attention: fallback path and test oracle.
+
+Built on ``torch.nn.functional.grid_sample`` per level, the way Deformable DETR's reference
+implementation is written. It needs the level sizes on the host (one device sync on CUDA) and
+materializes every sampled value, ``[B*H, C, Q, L*P]``, which is why the compiled op exists.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["ms_deform_attn_pytorch"]
+
+
+def ms_deform_attn_pytorch(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-scale deformable attention with ``grid_sample``.
+
+    Args:
+        value: ``[B, N, H, C]``, the flattened feature maps of all levels, level after level.
+        spatial_shapes: ``[L, 2]`` integer (height, width) of each level; ``sum(h*w) == N``.
+        sampling_locations: ``[B, Q, H, L, P, 2]`` normalized (x, y) in the level's frame
+            (0 and 1 are the outer edges of the map; points outside sample zeros).
+        attention_weights: ``[B, Q, H, L, P]``.
+
+    Returns:
+        ``[B, Q, H*C]`` in the dtype of ``value`` (locations and weights are cast to it).
+    """
+    batch, _, num_heads, channels = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    sampling_locations = sampling_locations.to(value.dtype)
+    attention_weights = attention_weights.to(value.dtype)
+    if num_queries == 0 or batch == 0:
+        return value.new_zeros(batch, num_queries, num_heads * channels)
+    level_sizes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    value_per_level = value.split([h * w for h, w in level_sizes], dim=1)
+    grids = 2 * sampling_locations - 1
+    sampled_per_level = []
+    for level, (height, width) in enumerate(level_sizes):
+        # [B, h*w, H, C] -> [B*H, C, h, w]
+        value_level = (
+            value_per_level[level]
+            .flatten(2)
+            .transpose(1, 2)
+            .reshape(batch * num_heads, channels, height, width)
+        )
+        # [B, Q, H, P, 2] -> [B*H, Q, P, 2]
+        grid_level = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        sampled_per_level.append(
+            F.grid_sample(
+                value_level, grid_level, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
+        )  # [B*H, C, Q, P]
+    # [B, Q, H, L, P] -> [B*H, 1, Q, L*P]
+    weights = attention_weights.transpose(1, 2).reshape(
+        batch * num_heads, 1, num_queries, num_levels * num_points
+    )
+    output = (torch.stack(sampled_per_level, dim=-2).flatten(-2) * weights).sum(-1)
+    return output.view(batch, num_heads * channels, num_queries).transpose(1, 2).contiguous()
