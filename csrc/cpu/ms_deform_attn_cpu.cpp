@@ -52,6 +52,19 @@ DETR_EXT_ALWAYS_INLINE Corners<acc_t> bilinear_corners(acc_t loc_x, acc_t loc_y,
   Corners<acc_t> corners;
   const acc_t px = loc_x * static_cast<acc_t>(level.width) - acc_t(0.5);
   const acc_t py = loc_y * static_cast<acc_t>(level.height) - acc_t(0.5);
+  // Some corner can be inside only for px in [-1, W) and py in [-1, H). Anything else (also
+  // NaN, inf and huge values that would overflow the integer conversion) samples zero and
+  // gets zero gradients, as the CUDA kernel does.
+  if (!(px >= acc_t(-1) && px < static_cast<acc_t>(level.width) && py >= acc_t(-1) &&
+        py < static_cast<acc_t>(level.height))) {
+    for (int k = 0; k < 4; ++k) {
+      corners.index[k] = -1;
+      corners.weight[k] = acc_t(0);
+    }
+    corners.frac_x = acc_t(0);
+    corners.frac_y = acc_t(0);
+    return corners;
+  }
   const acc_t fx0 = std::floor(px);
   const acc_t fy0 = std::floor(py);
   corners.frac_x = px - fx0;
@@ -61,14 +74,12 @@ DETR_EXT_ALWAYS_INLINE Corners<acc_t> bilinear_corners(acc_t loc_x, acc_t loc_y,
   corners.weight[1] = corners.frac_x * (one - corners.frac_y);
   corners.weight[2] = (one - corners.frac_x) * corners.frac_y;
   corners.weight[3] = corners.frac_x * corners.frac_y;
-  // Locations far outside the map (or NaN) must not overflow the integer conversion.
-  const bool finite = std::isfinite(px) && std::isfinite(py);
-  const int64_t x0 = finite ? static_cast<int64_t>(fx0) : -2;
-  const int64_t y0 = finite ? static_cast<int64_t>(fy0) : -2;
+  const int64_t x0 = static_cast<int64_t>(fx0);
+  const int64_t y0 = static_cast<int64_t>(fy0);
   for (int k = 0; k < 4; ++k) {
     const int64_t x = x0 + (k & 1);
     const int64_t y = y0 + (k >> 1);
-    const bool inside = finite && x >= 0 && x < level.width && y >= 0 && y < level.height;
+    const bool inside = x >= 0 && x < level.width && y >= 0 && y < level.height;
     const int64_t index = level.start + y * level.width + x;
     // The second test keeps a corrupted spatial_shapes / level_start_index from reading past N.
     corners.index[k] = (inside && index >= 0 && index < num_values) ? index : -1;

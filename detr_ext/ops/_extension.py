@@ -36,20 +36,31 @@ def extension_error() -> str | None:
     return load_extension()
 
 
-@functools.lru_cache(maxsize=None)
+# Filled once by _kernel_table(); plain data so that torch.compile traces the lookups below.
+_KERNEL_TABLE: dict[str, bool] = {}
+
+
+def _kernel_table() -> dict[str, bool]:
+    if not _KERNEL_TABLE:
+        loaded = load_extension() is None
+        for key in ("CPU", "CUDA"):
+            _KERNEL_TABLE[key] = loaded and torch._C._dispatch_has_kernel_for_dispatch_key(
+                _OP_NAME, key
+            )
+    return _KERNEL_TABLE
+
+
 def _has_kernel(dispatch_key: str) -> bool:
-    if load_extension() is not None:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(_OP_NAME, dispatch_key)
+    return _kernel_table()[dispatch_key]
 
 
 def compiled_kernel_available(device_type: str, dtype: torch.dtype) -> str | None:
     """None when the compiled op serves ``device_type``/``dtype``, else the reason it cannot."""
-    error = load_extension()
-    if error is not None:
-        return error
+    table = _kernel_table()
+    if not (table["CPU"] or table["CUDA"]):
+        return load_extension() or "detr_ext._C has no kernels registered"
     dispatch_key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if dispatch_key is None or not _has_kernel(dispatch_key):
+    if dispatch_key is None or not table[dispatch_key]:
         return f"detr_ext._C was built without {device_type} kernels"
     if dtype not in SUPPORTED_VALUE_DTYPES:
         return f"the compiled kernels do not support value dtype {dtype}"

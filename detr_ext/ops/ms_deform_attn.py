@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from ._extension import compiled_kernel_available, load_extension
+from ._extension import _kernel_table, compiled_kernel_available, load_extension
 from .reference import ms_deform_attn_pytorch
 
 __all__ = ["BACKENDS", "ms_deform_attn", "resolve_backend"]
@@ -58,6 +58,7 @@ def _register() -> bool:
 
 
 _REGISTERED = _register()
+_kernel_table()  # resolve once, outside any torch.compile trace
 
 
 # ------------------------------------------------------------------ validation

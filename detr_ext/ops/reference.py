@@ -35,8 +35,6 @@ def ms_deform_attn_pytorch(
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     sampling_locations = sampling_locations.to(value.dtype)
     attention_weights = attention_weights.to(value.dtype)
-    if num_queries == 0 or batch == 0:
-        return value.new_zeros(batch, num_queries, num_heads * channels)
     level_sizes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
     value_per_level = value.split([h * w for h, w in level_sizes], dim=1)
     grids = 2 * sampling_locations - 1

@@ -1,0 +1,43 @@
+"""Training options read by ``tools/train_net.py`` (``detr_ext.engine.do_train``).
+
+Iteration counts are optimizer steps. Override on the command line, e.g.
+``train.max_iter=1000 train.device=cpu``.
+"""
+
+train = dict(
+    output_dir="./output",
+    # A checkpoint to initialize from (path or detectron2:// / https:// URL); "" = none.
+    init_checkpoint="",
+    max_iter=90000,
+    # float16 autocast + GradScaler (CUDA only; falls back to float32 on CPU with a warning).
+    amp=dict(enabled=False),
+    # bfloat16 autocast (CUDA or CPU); takes precedence over amp.
+    bf16=False,
+    # Arguments of DistributedDataParallel (through detectron2's create_ddp_model).
+    ddp=dict(
+        broadcast_buffers=False,
+        find_unused_parameters=False,
+        fp16_compression=False,
+    ),
+    # hooks.PeriodicCheckpointer: save every `period` iterations, keep the last `max_to_keep`.
+    checkpointer=dict(period=5000, max_to_keep=100),
+    # Evaluate every `eval_period` iterations (0 = only after the last iteration).
+    eval_period=5000,
+    log_period=20,
+    device="cuda",
+    # torch.nn.utils.clip_grad_norm_ over all parameters, after unscaling under AMP.
+    clip_grad=dict(
+        enabled=False,
+        params=dict(max_norm=0.1, norm_type=2),
+    ),
+    # EMA of the weights; evaluation then reports both the raw and the EMA weights (the latter
+    # under the "ema" key). With use_ema_weights_for_eval_only, --eval-only evaluates the EMA
+    # weights alone.
+    ema=dict(
+        enabled=False,
+        decay=0.9998,
+        use_ema_weights_for_eval_only=False,
+    ),
+    # < 0: a random seed per run; >= 0: seed + rank on every worker.
+    seed=-1,
+)

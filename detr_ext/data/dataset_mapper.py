@@ -1,0 +1,164 @@
+"""``DetrDatasetMapper``: turns a detectron2 dataset dict into the model's input dict, with the
+DETR training recipe of choosing, per image, between a plain and a cropping augmentation."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import BoxMode
+
+__all__ = ["DetrDatasetMapper"]
+
+IMAGE_FORMATS = ("RGB", "BGR")
+logger = logging.getLogger(__name__)
+
+
+def _augmentation_list(value: Any, argument: str) -> T.AugmentationList:
+    # LazyConfig's instantiate returns ListConfig for lists, hence Sequence rather than list.
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"DetrDatasetMapper: {argument} must be a list of detectron2 Augmentation or "
+            f"Transform objects, got {type(value).__name__}"
+        )
+    for index, item in enumerate(value):
+        if not isinstance(item, T.Augmentation | T.Transform):
+            raise TypeError(
+                f"DetrDatasetMapper: {argument}[{index}] must be a detectron2 Augmentation or "
+                f"Transform, got {type(item).__name__}"
+            )
+    return T.AugmentationList(list(value))
+
+
+class DetrDatasetMapper:
+    """A detectron2 dataset mapper for DETR-family detectors.
+
+    Reads the image, applies one of two ``detectron2.data.transforms`` pipelines and moves the
+    annotations along with it. In training each image takes ``augmentation_with_crop`` with
+    probability ``crop_probability`` (DETR's random-crop recipe) and ``augmentation`` otherwise;
+    crowd annotations (``iscrowd=1``) are dropped before transforming, and boxes left empty by a
+    crop are filtered out. At test time annotations are dropped.
+
+    Input: a dataset dict as produced by ``load_coco_json`` (``file_name``, optional
+    ``height`` / ``width``, ``annotations`` with ``bbox``, ``bbox_mode``, ``category_id``).
+
+    Output: the same dict plus
+      - ``image``: uint8 tensor [C, H', W'] in ``img_format`` channel order, after augmentation;
+      - ``height``, ``width``: the original image size, to resize predictions back;
+      - ``instances`` (training only): ``Instances`` of size (H', W') with ``gt_boxes``
+        (absolute XYXY ``Boxes``), ``gt_classes`` (contiguous ids) and, with ``mask_on``,
+        ``gt_masks``.
+
+    Args:
+        augmentation: Augmentations / Transforms used when no crop is taken (and at test time).
+        augmentation_with_crop: the cropping pipeline; ``None`` means always ``augmentation``.
+        is_train: whether to keep annotations and draw the random pipeline choice.
+        mask_on: keep instance masks (``gt_masks``); otherwise segmentations are discarded.
+        img_format: channel order of ``image``, ``"RGB"`` or ``"BGR"``.
+        crop_probability: chance of ``augmentation_with_crop`` for a training image.
+    """
+
+    def __init__(
+        self,
+        augmentation: Sequence[T.Augmentation | T.Transform],
+        augmentation_with_crop: Sequence[T.Augmentation | T.Transform] | None = None,
+        is_train: bool = True,
+        mask_on: bool = False,
+        img_format: str = "RGB",
+        crop_probability: float = 0.5,
+    ) -> None:
+        if img_format not in IMAGE_FORMATS:
+            raise ValueError(
+                f"DetrDatasetMapper: img_format must be one of {IMAGE_FORMATS}, "
+                f"got {img_format!r}"
+            )
+        if not 0.0 <= crop_probability <= 1.0:
+            raise ValueError(
+                f"DetrDatasetMapper: crop_probability must be in [0, 1], got {crop_probability}"
+            )
+        self.augmentation = _augmentation_list(augmentation, "augmentation")
+        self.augmentation_with_crop = (
+            None
+            if augmentation_with_crop is None
+            else _augmentation_list(augmentation_with_crop, "augmentation_with_crop")
+        )
+        self.is_train = is_train
+        self.mask_on = mask_on
+        self.img_format = img_format
+        self.crop_probability = crop_probability
+        mode = "training" if is_train else "inference"
+        logger.info(f"DetrDatasetMapper ({mode}) augmentation: {self.augmentation}")
+        if self.augmentation_with_crop is not None:
+            logger.info(f"DetrDatasetMapper ({mode}) with crop: {self.augmentation_with_crop}")
+
+    def _choose_augmentation(self) -> T.AugmentationList:
+        if (
+            self.is_train
+            and self.augmentation_with_crop is not None
+            and random.random() < self.crop_probability
+        ):
+            return self.augmentation_with_crop
+        return self.augmentation
+
+    def _prepare_annotations(self, annotations: list[dict]) -> list[dict]:
+        """Drop crowd regions and, without ``mask_on``, the fields this mapper will not use."""
+        kept = [a for a in annotations if a.get("iscrowd", 0) == 0]
+        for annotation in kept:
+            if not self.mask_on:
+                annotation.pop("segmentation", None)
+            annotation.pop("keypoints", None)
+        return kept
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        """Map one dataset dict (not modified) to a model input dict (see the class docs)."""
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = utils.read_image(dataset_dict["file_name"], format=self.img_format)
+        utils.check_image_size(dataset_dict, image)
+        dataset_dict.setdefault("height", image.shape[0])
+        dataset_dict.setdefault("width", image.shape[1])
+
+        annotations = dataset_dict.pop("annotations", None)
+        dataset_dict.pop("sem_seg_file_name", None)
+        if not self.is_train:
+            annotations = None
+        elif annotations is not None:
+            annotations = self._prepare_annotations(annotations)
+
+        # Boxes ride along in AugInput so that box-aware augmentations can see them.
+        boxes = None
+        if annotations:
+            boxes = np.array(
+                [
+                    BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                    for a in annotations
+                ],
+                dtype=np.float32,
+            )
+        aug_input = T.AugInput(image, boxes=boxes)
+        transforms = self._choose_augmentation()(aug_input)
+        image = aug_input.image
+        image_shape = image.shape[:2]
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+        if annotations is not None:
+            annotations = [
+                utils.transform_instance_annotations(a, transforms, image_shape)
+                for a in annotations
+            ]
+            mask_format = "polygon"
+            if self.mask_on and any(
+                not isinstance(a.get("segmentation"), list) for a in annotations
+            ):
+                mask_format = "bitmask"  # RLE dicts become dense masks when transformed
+            instances = utils.annotations_to_instances(
+                annotations, image_shape, mask_format=mask_format
+            )
+            dataset_dict["instances"] = utils.filter_empty_instances(instances)
+        return dataset_dict

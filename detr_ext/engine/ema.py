@@ -1,0 +1,155 @@
+"""Exponential moving average (EMA) of model weights, and the hook that keeps it up to date.
+
+The EMA copy holds every entry of ``model.state_dict()`` (parameters and persistent buffers).
+Floating-point entries are averaged, ``ema = decay * ema + (1 - decay) * current``; integer
+entries (e.g. BatchNorm's ``num_batches_tracked``) are copied as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from detectron2.engine import HookBase
+from torch import nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+__all__ = ["EMAHook", "ModelEMA", "apply_ema", "unwrap_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return the module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper."""
+    if isinstance(model, (DistributedDataParallel, DataParallel)):
+        return model.module
+    return model
+
+
+class ModelEMA:
+    """EMA copies of a model's parameters and buffers.
+
+    Args:
+        model: the model to track; a DDP / DataParallel wrapper is unwrapped.
+        decay: weight of the running average per update, in [0, 1).
+        device: where the EMA tensors live (e.g. ``"cpu"`` to save accelerator memory);
+            ``None`` keeps each tensor on the device of the model tensor it tracks.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        decay: float = 0.9998,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ModelEMA: decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.device = torch.device(device) if device else None
+        self.num_updates = 0
+        self.state: dict[str, torch.Tensor] = {}
+        self.reset(model)
+
+    def reset(self, model: nn.Module) -> None:
+        """Restart the average from the current weights of ``model``."""
+        self.state = {
+            name: tensor.detach().clone().to(self.device or tensor.device)
+            for name, tensor in unwrap_model(model).state_dict().items()
+        }
+        self.num_updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the current weights of ``model`` into the average (call after each step)."""
+        model_state = unwrap_model(model).state_dict()
+        self._check_keys(model_state.keys(), "update")
+        for name, ema_tensor in self.state.items():
+            current = model_state[name].detach().to(ema_tensor.device)
+            if ema_tensor.is_floating_point():
+                ema_tensor.lerp_(current.to(ema_tensor.dtype), 1.0 - self.decay)
+            else:
+                ema_tensor.copy_(current)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state (the averaged tensors, the decay and the update count)."""
+        return {"decay": self.decay, "num_updates": self.num_updates, "state": self.state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state produced by :meth:`state_dict`, onto this EMA's devices."""
+        if "state" not in state_dict:
+            raise KeyError(
+                "ModelEMA.load_state_dict: expected keys {'state', 'decay', 'num_updates'}, "
+                f"got {sorted(state_dict)}"
+            )
+        loaded = state_dict["state"]
+        self._check_keys(loaded.keys(), "load_state_dict")
+        for name, ema_tensor in self.state.items():
+            ema_tensor.copy_(loaded[name].to(ema_tensor.device))
+        self.decay = float(state_dict.get("decay", self.decay))
+        self.num_updates = int(state_dict.get("num_updates", 0))
+
+    def copy_to(self, model: nn.Module) -> None:
+        """Overwrite the weights of ``model`` with the EMA weights (in place)."""
+        model_state = unwrap_model(model).state_dict()
+        self._check_keys(model_state.keys(), "copy_to")
+        with torch.no_grad():
+            for name, ema_tensor in self.state.items():
+                model_state[name].copy_(ema_tensor)
+
+    def _check_keys(self, keys: Any, where: str) -> None:
+        keys = set(keys)
+        if keys != set(self.state):
+            missing = sorted(set(self.state) - keys)[:5]
+            unexpected = sorted(keys - set(self.state))[:5]
+            raise KeyError(
+                f"ModelEMA.{where}: model state does not match the EMA state; "
+                f"missing {missing}, unexpected {unexpected} (first 5 shown)"
+            )
+
+
+@contextlib.contextmanager
+def apply_ema(model: nn.Module, ema: ModelEMA | None) -> Iterator[nn.Module]:
+    """Swap the EMA weights into ``model`` for the duration of the block, then restore.
+
+    ``ema=None`` leaves the model untouched, so callers need no special case. The original
+    weights are restored even if the block raises.
+    """
+    if ema is None:
+        yield model
+        return
+    model_state = unwrap_model(model).state_dict()
+    backup = {name: tensor.detach().clone() for name, tensor in model_state.items()}
+    ema.copy_to(model)
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, tensor in model_state.items():
+                tensor.copy_(backup[name])
+
+
+class EMAHook(HookBase):
+    """Update a :class:`ModelEMA` after every training step.
+
+    Register it before the checkpointer and evaluation hooks so that they see the EMA of the
+    step that just finished. If the EMA has never been updated when training starts (a fresh
+    run, or a checkpoint without EMA state), it restarts from the model's current weights, so
+    that weights loaded from ``init_checkpoint`` are the starting point of the average.
+    """
+
+    def __init__(self, ema: ModelEMA, model: nn.Module) -> None:
+        self.ema = ema
+        self.model = model
+
+    def before_train(self) -> None:
+        if self.ema.num_updates == 0:
+            self.ema.reset(self.model)
+        else:
+            logger.info("Continuing the EMA from %d updates.", self.ema.num_updates)
+
+    def after_step(self) -> None:
+        self.ema.update(self.model)

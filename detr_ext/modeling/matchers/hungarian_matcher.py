@@ -1,0 +1,210 @@
+"""One-to-one bipartite matching of predictions to ground truth (DETR's Hungarian matcher).
+
+The matching cost of prediction ``q`` and target ``t`` is
+
+    cost_class * C_class[q, t] + cost_bbox * |box_q - box_t|_1 + cost_giou * (-GIoU(q, t))
+
+with boxes in normalized ``cxcywh`` (the GIoU is taken after converting to ``xyxy``). The
+class term is ``-softmax(logits)[q, label_t]`` for ``"ce_cost"`` (DETR) or the focal-loss
+cost of Deformable DETR for ``"focal_loss_cost"``. The formulas follow detrex exactly, so the
+same predictions give the same assignment.
+
+Subclasses reuse the pieces: :meth:`HungarianMatcher.class_cost` (the class term),
+:meth:`HungarianMatcher.compute_cost` (the per-image cost matrices) and
+:meth:`HungarianMatcher.assign` (one cost matrix to matched index pairs; a many-to-one
+matcher overrides only this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from detr_ext.layers.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+
+__all__ = ["HungarianMatcher"]
+
+COST_CLASS_TYPES = ("ce_cost", "focal_loss_cost")
+
+
+def check_detection_inputs(
+    outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]], where: str
+) -> None:
+    """Raise a ValueError unless ``outputs`` / ``targets`` follow the matcher's contract.
+
+    Only shapes are checked (no values), so nothing synchronizes with the GPU.
+    """
+    for key in ("pred_logits", "pred_boxes"):
+        if key not in outputs:
+            raise ValueError(f"{where}: outputs must contain {key!r}, got keys {sorted(outputs)}")
+    logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+    if logits.dim() != 3:
+        raise ValueError(
+            f"{where}: expected pred_logits of shape [B, Q, K], got {tuple(logits.shape)}"
+        )
+    if boxes.shape != (*logits.shape[:2], 4):
+        raise ValueError(
+            f"{where}: expected pred_boxes of shape [B, Q, 4] = {(*logits.shape[:2], 4)}, "
+            f"got {tuple(boxes.shape)}"
+        )
+    if len(targets) != logits.shape[0]:
+        raise ValueError(
+            f"{where}: expected one target dict per image ({logits.shape[0]}), "
+            f"got {len(targets)}"
+        )
+    for image_index, target in enumerate(targets):
+        if "labels" not in target or "boxes" not in target:
+            raise ValueError(
+                f"{where}: targets[{image_index}] must contain 'labels' and 'boxes', "
+                f"got keys {sorted(target)}"
+            )
+        labels, target_boxes = target["labels"], target["boxes"]
+        if labels.dim() != 1 or target_boxes.shape != (labels.shape[0], 4):
+            raise ValueError(
+                f"{where}: targets[{image_index}] expected labels [n] and boxes [n, 4], "
+                f"got labels {tuple(labels.shape)} and boxes {tuple(target_boxes.shape)}"
+            )
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(
+                f"{where}: targets[{image_index}]['labels'] must be an integer tensor, "
+                f"got {labels.dtype}"
+            )
+
+
+class HungarianMatcher(nn.Module):
+    """Match each target to exactly one prediction by minimizing the total matching cost.
+
+    Args:
+        cost_class: weight of the classification cost.
+        cost_bbox: weight of the L1 cost between ``cxcywh`` boxes.
+        cost_giou: weight of the negative generalized IoU.
+        cost_class_type: ``"focal_loss_cost"`` (sigmoid focal cost, Deformable DETR / DINO;
+            the default, as in detrex) or ``"ce_cost"`` (softmax over the ``K`` logits, DETR).
+        alpha: focal cost balance between positives and negatives.
+        gamma: focal cost focusing exponent.
+
+    Inputs of :meth:`forward`:
+        outputs: ``{"pred_logits": [B, Q, K], "pred_boxes": [B, Q, 4]}`` (``cxcywh``, normalized);
+            other keys are ignored.
+        targets: ``B`` dicts with ``"labels"``: int64 ``[n_i]`` and ``"boxes"``: ``[n_i, 4]``
+            (normalized ``cxcywh``).
+
+    Returns:
+        A list of ``B`` pairs ``(query_index, target_index)``, int64 CPU tensors of length
+        ``min(Q, n_i)``: query ``query_index[k]`` is matched to target ``target_index[k]``.
+    """
+
+    def __init__(
+        self,
+        cost_class: float = 1.0,
+        cost_bbox: float = 1.0,
+        cost_giou: float = 1.0,
+        cost_class_type: str = "focal_loss_cost",
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
+            raise ValueError(
+                "HungarianMatcher: expected at least one non-zero cost weight, got "
+                f"cost_class={cost_class}, cost_bbox={cost_bbox}, cost_giou={cost_giou}"
+            )
+        if cost_class_type not in COST_CLASS_TYPES:
+            raise ValueError(
+                f"HungarianMatcher: expected cost_class_type in {COST_CLASS_TYPES}, "
+                f"got {cost_class_type!r}"
+            )
+        self.cost_class = cost_class
+        self.cost_bbox = cost_bbox
+        self.cost_giou = cost_giou
+        self.cost_class_type = cost_class_type
+        self.alpha = alpha
+        self.gamma = gamma
+
+    def class_cost(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """Classification cost of every prediction against every target label.
+
+        Args:
+            logits: ``[P, K]`` class logits (all queries of all images, flattened).
+            labels: ``[N]`` int64 target labels (all targets of all images, concatenated).
+
+        Returns:
+            ``[P, N]`` cost, lower is a better match.
+        """
+        if self.cost_class_type == "ce_cost":
+            return -logits.softmax(-1)[:, labels]
+        prob = logits.sigmoid()
+        # Focal loss of calling the prediction positive, minus that of calling it negative.
+        negative_cost = (1 - self.alpha) * (prob**self.gamma) * (-(1 - prob + 1e-8).log())
+        positive_cost = self.alpha * ((1 - prob) ** self.gamma) * (-(prob + 1e-8).log())
+        return positive_cost[:, labels] - negative_cost[:, labels]
+
+    @torch.no_grad()
+    def compute_cost(
+        self, outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]]
+    ) -> list[Tensor]:
+        """The matching cost of every query against every target of its own image.
+
+        The full ``[B * Q, sum(n_i)]`` matrix is computed in one batched pass on the device of
+        the predictions and moved to the CPU once; the per-image blocks are then sliced out.
+
+        Returns:
+            ``B`` CPU tensors, the ``i``-th of shape ``[Q, n_i]``.
+        """
+        check_detection_inputs(outputs, targets, type(self).__name__)
+        batch_size, num_queries = outputs["pred_logits"].shape[:2]
+        logits = outputs["pred_logits"].flatten(0, 1)  # [B * Q, K]
+        pred_boxes = outputs["pred_boxes"].flatten(0, 1)  # [B * Q, 4]
+        target_labels = torch.cat([target["labels"] for target in targets])  # [N]
+        target_boxes = torch.cat([target["boxes"] for target in targets])  # [N, 4]
+
+        class_cost = self.class_cost(logits, target_labels)
+        bbox_cost = torch.cdist(pred_boxes, target_boxes, p=1)
+        giou_cost = -generalized_box_iou(
+            box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes)
+        )
+        cost = self.cost_bbox * bbox_cost + self.cost_class * class_cost + self.cost_giou * giou_cost
+        cost = cost.view(batch_size, num_queries, -1).cpu()  # [B, Q, N]
+
+        sizes = [len(target["boxes"]) for target in targets]
+        return [
+            block[image_index] for image_index, block in enumerate(cost.split(sizes, dim=-1))
+        ]
+
+    def assign(self, cost: Tensor) -> tuple[Tensor, Tensor]:
+        """Solve one image's assignment problem.
+
+        Args:
+            cost: ``[Q, n]`` CPU cost matrix.
+
+        Returns:
+            ``(query_index, target_index)``, int64 CPU tensors of length ``min(Q, n)``.
+        """
+        if not torch.isfinite(cost).all():
+            raise ValueError(
+                f"{type(self).__name__}: the matching cost contains NaN or inf; expected finite "
+                "pred_logits and valid boxes (non-negative width and height)"
+            )
+        # scipy solves in float64 anyway; converting here also accepts half / bfloat16 costs.
+        query_index, target_index = linear_sum_assignment(cost.to(torch.float64).numpy())
+        return (
+            torch.as_tensor(query_index, dtype=torch.int64),
+            torch.as_tensor(target_index, dtype=torch.int64),
+        )
+
+    @torch.no_grad()
+    def forward(
+        self, outputs: Mapping[str, Tensor], targets: Sequence[Mapping[str, Tensor]]
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Match predictions to targets image by image; see the class docstring."""
+        return [self.assign(cost) for cost in self.compute_cost(outputs, targets)]
+
+    def extra_repr(self) -> str:
+        return (
+            f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, "
+            f"cost_giou={self.cost_giou}, cost_class_type={self.cost_class_type!r}, "
+            f"alpha={self.alpha}, gamma={self.gamma}"
+        )

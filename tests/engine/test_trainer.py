@@ -1,0 +1,140 @@
+"""Trainer: optimization, gradient clipping, mixed precision and checkpoint state."""
+
+import itertools
+
+import pytest
+import torch
+from detectron2.engine import HookBase
+from torch import nn
+
+from detr_ext.engine import Trainer
+
+
+class LinearRegressor(nn.Module):
+    """Returns ``{"loss_mse"}`` for a batch ``(inputs [B, 3], targets [B])``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+        self.output_dtypes: list[torch.dtype] = []
+
+    def forward(self, batch):
+        inputs, targets = batch
+        preds = self.linear(inputs).squeeze(-1)
+        self.output_dtypes.append(preds.dtype)
+        return {"loss_mse": ((preds.float() - targets) ** 2).mean()}
+
+
+def synthetic_loader(scale: float = 1.0):
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(8, 3, generator=generator)
+    targets = scale * (inputs @ torch.tensor([1.0, -2.0, 0.5]) + 3.0)
+    return itertools.repeat((inputs, targets))
+
+
+def make_trainer(lr: float = 0.1, **kwargs) -> tuple[Trainer, LinearRegressor]:
+    torch.manual_seed(0)
+    model = LinearRegressor()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    return Trainer(model, synthetic_loader(kwargs.pop("scale", 1.0)), optimizer, **kwargs), model
+
+
+def logged_losses(trainer: Trainer) -> list[float]:
+    return [value for value, _ in trainer.storage.history("total_loss").values()]
+
+
+def test_five_steps_lower_the_loss():
+    trainer, _ = make_trainer()
+    trainer.train(0, 5)
+    losses = logged_losses(trainer)
+    assert len(losses) == 5
+    assert losses[-1] < 0.5 * losses[0]
+    assert trainer.iter == 5
+
+
+class GradNormProbe(HookBase):
+    """Records the gradient norm after backward and right before the optimizer step."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model = model
+        self.before_clip: list[float] = []
+        self.at_step: list[float] = []
+        optimizer.register_step_pre_hook(lambda *_: self.at_step.append(self._norm()))
+
+    def _norm(self) -> float:
+        grads = [p.grad.detach().flatten() for p in self.model.parameters()]
+        return torch.cat(grads).norm().item()
+
+    def after_backward(self) -> None:
+        self.before_clip.append(self._norm())
+
+
+def test_clip_grad_bounds_the_norm_seen_by_the_optimizer():
+    max_norm = 0.1
+    trainer, model = make_trainer(clip_grad_params={"max_norm": max_norm, "norm_type": 2})
+    probe = GradNormProbe(model, trainer.optimizer)
+    trainer.register_hooks([probe])
+    trainer.train(0, 3)
+    assert len(probe.at_step) == 3
+    assert min(probe.before_clip) > max_norm  # clipping had something to do
+    assert max(probe.at_step) <= max_norm * (1 + 1e-4)
+
+
+def test_clip_grad_params_are_validated():
+    with pytest.raises(ValueError, match="max_norm"):
+        make_trainer(clip_grad_params={"norm_type": 2})
+    with pytest.raises(ValueError, match="unknown keys"):
+        make_trainer(clip_grad_params={"max_norm": 1.0, "max_nrom": 2})
+
+
+def test_bf16_autocast_on_cpu_trains():
+    trainer, model = make_trainer(bf16=True)
+    assert trainer.autocast_dtype == torch.bfloat16 and trainer.grad_scaler is None
+    trainer.train(0, 3)
+    assert set(model.output_dtypes) == {torch.bfloat16}
+    assert model.linear.weight.dtype == torch.float32
+    losses = logged_losses(trainer)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+
+
+def test_amp_on_cpu_falls_back_to_float32_with_a_warning():
+    with pytest.warns(RuntimeWarning, match="float32"):
+        trainer, model = make_trainer(amp=True)
+    assert trainer.autocast_dtype is None and trainer.grad_scaler is None
+    trainer.train(0, 2)
+    assert set(model.output_dtypes) == {torch.float32}
+
+
+def test_state_dict_round_trip_restores_iteration_and_optimizer():
+    trainer, _ = make_trainer()
+    trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.1, momentum=0.9)
+    trainer.train(0, 2)
+    state = trainer.state_dict()
+    assert state["iteration"] == 2 and "grad_scaler" not in state
+    other, _ = make_trainer()
+    other.optimizer = torch.optim.SGD(other.model.parameters(), lr=0.1, momentum=0.9)
+    other.load_state_dict(state)
+    assert other.iter == 2
+    assert other.optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys()
+
+
+@pytest.mark.cuda
+def test_fp16_amp_on_cuda_scales_unscales_and_clips():
+    torch.manual_seed(0)
+    model = LinearRegressor().cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = ((x.cuda(), y.cuda()) for x, y in synthetic_loader())
+    trainer = Trainer(model, loader, optimizer, amp=True, clip_grad_params={"max_norm": 0.1})
+    probe = GradNormProbe(model, optimizer)
+    trainer.register_hooks([probe])
+    trainer.train(0, 4)
+    assert trainer.grad_scaler is not None
+    assert set(model.output_dtypes) == {torch.float16}
+    # Gradients reach the optimizer unscaled and clipped (steps skipped by the scaler for
+    # inf/nan gradients never call the optimizer).
+    assert probe.at_step and max(probe.at_step) <= 0.1 * (1 + 1e-3)
+    assert min(probe.before_clip) > 1000  # scaled by the GradScaler
+    state = trainer.state_dict()
+    assert "grad_scaler" in state
+    trainer.load_state_dict(state)

@@ -1,0 +1,72 @@
+"""A minimal "project" for the train_net end-to-end test: a linear regressor that follows
+detectron2's model contract (list of dicts in; a loss dict in training, per-input outputs in
+inference), an in-memory dataset registered with DatasetCatalog, and an evaluator."""
+
+from __future__ import annotations
+
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import DatasetEvaluator
+from torch import nn
+
+IN_FEATURES = 4
+TRUE_WEIGHT = [0.5, -1.0, 2.0, 0.25]
+
+
+def _make_dicts(num_items: int, seed: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(num_items, IN_FEATURES, generator=generator)
+    targets = inputs @ torch.tensor(TRUE_WEIGHT)
+    return [
+        {"image_id": index, "x": x.tolist(), "y": float(y)}
+        for index, (x, y) in enumerate(zip(inputs, targets, strict=True))
+    ]
+
+
+for _name, _size, _seed in (("tiny_train", 16, 0), ("tiny_test", 6, 1)):
+    if _name not in DatasetCatalog.list():
+        DatasetCatalog.register(_name, lambda size=_size, seed=_seed: _make_dicts(size, seed))
+
+
+class TinyMapper:
+    """Dataset dict -> ``{"x": [IN_FEATURES] float tensor, "y": [] float tensor}``."""
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        return {
+            "image_id": dataset_dict["image_id"],
+            "x": torch.tensor(dataset_dict["x"], dtype=torch.float32),
+            "y": torch.tensor(dataset_dict["y"], dtype=torch.float32),
+        }
+
+
+class TinyModel(nn.Module):
+    """Linear regressor: ``{"loss_mse"}`` in training, ``[{"pred": []}]`` in inference."""
+
+    def __init__(self, in_features: int = IN_FEATURES) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, 1)
+        self.norm = nn.BatchNorm1d(in_features)  # gives the model buffers for EMA to track
+
+    def forward(self, batched_inputs: list[dict]):
+        device = self.linear.weight.device
+        inputs = torch.stack([item["x"] for item in batched_inputs]).to(device)
+        preds = self.linear(self.norm(inputs)).squeeze(-1)
+        if not self.training:
+            return [{"pred": pred} for pred in preds]
+        targets = torch.stack([item["y"] for item in batched_inputs]).to(device)
+        return {"loss_mse": nn.functional.mse_loss(preds, targets)}
+
+
+class TinyEvaluator(DatasetEvaluator):
+    """Mean squared error of the predictions over the test set."""
+
+    def reset(self) -> None:
+        self._squared_errors: list[float] = []
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        for item, output in zip(inputs, outputs, strict=True):
+            self._squared_errors.append(float((output["pred"].cpu() - item["y"]) ** 2))
+
+    def evaluate(self) -> dict:
+        count = len(self._squared_errors)
+        return {"tiny": {"mse": sum(self._squared_errors) / count, "count": float(count)}}

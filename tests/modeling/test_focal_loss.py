@@ -1,0 +1,36 @@
+"""sigmoid_focal_loss: hand values and torchvision's element-wise focal loss."""
+
+import math
+
+import pytest
+import torch
+import torchvision.ops as tv_ops
+
+from detr_ext.modeling.losses import sigmoid_focal_loss
+
+
+def test_hand_computed_value():
+    # One image, two queries, one class: query 0 is positive with logit 0, query 1 is a
+    # negative with logit log(3) (p = 0.75).
+    logits = torch.tensor([[[0.0], [math.log(3.0)]]], dtype=torch.float64)
+    targets = torch.tensor([[[1.0], [0.0]]], dtype=torch.float64)
+    positive = 0.25 * 0.5**2 * -math.log(0.5)
+    negative = 0.75 * 0.75**2 * -math.log(0.25)
+    # Mean over the 2 queries, sum over the rest, then / num_boxes.
+    expected = (positive + negative) / 2 / 4.0
+    loss = sigmoid_focal_loss(logits, targets, num_boxes=4.0)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 1.5)])
+def test_matches_torchvision_elementwise(alpha, gamma):
+    logits = torch.randn(2, 5, 3, dtype=torch.float64)
+    targets = (torch.rand(2, 5, 3) > 0.7).to(torch.float64)
+    elementwise = tv_ops.sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
+    expected = elementwise.mean(1).sum() / 3.0
+    torch.testing.assert_close(sigmoid_focal_loss(logits, targets, 3.0, alpha, gamma), expected)
+
+
+def test_shape_mismatch():
+    with pytest.raises(ValueError, match="same shape"):
+        sigmoid_focal_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4), 1.0)

@@ -1,0 +1,156 @@
+"""HungarianMatcher: cost formula against an independent NumPy version, optimality against
+brute force, and the edge cases of the index contract."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torchvision.ops as tv_ops
+
+from detr_ext.modeling.matchers import HungarianMatcher
+
+COST_TYPES = ["ce_cost", "focal_loss_cost"]
+
+
+def random_case(sizes, num_queries=4, num_classes=3):
+    """Float64 predictions ``[B, Q, K]`` / ``[B, Q, 4]`` and targets with ``sizes[i]`` boxes."""
+    batch_size = len(sizes)
+    outputs = {
+        "pred_logits": torch.randn(batch_size, num_queries, num_classes, dtype=torch.float64),
+        "pred_boxes": torch.rand(batch_size, num_queries, 4, dtype=torch.float64) * 0.5 + 0.1,
+    }
+    targets = [
+        {
+            "labels": torch.randint(0, num_classes, (n,)),
+            "boxes": torch.rand(n, 4, dtype=torch.float64) * 0.5 + 0.1,
+        }
+        for n in sizes
+    ]
+    return outputs, targets
+
+
+def reference_cost(logits, pred_boxes, labels, target_boxes, matcher):
+    """``[Q, n]`` cost written out with NumPy and torchvision's GIoU."""
+    logits, pred_boxes = logits.numpy(), pred_boxes.numpy()
+    labels, target_boxes = labels.numpy(), target_boxes.numpy()
+    if matcher.cost_class_type == "ce_cost":
+        exp = np.exp(logits - logits.max(-1, keepdims=True))
+        class_cost = -(exp / exp.sum(-1, keepdims=True))[:, labels]
+    else:
+        p = 1 / (1 + np.exp(-logits[:, labels]))
+        alpha, gamma = matcher.alpha, matcher.gamma
+        class_cost = alpha * (1 - p) ** gamma * -np.log(p + 1e-8) - (1 - alpha) * p**gamma * -np.log(
+            1 - p + 1e-8
+        )
+    l1_cost = np.abs(pred_boxes[:, None, :] - target_boxes[None, :, :]).sum(-1)
+
+    def to_xyxy(b):
+        return torch.from_numpy(np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1))
+
+    giou = tv_ops.generalized_box_iou(to_xyxy(pred_boxes), to_xyxy(target_boxes)).numpy()
+    return matcher.cost_class * class_cost + matcher.cost_bbox * l1_cost - matcher.cost_giou * giou
+
+
+def brute_force_min_cost(cost):
+    """Minimal total cost of matching every target (column) to a distinct query (row)."""
+    num_queries, num_targets = cost.shape
+    return min(
+        sum(cost[query, target] for target, query in enumerate(queries))
+        for queries in itertools.permutations(range(num_queries), num_targets)
+    )
+
+
+@pytest.mark.parametrize("cost_class_type", COST_TYPES)
+def test_cost_matrix_matches_reference(cost_class_type):
+    matcher = HungarianMatcher(2.0, 5.0, 2.0, cost_class_type=cost_class_type)
+    outputs, targets = random_case([2, 3])
+    costs = matcher.compute_cost(outputs, targets)
+    assert [tuple(c.shape) for c in costs] == [(4, 2), (4, 3)]
+    for image, cost in enumerate(costs):
+        expected = reference_cost(
+            outputs["pred_logits"][image],
+            outputs["pred_boxes"][image],
+            targets[image]["labels"],
+            targets[image]["boxes"],
+            matcher,
+        )
+        np.testing.assert_allclose(cost.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cost_class_type", COST_TYPES)
+def test_assignment_is_optimal(cost_class_type):
+    matcher = HungarianMatcher(2.0, 5.0, 2.0, cost_class_type=cost_class_type)
+    for _ in range(5):
+        outputs, targets = random_case([1, 3, 4], num_queries=4)
+        indices = matcher(outputs, targets)
+        for image, (query_index, target_index) in enumerate(indices):
+            cost = reference_cost(
+                outputs["pred_logits"][image],
+                outputs["pred_boxes"][image],
+                targets[image]["labels"],
+                targets[image]["boxes"],
+                matcher,
+            )
+            # Every target is matched once, to distinct queries.
+            assert sorted(target_index.tolist()) == list(range(cost.shape[1]))
+            assert len(set(query_index.tolist())) == cost.shape[1]
+            total = cost[query_index.numpy(), target_index.numpy()].sum()
+            assert total == pytest.approx(brute_force_min_cost(cost), abs=1e-9)
+
+
+def test_mixed_sizes_and_empty_targets():
+    matcher = HungarianMatcher(cost_class_type="ce_cost")
+    outputs, targets = random_case([1, 0, 3], num_queries=5)
+    outputs = {k: v.float() for k, v in outputs.items()}
+    for target in targets:
+        target["boxes"] = target["boxes"].float()
+    indices = matcher(outputs, targets)
+    assert len(indices) == 3
+    for (query_index, target_index), n in zip(indices, [1, 0, 3]):
+        for index in (query_index, target_index):
+            assert index.dtype == torch.int64
+            assert index.device.type == "cpu"
+            assert index.shape == (n,)
+
+
+def test_all_targets_empty():
+    matcher = HungarianMatcher()
+    outputs, targets = random_case([0, 0])
+    indices = matcher(outputs, targets)
+    assert all(q.numel() == 0 and t.numel() == 0 for q, t in indices)
+    assert all(q.dtype == t.dtype == torch.int64 for q, t in indices)
+
+
+def test_more_targets_than_queries_matches_every_query():
+    outputs, targets = random_case([5], num_queries=3)
+    query_index, target_index = HungarianMatcher()(outputs, targets)[0]
+    assert sorted(query_index.tolist()) == [0, 1, 2]
+    assert len(set(target_index.tolist())) == 3
+
+
+def test_no_grad():
+    outputs, targets = random_case([2])
+    outputs["pred_logits"].requires_grad_(True)
+    costs = HungarianMatcher().compute_cost(outputs, targets)
+    assert not costs[0].requires_grad
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="non-zero cost weight"):
+        HungarianMatcher(0, 0, 0)
+    with pytest.raises(ValueError, match="cost_class_type"):
+        HungarianMatcher(cost_class_type="focal")
+    matcher = HungarianMatcher()
+    outputs, targets = random_case([1, 2])
+    with pytest.raises(ValueError, match="one target dict per image"):
+        matcher(outputs, targets[:1])
+    with pytest.raises(ValueError, match=r"pred_boxes of shape \[B, Q, 4\]"):
+        matcher({**outputs, "pred_boxes": outputs["pred_boxes"][..., :2]}, targets)
+    targets[1]["boxes"] = targets[1]["boxes"][:1]
+    with pytest.raises(ValueError, match=r"targets\[1\]"):
+        matcher(outputs, targets)
+    outputs, targets = random_case([1])
+    outputs["pred_logits"][0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        matcher(outputs, targets)

@@ -1,0 +1,118 @@
+"""Random MSDA problems shared by the CPU and CUDA test suites."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from detr_ext.ops import ms_deform_attn, ms_deform_attn_pytorch
+
+
+@dataclass(frozen=True)
+class Case:
+    batch: int
+    queries: int
+    heads: int
+    channels: int
+    shapes: tuple[tuple[int, int], ...]
+    points: int
+    locations: str = "mixed"  # "inside", "edges", "outside" or "mixed"
+
+    def __str__(self) -> str:
+        shapes = "x".join(f"{h}.{w}" for h, w in self.shapes)
+        return (
+            f"B{self.batch}-Q{self.queries}-H{self.heads}-C{self.channels}-L[{shapes}]"
+            f"-P{self.points}-{self.locations}"
+        )
+
+
+# Channels 1..257, heads 1-8, levels 1-5 (with 1x1 maps), points 1-8, queries 0/1/thousands,
+# batch 1-3, locations inside, on the 0/1 edges, and outside [0, 1].
+CASES = [
+    Case(1, 7, 1, 1, ((4, 5),), 1, "inside"),
+    Case(2, 5, 2, 3, ((1, 1),), 2, "mixed"),
+    Case(3, 1, 8, 30, ((6, 3), (3, 2)), 4, "edges"),
+    Case(1, 11, 4, 32, ((8, 8), (4, 4), (2, 2), (1, 1)), 4, "mixed"),
+    Case(2, 9, 3, 64, ((5, 7), (1, 1), (3, 3)), 8, "outside"),
+    Case(1, 6, 2, 71, ((7, 2), (2, 7), (1, 3), (3, 1), (1, 1)), 3, "mixed"),
+    Case(2, 3, 1, 257, ((3, 4), (2, 2)), 5, "edges"),
+    Case(1, 0, 8, 32, ((4, 4), (2, 2)), 4, "mixed"),
+    Case(2, 2048, 8, 8, ((16, 24), (8, 12), (4, 6), (2, 3)), 4, "mixed"),
+    Case(3, 64, 5, 16, ((9, 1), (1, 9)), 6, "inside"),
+    Case(1, 3000, 2, 4, ((32, 40), (16, 20), (8, 10)), 2, "mixed"),
+    Case(2, 33, 6, 7, ((2, 2), (1, 1), (3, 5), (6, 6)), 7, "mixed"),
+]
+
+
+def level_start_index_of(spatial_shapes: torch.Tensor) -> torch.Tensor:
+    sizes = spatial_shapes.prod(1)
+    return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+
+
+def sampling_locations_for(case: Case, generator: torch.Generator) -> torch.Tensor:
+    """``[B, Q, H, L, P, 2]`` locations of the case's kind, in float64."""
+    size = (case.batch, case.queries, case.heads, len(case.shapes), case.points, 2)
+    inside = torch.rand(size, generator=generator, dtype=torch.float64)
+    if case.locations == "inside":
+        return inside
+    edges = torch.randint(0, 2, size, generator=generator).double()  # exactly 0 or 1
+    outside = torch.rand(size, generator=generator, dtype=torch.float64) * 1.6 - 0.3
+    if case.locations == "edges":
+        return torch.where(torch.rand(size, generator=generator) < 0.5, edges, inside)
+    if case.locations == "outside":
+        return outside
+    choice = torch.randint(0, 3, size, generator=generator)
+    return torch.where(choice == 0, inside, torch.where(choice == 1, edges, outside))
+
+
+def make_inputs(case: Case, dtype=torch.float64, device="cpu", seed: int = 0, coord_dtype=None):
+    """Returns (value, spatial_shapes, level_start_index, locations, weights)."""
+    generator = torch.Generator().manual_seed(seed)
+    spatial_shapes = torch.tensor(case.shapes, dtype=torch.long)
+    num_values = int(spatial_shapes.prod(1).sum())
+    value = torch.randn(
+        case.batch, num_values, case.heads, case.channels, generator=generator, dtype=torch.float64
+    )
+    locations = sampling_locations_for(case, generator)
+    weights = torch.rand(
+        case.batch, case.queries, case.heads, len(case.shapes), case.points,
+        generator=generator, dtype=torch.float64,
+    )
+    weights = weights / weights.flatten(-2).sum(-1).clamp_min(1e-6)[..., None, None]
+    coord_dtype = coord_dtype or dtype
+    return (
+        value.to(device, dtype),
+        spatial_shapes.to(device),
+        level_start_index_of(spatial_shapes).to(device),
+        locations.to(device, coord_dtype),
+        weights.to(device, coord_dtype),
+    )
+
+
+def forward_and_grads(inputs, backend: str, grad_output: torch.Tensor | None = None):
+    """Output and the gradients of value, locations and weights for ``sum(out * grad_output)``."""
+    value, spatial_shapes, level_start_index, locations, weights = (
+        t.detach().clone() for t in inputs
+    )
+    for tensor in (value, locations, weights):
+        tensor.requires_grad_(True)
+    if backend == "pytorch":
+        output = ms_deform_attn_pytorch(value, spatial_shapes, locations, weights)
+    else:
+        output = ms_deform_attn(
+            value, spatial_shapes, level_start_index, locations, weights, backend=backend
+        )
+    if grad_output is None:
+        generator = torch.Generator().manual_seed(1)
+        grad_output = torch.randn(output.shape, generator=generator, dtype=torch.float64)
+    (output * grad_output.to(output)).sum().backward()
+    return output.detach(), value.grad, locations.grad, weights.grad, grad_output
+
+
+def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``max|a - e| / max(max|e|, 1e-12)`` in float64."""
+    if expected.numel() == 0:
+        return 0.0
+    actual, expected = actual.double(), expected.double()
+    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Train or evaluate any detr_ext project from a LazyConfig file.
+
+    python tools/train_net.py --config-file projects/dino/configs/dino_r50_12ep.py \
+        train.output_dir=./output/dino train.device=cuda
+    python tools/train_net.py --config-file ... --resume               # continue a run
+    python tools/train_net.py --config-file ... --eval-only train.init_checkpoint=model.pth
+    python tools/train_net.py --config-file ... --num-gpus 8          # one process per GPU
+
+The loops live in :mod:`detr_ext.engine`; a project changes training through its config.
+"""
+
+import sys
+from pathlib import Path
+
+# Make `detr_ext` and `projects.*` importable when run as a script from any directory.
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))
+
+from detectron2.config import instantiate  # noqa: E402
+from detectron2.engine import launch  # noqa: E402
+
+from detr_ext.engine import (  # noqa: E402
+    default_argument_parser,
+    do_test,
+    do_train,
+    load_eval_checkpoint,
+    setup,
+    wrap_ddp,
+)
+
+
+def main(args) -> None:
+    cfg = setup(args)
+    if args.eval_only:
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        ema = load_eval_checkpoint(cfg, model)
+        model = wrap_ddp(model, cfg)
+        print(do_test(cfg, model, eval_only=True, ema=ema))
+    else:
+        do_train(args, cfg)
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
