@@ -7,6 +7,11 @@ using ``base_steps = 7500 * 16 // B`` (e.g. 1875 at batch 64) and setting ``trai
 to match. The multiplier is a function of the fraction of training done (detectron2's
 ``LRScheduler`` hook evaluates it at ``iter / train.max_iter``), so a shorter ``max_iter``
 shrinks the whole schedule proportionally.
+
+A project config takes a ready schedule with
+``get_config("common/coco_schedule.py").lr_multiplier_12ep``, or builds its own with
+``from configs.common.coco_schedule import default_X_scheduler`` (``tools/train_net.py`` puts
+the repository root on ``sys.path``).
 """
 
 from detectron2.config import LazyCall as L

@@ -76,8 +76,7 @@ class DetrDatasetMapper:
     ) -> None:
         if img_format not in IMAGE_FORMATS:
             raise ValueError(
-                f"DetrDatasetMapper: img_format must be one of {IMAGE_FORMATS}, "
-                f"got {img_format!r}"
+                f"DetrDatasetMapper: img_format must be one of {IMAGE_FORMATS}, got {img_format!r}"
             )
         if not 0.0 <= crop_probability <= 1.0:
             raise ValueError(
@@ -135,10 +134,7 @@ class DetrDatasetMapper:
         boxes = None
         if annotations:
             boxes = np.array(
-                [
-                    BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
-                    for a in annotations
-                ],
+                [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations],
                 dtype=np.float32,
             )
         aug_input = T.AugInput(image, boxes=boxes)

@@ -72,10 +72,14 @@ class MultiScaleDeformableAttention(nn.Module):
         uniform; the projections are Xavier-uniform with zero bias.
         """
         nn.init.constant_(self.sampling_offsets.weight, 0.0)
-        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
+        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (
+            2.0 * math.pi / self.num_heads
+        )
         directions = torch.stack([thetas.cos(), thetas.sin()], -1)
         directions = directions / directions.abs().max(-1, keepdim=True)[0]
-        grid = directions.view(self.num_heads, 1, 1, 2).repeat(1, self.num_levels, self.num_points, 1)
+        grid = directions.view(self.num_heads, 1, 1, 2).repeat(
+            1, self.num_levels, self.num_points, 1
+        )
         for point in range(self.num_points):
             grid[:, :, point, :] *= point + 1
         with torch.no_grad():

@@ -19,7 +19,7 @@ _OP_NAME = "detr_ext::ms_deform_attn"
 SUPPORTED_VALUE_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_extension() -> str | None:
     """Imports ``detr_ext._C`` once; returns None on success, else why it is unavailable."""
     if os.environ.get("DETR_EXT_DISABLE_EXTENSION", "0") == "1":

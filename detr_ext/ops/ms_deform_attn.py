@@ -63,7 +63,9 @@ _kernel_table()  # resolve once, outside any torch.compile trace
 
 # ------------------------------------------------------------------ validation
 def _shape_error(name: str, expected: str, tensor: torch.Tensor) -> ValueError:
-    return ValueError(f"ms_deform_attn: expected {name} of shape {expected}, got {list(tensor.shape)}")
+    return ValueError(
+        f"ms_deform_attn: expected {name} of shape {expected}, got {list(tensor.shape)}"
+    )
 
 
 def _check_shapes(value, spatial_shapes, level_start_index, locations, weights) -> None:
@@ -114,7 +116,9 @@ def _check_devices_and_dtypes(value, spatial_shapes, level_start_index, location
             )
     for name in ("spatial_shapes", "level_start_index"):
         if tensors[name].dtype.is_floating_point or tensors[name].dtype.is_complex:
-            raise ValueError(f"ms_deform_attn: expected an integer {name}, got {tensors[name].dtype}")
+            raise ValueError(
+                f"ms_deform_attn: expected an integer {name}, got {tensors[name].dtype}"
+            )
     if value.dtype not in _FLOAT_DTYPES:
         raise ValueError(
             f"ms_deform_attn: expected value of dtype float64/float32/float16/bfloat16, "
@@ -128,7 +132,9 @@ def _check_devices_and_dtypes(value, spatial_shapes, level_start_index, location
     if locations.dtype != value.dtype and not (
         value.dtype in _REDUCED_DTYPES and locations.dtype == torch.float32
     ):
-        allowed = f"{value.dtype} or torch.float32" if value.dtype in _REDUCED_DTYPES else value.dtype
+        allowed = (
+            f"{value.dtype} or torch.float32" if value.dtype in _REDUCED_DTYPES else value.dtype
+        )
         raise ValueError(
             f"ms_deform_attn: expected sampling_locations/attention_weights of dtype {allowed} "
             f"for value of dtype {value.dtype}, got {locations.dtype}"

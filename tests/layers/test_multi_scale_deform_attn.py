@@ -87,7 +87,9 @@ def test_padding_mask_zeroes_padded_values():
     mask = torch.zeros(2, NUM_VALUES, dtype=torch.bool)
     mask[0, 40:48] = True
     mask[1, 50:] = True
-    kwargs = dict(reference_points=reference_points, spatial_shapes=SHAPES, level_start_index=STARTS)
+    kwargs = dict(
+        reference_points=reference_points, spatial_shapes=SHAPES, level_start_index=STARTS
+    )
     output = module(query, value=value, key_padding_mask=mask, **kwargs)
     changed = value.clone()
     changed[mask] = torch.randn_like(changed[mask]) * 100
@@ -101,7 +103,9 @@ def test_identity_and_value_defaults():
     module = _module()
     query = torch.randn(1, NUM_VALUES, 32, dtype=torch.float64)
     reference_points = torch.rand(1, NUM_VALUES, 3, 2, dtype=torch.float64)
-    kwargs = dict(reference_points=reference_points, spatial_shapes=SHAPES, level_start_index=STARTS)
+    kwargs = dict(
+        reference_points=reference_points, spatial_shapes=SHAPES, level_start_index=STARTS
+    )
     self_attention = module(query, **kwargs)
     torch.testing.assert_close(self_attention, module(query, value=query, identity=query, **kwargs))
     identity = torch.randn_like(query)
@@ -112,7 +116,9 @@ def test_identity_and_value_defaults():
 def test_batch_first_false_is_transposed_batch_first():
     module = _module()
     query, value, reference_points = _inputs()
-    kwargs = dict(reference_points=reference_points, spatial_shapes=SHAPES, level_start_index=STARTS)
+    kwargs = dict(
+        reference_points=reference_points, spatial_shapes=SHAPES, level_start_index=STARTS
+    )
     expected = module(query, value=value, **kwargs)
     module.batch_first = False
     output = module(query.transpose(0, 1), value=value.transpose(0, 1), **kwargs)
@@ -153,7 +159,9 @@ def test_detrex_parameter_names_and_shapes():
 def test_backends_agree_and_backward_runs():
     module = _module()
     query, value, reference_points = _inputs(coords=4)
-    kwargs = dict(reference_points=reference_points, spatial_shapes=SHAPES, level_start_index=STARTS)
+    kwargs = dict(
+        reference_points=reference_points, spatial_shapes=SHAPES, level_start_index=STARTS
+    )
     module.backend = "pytorch"
     expected = module(query, value=value, **kwargs)
     module.backend = "auto"

@@ -40,13 +40,15 @@ def reference_cost(logits, pred_boxes, labels, target_boxes, matcher):
     else:
         p = 1 / (1 + np.exp(-logits[:, labels]))
         alpha, gamma = matcher.alpha, matcher.gamma
-        class_cost = alpha * (1 - p) ** gamma * -np.log(p + 1e-8) - (1 - alpha) * p**gamma * -np.log(
-            1 - p + 1e-8
-        )
+        class_cost = alpha * (1 - p) ** gamma * -np.log(p + 1e-8) - (
+            1 - alpha
+        ) * p**gamma * -np.log(1 - p + 1e-8)
     l1_cost = np.abs(pred_boxes[:, None, :] - target_boxes[None, :, :]).sum(-1)
 
     def to_xyxy(b):
-        return torch.from_numpy(np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1))
+        return torch.from_numpy(
+            np.concatenate([b[:, :2] - b[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2], 1)
+        )
 
     giou = tv_ops.generalized_box_iou(to_xyxy(pred_boxes), to_xyxy(target_boxes)).numpy()
     return matcher.cost_class * class_cost + matcher.cost_bbox * l1_cost - matcher.cost_giou * giou
@@ -107,7 +109,7 @@ def test_mixed_sizes_and_empty_targets():
         target["boxes"] = target["boxes"].float()
     indices = matcher(outputs, targets)
     assert len(indices) == 3
-    for (query_index, target_index), n in zip(indices, [1, 0, 3]):
+    for (query_index, target_index), n in zip(indices, [1, 0, 3], strict=True):
         for index in (query_index, target_index):
             assert index.dtype == torch.int64
             assert index.device.type == "cpu"

@@ -76,8 +76,13 @@ def make_inputs(case: Case, dtype=torch.float64, device="cpu", seed: int = 0, co
     )
     locations = sampling_locations_for(case, generator)
     weights = torch.rand(
-        case.batch, case.queries, case.heads, len(case.shapes), case.points,
-        generator=generator, dtype=torch.float64,
+        case.batch,
+        case.queries,
+        case.heads,
+        len(case.shapes),
+        case.points,
+        generator=generator,
+        dtype=torch.float64,
     )
     weights = weights / weights.flatten(-2).sum(-1).clamp_min(1e-6)[..., None, None]
     coord_dtype = coord_dtype or dtype

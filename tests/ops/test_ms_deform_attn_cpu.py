@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -92,9 +91,7 @@ def test_non_contiguous_inputs():
     assert not (value_nc.is_contiguous() or locations_nc.is_contiguous())
     assert not weights_nc.is_contiguous()
     torch.testing.assert_close(weights_nc, weights)
-    actual = ms_deform_attn(
-        value_nc, shapes, starts, locations_nc, weights_nc, backend="compiled"
-    )
+    actual = ms_deform_attn(value_nc, shapes, starts, locations_nc, weights_nc, backend="compiled")
     assert (actual - expected).abs().max() < 1e-10
 
 

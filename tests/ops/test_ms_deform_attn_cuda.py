@@ -65,9 +65,7 @@ def test_cuda_gradcheck_float64():
 
 
 def test_cuda_autocast_runs_in_autocast_dtype():
-    value, shapes, starts, locations, weights = make_inputs(
-        CASES[3], torch.float32, device="cuda"
-    )
+    value, shapes, starts, locations, weights = make_inputs(CASES[3], torch.float32, device="cuda")
     with torch.autocast("cuda", dtype=torch.float16):
         out = ms_deform_attn(value, shapes, starts, locations, weights)
     assert out.dtype == torch.float16

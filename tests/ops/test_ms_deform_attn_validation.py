@@ -36,7 +36,10 @@ ERRORS = {
     "batch mismatch": (_replace(3, LOCATIONS[:1]), r"batch size \(B\) disagrees"),
     "heads mismatch": (_replace(4, WEIGHTS[:, :, :2]), r"number of heads \(H\) disagrees"),
     "levels mismatch": (_replace(3, LOCATIONS[:, :, :, :1]), r"number of levels \(L\) disagrees"),
-    "points mismatch": (_replace(4, WEIGHTS[..., :2]), r"queries \(Q\) and points \(P\) must agree"),
+    "points mismatch": (
+        _replace(4, WEIGHTS[..., :2]),
+        r"queries \(Q\) and points \(P\) must agree",
+    ),
     "queries mismatch": (_replace(4, WEIGHTS[:, :3]), r"queries \(Q\) and points \(P\) must agree"),
     "shapes do not sum to N": (
         _replace(1, torch.tensor([[4, 6], [2, 2]])),

@@ -8,8 +8,6 @@ Images are RGB uint8; the model normalizes them. Datasets are detectron2's built
     dataloader.train.total_batch_size = 8
 """
 
-from omegaconf import OmegaConf
-
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import (
@@ -18,6 +16,7 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.evaluation import COCOEvaluator
+from omegaconf import OmegaConf
 
 from detr_ext.data import DetrDatasetMapper
 

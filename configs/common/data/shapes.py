@@ -17,8 +17,6 @@ Only the registration changes: the dataset names (and so this config) stay the s
 of this file restores the defaults below, so a config always means the same data.
 """
 
-from omegaconf import OmegaConf
-
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import (
@@ -27,6 +25,7 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.evaluation import COCOEvaluator
+from omegaconf import OmegaConf
 
 from detr_ext.data import DetrDatasetMapper
 from detr_ext.data.datasets import register_shapes

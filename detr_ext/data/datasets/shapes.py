@@ -290,9 +290,7 @@ def generate_shapes_dataset(
             height, width = (int(s) for s in rng.integers(min_size, max_size + 1, size=2))
             pixels, objects = _render_image(rng, height, width)
             file_name = f"{index:06d}.jpg"
-            Image.fromarray(pixels).save(
-                os.path.join(image_root, file_name), quality=_JPEG_QUALITY
-            )
+            Image.fromarray(pixels).save(os.path.join(image_root, file_name), quality=_JPEG_QUALITY)
             image_id = index + 1
             images.append(
                 {"id": image_id, "file_name": file_name, "height": height, "width": width}
@@ -379,9 +377,7 @@ def register_shapes(
             image_root=image_root,
             evaluator_type="coco",
             thing_classes=[c["name"] for c in SHAPES_CATEGORIES],
-            thing_dataset_id_to_contiguous_id={
-                c["id"]: i for i, c in enumerate(SHAPES_CATEGORIES)
-            },
+            thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(SHAPES_CATEGORIES)},
             shapes_params=params,
         )
     return SHAPES_DATASET_NAMES

@@ -225,8 +225,7 @@ class SetCriterion(nn.Module):
         loss_functions = {"class": self.loss_labels, "boxes": self.loss_boxes}
         if loss not in loss_functions:
             raise ValueError(
-                f"{type(self).__name__}: expected a loss in {sorted(loss_functions)}, "
-                f"got {loss!r}"
+                f"{type(self).__name__}: expected a loss in {sorted(loss_functions)}, got {loss!r}"
             )
         return loss_functions[loss](outputs, targets, indices, num_boxes, **kwargs)
 
@@ -240,6 +239,21 @@ class SetCriterion(nn.Module):
         )
         query_index = torch.cat([query for query, _ in indices])
         return batch_index, query_index
+
+    @staticmethod
+    def matched_targets(
+        targets: Sequence[Mapping[str, Tensor]], indices: Indices, key: str
+    ) -> Tensor:
+        """``targets[i][key]`` of the matched targets of all images, concatenated.
+
+        Ordered like :meth:`matched_query_index`, e.g. ``[num_matched, 4]`` for ``"boxes"``.
+        """
+        return torch.cat(
+            [
+                target[key][target_index]
+                for target, (_, target_index) in zip(targets, indices, strict=True)
+            ]
+        )
 
     def loss_labels(
         self,
@@ -258,9 +272,7 @@ class SetCriterion(nn.Module):
                 f"{num_logits}], got {tuple(logits.shape)}"
             )
         batch_index, query_index = self.matched_query_index(indices)
-        matched_labels = torch.cat(
-            [target["labels"][target_index] for target, (_, target_index) in zip(targets, indices)]
-        )
+        matched_labels = self.matched_targets(targets, indices, "labels")
         target_classes = torch.full(
             logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
         )
@@ -296,9 +308,7 @@ class SetCriterion(nn.Module):
         """Box losses ``{"loss_bbox", "loss_giou"}`` over the matched pairs."""
         batch_index, query_index = self.matched_query_index(indices)
         pred_boxes = outputs["pred_boxes"][batch_index, query_index]  # [num_matched, 4]
-        target_boxes = torch.cat(
-            [target["boxes"][target_index] for target, (_, target_index) in zip(targets, indices)]
-        )
+        target_boxes = self.matched_targets(targets, indices, "boxes")
         loss_bbox = F.l1_loss(pred_boxes, target_boxes, reduction="none")
         loss_giou = 1 - matched_generalized_box_iou(
             box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes)

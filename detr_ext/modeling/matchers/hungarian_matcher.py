@@ -52,8 +52,7 @@ def check_detection_inputs(
         )
     if len(targets) != logits.shape[0]:
         raise ValueError(
-            f"{where}: expected one target dict per image ({logits.shape[0]}), "
-            f"got {len(targets)}"
+            f"{where}: expected one target dict per image ({logits.shape[0]}), got {len(targets)}"
         )
     for image_index, target in enumerate(targets):
         if "labels" not in target or "boxes" not in target:
@@ -166,13 +165,13 @@ class HungarianMatcher(nn.Module):
         giou_cost = -generalized_box_iou(
             box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes)
         )
-        cost = self.cost_bbox * bbox_cost + self.cost_class * class_cost + self.cost_giou * giou_cost
+        cost = (
+            self.cost_bbox * bbox_cost + self.cost_class * class_cost + self.cost_giou * giou_cost
+        )
         cost = cost.view(batch_size, num_queries, -1).cpu()  # [B, Q, N]
 
         sizes = [len(target["boxes"]) for target in targets]
-        return [
-            block[image_index] for image_index, block in enumerate(cost.split(sizes, dim=-1))
-        ]
+        return [block[image_index] for image_index, block in enumerate(cost.split(sizes, dim=-1))]
 
     def assign(self, cost: Tensor) -> tuple[Tensor, Tensor]:
         """Solve one image's assignment problem.

@@ -1,0 +1,199 @@
+"""DetrDatasetMapper: boxes follow the image through flip / resize / crop, crowd and cropped-out
+annotations are dropped, test mode, channel order and argument validation."""
+
+import copy
+import random
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.data import transforms as T
+from detectron2.structures import BoxMode
+from PIL import Image
+
+from detr_ext.data import DetrDatasetMapper
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
+
+HEIGHT, WIDTH = 120, 160
+
+
+def _write_image(path, rectangles, color=(255, 255, 255)):
+    """A black RGB image with solid rectangles given as XYXY pixel ranges [x0, x1) x [y0, y1)."""
+    pixels = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    for x0, y0, x1, y1 in rectangles:
+        pixels[y0:y1, x0:x1] = color
+    Image.fromarray(pixels).save(path)  # PNG: lossless
+    return str(path)
+
+
+def _dataset_dict(path, rectangles, **annotation_fields):
+    annotations = [
+        {
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "bbox_mode": BoxMode.XYWH_ABS,
+            "category_id": index + 1,
+            "iscrowd": 0,
+            **annotation_fields,
+        }
+        for index, (x0, y0, x1, y1) in enumerate(rectangles)
+    ]
+    return {
+        "file_name": path,
+        "height": HEIGHT,
+        "width": WIDTH,
+        "image_id": 1,
+        "annotations": annotations,
+    }
+
+
+def _pixel_box(image, channel=0):
+    """Tight XYXY box of the bright pixels of a [C, H, W] uint8 image."""
+    ys, xs = torch.nonzero(image[channel] > 127, as_tuple=True)
+    return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
+
+
+@pytest.mark.parametrize(
+    "augmentation",
+    [
+        [T.RandomFlip(prob=1.0, horizontal=True)],
+        [T.RandomFlip(prob=1.0, horizontal=False, vertical=True)],
+        [T.Resize((200, 300))],
+        [T.ResizeShortestEdge(short_edge_length=90, max_size=1000)],
+        [T.CropTransform(30, 20, 100, 80)],
+        [
+            T.RandomFlip(prob=1.0),
+            T.Resize((150, 210)),
+            T.CropTransform(10, 15, 150, 120),
+            T.ResizeShortestEdge(short_edge_length=100, max_size=1000),
+        ],
+    ],
+    ids=["hflip", "vflip", "resize", "resize-shortest", "crop", "flip-resize-crop-resize"],
+)
+def test_box_follows_the_image(tmp_path, augmentation):
+    rectangle = (40, 30, 100, 70)
+    dataset_dict = _dataset_dict(_write_image(tmp_path / "a.png", [rectangle]), [rectangle])
+    mapped = DetrDatasetMapper(augmentation, None, is_train=True)(dataset_dict)
+
+    image, instances = mapped["image"], mapped["instances"]
+    assert image.dtype == torch.uint8 and image.shape[0] == 3
+    assert instances.image_size == tuple(image.shape[1:])
+    assert (mapped["height"], mapped["width"]) == (HEIGHT, WIDTH)
+    assert len(instances) == 1 and instances.gt_classes.tolist() == [1]
+    torch.testing.assert_close(instances.gt_boxes.tensor[0], _pixel_box(image), atol=1.5, rtol=0)
+
+
+def test_box_follows_the_image_through_the_random_crop_recipe(tmp_path):
+    rectangle = (60, 40, 100, 80)
+    dataset_dict = _dataset_dict(_write_image(tmp_path / "a.png", [rectangle]), [rectangle])
+    mapper = DetrDatasetMapper(
+        augmentation=[T.RandomFlip()],
+        augmentation_with_crop=[
+            T.RandomFlip(),
+            T.ResizeShortestEdge((100, 120, 140), sample_style="choice"),
+            T.RandomCrop("absolute_range", (80, 120)),
+            T.ResizeShortestEdge((96, 128), max_size=256, sample_style="choice"),
+        ],
+        crop_probability=1.0,
+    )
+    random.seed(0)
+    np.random.seed(0)
+    checked = 0
+    for _ in range(12):
+        mapped = mapper(dataset_dict)
+        image, instances = mapped["image"], mapped["instances"]
+        visible = (image[0] > 127).sum() >= 4  # a sliver may vanish when resized down
+        if len(instances) and visible:
+            torch.testing.assert_close(
+                instances.gt_boxes.tensor[0], _pixel_box(image), atol=2.0, rtol=0
+            )
+            checked += 1
+        elif len(instances) == 0:
+            assert (image[0] > 127).sum() == 0, "a visible object lost its box"
+    assert checked >= 6
+
+
+def test_crowd_annotations_are_removed(tmp_path):
+    rectangles = [(10, 10, 50, 50), (80, 40, 140, 100)]
+    dataset_dict = _dataset_dict(_write_image(tmp_path / "a.png", rectangles), rectangles)
+    dataset_dict["annotations"][0]["iscrowd"] = 1
+    original = copy.deepcopy(dataset_dict)
+    mapped = DetrDatasetMapper([T.NoOpTransform()], None)(dataset_dict)
+    assert mapped["instances"].gt_classes.tolist() == [2]
+    assert "annotations" not in mapped
+    assert dataset_dict == original, "the input dataset dict must not be modified"
+
+
+def test_annotation_outside_the_crop_is_filtered(tmp_path):
+    rectangles = [(10, 10, 50, 50), (100, 60, 150, 110)]
+    dataset_dict = _dataset_dict(_write_image(tmp_path / "a.png", rectangles), rectangles)
+    mapper = DetrDatasetMapper(
+        [T.NoOpTransform()], [T.CropTransform(0, 0, 70, 70)], crop_probability=1.0
+    )
+    mapped = mapper(dataset_dict)
+    assert tuple(mapped["image"].shape[1:]) == (70, 70)
+    assert mapped["instances"].gt_classes.tolist() == [1]
+    torch.testing.assert_close(
+        mapped["instances"].gt_boxes.tensor[0], torch.tensor([10.0, 10.0, 50.0, 50.0])
+    )
+
+
+def test_both_pipelines_are_used_at_probability_one_half(tmp_path):
+    rectangle = (40, 30, 100, 70)
+    dataset_dict = _dataset_dict(_write_image(tmp_path / "a.png", [rectangle]), [rectangle])
+    mapper = DetrDatasetMapper([T.NoOpTransform()], [T.CropTransform(0, 0, 120, 100)])
+    random.seed(0)
+    widths = {mapper(dataset_dict)["image"].shape[2] for _ in range(20)}
+    assert widths == {WIDTH, 120}
+
+
+def test_test_mode_drops_annotations_and_resizes(tmp_path):
+    rectangle = (40, 30, 100, 70)
+    dataset_dict = _dataset_dict(_write_image(tmp_path / "a.png", [rectangle]), [rectangle])
+    mapper = DetrDatasetMapper(
+        [T.ResizeShortestEdge(short_edge_length=240, max_size=1000)],
+        [T.CropTransform(0, 0, 10, 10)],
+        is_train=False,
+    )
+    mapped = mapper(dataset_dict)
+    assert "instances" not in mapped and "annotations" not in mapped
+    assert tuple(mapped["image"].shape) == (3, 240, 320)
+    assert (mapped["height"], mapped["width"]) == (HEIGHT, WIDTH)
+
+
+def test_bgr_format_flips_channels(tmp_path):
+    rectangle = (40, 30, 100, 70)
+    path = _write_image(tmp_path / "a.png", [rectangle], color=(250, 120, 10))
+    dataset_dict = _dataset_dict(path, [rectangle])
+    rgb = DetrDatasetMapper([T.NoOpTransform()], None, img_format="RGB")(dataset_dict)["image"]
+    bgr = DetrDatasetMapper([T.NoOpTransform()], None, img_format="BGR")(dataset_dict)["image"]
+    assert rgb[:, 40, 50].tolist() == [250, 120, 10]
+    assert torch.equal(bgr, rgb.flip(0))
+
+
+def test_mask_on_keeps_masks_through_a_crop(tmp_path):
+    rectangle = (40, 30, 100, 70)
+    mask = np.zeros((HEIGHT, WIDTH), dtype=np.uint8, order="F")
+    mask[30:70, 40:100] = 1
+    rle = mask_util.encode(mask)
+    dataset_dict = _dataset_dict(
+        _write_image(tmp_path / "a.png", [rectangle]), [rectangle], segmentation=rle
+    )
+    crop = [T.CropTransform(50, 0, 100, 100)]
+    with_masks = DetrDatasetMapper(crop, None, mask_on=True)(dataset_dict)["instances"]
+    assert tuple(with_masks.gt_masks.tensor.shape) == (1, 100, 100)
+    assert with_masks.gt_masks.tensor.sum() == 50 * 40
+    without = DetrDatasetMapper(crop, None, mask_on=False)(dataset_dict)["instances"]
+    assert not without.has("gt_masks")
+
+
+def test_invalid_arguments_name_expected_and_got():
+    with pytest.raises(ValueError, match="img_format must be one of .* got 'YUV'"):
+        DetrDatasetMapper([T.NoOpTransform()], None, img_format="YUV")
+    with pytest.raises(TypeError, match="augmentation must be a list .* got NoOpTransform"):
+        DetrDatasetMapper(T.NoOpTransform(), None)
+    with pytest.raises(TypeError, match=r"augmentation_with_crop\[1\] .* got str"):
+        DetrDatasetMapper([T.NoOpTransform()], [T.RandomFlip(), "crop"])
+    with pytest.raises(ValueError, match="crop_probability"):
+        DetrDatasetMapper([T.NoOpTransform()], None, crop_probability=1.5)

@@ -1,0 +1,196 @@
+"""The bundled shapes dataset: determinism, COCO validity, idempotent generation, registration,
+and the COCO-format registration helper."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from pycocotools.coco import COCO
+
+from detr_ext.data.datasets import (
+    SHAPES_CATEGORIES,
+    SHAPES_DATASET_NAMES,
+    generate_shapes_dataset,
+    register_coco_format_dataset,
+    register_shapes,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
+
+
+def _unregister(*names):
+    for name in names:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+@pytest.fixture
+def clean_shapes_registration():
+    _unregister(*SHAPES_DATASET_NAMES)
+    yield
+    _unregister(*SHAPES_DATASET_NAMES)
+
+
+@pytest.fixture(scope="module")
+def shapes_json(tmp_path_factory):
+    """A few dozen training images, shared by the validity checks."""
+    root = tmp_path_factory.mktemp("shapes")
+    return generate_shapes_dataset(root, "train", num_images=36, seed=0)
+
+
+def _read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def test_same_seed_gives_identical_files(tmp_path):
+    json_a = generate_shapes_dataset(tmp_path / "a", "train", num_images=5, seed=3)
+    json_b = generate_shapes_dataset(tmp_path / "b", "train", num_images=5, seed=3)
+    assert _read_bytes(json_a) == _read_bytes(json_b)
+    for index in range(5):
+        name = f"{index:06d}.jpg"
+        assert _read_bytes(tmp_path / "a" / "train" / name) == _read_bytes(
+            tmp_path / "b" / "train" / name
+        )
+
+
+def test_seed_and_split_change_the_data(tmp_path):
+    base = json.loads(_read_bytes(generate_shapes_dataset(tmp_path / "a", "train", 4, seed=0)))
+    other_seed = json.loads(_read_bytes(generate_shapes_dataset(tmp_path / "b", "train", 4, 1)))
+    other_split = json.loads(_read_bytes(generate_shapes_dataset(tmp_path / "c", "val", 4, 0)))
+    assert base["annotations"] != other_seed["annotations"]
+    assert base["annotations"] != other_split["annotations"]
+
+
+def test_coco_json_is_valid(shapes_json):
+    coco = COCO(shapes_json)
+    assert len(coco.getImgIds()) == 36
+    for image in coco.loadImgs(coco.getImgIds()):
+        assert 256 <= image["height"] <= 384 and 256 <= image["width"] <= 384
+        path = os.path.join(os.path.dirname(os.path.dirname(shapes_json)), "train")
+        assert os.path.isfile(os.path.join(path, image["file_name"]))
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+        assert 1 <= len(annotations) <= 6
+        for annotation in annotations:
+            x, y, w, h = annotation["bbox"]
+            assert x >= 0 and y >= 0 and w > 0 and h > 0
+            assert x + w <= image["width"] and y + h <= image["height"]
+            assert 0 < annotation["area"] <= w * h
+            assert annotation["iscrowd"] == 0
+            # The box is the tight box of the visible mask, and area its pixel count.
+            mask = coco.annToMask(annotation)
+            ys, xs = np.nonzero(mask)
+            assert [xs.min(), ys.min(), xs.max() + 1 - x, ys.max() + 1 - y] == [x, y, w, h]
+            assert mask.sum() == annotation["area"]
+
+
+def test_categories_are_non_contiguous_and_all_used(shapes_json):
+    coco = COCO(shapes_json)
+    category_ids = sorted(coco.getCatIds())
+    assert category_ids == [c["id"] for c in SHAPES_CATEGORIES]
+    assert category_ids[0] != 0 and category_ids != list(range(1, len(category_ids) + 1))
+    used = {a["category_id"] for a in coco.dataset["annotations"]}
+    assert used == set(category_ids) and len(used) >= 3
+
+
+def test_object_sizes_span_small_to_large(shapes_json):
+    coco = COCO(shapes_json)
+    areas = np.array([a["area"] for a in coco.dataset["annotations"]])
+    sides = np.array([max(a["bbox"][2:]) for a in coco.dataset["annotations"]])
+    assert (areas < 32**2).sum() >= 5, "expected COCO-small objects"
+    assert (areas > 96**2).sum() >= 3, "expected COCO-large objects"
+    assert sides.min() <= 16
+
+
+def test_generation_is_idempotent_and_regenerates_on_change(tmp_path):
+    json_path = generate_shapes_dataset(tmp_path, "train", num_images=4, seed=0)
+    first_image = tmp_path / "train" / "000000.jpg"
+    stamps = (os.stat(json_path).st_mtime_ns, os.stat(first_image).st_mtime_ns)
+    assert generate_shapes_dataset(tmp_path, "train", num_images=4, seed=0) == json_path
+    assert (os.stat(json_path).st_mtime_ns, os.stat(first_image).st_mtime_ns) == stamps
+
+    generate_shapes_dataset(tmp_path, "train", num_images=2, seed=0)
+    assert sorted(os.listdir(tmp_path / "train")) == ["000000.jpg", "000001.jpg"]
+    assert len(json.loads(_read_bytes(json_path))["images"]) == 2
+
+    # A missing image makes the split incomplete: it is generated again.
+    os.remove(tmp_path / "train" / "000001.jpg")
+    generate_shapes_dataset(tmp_path, "train", num_images=2, seed=0)
+    assert (tmp_path / "train" / "000001.jpg").is_file()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"split": "../x"}, "split"),
+        ({"num_images": 0}, "num_images"),
+        ({"min_size": 400}, "min_size"),
+    ],
+)
+def test_generation_rejects_bad_arguments(tmp_path, kwargs, message):
+    arguments = {"split": "train", "num_images": 2, "seed": 0, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate_shapes_dataset(tmp_path, **arguments)
+
+
+@pytest.mark.usefixtures("clean_shapes_registration")
+def test_registration_is_lazy_and_maps_ids_contiguously(tmp_path):
+    root = tmp_path / "shapes"
+    assert register_shapes(root, num_train=6, num_val=3) == ("shapes_train", "shapes_val")
+    assert not root.exists(), "registration must not generate anything"
+
+    dicts = DatasetCatalog.get("shapes_train")
+    assert len(dicts) == 6 and (root / "annotations" / "instances_train.json").is_file()
+    metadata = MetadataCatalog.get("shapes_train")
+    assert metadata.thing_classes == ["circle", "square", "triangle"]
+    assert metadata.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1, 11: 2}
+    assert metadata.evaluator_type == "coco"
+    classes = {a["category_id"] for d in dicts for a in d["annotations"]}
+    assert classes <= {0, 1, 2}
+    assert all(os.path.isfile(d["file_name"]) for d in dicts)
+    assert len(DatasetCatalog.get("shapes_val")) == 3
+
+
+@pytest.mark.usefixtures("clean_shapes_registration")
+def test_registering_again(tmp_path):
+    register_shapes(tmp_path, num_train=6, num_val=3)
+    register_shapes(tmp_path, num_train=6, num_val=3)  # same parameters: a no-op
+    with pytest.raises(ValueError, match="already registered"):
+        register_shapes(tmp_path, num_train=7, num_val=3)
+    register_shapes(tmp_path, num_train=7, num_val=3, replace=True)
+    assert MetadataCatalog.get("shapes_train").shapes_params["num_images"] == 7
+    with pytest.raises(ValueError, match="num_val"):
+        register_shapes(tmp_path, num_train=7, num_val=0, replace=True)
+
+
+def test_register_coco_format_dataset(tmp_path, shapes_json):
+    name = "detr_ext_test_coco_format"
+    image_root = os.path.join(os.path.dirname(os.path.dirname(shapes_json)), "train")
+    _unregister(name)
+    try:
+        register_coco_format_dataset(name, shapes_json, image_root)
+        dicts = DatasetCatalog.get(name)
+        assert len(dicts) == 36
+        assert MetadataCatalog.get(name).thing_classes == ["circle", "square", "triangle"]
+        with pytest.raises(ValueError, match="already registered"):
+            register_coco_format_dataset(name, shapes_json, image_root)
+    finally:
+        _unregister(name)
+
+
+def test_register_coco_format_dataset_errors(tmp_path, shapes_json):
+    with pytest.raises(FileNotFoundError, match="json"):
+        register_coco_format_dataset("x_missing", tmp_path / "missing.json", tmp_path)
+    with pytest.raises(FileNotFoundError, match="image directory"):
+        register_coco_format_dataset("x_missing", shapes_json, tmp_path / "no_images")
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"images": [], "categories": []}))
+    with pytest.raises(ValueError, match="missing \\['annotations'\\]"):
+        register_coco_format_dataset("x_broken", broken, tmp_path)
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid json"):
+        register_coco_format_dataset("x_broken", broken, tmp_path)
+    assert "x_missing" not in DatasetCatalog.list() and "x_broken" not in DatasetCatalog.list()
