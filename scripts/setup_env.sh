@@ -25,6 +25,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
 else
     echo "[setup] requirements unchanged, reusing $VENV"
 fi
+# The repository root on the venv's path: detr_ext, projects.* and configs import from anywhere.
+SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "$PWD" > "$SITE/detr_ext-repo.pth"
 echo "[setup] building detr_ext._C in place"
 "$PY" setup.py build_ext --inplace
 "$PY" -c 'import detr_ext.ops as ops; print("[setup]", ops.build_info())'
