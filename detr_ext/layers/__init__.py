@@ -6,8 +6,18 @@ from .box_ops import (
     box_iou,
     box_xyxy_to_cxcywh,
     generalized_box_iou,
+    inverse_sigmoid,
     matched_box_iou,
     matched_generalized_box_iou,
+)
+from .denoising import (
+    CdnQueryGenerator,
+    DenoisingQueries,
+    build_dn_attn_mask,
+    denoising_indices,
+    dn_post_process,
+    num_denoising_groups,
+    prepare_for_cdn,
 )
 from .mlp import FFN, MLP
 from .multi_scale_deform_attn import MultiScaleDeformableAttention
@@ -19,6 +29,8 @@ from .position_embedding import (
 from .transformer import BaseTransformerLayer, TransformerLayerSequence
 
 __all__ = [
+    "CdnQueryGenerator",
+    "DenoisingQueries",
     "FFN",
     "MLP",
     "BaseTransformerLayer",
@@ -30,8 +42,14 @@ __all__ = [
     "box_cxcywh_to_xyxy",
     "box_iou",
     "box_xyxy_to_cxcywh",
+    "build_dn_attn_mask",
+    "denoising_indices",
+    "dn_post_process",
     "generalized_box_iou",
     "get_sine_pos_embed",
+    "inverse_sigmoid",
     "matched_box_iou",
     "matched_generalized_box_iou",
+    "num_denoising_groups",
+    "prepare_for_cdn",
 ]

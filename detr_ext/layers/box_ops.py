@@ -24,6 +24,7 @@ __all__ = [
     "box_iou",
     "box_xyxy_to_cxcywh",
     "generalized_box_iou",
+    "inverse_sigmoid",
     "matched_box_iou",
     "matched_generalized_box_iou",
 ]
@@ -142,3 +143,14 @@ def matched_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     enclosing_wh = (bottom_right - top_left).clamp(min=0)
     enclosing_area = enclosing_wh[:, 0] * enclosing_wh[:, 1]
     return iou - (enclosing_area - union) / enclosing_area
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:
+    """The logit ``log(x / (1 - x))`` of ``x`` clamped to [0, 1], with both terms clamped to
+    ``>= eps`` so that 0 and 1 map to finite values.
+
+    ``eps = 1e-3`` is detrex's default (DINO, Deformable DETR box refinement); the original
+    Deformable DETR used ``1e-5``. Same shape as ``x``.
+    """
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))

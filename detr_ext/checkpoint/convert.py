@@ -1,0 +1,264 @@
+"""Convert state_dicts between naming schemes (other codebases -> detr_ext models).
+
+A conversion is a list of ordered renaming rules, optional value transforms and a list of
+target keys that may be taken from the target model when the source does not have them:
+
+- rules: ``(pattern, replacement)`` pairs applied in order, each as ``re.sub`` on the key
+  produced by the previous rules, so later rules see renamed keys. ``replacement`` may be a
+  string (with ``\\1`` groups) or a function of the match, as for ``re.sub``. A ``None``
+  replacement drops every key the pattern matches (searched, not full-matched); dropped keys
+  are listed in the report, never silently lost.
+- transforms: ``(pattern, function)`` pairs; ``function(value, target_value) -> value`` is
+  applied to a converted tensor whose *target* key full-matches ``pattern`` (e.g. to reorder
+  class rows).
+- fill_from_target: patterns of target keys that the source lacks by design (such as a
+  loss buffer computed from the config); they are copied from the target state_dict.
+
+:func:`convert_state_dict` applies them and returns the converted state_dict with a
+:class:`ConversionReport`. Named conversions are :class:`Converter` objects registered with
+:func:`register_converter` (projects register theirs; ``tools/convert_checkpoint.py`` looks
+them up by name, e.g. ``"detr.facebookresearch"``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+__all__ = [
+    "ConversionReport",
+    "Converter",
+    "convert_state_dict",
+    "get_converter",
+    "list_converters",
+    "register_converter",
+    "rename_key",
+]
+
+Replacement = str | Callable[[re.Match], str] | None
+Rule = tuple[str, Replacement]
+Transform = tuple[str, Callable[[Tensor, Tensor], Tensor]]
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did, key by key.
+
+    Attributes:
+        converted: target key -> source key, for every tensor that found its target.
+        unused_source_keys: source key -> renamed key, for renamed keys that are not in the
+            target (a rule is missing or wrong).
+        dropped_source_keys: source keys removed on purpose by a ``None`` rule.
+        missing_target_keys: target keys that no source key converted to.
+        filled_target_keys: target keys copied from the target (``fill_from_target``).
+        shape_mismatches: target key -> (converted shape, target shape).
+        transformed_keys: target keys whose values a transform changed.
+    """
+
+    converted: dict[str, str] = field(default_factory=dict)
+    unused_source_keys: dict[str, str] = field(default_factory=dict)
+    dropped_source_keys: list[str] = field(default_factory=list)
+    missing_target_keys: list[str] = field(default_factory=list)
+    filled_target_keys: list[str] = field(default_factory=list)
+    shape_mismatches: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(
+        default_factory=dict
+    )
+    transformed_keys: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every source key was used or dropped on purpose, every target key was
+        produced and every shape matches."""
+        return not (self.unused_source_keys or self.missing_target_keys or self.shape_mismatches)
+
+    def summary(self, max_keys: int = 20) -> str:
+        """A human-readable report listing up to ``max_keys`` keys per category."""
+
+        def block(title: str, lines: Sequence[str]) -> list[str]:
+            out = [f"{title}: {len(lines)}"]
+            out += [f"  {line}" for line in lines[:max_keys]]
+            if len(lines) > max_keys:
+                out.append(f"  ... and {len(lines) - max_keys} more")
+            return out
+
+        lines = [f"converted: {len(self.converted)}"]
+        lines += block("transformed", self.transformed_keys)
+        lines += block("filled from the target model", self.filled_target_keys)
+        lines += block("dropped source keys", self.dropped_source_keys)
+        lines += block(
+            "unused source keys",
+            [f"{src} (renamed to {dst})" for src, dst in self.unused_source_keys.items()],
+        )
+        lines += block("missing target keys", self.missing_target_keys)
+        lines += block(
+            "shape mismatches",
+            [
+                f"{key}: converted {list(got)} vs target {list(want)}"
+                for key, (got, want) in self.shape_mismatches.items()
+            ],
+        )
+        lines.append("OK" if self.ok else "NOT OK")
+        return "\n".join(lines)
+
+
+def _compile(patterns: Iterable[tuple[str, object]], what: str) -> list[tuple[re.Pattern, object]]:
+    compiled = []
+    for index, entry in enumerate(patterns):
+        if not isinstance(entry, tuple | list) or len(entry) != 2:
+            raise ValueError(f"convert_state_dict: {what}[{index}] must be a pair, got {entry!r}")
+        pattern, action = entry
+        try:
+            compiled.append((re.compile(pattern), action))
+        except re.error as error:
+            raise ValueError(
+                f"convert_state_dict: {what}[{index}] has an invalid regex {pattern!r}: {error}"
+            ) from error
+    return compiled
+
+
+def rename_key(key: str, rules: Sequence[tuple[re.Pattern, Replacement]]) -> str | None:
+    """Apply compiled ``rules`` to one key; None if a dropping rule matched."""
+    for pattern, replacement in rules:
+        if replacement is None:
+            if pattern.search(key):
+                return None
+        else:
+            key = pattern.sub(replacement, key)
+    return key
+
+
+def convert_state_dict(
+    source: Mapping[str, Tensor],
+    rules: Sequence[Rule],
+    target_state_dict: Mapping[str, Tensor],
+    transforms: Sequence[Transform] = (),
+    fill_from_target: Sequence[str] = (),
+) -> tuple[dict[str, Tensor], ConversionReport]:
+    """Rename (and transform) ``source`` into the key space of ``target_state_dict``.
+
+    Args:
+        source: the state_dict to convert.
+        rules: ordered ``(pattern, replacement)`` renaming rules (see the module docs).
+        target_state_dict: the state_dict of the model the result is for; only its keys and
+            shapes are used, plus the values of ``fill_from_target`` keys.
+        transforms: ``(target_key_pattern, function(value, target_value))`` value transforms.
+        fill_from_target: full-match patterns of target keys to copy from the target when
+            the source does not provide them.
+
+    Returns:
+        ``(converted, report)``: ``converted`` holds the target keys that were produced, in
+        the target's order. Keys whose shape does not match stay in ``converted`` but are
+        listed in ``report.shape_mismatches``; check ``report.ok`` before loading.
+
+    Raises:
+        ValueError: if two source keys rename to the same target key, or a rule is invalid.
+    """
+    compiled_rules = _compile(rules, "rules")
+    compiled_transforms = _compile(transforms, "transforms")
+    fill_patterns = [re.compile(pattern) for pattern in fill_from_target]
+    report = ConversionReport()
+
+    renamed: dict[str, Tensor] = {}
+    for source_key, value in source.items():
+        target_key = rename_key(source_key, compiled_rules)
+        if target_key is None:
+            report.dropped_source_keys.append(source_key)
+            continue
+        if target_key not in target_state_dict:
+            report.unused_source_keys[source_key] = target_key
+            continue
+        if target_key in report.converted:
+            raise ValueError(
+                f"convert_state_dict: source keys {report.converted[target_key]!r} and "
+                f"{source_key!r} both rename to {target_key!r}; expected one source per target"
+            )
+        report.converted[target_key] = source_key
+        renamed[target_key] = value
+
+    converted: dict[str, Tensor] = {}
+    for target_key, target_value in target_state_dict.items():
+        if target_key not in renamed:
+            if any(pattern.fullmatch(target_key) for pattern in fill_patterns):
+                converted[target_key] = target_value.detach().clone()
+                report.filled_target_keys.append(target_key)
+            else:
+                report.missing_target_keys.append(target_key)
+            continue
+        value = renamed[target_key]
+        for pattern, function in compiled_transforms:
+            if pattern.fullmatch(target_key):
+                new_value = function(value, target_value)
+                if new_value is not value:
+                    report.transformed_keys.append(target_key)
+                value = new_value
+        if isinstance(value, Tensor) and isinstance(target_value, Tensor):
+            if value.shape != target_value.shape:
+                report.shape_mismatches[target_key] = (
+                    tuple(value.shape),
+                    tuple(target_value.shape),
+                )
+        converted[target_key] = value
+    return converted, report
+
+
+@dataclass(frozen=True)
+class Converter:
+    """A named conversion into a detr_ext model's parameter names.
+
+    Attributes:
+        name: registry key, ``"<project>.<source>"``, e.g. ``"detr.facebookresearch"``.
+        description: one line on what checkpoints it converts.
+        rules, transforms, fill_from_target: as for :func:`convert_state_dict`.
+    """
+
+    name: str
+    description: str
+    rules: tuple[Rule, ...]
+    transforms: tuple[Transform, ...] = ()
+    fill_from_target: tuple[str, ...] = ()
+
+    def convert(
+        self, source: Mapping[str, Tensor], target_state_dict: Mapping[str, Tensor]
+    ) -> tuple[dict[str, Tensor], ConversionReport]:
+        """:func:`convert_state_dict` with this converter's rules."""
+        return convert_state_dict(
+            source,
+            self.rules,
+            target_state_dict,
+            transforms=self.transforms,
+            fill_from_target=self.fill_from_target,
+        )
+
+
+_CONVERTERS: dict[str, Converter] = {}
+
+
+def register_converter(converter: Converter, *, replace: bool = False) -> Converter:
+    """Add ``converter`` to the registry under ``converter.name``; returns it."""
+    if not isinstance(converter, Converter):
+        raise TypeError(f"register_converter: expected a Converter, got {type(converter).__name__}")
+    existing = _CONVERTERS.get(converter.name)
+    if existing is not None and existing != converter and not replace:
+        raise ValueError(
+            f"register_converter: a different converter named {converter.name!r} is already "
+            "registered; pass replace=True to replace it"
+        )
+    _CONVERTERS[converter.name] = converter
+    return converter
+
+
+def get_converter(name: str) -> Converter:
+    """The registered converter called ``name``."""
+    if name not in _CONVERTERS:
+        raise KeyError(
+            f"get_converter: no converter named {name!r}; registered: {list_converters()}"
+        )
+    return _CONVERTERS[name]
+
+
+def list_converters() -> list[str]:
+    """Names of the registered converters, sorted."""
+    return sorted(_CONVERTERS)

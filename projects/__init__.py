@@ -1,0 +1,1 @@
+"""Detector projects built on detr_ext, one package per detector."""

@@ -1,0 +1,73 @@
+"""A small DINO for the bundled shapes dataset (3 classes), trained from scratch on CPU.
+
+ResNet-18 (random init, BatchNorm), 3 feature levels, width 128, 2 encoder and 3 decoder
+layers, 100 queries and 30 denoising queries: the whole DINO recipe (contrastive denoising,
+mixed query selection, look-forward-twice refinement) at a size that trains in minutes::
+
+    python tools/train_net.py --config-file projects/dino/configs/dino_shapes.py \
+        train.output_dir=./output/dino_shapes
+"""
+
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.solver import WarmupParamScheduler
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+from torch import nn
+
+from detr_ext.config import get_config
+from detr_ext.modeling.backbones import build_resnet_backbone
+
+from .models.dino_r50 import model
+
+dataloader = get_config("common/data/shapes.py").dataloader
+optimizer = get_config("common/optim.py").AdamW
+train = get_config("common/train.py").train
+
+embed_dim = 128
+model.backbone = L(build_resnet_backbone)(
+    depth=18, out_features=("res3", "res4", "res5"), norm="BN", freeze_at=0
+)
+model.neck.input_shapes = {
+    "res3": ShapeSpec(channels=128, stride=8),
+    "res4": ShapeSpec(channels=256, stride=16),
+    "res5": ShapeSpec(channels=512, stride=32),
+}
+model.neck.out_channels = embed_dim
+model.neck.norm_layer = L(nn.GroupNorm)(num_groups=32, num_channels=embed_dim)
+model.neck.num_outs = 3
+model.position_embedding.num_pos_feats = embed_dim // 2
+model.transformer.num_feature_levels = 3
+for part, num_layers in (("encoder", 2), ("decoder", 3)):
+    getattr(model.transformer, part).update(
+        embed_dim=embed_dim, num_heads=8, feedforward_dim=512, num_layers=num_layers
+    )
+model.embed_dim = embed_dim
+model.num_classes = 3
+model.num_queries = 100
+model.select_box_nums_for_evaluation = 100
+model.dn_number = 30
+
+train.device = "cpu"
+train.init_checkpoint = ""
+train.output_dir = "./output/dino_shapes"
+train.max_iter = 2000
+train.eval_period = 0  # evaluate once, after the last iteration
+train.log_period = 20
+train.checkpointer.period = 1000
+train.clip_grad.enabled = True
+train.clip_grad.params.max_norm = 0.1
+train.clip_grad.params.norm_type = 2
+
+optimizer.lr = 2e-4
+optimizer.weight_decay = 1e-4
+
+# Drop the learning rate 10x for the last 10% of training (milestones are fractions of
+# train.max_iter: the scheduler is evaluated at iter / max_iter), after a short warmup.
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[90, 100]),
+    warmup_length=0.02,
+    warmup_method="linear",
+    warmup_factor=0.001,
+)
+
+dataloader.evaluator.output_dir = train.output_dir

@@ -1,0 +1,257 @@
+"""DINO's deformable encoder and its box-refining decoder (detrex's ``DINOTransformerEncoder``
+and ``DINOTransformerDecoder``, same parameter names and numerics).
+
+Encoder layer: deformable self-attention, norm, FFN, norm (post-norm). Decoder layer: self
+attention over all queries (denoising + matching, under the denoising mask), norm, deformable
+cross attention to the encoder memory, norm, FFN, norm. The decoder's query positional
+embedding is ``ref_point_head(get_sine_pos_embed(reference box))`` and, after every layer,
+``bbox_embed[layer]`` refines the reference box ("look forward twice", see
+:class:`DINOTransformerDecoder`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from detr_ext.layers import (
+    FFN,
+    MLP,
+    BaseTransformerLayer,
+    MultiheadAttention,
+    MultiScaleDeformableAttention,
+    TransformerLayerSequence,
+    get_sine_pos_embed,
+)
+from detr_ext.layers.box_ops import inverse_sigmoid
+
+__all__ = ["DINOTransformerDecoder", "DINOTransformerEncoder"]
+
+
+class DINOTransformerEncoder(TransformerLayerSequence):
+    """A stack of post-norm deformable self-attention layers over the flattened feature maps.
+
+    Args:
+        embed_dim: model width ``C``.
+        num_heads: attention heads.
+        feedforward_dim: hidden width of the FFN.
+        attn_dropout: dropout of the deformable attention output.
+        ffn_dropout: dropout inside the FFN.
+        num_layers: number of layers.
+        post_norm: add a final LayerNorm (``post_norm_layer``) after the last layer.
+        num_feature_levels: levels ``L`` of the multi-scale input.
+        num_points: sampling points per head and level.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        feedforward_dim: int = 1024,
+        attn_dropout: float = 0.1,
+        ffn_dropout: float = 0.1,
+        num_layers: int = 6,
+        post_norm: bool = False,
+        num_feature_levels: int = 4,
+        num_points: int = 4,
+    ) -> None:
+        layer = BaseTransformerLayer(
+            attn=MultiScaleDeformableAttention(
+                embed_dim=embed_dim,
+                num_heads=num_heads,
+                num_levels=num_feature_levels,
+                num_points=num_points,
+                dropout=attn_dropout,
+                batch_first=True,
+            ),
+            ffn=FFN(
+                embed_dim=embed_dim,
+                feedforward_dim=feedforward_dim,
+                output_dim=embed_dim,
+                num_fcs=2,
+                ffn_drop=ffn_dropout,
+            ),
+            norm=nn.LayerNorm(embed_dim),
+            operation_order=("self_attn", "norm", "ffn", "norm"),
+        )
+        super().__init__(transformer_layers=layer, num_layers=num_layers)
+        self.embed_dim = embed_dim
+        self.num_feature_levels = num_feature_levels
+        self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
+
+    def forward(
+        self,
+        query: Tensor,
+        query_pos: Tensor,
+        key_padding_mask: Tensor,
+        reference_points: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+    ) -> Tensor:
+        """Encode the flattened multi-scale features.
+
+        Args:
+            query: ``[B, N, C]`` features of all levels, flattened and concatenated.
+            query_pos: ``[B, N, C]`` position + level embeddings.
+            key_padding_mask: ``[B, N]`` bool, True on padding.
+            reference_points: ``[B, N, L, 2]`` normalized pixel centers, per level.
+            spatial_shapes: ``[L, 2]`` (H_l, W_l).
+            level_start_index: ``[L]`` offset of each level in ``N``.
+
+        Returns:
+            memory ``[B, N, C]``.
+        """
+        for layer in self.layers:
+            query = layer(
+                query,
+                query_pos=query_pos,
+                query_key_padding_mask=key_padding_mask,
+                reference_points=reference_points,
+                spatial_shapes=spatial_shapes,
+                level_start_index=level_start_index,
+            )
+        if self.post_norm_layer is not None:
+            query = self.post_norm_layer(query)
+        return query
+
+
+class DINOTransformerDecoder(TransformerLayerSequence):
+    """Deformable decoder with iterative box refinement and "look forward twice".
+
+    ``class_embed`` and ``bbox_embed`` (``num_layers + 1`` heads each; the last pair scores the
+    encoder proposals) are owned by the detector, which assigns them here after construction,
+    as in detrex (so the state dict lists them under both names).
+
+    Per layer ``i`` with input reference boxes ``r_i`` (normalized ``cxcywh``, detached):
+    the layer output ``h_i`` gives ``r_{i+1} = sigmoid(bbox_embed[i](h_i) +
+    inverse_sigmoid(r_i))``; ``r_{i+1}`` is returned *with* its gradient (look forward twice:
+    the detector's prediction at layer ``i + 1`` then also trains ``bbox_embed[i]``) and fed
+    to the next layer detached.
+
+    Args:
+        embed_dim: model width ``C``.
+        num_heads: attention heads.
+        feedforward_dim: hidden width of the FFN.
+        attn_dropout: dropout of both attentions.
+        ffn_dropout: dropout inside the FFN.
+        num_layers: number of layers.
+        num_feature_levels: levels ``L`` of the encoder memory.
+        num_points: sampling points per head and level.
+        look_forward_twice: return the refined boxes with gradient (DINO) rather than detached.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        feedforward_dim: int = 1024,
+        attn_dropout: float = 0.1,
+        ffn_dropout: float = 0.1,
+        num_layers: int = 6,
+        num_feature_levels: int = 4,
+        num_points: int = 4,
+        look_forward_twice: bool = True,
+    ) -> None:
+        if embed_dim % 2 != 0:
+            raise ValueError(f"DINOTransformerDecoder: expected an even embed_dim, got {embed_dim}")
+        layer = BaseTransformerLayer(
+            attn=[
+                MultiheadAttention(
+                    embed_dim=embed_dim,
+                    num_heads=num_heads,
+                    attn_drop=attn_dropout,
+                    batch_first=True,
+                ),
+                MultiScaleDeformableAttention(
+                    embed_dim=embed_dim,
+                    num_heads=num_heads,
+                    num_levels=num_feature_levels,
+                    num_points=num_points,
+                    dropout=attn_dropout,
+                    batch_first=True,
+                ),
+            ],
+            ffn=FFN(
+                embed_dim=embed_dim,
+                feedforward_dim=feedforward_dim,
+                output_dim=embed_dim,
+                num_fcs=2,
+                ffn_drop=ffn_dropout,
+            ),
+            norm=nn.LayerNorm(embed_dim),
+            operation_order=("self_attn", "norm", "cross_attn", "norm", "ffn", "norm"),
+        )
+        super().__init__(transformer_layers=layer, num_layers=num_layers)
+        self.embed_dim = embed_dim
+        self.num_feature_levels = num_feature_levels
+        self.look_forward_twice = look_forward_twice
+        # The sine embedding of a (cx, cy, w, h) box has 4 * (C / 2) = 2C channels.
+        self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.class_embed: nn.ModuleList | None = None
+        self.bbox_embed: nn.ModuleList | None = None
+
+    def forward(
+        self,
+        query: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor,
+        reference_points: Tensor,
+        valid_ratios: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        attn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Decode the queries, refining their reference boxes layer by layer.
+
+        Args:
+            query: ``[B, T, C]`` content queries (denoising queries first, if any).
+            value: ``[B, N, C]`` encoder memory.
+            key_padding_mask: ``[B, N]`` bool, True on padding.
+            reference_points: ``[B, T, 4]`` initial boxes, normalized ``cxcywh``.
+            valid_ratios: ``[B, L, 2]`` (w, h) fraction of each level that is not padding.
+            spatial_shapes: ``[L, 2]`` (H_l, W_l).
+            level_start_index: ``[L]``.
+            attn_mask: ``[T, T]`` bool self-attention mask (True = blocked), or None.
+
+        Returns:
+            ``(states, references)``: ``[num_layers, B, T, C]`` outputs after the final
+            ``norm``, and ``[num_layers, B, T, 4]`` refined boxes (sigmoid space).
+        """
+        if self.bbox_embed is None:
+            raise RuntimeError(
+                "DINOTransformerDecoder: bbox_embed is not set; the detector must assign its "
+                "box heads (decoder.bbox_embed = ...) before the decoder runs"
+            )
+        if reference_points.dim() != 3 or reference_points.shape[-1] != 4:
+            raise ValueError(
+                "DINOTransformerDecoder: expected reference_points [B, T, 4] (cxcywh), got "
+                f"{tuple(reference_points.shape)}"
+            )
+        output = query
+        states, references = [], []
+        box_ratios = torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # [B, 1, L, 4]
+        for layer_index, layer in enumerate(self.layers):
+            # Boxes in the frame of each level's valid (unpadded) area: [B, T, L, 4].
+            reference_points_input = reference_points[:, :, None] * box_ratios
+            query_sine_embed = get_sine_pos_embed(
+                reference_points_input[:, :, 0, :], num_pos_feats=self.embed_dim // 2
+            )
+            query_pos = self.ref_point_head(query_sine_embed)
+            output = layer(
+                output,
+                value,
+                value,
+                query_pos=query_pos,
+                attn_masks=[attn_mask, None],
+                key_padding_mask=key_padding_mask,
+                reference_points=reference_points_input,
+                spatial_shapes=spatial_shapes,
+                level_start_index=level_start_index,
+            )
+            delta = self.bbox_embed[layer_index](output)
+            new_reference_points = (delta + inverse_sigmoid(reference_points)).sigmoid()
+            reference_points = new_reference_points.detach()
+            states.append(self.norm(output))
+            references.append(new_reference_points if self.look_forward_twice else reference_points)
+        return torch.stack(states), torch.stack(references)

@@ -1,0 +1,99 @@
+"""The generic state_dict conversion: ordered rules, drops, transforms, fills, the report."""
+
+import pytest
+import torch
+
+from detr_ext.checkpoint import (
+    Converter,
+    convert_state_dict,
+    get_converter,
+    register_converter,
+    rename_key,
+)
+from detr_ext.checkpoint.convert import _compile
+
+TARGET = {
+    "net.block1.weight": torch.zeros(2, 3),
+    "net.block1.bias": torch.zeros(2),
+    "head.weight": torch.zeros(4, 2),
+    "loss.buffer": torch.arange(3.0),
+}
+
+
+def test_rules_apply_in_order_with_callable_replacement():
+    rules = _compile(
+        [
+            (r"^body\.", "net."),
+            (r"layer(\d)", lambda m: f"block{int(m.group(1)) + 1}"),
+            (r"tracked$", None),
+        ],
+        "rules",
+    )
+    assert rename_key("body.layer0.weight", rules) == "net.block1.weight"
+    assert rename_key("body.layer0.num_batches_tracked", rules) is None
+
+
+def test_convert_report_categories():
+    source = {
+        "body.layer0.weight": torch.ones(2, 3),
+        "body.layer0.bias": torch.ones(2),
+        "body.layer0.num_batches_tracked": torch.tensor(1),
+        "head.weight": torch.ones(5, 2),
+        "extra.thing": torch.ones(1),
+    }
+    rules = [(r"num_batches_tracked$", None), (r"^body\.layer0\.", "net.block1.")]
+    converted, report = convert_state_dict(
+        source,
+        rules,
+        TARGET,
+        transforms=[(r"head\.weight", lambda v, t: v[: t.shape[0]])],
+        fill_from_target=[r"loss\..*"],
+    )
+    assert report.converted == {
+        "net.block1.weight": "body.layer0.weight",
+        "net.block1.bias": "body.layer0.bias",
+        "head.weight": "head.weight",
+    }
+    assert report.dropped_source_keys == ["body.layer0.num_batches_tracked"]
+    assert report.unused_source_keys == {"extra.thing": "extra.thing"}
+    assert report.filled_target_keys == ["loss.buffer"]
+    assert report.transformed_keys == ["head.weight"]
+    assert report.shape_mismatches == {} and report.missing_target_keys == []
+    assert not report.ok  # the unused source key
+    assert list(converted) == list(TARGET)
+    assert converted["head.weight"].shape == (4, 2)
+    assert torch.equal(converted["loss.buffer"], TARGET["loss.buffer"])
+    assert "unused source keys: 1" in report.summary()
+
+
+def test_missing_and_mismatched_keys():
+    source = {"net.block1.weight": torch.ones(3, 3), "head.weight": torch.ones(4, 2)}
+    _, report = convert_state_dict(source, [], TARGET)
+    assert report.shape_mismatches == {"net.block1.weight": ((3, 3), (2, 3))}
+    assert report.missing_target_keys == ["net.block1.bias", "loss.buffer"]
+    assert not report.ok
+
+
+def test_two_sources_to_one_target_is_an_error():
+    source = {"a.weight": torch.ones(4, 2), "b.weight": torch.ones(4, 2)}
+    with pytest.raises(ValueError, match="both rename to 'head.weight'"):
+        convert_state_dict(source, [(r"^[ab]\.", "head.")], TARGET)
+
+
+def test_invalid_rule_is_reported():
+    with pytest.raises(ValueError, match=r"rules\[0\] has an invalid regex"):
+        convert_state_dict({}, [("(", "x")], TARGET)
+
+
+def test_registry_round_trip_and_conflicts():
+    converter = Converter(name="test.identity", description="identity", rules=())
+    register_converter(converter)
+    register_converter(converter)  # same object again: fine
+    assert get_converter("test.identity") is converter
+    other = Converter(name="test.identity", description="other", rules=((r"a", "b"),))
+    with pytest.raises(ValueError, match="already registered"):
+        register_converter(other)
+    register_converter(other, replace=True)
+    assert get_converter("test.identity") is other
+    with pytest.raises(KeyError, match="no converter named 'test.missing'"):
+        get_converter("test.missing")
