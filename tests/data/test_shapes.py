@@ -175,8 +175,9 @@ def test_register_coco_format_dataset(tmp_path, shapes_json):
         dicts = DatasetCatalog.get(name)
         assert len(dicts) == 36
         assert MetadataCatalog.get(name).thing_classes == ["circle", "square", "triangle"]
-        with pytest.raises(ValueError, match="already registered"):
-            register_coco_format_dataset(name, shapes_json, image_root)
+        register_coco_format_dataset(name, shapes_json, image_root)  # same again: no-op
+        with pytest.raises(ValueError, match="already registered for"):
+            register_coco_format_dataset(name, shapes_json, str(tmp_path))
     finally:
         _unregister(name)
 

@@ -26,26 +26,34 @@ def register_coco_format_dataset(
     type is ``"coco"``, so ``COCOEvaluator`` works with it.
 
     Args:
-        name: dataset name for ``DatasetCatalog`` (e.g. ``"my_parts_train"``); must be new.
+        name: dataset name for ``DatasetCatalog`` (e.g. ``"my_parts_train"``); registering the
+            same name with the same files again is a no-op.
         json_file: COCO json with ``images``, ``annotations`` and ``categories`` lists.
         image_root: directory that ``images[i]["file_name"]`` is relative to.
         metadata: extra ``MetadataCatalog`` fields (e.g. ``thing_colors``).
 
     Raises:
         FileNotFoundError: ``json_file`` is not a file or ``image_root`` is not a directory.
-        ValueError: ``name`` is already registered, or the json is not COCO instances.
+        ValueError: ``name`` is already registered for other files, or the json is not COCO instances.
     """
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets import register_coco_instances
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_coco_format_dataset: expected a non-empty name, got {name!r}")
-    if name in DatasetCatalog.list():
-        raise ValueError(
-            f"register_coco_format_dataset: dataset {name!r} is already registered; "
-            "choose another name or DatasetCatalog.remove() it first"
-        )
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    if name in DatasetCatalog.list():
+        from detectron2.data import MetadataCatalog
+
+        registered = MetadataCatalog.get(name)
+        if (registered.get("json_file"), registered.get("image_root")) == (json_file, image_root):
+            return  # the same registration again (a config loaded twice): nothing to do
+        raise ValueError(
+            f"register_coco_format_dataset: dataset {name!r} is already registered for "
+            f"json_file={registered.get('json_file')!r}, image_root="
+            f"{registered.get('image_root')!r}; got {json_file!r}, {image_root!r}. Choose "
+            "another name or DatasetCatalog.remove() it first"
+        )
     if not os.path.isfile(json_file):
         raise FileNotFoundError(
             f"register_coco_format_dataset({name!r}): expected a COCO json file, "

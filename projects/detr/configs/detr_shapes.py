@@ -2,10 +2,10 @@
 
 ResNet-18 with GroupNorm (no pretrained weights, so no frozen BatchNorm statistics to rely
 on), a 128-wide transformer with 2 encoder and 2 decoder layers, 30 queries, 3 classes, and
-images of 224-320 px. The default 300 iterations take about 5 minutes on 2 idle CPU cores
-(~1 s/iteration; far longer on a loaded machine) and bring the total loss from ~16 to ~8.5.
-Meant for smoke tests, tutorials and debugging the training loop, not for accuracy: DETR
-needs far longer to converge. Run it with::
+images of 224-320 px. A training step of batch 4 takes about 1 s on 2 CPU cores (several
+times that on a busy machine); the default 300 iterations bring the total loss from ~16 to
+~8.5. Meant for smoke tests, tutorials and debugging the training loop, not for accuracy:
+DETR needs far longer to converge. Run it with::
 
     python tools/train_net.py --config-file projects/detr/configs/detr_shapes.py \
         train.output_dir=./output/detr_shapes
