@@ -12,14 +12,13 @@ from detectron2.modeling.backbone import Backbone
 from detr_ext.modeling.backbones import TimmBackbone, build_resnet_backbone
 
 _REPO = Path(__file__).resolve().parents[2]
-_KEY_FILES = [base / "shared" / "reference" / "state_dict_keys" for base in (_REPO, _REPO.parent)]
+_KEY_FILES = [_REPO / "tests" / "fixtures" / "state_dict_keys"]
 
 
 def _reference_keys(model_file: str, prefix: str) -> dict[str, tuple[int, ...]]:
-    """``{name without prefix: shape}`` from a reference state-dict listing; skip if absent."""
+    """``{name without prefix: shape}`` from a reference state-dict listing in tests/fixtures."""
     path = next((d / model_file for d in _KEY_FILES if (d / model_file).is_file()), None)
-    if path is None:
-        pytest.skip(f"reference key listing {model_file} not found")
+    assert path is not None, f"reference key listing {model_file} not in {_KEY_FILES}"
     keys = {}
     for line in path.read_text().splitlines():
         name, _, rest = line.partition(" ")
