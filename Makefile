@@ -18,7 +18,7 @@ test-all: setup
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) tools/benchmark_msda.py --json output/benchmark_msda.json --plot output/benchmark_msda.png $(BENCH_ARGS)
+	$(PY) tools/benchmark_msda.py --json output/benchmark_msda.json --plot output/benchmark_msda.png --markdown output/benchmark_msda.md $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

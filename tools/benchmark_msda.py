@@ -318,6 +318,30 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
+def markdown_table(result: dict) -> str:
+    """The results as a markdown table with a line naming device, torch and commit."""
+    env = result["environment"]
+    lines = [
+        f"MSDA benchmark on {env['device_name']} ({env['device']}, {env['threads']} threads), "
+        f"torch {env['torch']}, commit {env['commit']}; median of {result['repeat']} runs after "
+        f"{result['warmup']} warm-up runs.",
+        "",
+        "| problem | batch | dtype | locations | mode | compiled ms | PyTorch ms | speedup "
+        "| compiled MiB | PyTorch MiB | memory ratio |",
+        "| --- | --: | --- | --- | --- | --: | --: | --: | --: | --: | --: |",
+    ]
+    for row in result["results"]:
+        ratio = row["memory_ratio"]
+        lines.append(
+            f"| {row['problem']} | {row['batch']} | {row['dtype']} | {row['locations']} "
+            f"| {row['mode'].replace('_', '+')} | {row['compiled_s'] * 1e3:.1f} "
+            f"| {row['pytorch_s'] * 1e3:.1f} | {row['speedup']:.1f}x "
+            f"| {_mib(row['compiled_peak_bytes'])} | {_mib(row['pytorch_peak_bytes'])} "
+            f"| {'n/a' if ratio is None else f'{ratio:.3f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[dict], path: str) -> None:
     import matplotlib
 
@@ -416,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
     parser.add_argument("--json", default="benchmark_msda.json", help="where to write results")
     parser.add_argument("--plot", default=None, help="write a PNG of the speedups here")
+    parser.add_argument("--markdown", default=None, help="write a markdown table here")
+    parser.add_argument(
+        "--from-json", default=None, help="only re-render --markdown/--plot from a results JSON"
+    )
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -425,6 +453,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.memory_probe:
         print(cpu_peak_memory_probe(json.loads(args.memory_probe)))
         return {}
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        write_reports(result, None, args.markdown, args.plot)
+        return result
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device not in ("cpu", "cuda"):
@@ -457,13 +489,22 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print_table(rows)
     result = {"environment": env, "warmup": args.warmup, "repeat": args.repeat, "results": rows}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot(rows, args.plot)
+    write_reports(result, args.json, args.markdown, args.plot)
     return result
+
+
+def write_reports(result: dict, json_path, markdown_path, plot_path) -> None:
+    for path in (json_path, markdown_path, plot_path):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+        print(f"wrote {json_path}")
+    if markdown_path:
+        Path(markdown_path).write_text(markdown_table(result))
+        print(f"wrote {markdown_path}")
+    if plot_path:
+        plot(result["results"], plot_path)
 
 
 if __name__ == "__main__":
