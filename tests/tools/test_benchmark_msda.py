@@ -1,0 +1,56 @@
+"""tools/benchmark_msda.py on a tiny custom problem: every figure lands in the JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools"))
+
+import benchmark_msda  # noqa: E402
+
+
+def test_tiny_custom_run_writes_json_markdown_and_plot(tmp_path):
+    out = tmp_path / "bench.json"
+    result = benchmark_msda.main(
+        [
+            "--shapes", "8x8,4x4", "--queries", "50", "--heads", "2", "--channels", "8",
+            "--points", "2", "--locations", "realistic", "uniform", "--warmup", "1", "--repeat", "2", "--device", "cpu",
+            "--json", str(out), "--markdown", str(tmp_path / "bench.md"),
+            "--plot", str(tmp_path / "bench.png"),
+        ]
+    )  # fmt: skip
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 4  # 2 location kinds x forward, forward+backward
+    assert {(r["locations"], r["mode"]) for r in rows} == {
+        (loc, mode) for loc in ("realistic", "uniform") for mode in benchmark_msda.MODES
+    }
+    for row in rows:
+        assert row["compiled_s"] > 0 and row["pytorch_s"] > 0
+        assert row["speedup"] == pytest.approx(row["pytorch_s"] / row["compiled_s"])
+        assert row["queries"] == 50 and row["shapes"] == [[8, 8], [4, 4]]
+    assert result["environment"]["torch"]
+    assert "| custom |" in (tmp_path / "bench.md").read_text()
+    assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_realistic_locations_stay_near_their_reference_points():
+    import torch
+
+    problem = benchmark_msda.Problem("small", ((10, 12), (5, 6)), None, 2, 4, 2)
+    _, shapes, _, locations, _ = benchmark_msda.make_inputs(
+        problem, 1, torch.float32, "cpu", "realistic"
+    )
+    centres = benchmark_msda.reference_points(problem, 1, torch.Generator())
+    level_size = shapes.flip(-1).float()[None, None, None, :, None, :]  # (width, height)
+    pixels = (locations - centres[:, :, None, None, None, :]).abs() * level_size
+    assert 0.5 < pixels.mean() < 3.0 and pixels.max() < 15.0
+
+
+def test_bad_shapes_argument_is_rejected():
+    with pytest.raises(SystemExit):
+        benchmark_msda.main(["--shapes", "8by8"])
