@@ -174,3 +174,17 @@ def test_resnet_rejects_bad_arguments():
         build_resnet_backbone(depth=18, res5_dilation=2)
     with pytest.raises(ValueError, match="out_features among"):
         build_resnet_backbone(depth=18, out_features=("p3",))
+
+
+def test_resnet_base_channels_makes_a_slimmer_basic_resnet():
+    import torch
+
+    from detr_ext.modeling.backbones import build_resnet_backbone
+
+    slim = build_resnet_backbone(depth=18, base_channels=32, norm="BN", freeze_at=0)
+    shapes = slim.output_shape()
+    assert [shapes[name].channels for name in ("res3", "res4", "res5")] == [64, 128, 256]
+    features = slim(torch.randn(1, 3, 64, 64))
+    assert features["res5"].shape == (1, 256, 2, 2)
+    with pytest.raises(ValueError, match="base_channels other than 64 needs depth 18 or 34"):
+        build_resnet_backbone(depth=50, base_channels=32)

@@ -28,6 +28,7 @@ def build_resnet_backbone(
     in_channels: int = 3,
     num_groups: int = 1,
     width_per_group: int = 64,
+    base_channels: int = 64,
 ) -> ResNet:
     """Build detectron2's ``ResNet`` from plain arguments (no detectron2 ``cfg`` needed).
 
@@ -51,6 +52,8 @@ def build_resnet_backbone(
         in_channels: number of input image channels.
         num_groups: groups of the bottleneck 3x3 conv (ResNeXt), depth >= 50 only.
         width_per_group: bottleneck width per group in res2.
+        base_channels: stem width and, for depth 18/34, res2 width (doubling per stage);
+            below 64 gives a slimmer network for small data and CPUs (no pretrained weights).
 
     Returns:
         A ``ResNet``; ``forward(x: [B, in_channels, H, W])`` returns
@@ -65,6 +68,11 @@ def build_resnet_backbone(
             f"build_resnet_backbone: expected res5_dilation 1 or 2, got {res5_dilation}"
         )
     basic = depth < 50
+    if base_channels < 1 or (base_channels != 64 and not basic):
+        raise ValueError(
+            f"build_resnet_backbone: base_channels other than 64 needs depth 18 or 34, "
+            f"got base_channels={base_channels} with depth {depth}"
+        )
     if basic and (res5_dilation != 1 or num_groups != 1):
         raise ValueError(
             f"build_resnet_backbone: depth {depth} (BasicBlock) expects res5_dilation=1 and "
@@ -78,10 +86,10 @@ def build_resnet_backbone(
             f"got {list(out_features)}"
         )
 
-    stem_channels = 64
+    stem_channels = base_channels
     stem = BasicStem(in_channels=in_channels, out_channels=stem_channels, norm=norm)
     stage_in_channels = stem_channels
-    stage_out_channels = 64 if basic else 256
+    stage_out_channels = base_channels if basic else 256
     bottleneck_channels = num_groups * width_per_group
     stages = []
     for index, num_blocks in enumerate(_BLOCKS_PER_STAGE[depth]):
