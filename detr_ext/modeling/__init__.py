@@ -2,8 +2,15 @@
 the meta-architecture base class."""
 
 from .criterions import SetCriterion
-from .losses import sigmoid_focal_loss
-from .matchers import HungarianMatcher
+from .losses import ia_bce_loss, sigmoid_focal_loss
+from .matchers import HungarianMatcher, ManyToOneMatcher
 from .meta_arch import DetectorBase
 
-__all__ = ["DetectorBase", "HungarianMatcher", "SetCriterion", "sigmoid_focal_loss"]
+__all__ = [
+    "DetectorBase",
+    "HungarianMatcher",
+    "ManyToOneMatcher",
+    "SetCriterion",
+    "ia_bce_loss",
+    "sigmoid_focal_loss",
+]

@@ -19,7 +19,8 @@ def test_tiny_custom_run_writes_json_markdown_and_plot(tmp_path):
     result = benchmark_msda.main(
         [
             "--shapes", "8x8,4x4", "--queries", "50", "--heads", "2", "--channels", "8",
-            "--points", "2", "--locations", "realistic", "uniform", "--warmup", "1", "--repeat", "2", "--device", "cpu",
+            "--points", "2", "--locations", "realistic", "uniform",
+            "--warmup", "1", "--repeat", "2", "--device", "cpu",
             "--json", str(out), "--markdown", str(tmp_path / "bench.md"),
             "--plot", str(tmp_path / "bench.png"),
         ]

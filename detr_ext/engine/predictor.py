@@ -1,0 +1,244 @@
+"""Inference on single images outside a data loader: :class:`Predictor` runs a detector built
+from a LazyConfig on an image array, :func:`draw_predictions` draws its detections with
+detectron2's ``Visualizer``. Used by ``tools/demo.py`` and ``tools/train_shapes_demo.py``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import Instances
+from omegaconf import DictConfig
+
+__all__ = [
+    "Predictor",
+    "contiguous_to_dataset_ids",
+    "draw_predictions",
+    "instances_to_dicts",
+    "metadata_for_config",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_FORMATS = ("RGB", "BGR")
+
+
+def _config_node(cfg: DictConfig, dotted_key: str) -> Any:
+    """``cfg.<dotted_key>``, or a ``KeyError`` naming the first missing part."""
+    node: Any = cfg
+    path = "cfg"
+    for part in dotted_key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            raise KeyError(f"Predictor: expected the config to define {path}.{part}, it does not")
+        node = node[part]
+        path = f"{path}.{part}"
+    return node
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"Predictor: device {str(device)!r} was requested, but torch.cuda.is_available() "
+            "is False; use device 'cpu'"
+        )
+    return device
+
+
+def metadata_for_config(cfg: DictConfig) -> Metadata:
+    """The ``MetadataCatalog`` entry of the (first) dataset in ``cfg.dataloader.test.dataset``.
+
+    Datasets registered with ``register_coco_instances`` only get ``thing_classes`` once they
+    are loaded; in that case the dataset is loaded here (once) so that class names are known.
+    """
+    names = _config_node(cfg, "dataloader.test.dataset.names")
+    name = names if isinstance(names, str) else list(names)[0]
+    metadata = MetadataCatalog.get(name)
+    if not metadata.get("thing_classes") and name in DatasetCatalog.list():
+        logger.info("Loading dataset %r to learn its class names.", name)
+        DatasetCatalog.get(name)
+        metadata = MetadataCatalog.get(name)
+    return metadata
+
+
+def contiguous_to_dataset_ids(metadata: Metadata) -> dict[int, int] | None:
+    """The inverse of ``metadata.thing_dataset_id_to_contiguous_id`` (model class index ->
+    the dataset's own category id), or ``None`` when the metadata has no such mapping."""
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id")
+    if not mapping:
+        return None
+    return {int(contiguous): int(dataset_id) for dataset_id, contiguous in mapping.items()}
+
+
+def _check_image(image: Any, where: str, channels: int = 3) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != channels:
+        got = image.shape if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"{where}: expected an image array of shape [H, W, {channels}], got {got}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{where}: expected a uint8 image, got dtype {image.dtype}")
+    return image
+
+
+class Predictor:
+    """A detector built from a LazyConfig, ready to run on one image at a time.
+
+    The model is ``instantiate(cfg.model)`` with the weights of ``weights`` (loaded by
+    ``DetectionCheckpointer``), in eval mode. Each image goes through the config's test-time
+    augmentation, ``cfg.dataloader.test.mapper.augmentation``, as in evaluation, and the
+    detections are resized back to the image's own size.
+
+    Args:
+        cfg: a LazyConfig, or the path of a LazyConfig file, with ``model`` and
+            ``dataloader.test`` (``mapper.augmentation``, ``mapper.img_format``,
+            ``dataset.names``).
+        weights: a checkpoint path (or a URL detectron2's checkpointer understands).
+        device: e.g. ``"cpu"``, ``"cuda"``; default: CUDA when available, else the CPU.
+
+    Attributes:
+        input_format: ``"RGB"`` or ``"BGR"``, the channel order images must be given in
+            (the test mapper's ``img_format``).
+        metadata: the test dataset's metadata (``thing_classes``, id mapping).
+
+    Example::
+
+        predictor = Predictor("projects/dino/configs/dino_shapes.py", "model_final.pth")
+        image = predictor.read_image("shapes.jpg")  # [H, W, 3] uint8, predictor.input_format
+        instances = predictor(image)  # pred_boxes (xyxy), scores, pred_classes; on the CPU
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig | str | os.PathLike,
+        weights: str | os.PathLike,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if not isinstance(cfg, DictConfig):
+            if not os.path.isfile(cfg):
+                raise FileNotFoundError(
+                    f"Predictor: expected a LazyConfig file or a loaded config, got missing "
+                    f"path {os.fspath(cfg)!r}"
+                )
+            cfg = LazyConfig.load(os.fspath(cfg))
+        weights = os.fspath(weights)
+        if not weights:
+            raise ValueError("Predictor: expected a checkpoint path in weights, got ''")
+        if "://" not in weights and not os.path.isfile(weights):
+            raise FileNotFoundError(
+                f"Predictor: expected a checkpoint file in weights, got missing path {weights!r}"
+            )
+        self.cfg = cfg
+        self.device = _resolve_device(device)
+
+        mapper = _config_node(cfg, "dataloader.test.mapper")
+        self.input_format = str(mapper.get("img_format", "RGB"))
+        if self.input_format not in IMAGE_FORMATS:
+            raise ValueError(
+                f"Predictor: expected cfg.dataloader.test.mapper.img_format in {IMAGE_FORMATS}, "
+                f"got {self.input_format!r}"
+            )
+        augmentation = _config_node(cfg, "dataloader.test.mapper.augmentation")
+        self.augmentation = T.AugmentationList(list(instantiate(augmentation)))
+        self.metadata = metadata_for_config(cfg)
+
+        self.model = instantiate(cfg.model)
+        self.model.to(self.device)
+        self.model.eval()
+        DetectionCheckpointer(self.model).load(weights, checkpointables=[])
+
+    def read_image(self, path: str | os.PathLike) -> np.ndarray:
+        """Read an image file (EXIF orientation applied) as ``[H, W, 3]`` uint8 in
+        :attr:`input_format`."""
+        return utils.read_image(os.fspath(path), format=self.input_format)
+
+    def to_rgb(self, image: np.ndarray) -> np.ndarray:
+        """An image in :attr:`input_format` as RGB, for drawing."""
+        return utils.convert_image_to_rgb(image, self.input_format)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> Instances:
+        """Detect objects in ``image``.
+
+        Args:
+            image: ``[H, W, 3]`` uint8 array in :attr:`input_format` channel order.
+
+        Returns:
+            ``Instances`` of size ``(H, W)`` on the CPU, with ``pred_boxes`` (absolute ``xyxy``
+            in the image), ``scores`` and ``pred_classes`` (contiguous class indices).
+        """
+        image = _check_image(image, "Predictor")
+        height, width = image.shape[:2]
+        aug_input = T.AugInput(image)
+        self.augmentation(aug_input)
+        network_input = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        inputs = {"image": network_input.to(self.device), "height": height, "width": width}
+        return self.model([inputs])[0]["instances"].to("cpu")
+
+
+def instances_to_dicts(
+    instances: Instances, metadata: Metadata | None = None, threshold: float = 0.0
+) -> list[dict[str, Any]]:
+    """Detections with ``score >= threshold`` as json-ready dicts, best first:
+    ``{"bbox_xyxy": [x0, y0, x1, y1], "score", "category_id", "category_name"}``.
+
+    ``category_id`` is the dataset's own category id when ``metadata`` has
+    ``thing_dataset_id_to_contiguous_id``, else the model's class index; ``category_name``
+    comes from ``metadata.thing_classes`` (``None`` without it).
+    """
+    to_dataset_id = contiguous_to_dataset_ids(metadata) if metadata is not None else None
+    class_names = metadata.get("thing_classes", None) if metadata is not None else None
+    boxes = instances.pred_boxes.tensor.tolist()
+    scores = instances.scores.tolist()
+    classes = instances.pred_classes.tolist()
+    detections = []
+    for box, score, label in sorted(zip(boxes, scores, classes), key=lambda item: -item[1]):
+        if score < threshold:
+            continue
+        name = class_names[label] if class_names and 0 <= label < len(class_names) else None
+        detections.append(
+            {
+                "bbox_xyxy": [round(float(value), 2) for value in box],
+                "score": round(float(score), 4),
+                "category_id": to_dataset_id.get(label, label) if to_dataset_id else label,
+                "category_name": name,
+            }
+        )
+    return detections
+
+
+def draw_predictions(
+    image: np.ndarray,
+    instances: Instances,
+    metadata: Metadata | None = None,
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """Draw the detections with ``score >= threshold`` (boxes, class names, scores) with
+    detectron2's ``Visualizer``.
+
+    Args:
+        image: ``[H, W, 3]`` uint8 RGB image.
+        instances: predictions for ``image`` (``pred_boxes``, ``scores``, ``pred_classes``),
+            e.g. from :class:`Predictor`.
+        metadata: gives the class names (``thing_classes``); class indices are shown without it.
+        threshold: minimum score of a drawn detection.
+
+    Returns:
+        ``[H, W, 3]`` uint8 RGB image with the detections drawn.
+    """
+    # Imported here: the Visualizer needs OpenCV, which nothing else in detr_ext does.
+    from detectron2.utils.visualizer import ColorMode, Visualizer
+
+    image = _check_image(image, "draw_predictions")
+    instances = instances.to("cpu")
+    kept = instances[instances.scores >= threshold]
+    visualizer = Visualizer(image, metadata, scale=1.0, instance_mode=ColorMode.IMAGE)
+    return visualizer.draw_instance_predictions(kept).get_image()

@@ -1,0 +1,6 @@
+"""Align-DETR modeling: the meta-architecture (DINO's network) and its criterion."""
+
+from .align_criterion import AlignDETRCriterion
+from .align_detr import AlignDETR
+
+__all__ = ["AlignDETR", "AlignDETRCriterion"]

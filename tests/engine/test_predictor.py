@@ -1,0 +1,118 @@
+"""detr_ext.engine.predictor: Predictor on the DETR shapes model with random weights from a
+checkpoint file, draw_predictions, instances_to_dicts."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import Metadata
+from detectron2.data import transforms as T
+from detectron2.structures import Boxes, Instances
+
+from detr_ext.engine.predictor import (
+    Predictor,
+    contiguous_to_dataset_ids,
+    draw_predictions,
+    instances_to_dicts,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG = REPO_ROOT / "projects" / "detr" / "configs" / "detr_shapes.py"
+TEST_SHORT_EDGE, MAX_SIZE = 288, 400  # detr_shapes.py's test-time resize
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A randomly initialised detr_shapes model saved as a checkpoint file."""
+    torch.manual_seed(0)
+    model = instantiate(LazyConfig.load(str(CONFIG)).model)
+    path = tmp_path_factory.mktemp("predictor") / "random_detr_shapes.pth"
+    state = model.state_dict()
+    torch.save({"model": state}, path)
+    return path, state
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint) -> Predictor:
+    return Predictor(str(CONFIG), checkpoint[0], device="cpu")
+
+
+def test_predictor_loads_the_checkpoint_and_config(predictor, checkpoint):
+    _, saved = checkpoint
+    loaded = predictor.model.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in saved.items())
+    assert not predictor.model.training
+    assert predictor.input_format == "RGB"
+    assert list(predictor.metadata.thing_classes) == ["circle", "square", "triangle"]
+
+
+def test_predictor_returns_instances_at_the_image_size(predictor):
+    height, width = 90, 130
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    network_sizes = []
+    hook = predictor.model.register_forward_pre_hook(
+        lambda _, inputs: network_sizes.append(tuple(inputs[0][0]["image"].shape))
+    )
+    try:
+        instances = predictor(image)
+    finally:
+        hook.remove()
+
+    assert isinstance(instances, Instances)
+    assert instances.image_size == (height, width)
+    assert len(instances) == predictor.model.num_queries
+    boxes = instances.pred_boxes.tensor
+    assert boxes.device.type == "cpu"
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= width).all()
+    assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= height).all()
+    assert ((instances.scores >= 0) & (instances.scores <= 1)).all()
+    # The config's test-time resize was applied before the network.
+    expected = T.ResizeShortestEdge.get_output_shape(height, width, TEST_SHORT_EDGE, MAX_SIZE)
+    assert network_sizes == [(3, *expected)]
+
+
+def test_predictor_rejects_bad_inputs(predictor, tmp_path):
+    with pytest.raises(ValueError, match=r"expected an image array of shape \[H, W, 3\]"):
+        predictor(np.zeros((10, 10), dtype=np.uint8))
+    with pytest.raises(ValueError, match="expected a uint8 image, got dtype float32"):
+        predictor(np.zeros((10, 10, 3), dtype=np.float32))
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        Predictor(predictor.cfg, missing, device="cpu")
+
+
+def test_draw_predictions_keeps_the_image_size(predictor):
+    image = np.full((70, 110, 3), 128, dtype=np.uint8)
+    instances = predictor(image)
+    drawn = draw_predictions(image, instances, predictor.metadata, threshold=0.0)
+    assert drawn.shape == image.shape and drawn.dtype == np.uint8
+    assert not np.array_equal(drawn, image)  # boxes and labels were drawn
+
+    nothing = draw_predictions(image, instances, predictor.metadata, threshold=1.1)
+    assert nothing.shape == image.shape
+    assert np.abs(nothing.astype(int) - image).max() <= 1  # only rendering round-off
+
+
+def test_instances_to_dicts_maps_back_to_dataset_ids():
+    metadata = Metadata(
+        thing_classes=["circle", "square", "triangle"],
+        thing_dataset_id_to_contiguous_id={3: 0, 7: 1, 11: 2},
+    )
+    assert contiguous_to_dataset_ids(metadata) == {0: 3, 1: 7, 2: 11}
+    instances = Instances((50, 60))
+    instances.pred_boxes = Boxes(torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.5, 8.25]]))
+    instances.scores = torch.tensor([0.25, 0.75])
+    instances.pred_classes = torch.tensor([2, 1])
+
+    detections = instances_to_dicts(instances, metadata, threshold=0.1)
+    assert detections == [
+        {"bbox_xyxy": [5.0, 6.0, 7.5, 8.25], "score": 0.75, "category_id": 7,
+         "category_name": "square"},
+        {"bbox_xyxy": [1.0, 2.0, 3.0, 4.0], "score": 0.25, "category_id": 11,
+         "category_name": "triangle"},
+    ]  # fmt: skip
+    assert [d["score"] for d in instances_to_dicts(instances, metadata, threshold=0.5)] == [0.75]
+    plain = instances_to_dicts(instances)
+    assert [(d["category_id"], d["category_name"]) for d in plain] == [(1, None), (2, None)]

@@ -1,0 +1,134 @@
+"""ManyToOneMatcher: each target matched k times, no query twice, minimal total cost (brute
+force), k = 1 equals the Hungarian matcher, empty targets, and k * n > Q."""
+
+import itertools
+from collections import Counter
+
+import pytest
+import torch
+
+from detr_ext.modeling.matchers import (
+    HungarianMatcher,
+    ManyToOneMatcher,
+    MixedMatcher,
+    effective_match_number,
+)
+
+
+def random_case(sizes, num_queries=6, num_classes=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    batch_size = len(sizes)
+    outputs = {
+        "pred_logits": torch.randn(
+            batch_size, num_queries, num_classes, dtype=torch.float64, generator=generator
+        ),
+        "pred_boxes": torch.rand(
+            batch_size, num_queries, 4, dtype=torch.float64, generator=generator
+        )
+        * 0.5
+        + 0.1,
+    }
+    targets = [
+        {
+            "labels": torch.randint(0, num_classes, (n,), generator=generator),
+            "boxes": torch.rand(n, 4, dtype=torch.float64, generator=generator) * 0.5 + 0.1,
+        }
+        for n in sizes
+    ]
+    return outputs, targets
+
+
+def brute_force_min_cost(cost, match_number):
+    """Minimal total cost over all ways to give each target ``k`` distinct queries."""
+    num_queries, num_targets = cost.shape
+    columns = [t for t in range(num_targets) for _ in range(match_number)]
+    return min(
+        sum(float(cost[q, t]) for q, t in zip(rows, columns, strict=True))
+        for rows in itertools.permutations(range(num_queries), len(columns))
+    )
+
+
+def make_matcher():
+    return ManyToOneMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0)
+
+
+def test_mixed_matcher_is_the_same_class():
+    assert MixedMatcher is ManyToOneMatcher
+    assert issubclass(ManyToOneMatcher, HungarianMatcher)
+
+
+@pytest.mark.parametrize("sizes, match_number", [((2, 1), 2), ((1, 2), 3), ((3, 0), 2)])
+def test_each_target_k_times_no_query_twice_and_optimal(sizes, match_number):
+    matcher = make_matcher()
+    outputs, targets = random_case(sizes, num_queries=6)
+    indices = matcher(outputs, targets, match_number=match_number)
+    costs = matcher.compute_cost(outputs, targets)
+    for (query_index, target_index), cost, n in zip(indices, costs, sizes, strict=True):
+        assert query_index.dtype == target_index.dtype == torch.int64
+        assert len(query_index) == len(target_index) == match_number * n
+        assert Counter(target_index.tolist()) == {t: match_number for t in range(n)}
+        assert len(set(query_index.tolist())) == len(query_index)  # no query twice
+        assert torch.all(query_index[1:] > query_index[:-1])  # ordered by query
+        if n:
+            total = cost[query_index, target_index].sum().item()
+            assert total == pytest.approx(brute_force_min_cost(cost, match_number), abs=1e-9)
+
+
+def test_match_number_one_is_hungarian():
+    outputs, targets = random_case((3, 2), num_queries=5, seed=3)
+    ours = make_matcher()(outputs, targets, match_number=1)
+    hungarian = HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0)(outputs, targets)
+    for (q1, t1), (q2, t2) in zip(ours, hungarian, strict=True):
+        assert torch.equal(q1, q2) and torch.equal(t1, t2)
+
+
+def test_hand_made_cost():
+    """Target 0 prefers queries 0, 1; target 1 prefers 1, 2; with k = 2 the optimum gives
+    query 1 to one of them and the next best (3) to the other."""
+    cost = torch.tensor(
+        [[0.0, 5.0], [1.0, 0.0], [5.0, 1.0], [2.0, 3.0], [9.0, 9.0]], dtype=torch.float64
+    )
+    query_index, target_index = make_matcher().assign(cost, match_number=2)
+    assert sorted(zip(query_index.tolist(), target_index.tolist())) == [
+        (0, 0),
+        (1, 1),
+        (2, 1),
+        (3, 0),
+    ]
+
+
+def test_empty_targets():
+    outputs, targets = random_case((0, 0), num_queries=4)
+    for query_index, target_index in make_matcher()(outputs, targets, match_number=2):
+        assert query_index.shape == target_index.shape == (0,)
+        assert query_index.dtype == torch.int64
+
+
+def test_too_few_queries_lowers_k():
+    """k * n > Q: k drops to Q // n for every target of that image (at least 1)."""
+    assert effective_match_number(2, 5, 3) == 1
+    assert effective_match_number(3, 7, 3) == 2
+    assert effective_match_number(2, 900, 100) == 2
+    assert effective_match_number(2, 4, 0) == 2
+    matcher = make_matcher()
+    outputs, targets = random_case((3, 2, 6), num_queries=5, seed=1)
+    indices = matcher(outputs, targets, match_number=3)
+    # Image 0: k = 5 // 3 = 1; image 1: k = 5 // 2 = 2; image 2 (n > Q): one-to-one, Q pairs.
+    assert Counter(indices[0][1].tolist()) == {0: 1, 1: 1, 2: 1}
+    assert Counter(indices[1][1].tolist()) == {0: 2, 1: 2}
+    assert len(indices[2][0]) == 5 and len(set(indices[2][1].tolist())) == 5
+    for query_index, _ in indices:
+        assert len(set(query_index.tolist())) == len(query_index)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_invalid_match_number(bad):
+    outputs, targets = random_case((1,), num_queries=3)
+    with pytest.raises(ValueError, match="match_number"):
+        make_matcher()(outputs, targets, match_number=bad)
+
+
+def test_non_finite_cost_raises():
+    cost = torch.tensor([[0.0, float("nan")], [1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        make_matcher().assign(cost, match_number=2)

@@ -1,0 +1,93 @@
+"""tools/train_shapes_demo.py in subprocesses with the DETR shapes config on a shapes dataset
+shrunk to a few images: train 2 iterations, evaluate, draw; then --skip-train."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+CONFIG = """
+from detectron2.config import LazyConfig
+
+from detr_ext.data.datasets import register_shapes
+
+_base = LazyConfig.load({base!r})
+# $DETR_EXT_DATASETS points at a temp dir; a few images per split keep the run short.
+register_shapes(root=None, num_train=6, num_val=3, seed=0, replace=True)
+
+model = _base.model
+dataloader = _base.dataloader
+optimizer = _base.optimizer
+lr_multiplier = _base.lr_multiplier
+train = _base.train
+
+dataloader.train.total_batch_size = 2
+dataloader.train.num_workers = 0
+dataloader.test.num_workers = 0
+train.max_iter = 2
+"""
+
+
+def run_script(work_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["DETR_EXT_DATASETS"] = str(work_dir / "datasets")
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    env.setdefault("OMP_NUM_THREADS", "1")
+    command = [sys.executable, str(REPO_ROOT / "tools" / "train_shapes_demo.py")]
+    return subprocess.run(
+        [*command, "--config-file", str(work_dir / "detr_shapes_tiny.py"), *args],
+        cwd=work_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def work_dir(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("train_shapes_demo")
+    base = REPO_ROOT / "projects" / "detr" / "configs" / "detr_shapes.py"
+    (work_dir / "detr_shapes_tiny.py").write_text(CONFIG.format(base=str(base)))
+    return work_dir
+
+
+def test_train_evaluate_draw_then_skip_train(work_dir):
+    output_dir = work_dir / "output"
+    result = run_script(work_dir, "--output-dir", str(output_dir))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-8000:]
+
+    assert "iter: 1  total_loss" in output  # the progress line of CommonMetricPrinter
+    assert "Evaluation results for bbox" in output and "copypaste: Task: bbox" in output
+    assert "box AP = " in result.stdout and "after 2 iterations in " in result.stdout
+
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["trained"] is True
+    assert isinstance(summary["box_AP"], float) and 0 <= summary["box_AP"] <= 100
+    assert summary["box_AP"] == summary["results"]["bbox"]["AP"]
+    assert summary["train_seconds"] > 0 and summary["wall_seconds"] >= summary["train_seconds"]
+    assert len(summary["predictions_images"]) == 3  # the whole shrunk val split
+    with Image.open(output_dir / "predictions.png") as grid:
+        assert grid.format == "PNG" and grid.width > grid.height  # one row of three
+    # detr_shapes.py logs every 20 iterations; the script shortens that for live progress.
+    assert "log_period: 5" in (output_dir / "config.yaml").read_text()
+
+    result = run_script(work_dir, "--output-dir", str(output_dir), "--skip-train")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-8000:]
+    assert "after 2 iterations (training skipped)" in result.stdout
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["trained"] is False and summary["train_seconds"] is None
+
+
+def test_skip_train_without_a_model_fails_clearly(work_dir):
+    result = run_script(work_dir, "--output-dir", str(work_dir / "empty"), "--skip-train")
+    assert result.returncode != 0
+    assert "--skip-train: expected a trained model at" in result.stderr
+    assert "Traceback" not in result.stderr
