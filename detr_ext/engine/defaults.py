@@ -136,10 +136,15 @@ def load_eval_checkpoint(cfg: DictConfig, model: nn.Module) -> ModelEMA | None:
     return ema
 
 
-def do_train(args: argparse.Namespace, cfg: DictConfig) -> None:
+def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
     """Train ``cfg.model`` for ``cfg.train.max_iter`` iterations with periodic checkpointing,
     evaluation and metric writing; ``args.resume`` continues from the last checkpoint in
-    ``cfg.train.output_dir``."""
+    ``cfg.train.output_dir``.
+
+    Returns:
+        the results of the last evaluation (the one after the final iteration), as
+        :func:`do_test` returns them; ``{}`` if no evaluation ran.
+    """
     model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)
     model.to(cfg.train.device)
@@ -167,6 +172,14 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> None:
         model, cfg.train.output_dir, trainer=trainer, **checkpointables
     )
     is_main = comm.is_main_process()
+    last_results: dict = {}
+
+    def evaluate() -> dict:
+        results = do_test(cfg, model, ema=ema)
+        last_results.clear()
+        last_results.update(results)
+        return results
+
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -174,7 +187,7 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> None:
             EMAHook(ema, model) if ema is not None else None,
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if is_main else None,
-            hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, ema=ema)),
+            hooks.EvalHook(cfg.train.eval_period, evaluate),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter),
                 period=cfg.train.log_period,
@@ -191,3 +204,4 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> None:
     else:
         start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)
+    return dict(last_results)

@@ -10,6 +10,16 @@ from .box_ops import (
     matched_box_iou,
     matched_generalized_box_iou,
 )
+from .deformable_geometry import (
+    gen_encoder_output_proposals,
+    get_encoder_reference_points,
+    get_valid_ratio,
+)
+from .deformable_transformer import (
+    DeformableTransformerBase,
+    DeformableTransformerEncoder,
+    deformable_transformer_layer,
+)
 from .denoising import (
     CdnQueryGenerator,
     DenoisingQueries,
@@ -30,6 +40,8 @@ from .transformer import BaseTransformerLayer, TransformerLayerSequence
 
 __all__ = [
     "CdnQueryGenerator",
+    "DeformableTransformerBase",
+    "DeformableTransformerEncoder",
     "DenoisingQueries",
     "FFN",
     "MLP",
@@ -43,10 +55,14 @@ __all__ = [
     "box_iou",
     "box_xyxy_to_cxcywh",
     "build_dn_attn_mask",
+    "deformable_transformer_layer",
     "denoising_indices",
     "dn_post_process",
+    "gen_encoder_output_proposals",
     "generalized_box_iou",
+    "get_encoder_reference_points",
     "get_sine_pos_embed",
+    "get_valid_ratio",
     "inverse_sigmoid",
     "matched_box_iou",
     "matched_generalized_box_iou",

@@ -134,3 +134,5 @@ def test_invalid_configuration_and_inputs():
     neck = ChannelMapper(SMALL_SHAPES, ["p1", "p2"], 8)
     with pytest.raises(KeyError, match="missing"):
         neck({"p1": torch.randn(1, 6, 4, 4)})
+    with pytest.raises(ValueError, match=r"'p2' as \[B, 10, H, W\].*got shape \(1, 5, 2, 2\)"):
+        neck({"p1": torch.randn(1, 6, 4, 4), "p2": torch.randn(1, 5, 2, 2)})

@@ -73,6 +73,8 @@ def test_train_evaluate_draw_then_skip_train(work_dir):
     assert isinstance(summary["box_AP"], float) and 0 <= summary["box_AP"] <= 100
     assert summary["box_AP"] == summary["results"]["bbox"]["AP"]
     assert summary["train_seconds"] > 0 and summary["wall_seconds"] >= summary["train_seconds"]
+    assert summary["eval_seconds"] is None  # do_train's final evaluation is reused
+    assert output.count("Evaluation results for bbox") == 1
     assert len(summary["predictions_images"]) == 3  # the whole shrunk val split
     with Image.open(output_dir / "predictions.png") as grid:
         assert grid.format == "PNG" and grid.width > grid.height  # one row of three
@@ -84,6 +86,7 @@ def test_train_evaluate_draw_then_skip_train(work_dir):
     assert "after 2 iterations (training skipped)" in result.stdout
     summary = json.loads((output_dir / "summary.json").read_text())
     assert summary["trained"] is False and summary["train_seconds"] is None
+    assert summary["eval_seconds"] > 0
 
 
 def test_skip_train_without_a_model_fails_clearly(work_dir):

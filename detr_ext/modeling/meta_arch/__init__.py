@@ -1,5 +1,7 @@
-"""Meta-architecture base: detectron2's model I/O contract for DETR-family detectors."""
+"""Meta-architecture bases: detectron2's model I/O contract for DETR-family detectors, and the
+shared network of the deformable ones."""
 
 from .base import DetectorBase
+from .deformable_base import DeformableDetectorBase
 
-__all__ = ["DetectorBase"]
+__all__ = ["DeformableDetectorBase", "DetectorBase"]

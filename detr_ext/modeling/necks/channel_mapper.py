@@ -182,6 +182,14 @@ class ChannelMapper(nn.Module):
                 f"ChannelMapper: expected inputs with keys {self.in_features}, "
                 f"got {list(inputs)} (missing {missing})"
             )
+        for conv, name in zip(self.convs, self.in_features):
+            got = inputs[name].shape[1] if inputs[name].dim() == 4 else None
+            if got != conv.conv.in_channels:
+                raise ValueError(
+                    f"ChannelMapper: expected input {name!r} as [B, {conv.conv.in_channels}, H, W] "
+                    f"(input_shapes[{name!r}].channels), got shape {tuple(inputs[name].shape)}; "
+                    "make the neck's input_shapes match the backbone's output_shape()"
+                )
         outputs = [conv(inputs[name]) for conv, name in zip(self.convs, self.in_features)]
         extra_input = inputs[self.in_features[-1]]
         for extra_conv in self.extra_convs:

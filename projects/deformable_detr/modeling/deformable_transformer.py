@@ -1,10 +1,11 @@
 """The Deformable DETR transformer: multi-scale inputs -> encoder -> queries -> decoder.
 
-It flattens the feature levels into one sequence, encodes it with deformable self-attention,
-builds the decoder queries and their reference points, and decodes. The queries come either
-from a learned embedding (one-stage: the reference point is a linear map of the positional
-query) or, for two-stage models, from the top-scoring encoder proposals (one box per
-encoder position, refined by the proposal heads).
+It flattens the feature levels into one sequence and encodes it with deformable
+self-attention (both in :class:`~detr_ext.layers.DeformableTransformerBase`), then builds the
+decoder queries and their reference points, and decodes. The queries come either from a
+learned embedding (one-stage: the reference point is a linear map of the positional query)
+or, for two-stage models, from the top-scoring encoder proposals (one box per encoder
+position, refined by the proposal heads).
 
 The numerics follow detrex's ``DeformableDetrTransformer`` step for step (reference points
 with valid ratios, proposal generation and masking, top-k selection, proposal embedding), and
@@ -16,19 +17,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detr_ext.layers import MultiScaleDeformableAttention, get_sine_pos_embed
+from detr_ext.layers import (
+    DeformableTransformerBase,
+    gen_encoder_output_proposals,
+    get_encoder_reference_points,
+    get_sine_pos_embed,
+    get_valid_ratio,
+)
 
 from .encoder_decoder import DeformableDetrTransformerDecoder, DeformableDetrTransformerEncoder
 
 __all__ = ["DeformableDetrTransformer"]
 
-# Proposal width/height at level 0 (normalized); it doubles with every level.
-PROPOSAL_BASE_SIZE = 0.05
-# Proposals whose coordinates leave (0.01, 0.99) are dropped (their logits would overflow).
-PROPOSAL_VALID_RANGE = (0.01, 0.99)
 
-
-class DeformableDetrTransformer(nn.Module):
+class DeformableDetrTransformer(DeformableTransformerBase):
     """Encoder, query construction and decoder of Deformable DETR.
 
     Args:
@@ -49,20 +51,9 @@ class DeformableDetrTransformer(nn.Module):
         as_two_stage: bool = False,
         two_stage_num_proposals: int = 300,
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-        self.num_feature_levels = num_feature_levels
+        super().__init__(encoder, decoder, num_feature_levels)
         self.as_two_stage = as_two_stage
         self.two_stage_num_proposals = two_stage_num_proposals
-        self.embed_dim = encoder.embed_dim
-        if decoder.embed_dim != self.embed_dim:
-            raise ValueError(
-                "DeformableDetrTransformer: encoder and decoder must have the same embed_dim, "
-                f"got {self.embed_dim} and {decoder.embed_dim}"
-            )
-
-        self.level_embeds = nn.Parameter(torch.empty(num_feature_levels, self.embed_dim))
         if as_two_stage:
             self.enc_output = nn.Linear(self.embed_dim, self.embed_dim)
             self.enc_output_norm = nn.LayerNorm(self.embed_dim)
@@ -74,12 +65,7 @@ class DeformableDetrTransformer(nn.Module):
 
     def init_weights(self) -> None:
         """Xavier for all matrices, then the deformable attention's own initialisation."""
-        for parameter in self.parameters():
-            if parameter.dim() > 1:
-                nn.init.xavier_uniform_(parameter)
-        for module in self.modules():
-            if isinstance(module, MultiScaleDeformableAttention):
-                module.init_weights()
+        self.init_attention_weights()
         if not self.as_two_stage:
             nn.init.xavier_normal_(self.reference_points.weight, gain=1.0)
             nn.init.constant_(self.reference_points.bias, 0.0)
@@ -89,18 +75,9 @@ class DeformableDetrTransformer(nn.Module):
 
     @staticmethod
     def get_valid_ratio(mask: torch.Tensor) -> torch.Tensor:
-        """Fraction of unpadded columns and rows of a padded map.
-
-        Args:
-            mask: ``[B, H, W]`` bool, True at padding (padding is at the right and bottom).
-
-        Returns:
-            ``[B, 2]`` float (valid_w / W, valid_h / H).
-        """
-        _, height, width = mask.shape
-        valid_height = torch.sum(~mask[:, :, 0], 1)
-        valid_width = torch.sum(~mask[:, 0, :], 1)
-        return torch.stack([valid_width.float() / width, valid_height.float() / height], -1)
+        """:func:`~detr_ext.layers.get_valid_ratio`: ``mask [B, H, W]`` (True at padding) ->
+        ``[B, 2]`` (valid_w / W, valid_h / H)."""
+        return get_valid_ratio(mask)
 
     @staticmethod
     def get_reference_points(
@@ -108,34 +85,10 @@ class DeformableDetrTransformer(nn.Module):
         valid_ratios: torch.Tensor,
         device: torch.device | str,
     ) -> torch.Tensor:
-        """Reference point of every encoder position, as seen on every level.
-
-        The point of pixel ``(i, j)`` of a level is its center ``((j + 0.5) / valid_w,
-        (i + 0.5) / valid_h)``, normalized by that level's valid size, then scaled by each
-        level's valid ratio to land on the same image location in every padded level.
-
-        Args:
-            spatial_shapes: ``[L, 2]`` (H, W) per level.
-            valid_ratios: ``[B, L, 2]`` (w, h) valid fractions.
-            device: device of the result.
-
-        Returns:
-            ``[B, N, L, 2]`` with ``N = sum(H * W)``, (x, y) in padded-map coordinates of
-            each level.
-        """
-        reference_points_per_level = []
-        for level, (height, width) in enumerate(spatial_shapes):
-            height, width = int(height), int(width)
-            ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
-                torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
-                indexing="ij",
-            )
-            ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
-            ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
-            reference_points_per_level.append(torch.stack((ref_x, ref_y), -1))
-        reference_points = torch.cat(reference_points_per_level, 1)
-        return reference_points[:, :, None] * valid_ratios[:, None]
+        """:func:`~detr_ext.layers.get_encoder_reference_points`: the reference point of every
+        encoder position as seen on every level, ``[B, N, L, 2]``, from ``spatial_shapes
+        [L, 2]`` and ``valid_ratios [B, L, 2]``."""
+        return get_encoder_reference_points(spatial_shapes, valid_ratios, device)
 
     def gen_encoder_output_proposals(
         self,
@@ -145,57 +98,17 @@ class DeformableDetrTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One box proposal per encoder position, and the memory that scores them.
 
-        The proposal at pixel ``(i, j)`` of level ``l`` is centered at
-        ``((j + 0.5) / valid_w, (i + 0.5) / valid_h)`` with width and height
-        ``0.05 * 2**l``. Proposals on padding, or with any coordinate outside (0.01, 0.99),
-        get logit ``inf`` and zero memory.
-
-        Args:
-            memory: ``[B, N, C]`` encoder output.
-            memory_padding_mask: ``[B, N]`` bool, True at padding.
-            spatial_shapes: ``[L, 2]`` (H, W) per level.
+        Args: as :func:`~detr_ext.layers.gen_encoder_output_proposals` (``memory [B, N, C]``,
+        ``memory_padding_mask [B, N]``, ``spatial_shapes [L, 2]``).
 
         Returns:
             ``(output_memory, output_proposals)``: ``[B, N, C]`` masked memory passed through
             ``enc_output`` and ``enc_output_norm``, and ``[B, N, 4]`` proposal boxes as logits
-            (inverse sigmoid of normalized cxcywh).
+            (inverse sigmoid of normalized cxcywh; ``inf`` where invalid).
         """
-        batch = memory.shape[0]
-        proposals = []
-        start = 0
-        for level, (height, width) in enumerate(spatial_shapes):
-            height, width = int(height), int(width)
-            level_mask = memory_padding_mask[:, start : start + height * width].view(
-                batch, height, width, 1
-            )
-            valid_height = torch.sum(~level_mask[:, :, 0, 0], 1)
-            valid_width = torch.sum(~level_mask[:, 0, :, 0], 1)
-
-            grid_y, grid_x = torch.meshgrid(
-                torch.linspace(0, height - 1, height, dtype=torch.float32, device=memory.device),
-                torch.linspace(0, width - 1, width, dtype=torch.float32, device=memory.device),
-                indexing="ij",
-            )
-            grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)  # [H, W, 2]
-            scale = torch.cat([valid_width.unsqueeze(-1), valid_height.unsqueeze(-1)], 1)
-            grid = (grid.unsqueeze(0).expand(batch, -1, -1, -1) + 0.5) / scale.view(batch, 1, 1, 2)
-            size = torch.ones_like(grid) * PROPOSAL_BASE_SIZE * (2.0**level)
-            proposals.append(torch.cat((grid, size), -1).view(batch, -1, 4))
-            start += height * width
-
-        output_proposals = torch.cat(proposals, 1)
-        low, high = PROPOSAL_VALID_RANGE
-        proposals_valid = ((output_proposals > low) & (output_proposals < high)).all(
-            -1, keepdim=True
+        output_memory, output_proposals = gen_encoder_output_proposals(
+            memory, memory_padding_mask, spatial_shapes
         )
-        output_proposals = torch.log(output_proposals / (1 - output_proposals))
-        output_proposals = output_proposals.masked_fill(
-            memory_padding_mask.unsqueeze(-1), float("inf")
-        )
-        output_proposals = output_proposals.masked_fill(~proposals_valid, float("inf"))
-
-        output_memory = memory.masked_fill(memory_padding_mask.unsqueeze(-1), 0.0)
-        output_memory = output_memory.masked_fill(~proposals_valid, 0.0)
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
         return output_memory, output_proposals
 
@@ -216,54 +129,6 @@ class DeformableDetrTransformer(nn.Module):
         )
 
     # ------------------------------------------------------------------ forward
-
-    def flatten_levels(
-        self,
-        multi_level_feats: list[torch.Tensor],
-        multi_level_masks: list[torch.Tensor],
-        multi_level_pos_embeds: list[torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Concatenate the levels into sequences.
-
-        Returns:
-            ``(feats [B, N, C], masks [B, N], pos [B, N, C], spatial_shapes [L, 2] int64,
-            level_start_index [L] int64)``; ``pos`` includes the level embedding.
-        """
-        if not len(multi_level_feats) == len(multi_level_masks) == len(multi_level_pos_embeds):
-            raise ValueError(
-                "DeformableDetrTransformer: expected as many masks and position embeddings as "
-                f"feature maps, got {len(multi_level_feats)} feature maps, "
-                f"{len(multi_level_masks)} masks, {len(multi_level_pos_embeds)} embeddings"
-            )
-        if len(multi_level_feats) != self.num_feature_levels:
-            raise ValueError(
-                f"DeformableDetrTransformer: expected {self.num_feature_levels} feature levels, "
-                f"got {len(multi_level_feats)}"
-            )
-        feats, masks, pos_embeds, shapes = [], [], [], []
-        for level, (feat, mask, pos_embed) in enumerate(
-            zip(multi_level_feats, multi_level_masks, multi_level_pos_embeds, strict=True)
-        ):
-            shapes.append(feat.shape[-2:])
-            feats.append(feat.flatten(2).transpose(1, 2))
-            masks.append(mask.flatten(1))
-            pos_embeds.append(
-                pos_embed.flatten(2).transpose(1, 2) + self.level_embeds[level].view(1, 1, -1)
-            )
-        feat = feats[0]
-        spatial_shapes = torch.as_tensor(
-            [tuple(shape) for shape in shapes], dtype=torch.long, device=feat.device
-        )
-        level_start_index = torch.cat(
-            (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
-        )
-        return (
-            torch.cat(feats, 1),
-            torch.cat(masks, 1),
-            torch.cat(pos_embeds, 1),
-            spatial_shapes,
-            level_start_index,
-        )
 
     def forward(
         self,
@@ -293,20 +158,8 @@ class DeformableDetrTransformer(nn.Module):
                 "DeformableDetrTransformer: query_embed [num_queries, 2 * embed_dim] is "
                 "required when as_two_stage=False, got None"
             )
-        feat_flatten, mask_flatten, pos_flatten, spatial_shapes, level_start_index = (
-            self.flatten_levels(multi_level_feats, multi_level_masks, multi_level_pos_embeds)
-        )
-        valid_ratios = torch.stack([self.get_valid_ratio(m) for m in multi_level_masks], 1)
-        encoder_reference_points = self.get_reference_points(
-            spatial_shapes, valid_ratios, device=feat_flatten.device
-        )
-        memory = self.encoder(
-            feat_flatten,
-            query_pos=pos_flatten,
-            padding_mask=mask_flatten,
-            reference_points=encoder_reference_points,
-            spatial_shapes=spatial_shapes,
-            level_start_index=level_start_index,
+        memory, mask_flatten, spatial_shapes, level_start_index, valid_ratios = self.encode(
+            multi_level_feats, multi_level_masks, multi_level_pos_embeds
         )
 
         batch, _, channels = memory.shape

@@ -1,8 +1,9 @@
 """Deformable DETR's encoder and decoder stacks (Zhu et al., ICLR 2021).
 
-Both are post-norm stacks of :class:`~detr_ext.layers.BaseTransformerLayer`:
+Both are post-norm stacks of :func:`~detr_ext.layers.deformable_transformer_layer`:
 
-- encoder layer: deformable self-attention over all levels, norm, FFN, norm;
+- encoder layer: deformable self-attention over all levels, norm, FFN, norm (the encoder is
+  the library's :class:`~detr_ext.layers.DeformableTransformerEncoder`);
 - decoder layer: multi-head self-attention among the queries, norm, deformable
   cross-attention into the encoder memory, norm, FFN, norm.
 
@@ -16,11 +17,9 @@ import torch
 from torch import nn
 
 from detr_ext.layers import (
-    FFN,
-    BaseTransformerLayer,
-    MultiheadAttention,
-    MultiScaleDeformableAttention,
+    DeformableTransformerEncoder,
     TransformerLayerSequence,
+    deformable_transformer_layer,
 )
 from detr_ext.layers.box_ops import inverse_sigmoid
 
@@ -30,93 +29,11 @@ __all__ = [
 ]
 
 
-class DeformableDetrTransformerEncoder(TransformerLayerSequence):
-    """Stack of deformable self-attention layers over the flattened multi-scale features.
-
-    Args:
-        embed_dim: model width ``C``.
-        num_heads: attention heads.
-        feedforward_dim: hidden width of the FFN.
-        attn_dropout: dropout on the deformable attention output.
-        ffn_dropout: dropout inside the FFN.
-        num_layers: number of layers.
-        post_norm: add a final LayerNorm after the last layer (off in Deformable DETR).
-        num_feature_levels: feature levels ``L``.
-        num_points: sampling points per head and level.
+class DeformableDetrTransformerEncoder(DeformableTransformerEncoder):
+    """Deformable DETR's encoder: :class:`~detr_ext.layers.DeformableTransformerEncoder`
+    (a stack of deformable self-attention layers over the flattened multi-scale features),
+    under the detrex name. Takes the same arguments; ``post_norm`` is off in Deformable DETR.
     """
-
-    def __init__(
-        self,
-        embed_dim: int = 256,
-        num_heads: int = 8,
-        feedforward_dim: int = 1024,
-        attn_dropout: float = 0.1,
-        ffn_dropout: float = 0.1,
-        num_layers: int = 6,
-        post_norm: bool = False,
-        num_feature_levels: int = 4,
-        num_points: int = 4,
-    ) -> None:
-        layer = BaseTransformerLayer(
-            attn=MultiScaleDeformableAttention(
-                embed_dim=embed_dim,
-                num_heads=num_heads,
-                num_levels=num_feature_levels,
-                num_points=num_points,
-                dropout=attn_dropout,
-                batch_first=True,
-            ),
-            ffn=FFN(
-                embed_dim=embed_dim,
-                feedforward_dim=feedforward_dim,
-                output_dim=embed_dim,
-                num_fcs=2,
-                ffn_drop=ffn_dropout,
-            ),
-            norm=nn.LayerNorm(embed_dim),
-            operation_order=("self_attn", "norm", "ffn", "norm"),
-        )
-        super().__init__(transformer_layers=layer, num_layers=num_layers)
-        self.embed_dim = embed_dim
-        self.num_feature_levels = num_feature_levels
-        self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
-
-    def forward(
-        self,
-        query: torch.Tensor,
-        query_pos: torch.Tensor,
-        padding_mask: torch.Tensor,
-        reference_points: torch.Tensor,
-        spatial_shapes: torch.Tensor,
-        level_start_index: torch.Tensor,
-    ) -> torch.Tensor:
-        """Encode the flattened features.
-
-        Args:
-            query: ``[B, N, C]`` features of all levels, flattened and concatenated.
-            query_pos: ``[B, N, C]`` position plus level embedding.
-            padding_mask: ``[B, N]`` bool, True at padded positions (their values are zeroed
-                before sampling).
-            reference_points: ``[B, N, L, 2]`` normalized (x, y) of every position, as seen
-                on every level (see ``DeformableDetrTransformer.get_reference_points``).
-            spatial_shapes: ``[L, 2]`` (H, W) per level.
-            level_start_index: ``[L]`` offset of each level in ``N``.
-
-        Returns:
-            memory ``[B, N, C]``.
-        """
-        for layer in self.layers:
-            query = layer(
-                query,
-                query_pos=query_pos,
-                query_key_padding_mask=padding_mask,
-                reference_points=reference_points,
-                spatial_shapes=spatial_shapes,
-                level_start_index=level_start_index,
-            )
-        if self.post_norm_layer is not None:
-            query = self.post_norm_layer(query)
-        return query
 
 
 class DeformableDetrTransformerDecoder(TransformerLayerSequence):
@@ -153,32 +70,15 @@ class DeformableDetrTransformerDecoder(TransformerLayerSequence):
         num_feature_levels: int = 4,
         num_points: int = 4,
     ) -> None:
-        layer = BaseTransformerLayer(
-            attn=[
-                MultiheadAttention(
-                    embed_dim=embed_dim,
-                    num_heads=num_heads,
-                    attn_drop=attn_dropout,
-                    batch_first=True,
-                ),
-                MultiScaleDeformableAttention(
-                    embed_dim=embed_dim,
-                    num_heads=num_heads,
-                    num_levels=num_feature_levels,
-                    num_points=num_points,
-                    dropout=attn_dropout,
-                    batch_first=True,
-                ),
-            ],
-            ffn=FFN(
-                embed_dim=embed_dim,
-                feedforward_dim=feedforward_dim,
-                output_dim=embed_dim,
-                num_fcs=2,
-                ffn_drop=ffn_dropout,
-            ),
-            norm=nn.LayerNorm(embed_dim),
-            operation_order=("self_attn", "norm", "cross_attn", "norm", "ffn", "norm"),
+        layer = deformable_transformer_layer(
+            embed_dim,
+            num_heads,
+            feedforward_dim,
+            attn_dropout,
+            ffn_dropout,
+            num_feature_levels,
+            num_points,
+            decoder=True,
         )
         super().__init__(transformer_layers=layer, num_layers=num_layers)
         self.embed_dim = embed_dim

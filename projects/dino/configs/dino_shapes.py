@@ -20,17 +20,32 @@ from detr_ext.modeling.backbones import build_resnet_backbone
 from .models.dino_r50 import model
 
 dataloader = get_config("common/data/shapes.py").dataloader
+# Smaller inputs than the shared shapes recipe (224-384 px): ~half the pixels per step.
+TRAIN_SHORT_EDGES = (160, 192, 224, 256)
+dataloader.train.mapper.augmentation[1].short_edge_length = TRAIN_SHORT_EDGES
+dataloader.train.mapper.augmentation[1].max_size = 384
+dataloader.train.mapper.augmentation_with_crop[1].short_edge_length = (160, 192, 224)
+dataloader.train.mapper.augmentation_with_crop[2].crop_size = (128, 224)
+dataloader.train.mapper.augmentation_with_crop[3].short_edge_length = TRAIN_SHORT_EDGES
+dataloader.train.mapper.augmentation_with_crop[3].max_size = 384
+dataloader.test.mapper.augmentation[0].short_edge_length = 224
+dataloader.test.mapper.augmentation[0].max_size = 384
 optimizer = get_config("common/optim.py").AdamW
 train = get_config("common/train.py").train
 
 embed_dim = 128
+backbone_width = 32  # ResNet-18 at half width: res3/res4/res5 have 64/128/256 channels
 model.backbone = L(build_resnet_backbone)(
-    depth=18, out_features=("res3", "res4", "res5"), norm="BN", freeze_at=0
+    depth=18,
+    out_features=("res3", "res4", "res5"),
+    norm="BN",
+    freeze_at=0,
+    base_channels=backbone_width,
 )
 model.neck.input_shapes = {
-    "res3": ShapeSpec(channels=128, stride=8),
-    "res4": ShapeSpec(channels=256, stride=16),
-    "res5": ShapeSpec(channels=512, stride=32),
+    "res3": ShapeSpec(channels=backbone_width * 2, stride=8),
+    "res4": ShapeSpec(channels=backbone_width * 4, stride=16),
+    "res5": ShapeSpec(channels=backbone_width * 8, stride=32),
 }
 model.neck.out_channels = embed_dim
 model.neck.norm_layer = L(nn.GroupNorm)(num_groups=32, num_channels=embed_dim)
@@ -39,7 +54,7 @@ model.position_embedding.num_pos_feats = embed_dim // 2
 model.transformer.num_feature_levels = 3
 for part, num_layers in (("encoder", 2), ("decoder", 3)):
     getattr(model.transformer, part).update(
-        embed_dim=embed_dim, num_heads=8, feedforward_dim=512, num_layers=num_layers
+        embed_dim=embed_dim, num_heads=8, feedforward_dim=256, num_layers=num_layers
     )
 model.embed_dim = embed_dim
 model.num_classes = 3
@@ -58,7 +73,7 @@ train.clip_grad.enabled = True
 train.clip_grad.params.max_norm = 0.1
 train.clip_grad.params.norm_type = 2
 
-optimizer.lr = 2e-4
+optimizer.lr = 4e-4
 optimizer.weight_decay = 1e-4
 
 # Drop the learning rate 10x for the last 10% of training (milestones are fractions of

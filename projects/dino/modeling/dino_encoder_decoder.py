@@ -1,7 +1,8 @@
 """DINO's deformable encoder and its box-refining decoder (detrex's ``DINOTransformerEncoder``
 and ``DINOTransformerDecoder``, same parameter names and numerics).
 
-Encoder layer: deformable self-attention, norm, FFN, norm (post-norm). Decoder layer: self
+Encoder layer: deformable self-attention, norm, FFN, norm (post-norm; the encoder is the
+library's :class:`~detr_ext.layers.DeformableTransformerEncoder`). Decoder layer: self
 attention over all queries (denoising + matching, under the denoising mask), norm, deformable
 cross attention to the encoder memory, norm, FFN, norm. The decoder's query positional
 embedding is ``ref_point_head(get_sine_pos_embed(reference box))`` and, after every layer,
@@ -15,12 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from detr_ext.layers import (
-    FFN,
     MLP,
-    BaseTransformerLayer,
-    MultiheadAttention,
-    MultiScaleDeformableAttention,
+    DeformableTransformerEncoder,
     TransformerLayerSequence,
+    deformable_transformer_layer,
     get_sine_pos_embed,
 )
 from detr_ext.layers.box_ops import inverse_sigmoid
@@ -28,91 +27,11 @@ from detr_ext.layers.box_ops import inverse_sigmoid
 __all__ = ["DINOTransformerDecoder", "DINOTransformerEncoder"]
 
 
-class DINOTransformerEncoder(TransformerLayerSequence):
-    """A stack of post-norm deformable self-attention layers over the flattened feature maps.
-
-    Args:
-        embed_dim: model width ``C``.
-        num_heads: attention heads.
-        feedforward_dim: hidden width of the FFN.
-        attn_dropout: dropout of the deformable attention output.
-        ffn_dropout: dropout inside the FFN.
-        num_layers: number of layers.
-        post_norm: add a final LayerNorm (``post_norm_layer``) after the last layer.
-        num_feature_levels: levels ``L`` of the multi-scale input.
-        num_points: sampling points per head and level.
+class DINOTransformerEncoder(DeformableTransformerEncoder):
+    """DINO's encoder: :class:`~detr_ext.layers.DeformableTransformerEncoder` (a stack of
+    post-norm deformable self-attention layers over the flattened feature maps) under the
+    detrex name. Takes the same arguments.
     """
-
-    def __init__(
-        self,
-        embed_dim: int = 256,
-        num_heads: int = 8,
-        feedforward_dim: int = 1024,
-        attn_dropout: float = 0.1,
-        ffn_dropout: float = 0.1,
-        num_layers: int = 6,
-        post_norm: bool = False,
-        num_feature_levels: int = 4,
-        num_points: int = 4,
-    ) -> None:
-        layer = BaseTransformerLayer(
-            attn=MultiScaleDeformableAttention(
-                embed_dim=embed_dim,
-                num_heads=num_heads,
-                num_levels=num_feature_levels,
-                num_points=num_points,
-                dropout=attn_dropout,
-                batch_first=True,
-            ),
-            ffn=FFN(
-                embed_dim=embed_dim,
-                feedforward_dim=feedforward_dim,
-                output_dim=embed_dim,
-                num_fcs=2,
-                ffn_drop=ffn_dropout,
-            ),
-            norm=nn.LayerNorm(embed_dim),
-            operation_order=("self_attn", "norm", "ffn", "norm"),
-        )
-        super().__init__(transformer_layers=layer, num_layers=num_layers)
-        self.embed_dim = embed_dim
-        self.num_feature_levels = num_feature_levels
-        self.post_norm_layer = nn.LayerNorm(embed_dim) if post_norm else None
-
-    def forward(
-        self,
-        query: Tensor,
-        query_pos: Tensor,
-        key_padding_mask: Tensor,
-        reference_points: Tensor,
-        spatial_shapes: Tensor,
-        level_start_index: Tensor,
-    ) -> Tensor:
-        """Encode the flattened multi-scale features.
-
-        Args:
-            query: ``[B, N, C]`` features of all levels, flattened and concatenated.
-            query_pos: ``[B, N, C]`` position + level embeddings.
-            key_padding_mask: ``[B, N]`` bool, True on padding.
-            reference_points: ``[B, N, L, 2]`` normalized pixel centers, per level.
-            spatial_shapes: ``[L, 2]`` (H_l, W_l).
-            level_start_index: ``[L]`` offset of each level in ``N``.
-
-        Returns:
-            memory ``[B, N, C]``.
-        """
-        for layer in self.layers:
-            query = layer(
-                query,
-                query_pos=query_pos,
-                query_key_padding_mask=key_padding_mask,
-                reference_points=reference_points,
-                spatial_shapes=spatial_shapes,
-                level_start_index=level_start_index,
-            )
-        if self.post_norm_layer is not None:
-            query = self.post_norm_layer(query)
-        return query
 
 
 class DINOTransformerDecoder(TransformerLayerSequence):
@@ -154,32 +73,15 @@ class DINOTransformerDecoder(TransformerLayerSequence):
     ) -> None:
         if embed_dim % 2 != 0:
             raise ValueError(f"DINOTransformerDecoder: expected an even embed_dim, got {embed_dim}")
-        layer = BaseTransformerLayer(
-            attn=[
-                MultiheadAttention(
-                    embed_dim=embed_dim,
-                    num_heads=num_heads,
-                    attn_drop=attn_dropout,
-                    batch_first=True,
-                ),
-                MultiScaleDeformableAttention(
-                    embed_dim=embed_dim,
-                    num_heads=num_heads,
-                    num_levels=num_feature_levels,
-                    num_points=num_points,
-                    dropout=attn_dropout,
-                    batch_first=True,
-                ),
-            ],
-            ffn=FFN(
-                embed_dim=embed_dim,
-                feedforward_dim=feedforward_dim,
-                output_dim=embed_dim,
-                num_fcs=2,
-                ffn_drop=ffn_dropout,
-            ),
-            norm=nn.LayerNorm(embed_dim),
-            operation_order=("self_attn", "norm", "cross_attn", "norm", "ffn", "norm"),
+        layer = deformable_transformer_layer(
+            embed_dim,
+            num_heads,
+            feedforward_dim,
+            attn_dropout,
+            ffn_dropout,
+            num_feature_levels,
+            num_points,
+            decoder=True,
         )
         super().__init__(transformer_layers=layer, num_layers=num_layers)
         self.embed_dim = embed_dim
