@@ -8,6 +8,7 @@ from .defaults import (
     do_train,
     load_eval_checkpoint,
     setup,
+    share_cpu_threads,
     wrap_ddp,
 )
 from .ema import EMAHook, ModelEMA, apply_ema, unwrap_model
@@ -24,6 +25,7 @@ __all__ = [
     "do_train",
     "load_eval_checkpoint",
     "setup",
+    "share_cpu_threads",
     "unwrap_model",
     "wrap_ddp",
 ]

@@ -38,10 +38,29 @@ __all__ = [
     "do_train",
     "load_eval_checkpoint",
     "setup",
+    "share_cpu_threads",
     "wrap_ddp",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def share_cpu_threads(cfg: DictConfig) -> int:
+    """Split the CPU cores between the processes of a multi-process CPU run.
+
+    With ``launch(num_gpus_per_machine=N)`` on a CPU (gloo DDP), each of the N processes would
+    otherwise start as many intra-op threads as there are cores, N times too many. Unless
+    ``OMP_NUM_THREADS`` says otherwise, each process gets ``cores // N`` threads (at least 1).
+    Returns the number of threads now in use.
+    """
+    local_size = comm.get_local_size()
+    if (
+        torch.device(cfg.train.device).type == "cpu"
+        and local_size > 1
+        and "OMP_NUM_THREADS" not in os.environ
+    ):
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
+    return torch.get_num_threads()
 
 
 def setup(args: argparse.Namespace) -> DictConfig:
@@ -54,6 +73,7 @@ def setup(args: argparse.Namespace) -> DictConfig:
         )
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    share_cpu_threads(cfg)
     default_setup(cfg, args)
     # default_setup configures the "detectron2" and "fvcore" loggers; add ours.
     setup_logger(

@@ -1,8 +1,10 @@
 """A small DINO for the bundled shapes dataset (3 classes), trained from scratch on CPU.
 
-ResNet-18 (random init, BatchNorm), 3 feature levels, width 128, 2 encoder and 3 decoder
-layers, 100 queries and 30 denoising queries: the whole DINO recipe (contrastive denoising,
-mixed query selection, look-forward-twice refinement) at a size that trains in minutes::
+ResNet-18 at half width (random init, BatchNorm), 3 feature levels, width 128, 2 encoder and
+3 decoder layers (FFN 256), 100 queries and 30 denoising queries: the whole DINO recipe
+(contrastive denoising, mixed query selection, look-forward-twice refinement) at a size that
+trains in about 12 minutes on 2 CPU cores (1400 iterations of 4 images at 160-256 px, ~0.5 s
+each; ``make train``)::
 
     python tools/train_net.py --config-file projects/dino/configs/dino_shapes.py \
         train.output_dir=./output/dino_shapes
@@ -24,10 +26,8 @@ dataloader = get_config("common/data/shapes.py").dataloader
 TRAIN_SHORT_EDGES = (160, 192, 224, 256)
 dataloader.train.mapper.augmentation[1].short_edge_length = TRAIN_SHORT_EDGES
 dataloader.train.mapper.augmentation[1].max_size = 384
-dataloader.train.mapper.augmentation_with_crop[1].short_edge_length = (160, 192, 224)
-dataloader.train.mapper.augmentation_with_crop[2].crop_size = (128, 224)
-dataloader.train.mapper.augmentation_with_crop[3].short_edge_length = TRAIN_SHORT_EDGES
-dataloader.train.mapper.augmentation_with_crop[3].max_size = 384
+# No random crops: in a run this short they cost more accuracy than they bring.
+dataloader.train.mapper.augmentation_with_crop = None
 dataloader.test.mapper.augmentation[0].short_edge_length = 224
 dataloader.test.mapper.augmentation[0].max_size = 384
 optimizer = get_config("common/optim.py").AdamW
@@ -65,7 +65,9 @@ model.dn_number = 30
 train.device = "cpu"
 train.init_checkpoint = ""
 train.output_dir = "./output/dino_shapes"
-train.max_iter = 2000
+# Runs from scratch vary a lot with the seed on this short schedule; fix it.
+train.seed = 1
+train.max_iter = 1400
 train.eval_period = 0  # evaluate once, after the last iteration
 train.log_period = 20
 train.checkpointer.period = 1000
