@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 TRAIN_ARGS ?=
-DEMO_ARGS ?=
+DEMO_ARGS ?= --confidence-threshold 0.3
 DEMO_WEIGHTS ?= output/dino_shapes/model_final.pth
 DEMO_INPUT ?= datasets/shapes/val
 
