@@ -104,36 +104,31 @@ def _overridden(opts: Sequence[str], key: str) -> bool:
 
 
 def setup(args: argparse.Namespace):
-    """Load the config with ``--output-dir``, a short ``train.log_period`` and the overrides,
-    then run detectron2's ``default_setup`` (loggers, ``config.yaml``, seeding)."""
-    from detectron2.config import LazyConfig
-    from detectron2.engine import default_setup
-    from detectron2.utils import comm
-    from detectron2.utils.logger import setup_logger
-
-    from detr_ext.engine import share_cpu_threads
+    """:func:`detr_ext.engine.setup` with, unless the overrides set them, ``--output-dir`` as
+    ``train.output_dir`` (and the evaluator's output directory) and a ``train.log_period`` of
+    at most ``PROGRESS_LOG_PERIOD``."""
+    from detr_ext.engine import setup as engine_setup
 
     malformed = [opt for opt in args.opts if "=" not in opt]
     if malformed:
         raise UsageError(f"expected config overrides as key=value, got {malformed}")
-    cfg = LazyConfig.load(args.config_file)
-    cfg.train.output_dir = args.output_dir
-    cfg.train.log_period = min(int(cfg.train.log_period), PROGRESS_LOG_PERIOD)
-    cfg = LazyConfig.apply_overrides(cfg, list(args.opts))
-    evaluator = cfg.dataloader.get("evaluator")
-    if (
-        evaluator is not None
-        and "output_dir" in evaluator
-        and not _overridden(args.opts, "dataloader.evaluator.output_dir")
-    ):
-        # Configs copy train.output_dir's default in here; keep the evaluator's files with ours.
-        evaluator.output_dir = cfg.train.output_dir
-    share_cpu_threads(cfg)
-    default_setup(cfg, args)
-    setup_logger(
-        cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detr_ext", abbrev_name="detr"
-    )
-    return cfg
+
+    def edit(cfg) -> None:
+        if not _overridden(args.opts, "train.output_dir"):
+            cfg.train.output_dir = args.output_dir
+        if not _overridden(args.opts, "train.log_period"):
+            cfg.train.log_period = min(int(cfg.train.log_period), PROGRESS_LOG_PERIOD)
+        evaluator = cfg.dataloader.get("evaluator")
+        if (
+            evaluator is not None
+            and "output_dir" in evaluator
+            and not _overridden(args.opts, "dataloader.evaluator.output_dir")
+        ):
+            # Configs copy train.output_dir's default in here; keep the evaluator's files with
+            # ours.
+            evaluator.output_dir = cfg.train.output_dir
+
+    return engine_setup(args, edit)
 
 
 def evaluate(cfg, weights: str) -> dict:
@@ -177,7 +172,7 @@ def save_prediction_grid(
 
     predictor = Predictor(cfg, weights, device=cfg.train.device)
     names = cfg.dataloader.test.dataset.names
-    name = names if isinstance(names, str) else list(names)[0]
+    name = _dataset_names(names)[0]
     files = [record["file_name"] for record in DatasetCatalog.get(name)[:num_images]]
     if not files:
         raise ValueError(f"save_prediction_grid: test dataset {name!r} has no images")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -63,9 +64,10 @@ def share_cpu_threads(cfg: DictConfig) -> int:
     return torch.get_num_threads()
 
 
-def setup(args: argparse.Namespace) -> DictConfig:
-    """Load ``args.config_file``, apply the ``key=value`` overrides in ``args.opts`` and run
-    detectron2's ``default_setup`` (loggers, environment info, ``config.yaml`` saved to
+def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = None) -> DictConfig:
+    """Load ``args.config_file``, apply the ``key=value`` overrides in ``args.opts``, then
+    ``edit(cfg)`` if given (an entry point's own changes), and run detectron2's
+    ``default_setup`` (loggers, environment info, ``config.yaml`` saved to
     ``train.output_dir``, seeding)."""
     if not args.config_file or not os.path.isfile(args.config_file):
         raise FileNotFoundError(
@@ -73,6 +75,8 @@ def setup(args: argparse.Namespace) -> DictConfig:
         )
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    if edit is not None:
+        edit(cfg)
     share_cpu_threads(cfg)
     default_setup(cfg, args)
     # default_setup configures the "detectron2" and "fvcore" loggers; add ours.

@@ -5,7 +5,6 @@ ones, training (losses, backward) and inference."""
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -22,28 +21,16 @@ from detr_ext.modeling.losses import ia_bce_loss
 from projects.align_detr.modeling import AlignDETR, AlignDETRCriterion
 from projects.dino.modeling import DINO
 
+from .key_lists import read_key_list, share_decoder_heads, synthetic_state_dict
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "projects" / "align_detr" / "configs"
-KEYS_FILE = (
-    REPO_ROOT / "tests" / "fixtures" / "state_dict_keys" / "detrex_align_detr_r50_4scale.txt"
-)
-_LINE = re.compile(r"^(\S+) \(([\d, ]*)\) (\w+)$")
+KEYS_FILE = "detrex_align_detr_r50_4scale.txt"
 WEIGHTS = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 
 
 def load_config(name: str):
     return LazyConfig.load(str(CONFIG_DIR / name))
-
-
-def read_key_list() -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for line in KEYS_FILE.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        match = _LINE.match(line)
-        assert match, f"unparsable line: {line!r}"
-        shapes[match.group(1)] = tuple(int(d) for d in match.group(2).split(",") if d.strip())
-    return shapes
 
 
 def tiny_model(match_num=(3, 2, 1), num_queries: int = 12, dn_number: int = 6) -> AlignDETR:
@@ -164,21 +151,14 @@ def align_detr_r50():
 
 
 def test_names_and_shapes_equal_detrex(align_detr_r50):
-    expected = read_key_list()
+    expected = read_key_list(KEYS_FILE)
     assert len(expected) == 634
     ours = {key: tuple(value.shape) for key, value in align_detr_r50.state_dict().items()}
     assert ours == expected
 
 
 def test_detrex_conversion_loads_strictly(align_detr_r50):
-    generator = torch.Generator().manual_seed(0)
-    source = {
-        key: torch.randn(shape, generator=generator) for key, shape in read_key_list().items()
-    }
-    # detrex saves the shared heads under both names with equal values.
-    for key in list(source):
-        if key.startswith(("transformer.decoder.class_embed", "transformer.decoder.bbox_embed")):
-            source[key] = source[key.removeprefix("transformer.decoder.")]
+    source = share_decoder_heads(synthetic_state_dict(read_key_list(KEYS_FILE)))
     source["backbone.res2.0.conv1.norm.num_batches_tracked"] = torch.tensor(0)
     converted, report = get_converter("align_detr.detrex").convert(
         source, align_detr_r50.state_dict()
@@ -188,7 +168,7 @@ def test_detrex_conversion_loads_strictly(align_detr_r50):
     result = align_detr_r50.load_state_dict(converted, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     state = align_detr_r50.state_dict()
-    assert state.keys() == read_key_list().keys()
+    assert state.keys() == read_key_list(KEYS_FILE).keys()
     for key, value in state.items():
         assert value.shape == source[key].shape, key
     for key in ("label_enc.weight", "transformer.tgt_embed.weight", "class_embed.6.bias"):

@@ -25,9 +25,10 @@ from projects.deformable_detr.modeling import (
     DeformableDetrTransformerEncoder,
 )
 
+from .key_lists import read_key_list, synthetic_state_dict
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "projects" / "deformable_detr" / "configs"
-KEYS_DIR = REPO_ROOT / "tests" / "fixtures" / "state_dict_keys"
 
 # config file -> (with_box_refine, as_two_stage, detrex key list)
 R50_CONFIGS = {
@@ -424,26 +425,13 @@ def test_compiled_and_pytorch_backends_agree(variant):
 # ------------------------------------------------------------------ checkpoints
 
 
-def read_key_list(file_name: str) -> dict[str, tuple[int, ...]]:
-    """``key -> shape`` from a reference list (lines ``key (d0, d1, ...) dtype``)."""
-    shapes = {}
-    for line in (KEYS_DIR / file_name).read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, rest = line.split(" ", 1)
-        dims = rest.rsplit(" ", 1)[0].strip("()").split(",")
-        shapes[key] = tuple(int(d) for d in dims if d.strip())
-    return shapes
-
-
 @pytest.mark.parametrize("config_name", sorted(R50_CONFIGS))
 def test_detrex_checkpoint_converts_and_loads_strictly(config_name):
     import projects.deformable_detr.checkpoint  # noqa: F401  (registers the converter)
     from detr_ext.checkpoint import get_converter
 
     reference = read_key_list(R50_CONFIGS[config_name][2])
-    generator = torch.Generator().manual_seed(0)
-    source = {key: torch.randn(shape, generator=generator) for key, shape in reference.items()}
+    source = synthetic_state_dict(reference)
 
     model = instantiate(load_config(config_name).model)
     target = model.state_dict()

@@ -3,7 +3,6 @@ detrex and facebookresearch/detr R50 checkpoints (tests/fixtures/state_dict_keys
 into our DETR-R50 with strict=True, and tensors must land at the expected keys."""
 
 import importlib.util
-import re
 from pathlib import Path
 
 import pytest
@@ -15,23 +14,11 @@ import projects.detr.checkpoint  # noqa: F401  (registers the converters)
 from detr_ext.checkpoint import get_converter
 from projects.detr.checkpoint import coco91_class_rows
 
+from .key_lists import read_key_list, synthetic_state_dict
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-KEYS_DIR = REPO_ROOT / "tests" / "fixtures" / "state_dict_keys"
 R50_CONFIG = REPO_ROOT / "projects" / "detr" / "configs" / "models" / "detr_r50.py"
 SHAPES_CONFIG = REPO_ROOT / "projects" / "detr" / "configs" / "detr_shapes.py"
-_LINE = re.compile(r"^(\S+) \(([\d, ]*)\) (\w+)$")
-
-
-def read_key_list(name: str) -> dict[str, tuple[int, ...]]:
-    """``key -> shape`` from a fixture listing ``key (d0, d1, ...) dtype`` per line."""
-    shapes = {}
-    for line in (KEYS_DIR / name).read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        match = _LINE.match(line)
-        assert match, f"unparsable line in {name}: {line!r}"
-        shapes[match.group(1)] = tuple(int(d) for d in match.group(2).split(",") if d.strip())
-    return shapes
 
 
 def load_tool():
@@ -42,11 +29,6 @@ def load_tool():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def synthetic_state_dict(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict:
-    generator = torch.Generator().manual_seed(seed)
-    return {key: torch.randn(shape, generator=generator) for key, shape in shapes.items()}
 
 
 @pytest.fixture(scope="module")

@@ -3,52 +3,25 @@ two iterations with a COCO evaluation at the end, evaluate the checkpoint (--eva
 resume to a third iteration. The shapes dataset is shrunk to a few images in a temp dir."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.tool_runs import TINY_SHAPES_CONFIG, run_tool
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-CONFIG = """
-from detectron2.config import LazyConfig
-
-from detr_ext.data.datasets import register_shapes
-
-_base = LazyConfig.load({base!r})
-# $DETR_EXT_DATASETS points at a temp dir; a few images per split keep the run short.
-register_shapes(root=None, num_train=6, num_val=3, seed=0, replace=True)
-
-model = _base.model
-dataloader = _base.dataloader
-optimizer = _base.optimizer
-lr_multiplier = _base.lr_multiplier
-train = _base.train
-
-dataloader.train.total_batch_size = 2
-dataloader.train.num_workers = 0
-dataloader.test.num_workers = 0
-train.max_iter = 2
-train.log_period = 1
+CONFIG = (
+    TINY_SHAPES_CONFIG
+    + """train.log_period = 1
 train.checkpointer.period = 1
 """
+)
 
 
 def run_train_net(config: Path, datasets: Path, *args: str) -> str:
-    env = dict(os.environ)
-    env["DETR_EXT_DATASETS"] = str(datasets)
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    env.setdefault("OMP_NUM_THREADS", "1")
-    command = [sys.executable, str(REPO_ROOT / "tools" / "train_net.py"), "--config-file"]
-    result = subprocess.run(
-        [*command, str(config), *args],
-        cwd=config.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_tool(
+        "train_net.py", ["--config-file", str(config), *args], cwd=config.parent, datasets=datasets
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"train_net failed:\n{output[-8000:]}"

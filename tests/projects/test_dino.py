@@ -4,7 +4,6 @@ without denoising), inference."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -22,25 +21,15 @@ from projects.dino.modeling.dino_transformer import (
     get_encoder_reference_points,
 )
 
+from .key_lists import read_key_list, share_decoder_heads, synthetic_state_dict
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "projects" / "dino" / "configs"
-KEYS_FILE = REPO_ROOT / "tests" / "fixtures" / "state_dict_keys" / "detrex_dino_r50_4scale.txt"
-_LINE = re.compile(r"^(\S+) \(([\d, ]*)\) (\w+)$")
+KEYS_FILE = "detrex_dino_r50_4scale.txt"
 
 
 def load_config(name: str):
     return LazyConfig.load(str(CONFIG_DIR / name))
-
-
-def read_key_list() -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for line in KEYS_FILE.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        match = _LINE.match(line)
-        assert match, f"unparsable line: {line!r}"
-        shapes[match.group(1)] = tuple(int(d) for d in match.group(2).split(",") if d.strip())
-    return shapes
 
 
 def tiny_model(num_queries: int = 12, dn_number: int = 6) -> DINO:
@@ -154,23 +143,14 @@ def dino_r50():
 
 
 def test_names_and_shapes_equal_detrex(dino_r50):
-    expected = read_key_list()
+    expected = read_key_list(KEYS_FILE)
     assert len(expected) == 634
     ours = {key: tuple(value.shape) for key, value in dino_r50.state_dict().items()}
     assert ours == expected
 
 
 def test_detrex_conversion_loads_strictly(dino_r50):
-    generator = torch.Generator().manual_seed(0)
-    source = {
-        key: torch.randn(shape, generator=generator) for key, shape in read_key_list().items()
-    }
-    # detrex saves the shared heads under both names with equal values.
-    for key in list(source):
-        if key.startswith("transformer.decoder.class_embed") or key.startswith(
-            "transformer.decoder.bbox_embed"
-        ):
-            source[key] = source[key.removeprefix("transformer.decoder.")]
+    source = share_decoder_heads(synthetic_state_dict(read_key_list(KEYS_FILE)))
     converted, report = get_converter("dino.detrex").convert(source, dino_r50.state_dict())
     assert report.ok, report.summary()
     result = dino_r50.load_state_dict(converted, strict=True)

@@ -2,9 +2,7 @@
 images (one given as a file, one through its folder), and the error for a missing path."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +11,17 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from PIL import Image
 
+from tests.tool_runs import run_tool
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "projects" / "detr" / "configs" / "detr_shapes.py"
 SHAPES_NAMES = {3: "circle", 7: "square", 11: "triangle"}
 
 
 def run_demo(work_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["DETR_EXT_DATASETS"] = str(work_dir / "datasets")  # the config only registers shapes
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    env.setdefault("OMP_NUM_THREADS", "1")
-    command = [sys.executable, str(REPO_ROOT / "tools" / "demo.py"), "--config-file", str(CONFIG)]
-    return subprocess.run(
-        [*command, *args], cwd=work_dir, env=env, capture_output=True, text=True, timeout=300
-    )
+    # The config only registers shapes: its datasets are never loaded.
+    config = ["--config-file", str(CONFIG)]
+    return run_tool("demo.py", [*config, *args], cwd=work_dir, datasets=work_dir / "datasets")
 
 
 @pytest.fixture(scope="module")

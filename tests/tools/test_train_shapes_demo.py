@@ -2,51 +2,24 @@
 shrunk to a few images: train 2 iterations, evaluate, draw; then --skip-train."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.tool_runs import TINY_SHAPES_CONFIG, run_tool
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-CONFIG = """
-from detectron2.config import LazyConfig
-
-from detr_ext.data.datasets import register_shapes
-
-_base = LazyConfig.load({base!r})
-# $DETR_EXT_DATASETS points at a temp dir; a few images per split keep the run short.
-register_shapes(root=None, num_train=6, num_val=3, seed=0, replace=True)
-
-model = _base.model
-dataloader = _base.dataloader
-optimizer = _base.optimizer
-lr_multiplier = _base.lr_multiplier
-train = _base.train
-
-dataloader.train.total_batch_size = 2
-dataloader.train.num_workers = 0
-dataloader.test.num_workers = 0
-train.max_iter = 2
-"""
 
 
 def run_script(work_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["DETR_EXT_DATASETS"] = str(work_dir / "datasets")
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    env.setdefault("OMP_NUM_THREADS", "1")
-    command = [sys.executable, str(REPO_ROOT / "tools" / "train_shapes_demo.py")]
-    return subprocess.run(
-        [*command, "--config-file", str(work_dir / "detr_shapes_tiny.py"), *args],
+    config = str(work_dir / "detr_shapes_tiny.py")
+    return run_tool(
+        "train_shapes_demo.py",
+        ["--config-file", config, *args],
         cwd=work_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        datasets=work_dir / "datasets",
     )
 
 
@@ -54,7 +27,7 @@ def run_script(work_dir: Path, *args: str) -> subprocess.CompletedProcess:
 def work_dir(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("train_shapes_demo")
     base = REPO_ROOT / "projects" / "detr" / "configs" / "detr_shapes.py"
-    (work_dir / "detr_shapes_tiny.py").write_text(CONFIG.format(base=str(base)))
+    (work_dir / "detr_shapes_tiny.py").write_text(TINY_SHAPES_CONFIG.format(base=str(base)))
     return work_dir
 
 

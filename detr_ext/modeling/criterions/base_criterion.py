@@ -29,7 +29,7 @@ Extension points for subclasses (DINO denoising, Align-DETR many-to-one):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -204,13 +204,20 @@ class SetCriterion(nn.Module):
         num_boxes: float,
         layer_index: int | None,
     ) -> dict[str, Tensor]:
-        """Match one layer's predictions and compute every loss in ``self.losses`` for it."""
+        """Match one layer's predictions and compute every loss in ``self.losses`` for it
+        (with the extra arguments of :meth:`layer_loss_kwargs`)."""
         check_detection_inputs(outputs, targets, type(self).__name__)
         indices = self.match(outputs, targets, layer_index)
+        kwargs = self.layer_loss_kwargs(layer_index)
         losses: dict[str, Tensor] = {}
         for loss in self.losses:
-            losses.update(self.get_loss(loss, outputs, targets, indices, num_boxes))
+            losses.update(self.get_loss(loss, outputs, targets, indices, num_boxes, **kwargs))
         return losses
+
+    def layer_loss_kwargs(self, layer_index: int | None) -> dict[str, Any]:
+        """Extra keyword arguments of the loss functions for one layer (``layer_index`` as in
+        :meth:`compute_losses`); none here, Align-DETR passes its per-layer rank weights."""
+        return {}
 
     def get_loss(
         self,
@@ -304,8 +311,10 @@ class SetCriterion(nn.Module):
         targets: Sequence[Mapping[str, Tensor]],
         indices: Indices,
         num_boxes: float,
+        weights: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Box losses ``{"loss_bbox", "loss_giou"}`` over the matched pairs."""
+        """Box losses ``{"loss_bbox", "loss_giou"}`` over the matched pairs, each pair's
+        multiplied by ``weights [num_matched]`` when given."""
         batch_index, query_index = self.matched_query_index(indices)
         pred_boxes = outputs["pred_boxes"][batch_index, query_index]  # [num_matched, 4]
         target_boxes = self.matched_targets(targets, indices, "boxes")
@@ -313,6 +322,9 @@ class SetCriterion(nn.Module):
         loss_giou = 1 - matched_generalized_box_iou(
             box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes)
         )
+        if weights is not None:
+            loss_bbox = loss_bbox * weights[:, None]
+            loss_giou = loss_giou * weights
         return {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
 
     # ------------------------------------------------------------------ weighting

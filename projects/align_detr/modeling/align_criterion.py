@@ -19,16 +19,12 @@ and the box losses with every weight 1, normalized by ``num_boxes * num_dn_group
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from detr_ext.layers.box_ops import (
-    box_cxcywh_to_xyxy,
-    matched_box_iou,
-    matched_generalized_box_iou,
-)
+from detr_ext.layers.box_ops import box_cxcywh_to_xyxy, matched_box_iou
 from detr_ext.modeling.criterions.base_criterion import Indices
 from detr_ext.modeling.losses import (
     alignment_quality,
@@ -37,7 +33,6 @@ from detr_ext.modeling.losses import (
     prime_sample_weights,
 )
 from detr_ext.modeling.matchers import ManyToOneMatcher
-from detr_ext.modeling.matchers.hungarian_matcher import check_detection_inputs
 from projects.dino.modeling import DINOCriterion
 
 __all__ = ["AlignDETRCriterion"]
@@ -138,23 +133,9 @@ class AlignDETRCriterion(DINOCriterion):
         match_number = self.match_num[self.layer_spec(layer_index)]
         return self.matcher(outputs, targets, match_number=match_number)
 
-    def layer_losses(
-        self,
-        outputs: Mapping[str, Tensor],
-        targets: Sequence[Mapping[str, Tensor]],
-        num_boxes: float,
-        layer_index: int | None,
-    ) -> dict[str, Tensor]:
-        """Match one layer and compute its losses with the layer's prime-sample weights."""
-        check_detection_inputs(outputs, targets, type(self).__name__)
-        indices = self.match(outputs, targets, layer_index)
-        rank_weights = self.weight_table[self.layer_spec(layer_index)]
-        losses: dict[str, Tensor] = {}
-        for loss in self.losses:
-            losses.update(
-                self.get_loss(loss, outputs, targets, indices, num_boxes, rank_weights=rank_weights)
-            )
-        return losses
+    def layer_loss_kwargs(self, layer_index: int | None) -> dict[str, Any]:
+        """The layer's prime-sample weights, ``rank_weights = weight_table[layer_spec]``."""
+        return {"rank_weights": self.weight_table[self.layer_spec(layer_index)]}
 
     # ------------------------------------------------------------------ losses
 
@@ -239,18 +220,8 @@ class AlignDETRCriterion(DINOCriterion):
         rank_weights: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """``{"loss_bbox", "loss_giou"}`` of the matched pairs, each times its weight."""
-        batch_index, query_index = self.matched_query_index(indices)
-        pred_boxes = outputs["pred_boxes"][batch_index, query_index]  # [num_matched, 4]
-        target_boxes = self.matched_targets(targets, indices, "boxes")
         weights = self.match_weights(outputs, targets, indices, rank_weights)  # [num_matched]
-        loss_bbox = F.l1_loss(pred_boxes, target_boxes, reduction="none") * weights[:, None]
-        loss_giou = (
-            1
-            - matched_generalized_box_iou(
-                box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes)
-            )
-        ) * weights
-        return {"loss_bbox": loss_bbox.sum() / num_boxes, "loss_giou": loss_giou.sum() / num_boxes}
+        return super().loss_boxes(outputs, targets, indices, num_boxes, weights=weights)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, match_num={list(self.match_num)}, tau={self.tau}"

@@ -1,0 +1,53 @@
+"""Running ``tools/*.py`` in subprocesses on CPU, against a shapes dataset shrunk to a few
+images under a temporary ``$DETR_EXT_DATASETS``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A config file (format with base=<path of a shapes config>) that keeps the base's model and
+# training recipe but shrinks the data: 6 train / 3 val images, batch 2, 2 iterations.
+TINY_SHAPES_CONFIG = """
+from detectron2.config import LazyConfig
+
+from detr_ext.data.datasets import register_shapes
+
+_base = LazyConfig.load({base!r})
+# $DETR_EXT_DATASETS points at a temp dir; a few images per split keep the run short.
+register_shapes(root=None, num_train=6, num_val=3, seed=0, replace=True)
+
+model = _base.model
+dataloader = _base.dataloader
+optimizer = _base.optimizer
+lr_multiplier = _base.lr_multiplier
+train = _base.train
+
+dataloader.train.total_batch_size = 2
+dataloader.train.num_workers = 0
+dataloader.test.num_workers = 0
+train.max_iter = 2
+"""
+
+
+def run_tool(
+    tool: str, args: list[str], *, cwd: Path, datasets: Path
+) -> subprocess.CompletedProcess:
+    """``python tools/<tool> <args>`` from ``cwd`` with ``DETR_EXT_DATASETS=datasets``, no
+    visible GPU and one intra-op thread (unless ``OMP_NUM_THREADS`` is set); output captured."""
+    env = dict(os.environ)
+    env["DETR_EXT_DATASETS"] = str(datasets)
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / tool), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
