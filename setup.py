@@ -1,8 +1,16 @@
 """Builds detr_ext and its compiled extension detr_ext._C from csrc/.
 
-The C++ CPU kernels are always built. The CUDA kernels are built whenever a CUDA toolkit with
-nvcc is found, even when no GPU is visible. Environment switches:
+The repository's shared LazyConfig files (``configs/``, e.g. ``configs/common/train.py``) are
+copied into the built package as ``detr_ext/config/configs/`` (as detectron2 ships
+``model_zoo/configs``), so that ``detr_ext.config.get_config("common/...")`` works from an
+installed wheel. In a source checkout or an editable install, ``configs/`` in the repository is
+read directly and stays the only copy.
 
+The C++ CPU kernels are built unless switched off. The CUDA kernels are built whenever a CUDA
+toolkit with nvcc is found, even when no GPU is visible. Environment switches:
+
+- ``DETR_EXT_BUILD_EXTENSION=0``: build no extension at all (pure-PyTorch MSDA path; a fast
+  install for packaging checks and machines without a compiler). Default ``1``.
 - ``DETR_EXT_WITH_CUDA``: unset = build CUDA when a toolkit is found, and fall back to a CPU-only
   build (with a loud warning) if that fails; ``0`` = never; ``1`` = required (fail if impossible).
 - ``DETR_EXT_BUILD_REQUIRED=1``: fail instead of installing the pure-PyTorch package when even
@@ -24,9 +32,13 @@ import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+# The shared configs and where they go in the built package (read by detr_ext.config).
+CONFIGS_SOURCE = ROOT / "configs"
+CONFIGS_PACKAGE_PATH = ("detr_ext", "config", "configs")
 
 
 def _is_toolkit(path: str | None) -> bool:
@@ -59,14 +71,27 @@ def _cuda_mode() -> str:
     raise ValueError(f"DETR_EXT_WITH_CUDA must be 0, 1 or unset, got {mode!r}")
 
 
+def _build_extension() -> bool:
+    value = os.environ.get("DETR_EXT_BUILD_EXTENSION", "1").strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"DETR_EXT_BUILD_EXTENSION must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
+BUILD_EXTENSION = _build_extension()
 CUDA_MODE = _cuda_mode()
-CUDA_HOME = find_cuda_home() if CUDA_MODE != "0" else None
+CUDA_HOME = find_cuda_home() if CUDA_MODE != "0" and BUILD_EXTENSION else None
 if CUDA_HOME:
     # Must be set before torch.utils.cpp_extension is imported: it reads CUDA_HOME at import.
     os.environ["CUDA_HOME"] = CUDA_HOME
 
-import torch  # noqa: E402
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+if BUILD_EXTENSION:
+    import torch  # noqa: E402
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+else:
+    # A build without the extension does not import torch (a few seconds per setup.py run);
+    # BuildWithFallback below is then defined but never used.
+    from setuptools.command.build_ext import build_ext as BuildExtension  # noqa: E402
 
 
 def _log(message: str) -> None:
@@ -154,6 +179,37 @@ class BuildWithFallback(BuildExtension):
         )
 
 
+class BuildPyWithConfigs(build_py):
+    """build_py that also copies ``configs/**/*.py`` into the package (see the module doc).
+
+    Editable installs skip the copy: their ``detr_ext`` is the checkout's, next to ``configs/``.
+    """
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:
+            return
+        if not (CONFIGS_SOURCE / "common").is_dir():
+            raise FileNotFoundError(
+                f"setup.py: expected the shared configs in {CONFIGS_SOURCE / 'common'} (they "
+                "ship inside detr_ext); is this a complete source tree? (MANIFEST.in grafts "
+                "configs/ into source distributions)"
+            )
+        target = Path(self.build_lib, *CONFIGS_PACKAGE_PATH)
+        for source in sorted(CONFIGS_SOURCE.rglob("*.py")):
+            destination = target / source.relative_to(CONFIGS_SOURCE)
+            self.mkpath(str(destination.parent))
+            self.copy_file(str(source), str(destination))
+
+
+cmdclass = {"build_py": BuildPyWithConfigs}
+if BUILD_EXTENSION:
+    ext_modules = [make_extension(with_cuda=want_cuda())]
+    cmdclass["build_ext"] = BuildWithFallback.with_options(use_ninja=True)
+else:
+    _log("DETR_EXT_BUILD_EXTENSION=0: no compiled extension; detr_ext uses the pure-PyTorch path")
+    ext_modules = []
+
 setup(
     name="detr_ext",
     version="0.1.0",
@@ -161,7 +217,7 @@ setup(
     "attention operator",
     python_requires=">=3.10",
     packages=find_packages(include=["detr_ext", "detr_ext.*"]),
-    ext_modules=[make_extension(with_cuda=want_cuda())],
-    cmdclass={"build_ext": BuildWithFallback.with_options(use_ninja=True)},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     zip_safe=False,
 )

@@ -5,12 +5,20 @@
         --config projects/detr/configs/detr_r50_500ep.py detr-r50-e632da11.pth detr_r50.pth
     python tools/convert_checkpoint.py --list
 
-The converter ``<project>.<source>`` is registered by ``projects/<project>/checkpoint.py``.
+Converters are named ``<project>.<source>``: the detr_ext project the weights are for, then
+the codebase they come from (``dino.detrex``, ``detr.facebookresearch``); each is registered
+by ``projects/<project>/checkpoint.py``. ``--from`` with only a project or a source (``--from
+detrex``) lists the converters it may mean. ``--config`` is looked up from the current
+directory first, then from the repository root.
+
 The model is built from the config (on the CPU) and the converted state_dict must cover it
 exactly: every source key used or dropped on purpose, every model key produced, every shape
-equal; otherwise nothing is written and the exit status is 1. The output is
-``{"model": state_dict}``, loadable with detectron2's ``DetectionCheckpointer`` (e.g. as
-``train.init_checkpoint``).
+equal; otherwise nothing is written and the exit status is 1. The report then gives counts
+and a few example keys per problem (``--max-keys``), and ranks the project's other configs by
+how well the checkpoint fits them (built on the meta device: no memory, no weights), since
+the usual cause is a config of another variant (e.g. two-stage weights with the plain
+config). The output is ``{"model": state_dict}``, loadable with detectron2's
+``DetectionCheckpointer`` (e.g. as ``train.init_checkpoint``).
 """
 
 from __future__ import annotations
@@ -28,7 +36,15 @@ if str(_REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 
-from detr_ext.checkpoint import get_converter, list_converters  # noqa: E402
+from detr_ext.checkpoint import (  # noqa: E402
+    ConversionReport,
+    Converter,
+    get_converter,
+    list_converters,
+)
+
+# Configs ranked in the report when a checkpoint does not fit.
+NUM_SUGGESTED_CONFIGS = 3
 
 
 def import_project_converters(name: str | None = None) -> None:
@@ -68,11 +84,115 @@ def load_source_state_dict(path: str, unsafe_pickle: bool = False) -> dict[str, 
     return tensors
 
 
+def resolve_config(config: str) -> Path:
+    """``config`` as given (relative to the current directory), else relative to the
+    repository root. Raises ``SystemExit`` naming every place tried."""
+    tried = [Path(config)]
+    if not Path(config).is_absolute():
+        tried.append(_REPO_ROOT / config)
+    for path in tried:
+        if path.is_file():
+            return path
+    places = " and ".join(str(path.resolve()) for path in tried)
+    raise SystemExit(f"--config: expected a LazyConfig .py file, got {config!r}; tried {places}")
+
+
+def project_configs(project: str) -> list[Path]:
+    """The training configs of ``projects/<project>/configs`` (not the ``models/`` parts)."""
+    return sorted((_REPO_ROOT / "projects" / project / "configs").glob("*.py"))
+
+
+def meta_state_dict(config: Path) -> dict[str, torch.Tensor]:
+    """The state_dict of the config's model built on the meta device: names and shapes
+    only, without allocating or initialising weights."""
+    cfg = LazyConfig.load(str(config))
+    with torch.device("meta"):
+        return instantiate(cfg.model).state_dict()
+
+
+def rank_configs(
+    converter: Converter, source: dict[str, torch.Tensor], configs: list[Path]
+) -> list[tuple[Path, ConversionReport]]:
+    """``(config, report)`` of converting ``source`` for each config's model, best fit first
+    (fewest problems, then most matched keys). Configs whose model cannot be built are
+    left out."""
+    ranked = []
+    for config in configs:
+        try:
+            _, report = converter.convert(source, meta_state_dict(config))
+        except Exception as error:  # a config we cannot build cannot be suggested either
+            print(f"  (skipped {config.relative_to(_REPO_ROOT)}: {type(error).__name__})")
+            continue
+        ranked.append((config, report))
+    ranked.sort(key=lambda item: (item[1].num_problems, -item[1].num_matched))
+    return ranked
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(_REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def suggest_configs(
+    converter: Converter, source: dict[str, torch.Tensor], config: Path, report: ConversionReport
+) -> str:
+    """Lines ranking the configs of the converter's project that fit ``source`` better than
+    ``config`` (whose ``report`` is given), or a note that none does."""
+    project = converter.name.split(".", 1)[0]
+    others = [path for path in project_configs(project) if path.resolve() != config.resolve()]
+    if not others:
+        return ""
+    print(f"trying the {len(others)} other configs of projects/{project} ...")
+    better = [
+        (path, other)
+        for path, other in rank_configs(converter, source, others)
+        if (other.num_problems, -other.num_matched) < (report.num_problems, -report.num_matched)
+    ]
+    if not better:
+        return f"no other config of projects/{project} fits this checkpoint better."
+    lines = [f"configs of projects/{project} that fit this checkpoint better:"]
+    for path, other in better[:NUM_SUGGESTED_CONFIGS]:
+        fit = (
+            "fits exactly"
+            if other.ok
+            else f"{other.num_problems} problems, {other.num_matched} keys matched"
+        )
+        lines.append(f"  --config {_display(path)}  ({fit})")
+    return "\n".join(lines)
+
+
+def short_counts(report: ConversionReport) -> str:
+    return (
+        f"{report.num_matched} keys matched; {len(report.unused_source_keys)} unused source "
+        f"keys, {len(report.missing_target_keys)} missing model keys, "
+        f"{len(report.shape_mismatches)} shape mismatches"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--from", dest="source", help="converter name, e.g. detr.facebookresearch")
-    parser.add_argument("--config", help="LazyConfig whose `model` receives the weights")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Converter names are <project>.<source>, e.g. dino.detrex; --list shows them.",
+    )
+    parser.add_argument(
+        "--from",
+        dest="source",
+        help="converter name <project>.<source>, e.g. detr.facebookresearch",
+    )
+    parser.add_argument(
+        "--config",
+        help="LazyConfig whose `model` receives the weights (from the current directory, "
+        "else from the repository root)",
+    )
     parser.add_argument("--list", action="store_true", help="list the converters and exit")
+    parser.add_argument(
+        "--max-keys",
+        type=int,
+        default=5,
+        help="example keys shown per problem when the checkpoint does not fit (default: 5)",
+    )
     parser.add_argument(
         "--unsafe-pickle",
         action="store_true",
@@ -84,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.list:
         import_project_converters()
+        print("Converters (<project>.<source>: the project the weights are for, the codebase")
+        print("they come from):")
         for name in list_converters():
             print(f"{name}: {get_converter(name).description}")
         return 0
@@ -93,10 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     import_project_converters(args.source)
     try:
         converter = get_converter(args.source)
-    except KeyError as error:
-        parser.error(str(error.args[0]))
+    except KeyError:
+        # Not a full name (e.g. only the source, "detrex"): look among every project's.
+        import_project_converters()
+        try:
+            converter = get_converter(args.source)
+        except KeyError as error:
+            parser.error(str(error.args[0]))
 
-    cfg = LazyConfig.load(args.config)
+    config = resolve_config(args.config)
+    cfg = LazyConfig.load(str(config))
     model = instantiate(cfg.model)
     target_state_dict = model.state_dict()
     source = load_source_state_dict(args.input, args.unsafe_pickle)
@@ -104,10 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{converter.name}: {len(source)} source tensors -> {len(target_state_dict)} model tensors"
     )
-    print(report.summary())
     if not report.ok:
+        print(report.summary(max_keys=args.max_keys))
+        print(f"does not fit {_display(config)}: {short_counts(report)}")
+        suggestion = suggest_configs(converter, source, config, report)
+        if suggestion:
+            print(suggestion)
         print("conversion incomplete; nothing written", file=sys.stderr)
         return 1
+    print(report.summary())
     # Final check: the model itself accepts the result with strict key matching.
     model.load_state_dict(converted, strict=True)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

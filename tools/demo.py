@@ -12,6 +12,15 @@ detectron2's ``Visualizer``) and ``<output>/detections.json``: one entry per ima
 ``score``, ``category_id`` as in the dataset's json, ``category_name``). Images go through the
 config's test-time augmentation; ``key=value`` overrides apply to the config as in
 ``tools/train_net.py``.
+
+An image that cannot be read (truncated, corrupt, not an image) or run is skipped with a
+warning; the rest are processed. Skipped images are listed at the end and in
+``<output>/skipped.json`` (``file`` and ``error`` each; ``[]`` when none), so
+``detections.json`` keeps one schema. Both files are written even when the run stops midway
+(an error, Ctrl-C), with the images done so far. The exit status is 1 when no image could be
+processed, or on a usage error: a missing input path, a checkpoint that does not fit the
+config's model (e.g. a class head trained with another ``model.num_classes``), or a
+``model.num_classes`` smaller than the dataset's number of categories.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # Make `detr_ext` and `projects.*` importable when run as a script from any directory.
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,10 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def collect_images(inputs: Sequence[str]) -> list[Path]:
     """The image files named in ``inputs``: files as given, folders as their image files
-    (by extension, sorted, not recursive). Raises :class:`DemoError` for a missing path, a file
-    that is not a readable image, or when no image is found at all."""
-    from PIL import Image
-
+    (by extension, sorted, not recursive). Raises :class:`DemoError` for a missing path or
+    when no image is found at all. Whether a file really is a readable image is found out
+    when it is processed (an unreadable one is skipped and reported)."""
     images: list[Path] = []
     for item in inputs:
         path = Path(item)
@@ -86,13 +95,16 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
             f"--input: expected at least one image ({', '.join(IMAGE_EXTENSIONS)}), found none "
             f"in {list(inputs)}"
         )
-    for path in images:
-        try:
-            with Image.open(path) as image:
-                image.verify()
-        except Exception as error:  # PIL raises several types for broken / non-image files
-            raise DemoError(f"--input: cannot read {str(path)!r} as an image ({error})") from error
     return images
+
+
+def write_json(path: Path, content: Any) -> None:
+    """Write ``content`` as json to ``path`` through a temporary file and a rename, so that
+    ``path`` always holds a complete file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as f:
+        json.dump(content, f, indent=1)
+    os.replace(temporary, path)
 
 
 def output_names(images: Sequence[Path]) -> list[str]:
@@ -120,6 +132,17 @@ def load_config(config_file: str, opts: Sequence[str]):
     return LazyConfig.apply_overrides(cfg, list(opts))
 
 
+def read_image(predictor, path: Path):
+    """``predictor.read_image(path)``; any failure becomes an ``OSError`` naming the file, so
+    that the loop can tell a bad image (skipped) from a failure of the model."""
+    try:
+        return predictor.read_image(path)
+    except Exception as error:  # PIL raises several types for broken / non-image files
+        raise OSError(
+            f"cannot read {str(path)!r} as an image ({type(error).__name__}: {error})"
+        ) from error
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Run the demo; returns what was written to ``detections.json``."""
     args = build_parser().parse_args(argv)
@@ -131,38 +154,70 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     from detectron2.utils.logger import setup_logger
     from PIL import Image
 
+    from detr_ext.checkpoint import CheckpointMismatchError
+    from detr_ext.engine.checks import NumClassesError
     from detr_ext.engine.predictor import Predictor, draw_predictions, instances_to_dicts
 
     setup_logger(name="detr_ext", abbrev_name="detr")
     # The checkpointer reports what it loaded, and any missing / unexpected keys, here.
     setup_logger(name="fvcore")
     setup_logger(name="detectron2", abbrev_name="d2")
-    predictor = Predictor(cfg, args.weights, device=args.device)
+    try:
+        predictor = Predictor(cfg, args.weights, device=args.device)
+    except (CheckpointMismatchError, NumClassesError) as error:
+        raise DemoError(str(error)) from error
     output_dir = Path(args.output)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    records = []
-    for path, name in zip(images, output_names(images), strict=True):
-        image = predictor.read_image(path)
-        instances = predictor(image)
-        drawn = draw_predictions(
-            predictor.to_rgb(image), instances, predictor.metadata, args.confidence_threshold
+    records: list[dict] = []
+    skipped: list[dict] = []
+    try:
+        for path, name in zip(images, output_names(images), strict=True):
+            try:
+                image = read_image(predictor, path)
+                instances = predictor(image)
+                drawn = draw_predictions(
+                    predictor.to_rgb(image),
+                    instances,
+                    predictor.metadata,
+                    args.confidence_threshold,
+                )
+                Image.fromarray(drawn).save(output_dir / name)
+            except Exception as error:  # one bad image must not lose the others' results
+                reason = (
+                    str(error) if isinstance(error, OSError) else f"{type(error).__name__}: {error}"
+                )
+                logger.warning(
+                    "Skipping %s: %s", path, reason, exc_info=not isinstance(error, OSError)
+                )
+                skipped.append({"file": str(path), "error": reason})
+                continue
+            detections = instances_to_dicts(
+                instances, predictor.metadata, args.confidence_threshold
+            )
+            records.append(
+                {
+                    "file": str(path),
+                    "height": int(image.shape[0]),
+                    "width": int(image.shape[1]),
+                    "visualization": name,
+                    "detections": detections,
+                }
+            )
+            logger.info("%s: %d detections -> %s", path, len(detections), output_dir / name)
+    finally:
+        # Also on an error or Ctrl-C: keep what was done.
+        write_json(output_dir / "detections.json", records)
+        write_json(output_dir / "skipped.json", skipped)
+        logger.info("Wrote %d images and detections.json to %s", len(records), output_dir)
+    if skipped:
+        listing = "\n".join(f"  {item['file']}: {item['error']}" for item in skipped)
+        logger.warning("Skipped %d of %d images:\n%s", len(skipped), len(images), listing)
+    if not records:
+        raise DemoError(
+            f"none of the {len(images)} images could be processed; see "
+            f"{output_dir / 'skipped.json'}"
         )
-        Image.fromarray(drawn).save(output_dir / name)
-        detections = instances_to_dicts(instances, predictor.metadata, args.confidence_threshold)
-        records.append(
-            {
-                "file": str(path),
-                "height": int(image.shape[0]),
-                "width": int(image.shape[1]),
-                "visualization": name,
-                "detections": detections,
-            }
-        )
-        logger.info("%s: %d detections -> %s", path, len(detections), output_dir / name)
-    with open(output_dir / "detections.json", "w") as f:
-        json.dump(records, f, indent=1)
-    logger.info("Wrote %d images and detections.json to %s", len(records), output_dir)
     return records
 
 

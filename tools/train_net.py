@@ -7,6 +7,15 @@
     python tools/train_net.py --config-file ... --eval-only train.init_checkpoint=model.pth
     python tools/train_net.py --config-file ... --num-gpus 8          # one process per GPU
 
+``--eval-only`` needs trained weights in ``train.init_checkpoint``: an empty one is an error
+unless ``--allow-random-weights`` is given (to smoke-test the evaluation itself), a missing
+file is an error, and so is a checkpoint whose tensors do not fit the config's model (e.g. a
+class head trained with another ``model.num_classes``). Training and evaluation both stop
+early when ``model.num_classes`` is smaller than a dataset's number of categories.
+
+Evaluation files (``coco_instances_results.json``, ...) go to ``<train.output_dir>/inference``
+(``inference/ema`` for the EMA weights), following ``train.output_dir`` however it was set.
+
 The loops live in :mod:`detr_ext.engine`; a project changes training through its config.
 """
 
@@ -31,12 +40,26 @@ from detr_ext.engine import (  # noqa: E402
 )
 
 
+def build_parser():
+    """detectron2's ``default_argument_parser`` plus ``--allow-random-weights``."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="with --eval-only and an empty train.init_checkpoint, evaluate the randomly "
+        "initialised model instead of stopping with an error",
+    )
+    return parser
+
+
 def main(args) -> None:
     cfg = setup(args)
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
-        ema = load_eval_checkpoint(cfg, model)
+        ema = load_eval_checkpoint(
+            cfg, model, allow_random_weights=getattr(args, "allow_random_weights", False)
+        )
         model = wrap_ddp(model, cfg)
         print(do_test(cfg, model, eval_only=True, ema=ema))
     else:
@@ -44,7 +67,7 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = build_parser().parse_args()
     launch(
         main,
         args.num_gpus,

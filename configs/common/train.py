@@ -30,6 +30,11 @@ train = dict(
         enabled=False,
         params=dict(max_norm=0.1, norm_type=2),
     ),
+    # A step whose loss or gradient is NaN/inf is skipped (no optimizer step, a warning, the
+    # count in metrics as "nonfinite_skipped_steps"); this many skipped steps in a row stop
+    # training with an error naming the last good checkpoint (1 = stop at the first one).
+    # Float16 GradScaler overflows are the scaler's business and are not counted.
+    max_consecutive_nonfinite=5,
     # EMA of the weights; evaluation then reports both the raw and the EMA weights (the latter
     # under the "ema" key). With use_ema_weights_for_eval_only, --eval-only evaluates the EMA
     # weights alone.

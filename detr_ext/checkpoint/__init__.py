@@ -1,26 +1,34 @@
-"""Checkpoint conversion: rename other codebases' state_dicts into detr_ext parameter names.
+"""Checkpoints: conversion of other codebases' state_dicts into detr_ext parameter names, and
+strict loading of trained weights for inference / evaluation.
 
 Projects register their :class:`Converter` objects (``projects/<name>/checkpoint.py``);
 ``tools/convert_checkpoint.py`` applies one by name and verifies the result against a model
-built from a config.
+built from a config. :func:`load_model_weights` loads weights to use a model (evaluation, the
+demo) and fails, rather than leaving random tensors, when the checkpoint does not fit.
 """
 
 from .convert import (
     ConversionReport,
     Converter,
     convert_state_dict,
+    find_converters,
     get_converter,
     list_converters,
     register_converter,
     rename_key,
 )
+from .loading import CheckpointMismatchError, ShapeCheckingCheckpointer, load_model_weights
 
 __all__ = [
+    "CheckpointMismatchError",
     "ConversionReport",
     "Converter",
     "convert_state_dict",
+    "find_converters",
     "get_converter",
     "list_converters",
+    "load_model_weights",
     "register_converter",
     "rename_key",
+    "ShapeCheckingCheckpointer",
 ]

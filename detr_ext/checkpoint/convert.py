@@ -22,6 +22,7 @@ them up by name, e.g. ``"detr.facebookresearch"``).
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ __all__ = [
     "ConversionReport",
     "Converter",
     "convert_state_dict",
+    "find_converters",
     "get_converter",
     "list_converters",
     "register_converter",
@@ -74,8 +76,24 @@ class ConversionReport:
         produced and every shape matches."""
         return not (self.unused_source_keys or self.missing_target_keys or self.shape_mismatches)
 
+    @property
+    def num_matched(self) -> int:
+        """Target keys that received a source tensor of the right shape."""
+        return len(self.converted) - len(self.shape_mismatches)
+
+    @property
+    def num_problems(self) -> int:
+        """Unused source keys + missing target keys + shape mismatches (0 when :attr:`ok`)."""
+        return (
+            len(self.unused_source_keys)
+            + len(self.missing_target_keys)
+            + len(self.shape_mismatches)
+        )
+
     def summary(self, max_keys: int = 20) -> str:
-        """A human-readable report listing up to ``max_keys`` keys per category."""
+        """A human-readable report: the count of each category and up to ``max_keys`` of its
+        keys (an unused source key is shown with its renamed form only when a rule changed
+        it)."""
 
         def block(title: str, lines: Sequence[str]) -> list[str]:
             out = [f"{title}: {len(lines)}"]
@@ -90,7 +108,10 @@ class ConversionReport:
         lines += block("dropped source keys", self.dropped_source_keys)
         lines += block(
             "unused source keys",
-            [f"{src} (renamed to {dst})" for src, dst in self.unused_source_keys.items()],
+            [
+                src if src == dst else f"{src} (renamed to {dst})"
+                for src, dst in self.unused_source_keys.items()
+            ],
         )
         lines += block("missing target keys", self.missing_target_keys)
         lines += block(
@@ -250,11 +271,35 @@ def register_converter(converter: Converter, *, replace: bool = False) -> Conver
     return converter
 
 
+def find_converters(name: str) -> list[str]:
+    """Registered converter names that ``name`` may have meant: those whose project or source
+    part (``"<project>.<source>"``) starts with ``name``, sorted; else up to 3 close spellings
+    of the whole name, closest first."""
+    name = name.strip(".")
+    related = []
+    for registered in _CONVERTERS:
+        parts = registered.split(".", 1)
+        if registered.startswith(name) or any(part.startswith(name) for part in parts):
+            related.append(registered)
+    if related:
+        return sorted(related)
+    return difflib.get_close_matches(name, sorted(_CONVERTERS), n=3, cutoff=0.6)
+
+
 def get_converter(name: str) -> Converter:
-    """The registered converter called ``name``."""
+    """The registered converter called ``name``.
+
+    Raises:
+        KeyError: no such converter; the message lists the converters ``name`` may have
+            meant (see :func:`find_converters`) and explains the naming.
+    """
     if name not in _CONVERTERS:
+        candidates = find_converters(name) if name else []
+        hint = f"; did you mean one of {candidates}?" if candidates else "."
         raise KeyError(
-            f"get_converter: no converter named {name!r}; registered: {list_converters()}"
+            f"get_converter: no converter named {name!r}{hint} Converters are named "
+            "'<project>.<source>': the detr_ext project the weights are for, then the codebase "
+            f"they come from (e.g. 'dino.detrex'). Registered: {list_converters()}"
         )
     return _CONVERTERS[name]
 

@@ -1,4 +1,9 @@
-"""Load the shared LazyConfig files under the repository's ``configs/`` directory."""
+"""Load the shared LazyConfig files (``configs/common/...``) by a path relative to them.
+
+They live in the repository's ``configs/`` directory; ``setup.py`` copies that directory into
+built packages as ``detr_ext/config/configs/`` (as detectron2 ships ``model_zoo/configs``), so
+an installed, non-editable ``detr_ext`` finds them without the repository.
+"""
 
 from __future__ import annotations
 
@@ -11,20 +16,27 @@ from omegaconf import DictConfig
 __all__ = ["configs_dir", "get_config"]
 
 CONFIGS_ENV_VAR = "DETR_EXT_CONFIGS"
+# Where setup.py puts the copy of configs/ in a built package: next to this file.
+_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+# The repository's configs/ in a source checkout or an editable install.
+_CHECKOUT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def configs_dir() -> Path:
     """The directory that :func:`get_config` resolves paths against.
 
-    ``$DETR_EXT_CONFIGS`` when set, otherwise ``configs/`` next to the ``detr_ext`` package
-    (the repository root in a source checkout or an editable install).
+    In order: ``$DETR_EXT_CONFIGS`` when set; the copy shipped inside an installed package
+    (``detr_ext/config/configs``); otherwise ``configs/`` next to the ``detr_ext`` package (the
+    repository root in a source checkout or an editable install). The packaged copy comes
+    first so that an installed ``detr_ext`` never picks up an unrelated ``configs/`` that
+    happens to sit beside it in ``site-packages``.
     """
     override = os.environ.get(CONFIGS_ENV_VAR)
     if override:
         return Path(override).expanduser()
-    import detr_ext
-
-    return Path(detr_ext.__file__).resolve().parents[1] / "configs"
+    if _PACKAGED_CONFIGS.is_dir():
+        return _PACKAGED_CONFIGS
+    return _CHECKOUT_CONFIGS
 
 
 def get_config(config_path: str) -> DictConfig:

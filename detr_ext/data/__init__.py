@@ -1,4 +1,5 @@
-"""Data loading for DETR-family detectors: the dataset mapper and bundled datasets."""
+"""Data loading for DETR-family detectors: the dataset mapper, image reading and bundled
+datasets."""
 
 from .dataset_mapper import DetrDatasetMapper
 from .datasets import (
@@ -6,10 +7,13 @@ from .datasets import (
     register_coco_format_dataset,
     register_shapes,
 )
+from .image_io import ImageReadError, read_image_file
 
 __all__ = [
     "DetrDatasetMapper",
+    "ImageReadError",
     "generate_shapes_dataset",
+    "read_image_file",
     "register_coco_format_dataset",
     "register_shapes",
 ]

@@ -15,6 +15,8 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
+from .image_io import read_image_file
+
 __all__ = ["DetrDatasetMapper"]
 
 IMAGE_FORMATS = ("RGB", "BGR")
@@ -45,6 +47,9 @@ class DetrDatasetMapper:
     probability ``crop_probability`` (DETR's random-crop recipe) and ``augmentation`` otherwise;
     crowd annotations (``iscrowd=1``) are dropped before transforming, and boxes left empty by a
     crop are filtered out. At test time annotations are dropped.
+
+    An image file that cannot be decoded (truncated, corrupt) raises ``ImageReadError`` naming
+    the file and its ``image_id``.
 
     Input: a dataset dict as produced by ``load_coco_json`` (``file_name``, optional
     ``height`` / ``width``, ``annotations`` with ``bbox``, ``bbox_mode``, ``category_id``).
@@ -118,7 +123,9 @@ class DetrDatasetMapper:
     def __call__(self, dataset_dict: dict) -> dict:
         """Map one dataset dict (not modified) to a model input dict (see the class docs)."""
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.img_format)
+        image = read_image_file(
+            dataset_dict["file_name"], self.img_format, image_id=dataset_dict.get("image_id")
+        )
         utils.check_image_size(dataset_dict, image)
         dataset_dict.setdefault("height", image.shape[0])
         dataset_dict.setdefault("width", image.shape[1])

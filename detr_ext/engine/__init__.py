@@ -1,6 +1,8 @@
-"""Training and evaluation: :class:`Trainer` (AMP / bf16, gradient clipping), weight EMA, and
-the config-driven loops used by ``tools/train_net.py``."""
+"""Training and evaluation: :class:`Trainer` (AMP / bf16, gradient clipping, non-finite steps
+skipped), weight EMA, :class:`SafeCheckpointer` (finite weights only, atomic files), and the
+config-driven loops used by ``tools/train_net.py``."""
 
+from .checkpointer import NonFiniteCheckpointError, SafeCheckpointer
 from .defaults import (
     build_ema,
     default_argument_parser,
@@ -12,11 +14,14 @@ from .defaults import (
     wrap_ddp,
 )
 from .ema import EMAHook, ModelEMA, apply_ema, unwrap_model
-from .trainer import Trainer
+from .trainer import NonFiniteTrainingError, Trainer
 
 __all__ = [
     "EMAHook",
     "ModelEMA",
+    "NonFiniteCheckpointError",
+    "NonFiniteTrainingError",
+    "SafeCheckpointer",
     "Trainer",
     "apply_ema",
     "build_ema",

@@ -13,30 +13,36 @@ The config is expected to define (see ``configs/common/``):
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ..checkpoint.loading import load_model_weights
+from .checkpointer import SafeCheckpointer
+from .checks import check_num_classes
 from .ema import EMAHook, ModelEMA, apply_ema
 from .trainer import Trainer
 
 __all__ = [
     "build_ema",
+    "build_evaluator",
     "default_argument_parser",
     "do_test",
     "do_train",
+    "evaluation_output_dir",
     "load_eval_checkpoint",
     "setup",
     "share_cpu_threads",
@@ -105,11 +111,63 @@ def wrap_ddp(model: nn.Module, cfg: DictConfig, **ddp_kwargs: Any) -> nn.Module:
     return create_ddp_model(model, **ddp_kwargs)
 
 
-def _evaluate(cfg: DictConfig, model: nn.Module, weights: str) -> dict:
-    logger.info("Evaluating the %s.", weights)
-    results = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
-    )
+def evaluation_output_dir(cfg: DictConfig, ema: bool = False) -> str | None:
+    """Where the evaluator writes its files (e.g. ``coco_instances_results.json``):
+    ``<train.output_dir>/inference``, and ``<train.output_dir>/inference/ema`` for the EMA
+    weights; None when ``train.output_dir`` is empty.
+
+    It follows ``train.output_dir`` however that was set (config file or command line), so
+    runs with different output folders never overwrite each other's results; a config's own
+    ``dataloader.evaluator.output_dir`` is replaced (it is usually a copy of the base
+    config's ``train.output_dir``, taken when the base config loaded)."""
+    output_dir = cfg.train.get("output_dir", None)
+    if not output_dir:
+        return None
+    folder = os.path.join(str(output_dir), "inference")
+    return os.path.join(folder, "ema") if ema else folder
+
+
+def _accepts_output_dir(target: Any) -> bool:
+    if isinstance(target, str):
+        target = locate(target)
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+    return "output_dir" in parameters
+
+
+def build_evaluator(cfg: DictConfig, output_dir: str | None) -> Any:
+    """``instantiate(cfg.dataloader.evaluator)`` with its ``output_dir`` set to
+    ``output_dir`` when the evaluator takes one (``COCOEvaluator`` does); the config itself
+    is left unchanged."""
+    node = cfg.dataloader.evaluator
+    if output_dir is None or not isinstance(node, DictConfig) or "_target_" not in node:
+        return instantiate(node)
+    if not _accepts_output_dir(node._target_):
+        return instantiate(node)
+    configured = node.get("output_dir", None)
+    if configured is not None and os.path.normpath(str(configured)) != os.path.normpath(output_dir):
+        logger.info(
+            "dataloader.evaluator.output_dir=%r is replaced by %r (evaluation files follow "
+            "train.output_dir).",
+            configured,
+            output_dir,
+        )
+    # Resolved while `node` still hangs in `cfg`, so interpolations such as
+    # "${..test.dataset.names}" find their targets.
+    evaluator_cfg = OmegaConf.to_container(node, resolve=True)
+    evaluator_cfg["output_dir"] = output_dir
+    return instantiate(evaluator_cfg)
+
+
+def _evaluate(cfg: DictConfig, model: nn.Module, weights: str, ema: bool = False) -> dict:
+    output_dir = evaluation_output_dir(cfg, ema=ema)
+    logger.info("Evaluating the %s; evaluation files go to %s.", weights, output_dir)
+    test_loader = instantiate(cfg.dataloader.test)
+    # After building the loader, which loads the test datasets and so fills their metadata.
+    check_num_classes(cfg, model, splits=("test",))
+    results = inference_on_dataset(model, test_loader, build_evaluator(cfg, output_dir))
     print_csv_format(results)
     return dict(results)
 
@@ -121,6 +179,13 @@ def do_test(
 
     With an ``ema``, the EMA weights are evaluated too and reported under ``results["ema"]``;
     with ``eval_only`` and ``train.ema.use_ema_weights_for_eval_only``, only the EMA weights are.
+    The evaluator writes its files to :func:`evaluation_output_dir` (``<train.output_dir>/
+    inference``, ``.../inference/ema`` for the EMA weights), whatever the config's evaluator
+    says.
+
+    Raises:
+        ValueError: the model has fewer classes than a test dataset has categories
+            (see :func:`~detr_ext.engine.checks.check_num_classes`).
 
     Returns:
         the evaluator's nested results dict, e.g. ``{"bbox": {"AP": ...}}``; ``{}`` when the
@@ -131,21 +196,49 @@ def do_test(
         return {}
     if ema is not None and eval_only and _ema_cfg(cfg).get("use_ema_weights_for_eval_only"):
         with apply_ema(model, ema):
-            return _evaluate(cfg, model, "EMA weights")
+            return _evaluate(cfg, model, "EMA weights", ema=True)
     results = _evaluate(cfg, model, "model weights")
     if ema is not None:
         with apply_ema(model, ema):
-            results["ema"] = _evaluate(cfg, model, "EMA weights")
+            results["ema"] = _evaluate(cfg, model, "EMA weights", ema=True)
     return results
 
 
-def load_eval_checkpoint(cfg: DictConfig, model: nn.Module) -> ModelEMA | None:
+def load_eval_checkpoint(
+    cfg: DictConfig, model: nn.Module, allow_random_weights: bool = False
+) -> ModelEMA | None:
     """Load ``cfg.train.init_checkpoint`` into ``model`` for evaluation.
 
-    Returns the checkpoint's EMA weights as a :class:`ModelEMA` when ``train.ema.enabled`` and
-    the checkpoint has them, else ``None``.
+    Loading is strict about what would otherwise leave parts of the model random: a tensor
+    whose shape differs from the model's (e.g. a class head trained with another
+    ``model.num_classes``) or a checkpoint with none of the model's keys is an error.
+
+    Args:
+        cfg: the run's config.
+        model: the model built from ``cfg.model``.
+        allow_random_weights: with an empty ``train.init_checkpoint``, evaluate the model as
+            initialised (a smoke test of the evaluation itself) instead of raising.
+
+    Returns:
+        the checkpoint's EMA weights as a :class:`ModelEMA` when ``train.ema.enabled`` and
+        the checkpoint has them, else ``None``.
+
+    Raises:
+        ValueError: ``train.init_checkpoint`` is empty and ``allow_random_weights`` is False.
+        FileNotFoundError: ``train.init_checkpoint`` is a local path that is not a file.
+        CheckpointMismatchError: the checkpoint does not fit the model.
     """
-    extra = DetectionCheckpointer(model).load(cfg.train.init_checkpoint, checkpointables=[])
+    path = cfg.train.get("init_checkpoint", "") or ""
+    if not path:
+        if not allow_random_weights:
+            raise ValueError(
+                "evaluation needs trained weights, but train.init_checkpoint is empty; expected "
+                "train.init_checkpoint=<path to a checkpoint, e.g. model_final.pth> (to "
+                "evaluate a randomly initialised model on purpose, pass --allow-random-weights)"
+            )
+        logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights.")
+        return None
+    extra = load_model_weights(model, path, where="train.init_checkpoint")
     ema = build_ema(cfg, model)
     if ema is None:
         return None
@@ -153,7 +246,7 @@ def load_eval_checkpoint(cfg: DictConfig, model: nn.Module) -> ModelEMA | None:
         logger.warning(
             "train.ema.enabled but checkpoint %r has no 'ema' state; evaluating the model "
             "weights only.",
-            cfg.train.init_checkpoint,
+            path,
         )
         return None
     ema.load_state_dict(extra["ema"])
@@ -176,6 +269,7 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
+    check_num_classes(cfg, model)  # after the train loader: it loaded the train datasets
     ema = build_ema(cfg, model)
 
     model = wrap_ddp(model, cfg, **cfg.train.ddp)
@@ -190,11 +284,13 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
         amp=cfg.train.amp.enabled,
         bf16=cfg.train.get("bf16", False),
         clip_grad_params=clip_grad_params,
+        max_consecutive_nonfinite=cfg.train.get("max_consecutive_nonfinite", 5),
     )
     checkpointables = {"ema": ema} if ema is not None else {}
-    checkpointer = DetectionCheckpointer(
-        model, cfg.train.output_dir, trainer=trainer, **checkpointables
-    )
+    # Refuses non-finite weights and writes files atomically (a killed run leaves no
+    # partial .pth); the trainer names its last checkpoint when it stops on divergence.
+    checkpointer = SafeCheckpointer(model, cfg.train.output_dir, trainer=trainer, **checkpointables)
+    trainer.checkpointer = checkpointer
     is_main = comm.is_main_process()
     last_results: dict = {}
 

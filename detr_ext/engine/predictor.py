@@ -10,13 +10,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 from omegaconf import DictConfig
+
+from ..checkpoint.loading import load_model_weights
+from .checks import check_num_classes
 
 __all__ = [
     "Predictor",
@@ -93,7 +95,8 @@ class Predictor:
     """A detector built from a LazyConfig, ready to run on one image at a time.
 
     The model is ``instantiate(cfg.model)`` with the weights of ``weights`` (loaded by
-    ``DetectionCheckpointer``), in eval mode. Each image goes through the config's test-time
+    :func:`~detr_ext.checkpoint.load_model_weights`: a checkpoint whose tensors do not fit
+    the model is an error), in eval mode. Each image goes through the config's test-time
     augmentation, ``cfg.dataloader.test.mapper.augmentation``, as in evaluation, and the
     detections are resized back to the image's own size.
 
@@ -103,6 +106,12 @@ class Predictor:
             ``dataset.names``).
         weights: a checkpoint path (or a URL detectron2's checkpointer understands).
         device: e.g. ``"cpu"``, ``"cuda"``; default: CUDA when available, else the CPU.
+
+    Raises:
+        CheckpointMismatchError: a tensor of ``weights`` has another shape than the model's
+            (e.g. a class head trained with another ``model.num_classes``), or ``weights``
+            has none of the model's keys.
+        ValueError: the model has fewer classes than the test dataset has categories.
 
     Attributes:
         input_format: ``"RGB"`` or ``"BGR"``, the channel order images must be given in
@@ -153,7 +162,10 @@ class Predictor:
         self.model = instantiate(cfg.model)
         self.model.to(self.device)
         self.model.eval()
-        DetectionCheckpointer(self.model).load(weights, checkpointables=[])
+        # Fails on a checkpoint that does not fit (e.g. another num_classes) instead of
+        # detectron2's warning and randomly initialised heads.
+        load_model_weights(self.model, weights, where="Predictor")
+        check_num_classes(cfg, self.model, splits=("test",))
 
     def read_image(self, path: str | os.PathLike) -> np.ndarray:
         """Read an image file (EXIF orientation applied) as ``[H, W, 3]`` uint8 in

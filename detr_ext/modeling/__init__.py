@@ -1,12 +1,13 @@
 """Detector parts shared by the DETR-family projects: matchers, criteria, losses and
 the meta-architecture base classes."""
 
-from .criterions import SetCriterion
+from .criterions import DINOCriterion, SetCriterion
 from .losses import ia_bce_loss, sigmoid_focal_loss
 from .matchers import HungarianMatcher, ManyToOneMatcher
 from .meta_arch import DeformableDetectorBase, DetectorBase
 
 __all__ = [
+    "DINOCriterion",
     "DeformableDetectorBase",
     "DetectorBase",
     "HungarianMatcher",

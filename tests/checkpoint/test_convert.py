@@ -6,6 +6,7 @@ import torch
 from detr_ext.checkpoint import (
     Converter,
     convert_state_dict,
+    find_converters,
     get_converter,
     register_converter,
     rename_key,
@@ -97,3 +98,27 @@ def test_registry_round_trip_and_conflicts():
     assert get_converter("test.identity") is other
     with pytest.raises(KeyError, match="no converter named 'test.missing'"):
         get_converter("test.missing")
+
+
+def test_find_converters_by_project_or_source():
+    for name in ("testproj_a.testsrc", "testproj_b.testsrc", "testproj_a.othersrc"):
+        register_converter(Converter(name=name, description=name, rules=()))
+    assert find_converters("testsrc") == ["testproj_a.testsrc", "testproj_b.testsrc"]
+    assert find_converters("testproj_a") == ["testproj_a.othersrc", "testproj_a.testsrc"]
+    assert find_converters("testproj_a.testsrcc")[0] == "testproj_a.testsrc"  # a typo
+    with pytest.raises(KeyError) as info:
+        get_converter("testsrc")
+    message = str(info.value)
+    assert "did you mean one of ['testproj_a.testsrc', 'testproj_b.testsrc']" in message
+    assert "'<project>.<source>'" in message
+
+
+def test_summary_shows_renames_only_when_a_rule_renamed():
+    source = {"extra.thing": torch.ones(1), "body.extra": torch.ones(1)}
+    _, report = convert_state_dict(source, [(r"^body\.", "net.")], TARGET)
+    lines = report.summary().splitlines()
+    assert "  extra.thing" in lines
+    assert "  body.extra (renamed to net.extra)" in lines
+    assert not any("renamed to extra.thing" in line for line in lines)
+    assert report.num_problems == 2 + len(TARGET)  # 2 unused, every target key missing
+    assert report.num_matched == 0

@@ -2,12 +2,15 @@
 and the COCO-format registration helper."""
 
 import json
+import math
 import os
 
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
 from pycocotools.coco import COCO
+from scipy import ndimage
 
 from detr_ext.data.datasets import (
     SHAPES_CATEGORIES,
@@ -85,6 +88,64 @@ def test_coco_json_is_valid(shapes_json):
             ys, xs = np.nonzero(mask)
             assert [xs.min(), ys.min(), xs.max() + 1 - x, ys.max() + 1 - y] == [x, y, w, h]
             assert mask.sum() == annotation["area"]
+
+
+# Rotation- and scale-invariant second moment of a filled shape, sum |p - centroid|^2 / area^2:
+# 1 / (2 pi) = 0.159 for a disk, 1/6 = 0.167 for a square, sqrt(3) / 9 = 0.192 for an
+# equilateral triangle. Thresholds halfway between.
+_SHAPE_MOMENT_THRESHOLDS = (("circle", 0.1629), ("square", 0.1796), ("triangle", math.inf))
+
+
+def _drawn_shape(pixels, annotation, mask, margin=3):
+    """Classify the shape drawn in ``pixels`` [H, W, 3] inside an annotation's box.
+
+    Looks at the rendered image: the object's colour is the median of the pixels under the
+    annotation's ``mask`` [H, W], the shape is the largest connected region of pixels of that
+    colour around the box (after a 3x3 mean filter against the noise), and its moment names
+    the shape."""
+    color = np.median(pixels[mask.astype(bool)], axis=0)
+    x, y, w, h = annotation["bbox"]
+    x0, y0 = max(x - margin, 0), max(y - margin, 0)
+    smooth = ndimage.uniform_filter(pixels, size=(3, 3, 1))
+    window = smooth[y0 : y + h + margin, x0 : x + w + margin]
+    similar = np.linalg.norm(window - color, axis=-1) < 30
+    labels, count = ndimage.label(similar)
+    assert count > 0, f"annotation {annotation['id']}: no pixels of the object's colour"
+    sizes = ndimage.sum(similar, labels, range(1, count + 1))
+    region = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+    ys, xs = np.nonzero(region)
+    moment = (((ys - ys.mean()) ** 2).sum() + ((xs - xs.mean()) ** 2).sum()) / region.sum() ** 2
+    return next(name for name, limit in _SHAPE_MOMENT_THRESHOLDS if moment < limit)
+
+
+def test_each_annotation_labels_the_shape_drawn(shapes_json):
+    """The category of every annotation matches the shape in the image. Checked on objects whose
+    box overlaps no other box (their shape is whole) and of at least 20 px (not pixelated)."""
+    coco = COCO(shapes_json)
+    image_root = os.path.join(os.path.dirname(os.path.dirname(shapes_json)), "train")
+    names = {c["id"]: c["name"] for c in SHAPES_CATEGORIES}
+
+    def apart(a, b):
+        (ax, ay, aw, ah), (bx, by, bw, bh) = a["bbox"], b["bbox"]
+        return ax + aw + 2 <= bx or bx + bw + 2 <= ax or ay + ah + 2 <= by or by + bh + 2 <= ay
+
+    checked, wrong = {name: 0 for name in names.values()}, []
+    for image in coco.loadImgs(coco.getImgIds()):
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+        path = os.path.join(image_root, image["file_name"])
+        pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+        for annotation in annotations:
+            if min(annotation["bbox"][2:]) < 20 or not all(
+                apart(annotation, other) for other in annotations if other is not annotation
+            ):
+                continue
+            drawn = _drawn_shape(pixels, annotation, coco.annToMask(annotation))
+            labelled = names[annotation["category_id"]]
+            checked[labelled] += 1
+            if drawn != labelled:
+                wrong.append(f"annotation {annotation['id']}: labelled {labelled}, drawn {drawn}")
+    assert min(checked.values()) >= 5, f"too few whole objects of some shape to check: {checked}"
+    assert wrong == []
 
 
 def test_categories_are_non_contiguous_and_all_used(shapes_json):

@@ -1,5 +1,7 @@
 """get_config and the shared configs under configs/common."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from detectron2.config import instantiate
@@ -89,3 +91,12 @@ def test_env_var_overrides_configs_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("DETR_EXT_CONFIGS", str(tmp_path))
     assert configs_dir() == tmp_path
     assert get_config("mine.py").section.value == 3
+
+
+def test_checkout_reads_the_repository_configs(monkeypatch):
+    """In a source checkout the repository's configs/ is the one copy (setup.py copies it into
+    built packages only; tests/test_packaging.py checks an installed package)."""
+    monkeypatch.delenv("DETR_EXT_CONFIGS", raising=False)
+    repo_root = Path(__file__).resolve().parents[2]
+    assert configs_dir() == repo_root / "configs"
+    assert not (repo_root / "detr_ext" / "config" / "configs").exists()

@@ -1,5 +1,6 @@
 """detr_ext.engine.predictor: Predictor on the DETR shapes model with random weights from a
-checkpoint file, draw_predictions, instances_to_dicts."""
+checkpoint file, draw_predictions, instances_to_dicts; checkpoints and configs that do not fit
+are errors."""
 
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from detectron2.data import Metadata
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
+from detr_ext.checkpoint import CheckpointMismatchError
+from detr_ext.engine.checks import NumClassesError
 from detr_ext.engine.predictor import (
     Predictor,
     contiguous_to_dataset_ids,
@@ -116,3 +119,48 @@ def test_instances_to_dicts_maps_back_to_dataset_ids():
     assert [d["score"] for d in instances_to_dicts(instances, metadata, threshold=0.5)] == [0.75]
     plain = instances_to_dicts(instances)
     assert [(d["category_id"], d["category_name"]) for d in plain] == [(1, None), (2, None)]
+
+
+@pytest.mark.parametrize(
+    "config, head_key",
+    [
+        (CONFIG, "class_embed.weight"),
+        (REPO_ROOT / "projects" / "dino" / "configs" / "dino_shapes.py", "class_embed.0.weight"),
+    ],
+)
+def test_predictor_rejects_a_checkpoint_with_another_class_head(config, head_key, tmp_path):
+    """Trained with num_classes=5, loaded with the config's 3: an error naming the keys and
+    both shapes, not detectron2's warning and a randomly initialised head."""
+    cfg = LazyConfig.load(str(config))
+    cfg.model.num_classes = 5
+    five_classes = instantiate(cfg.model).state_dict()
+    path = tmp_path / "five_classes.pth"
+    torch.save({"model": five_classes}, path)
+    three_classes = instantiate(LazyConfig.load(str(config)).model).state_dict()
+
+    with pytest.raises(CheckpointMismatchError) as info:
+        Predictor(str(config), path, device="cpu")
+    message = str(info.value)
+    theirs, ours = list(five_classes[head_key].shape), list(three_classes[head_key].shape)
+    assert theirs != ours
+    assert f"{head_key}: {theirs} vs {ours}" in message
+    assert "model.num_classes" in message and "num_classes=3" in message
+    assert str(path) in message
+
+
+def test_predictor_checks_num_classes_against_the_dataset(tmp_path):
+    cfg = LazyConfig.load(str(CONFIG))
+    cfg.model.num_classes = 2  # the weights fit the model, but shapes has 3 categories
+    path = tmp_path / "two_classes.pth"
+    torch.save({"model": instantiate(cfg.model).state_dict()}, path)
+    with pytest.raises(
+        NumClassesError, match=r"model\.num_classes=2 .* 3 categories .*'shapes_val'"
+    ):
+        Predictor(cfg, path, device="cpu")
+
+
+def test_predictor_rejects_weights_of_another_model(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"model": {"encoder.weight": torch.zeros(2, 2)}}, path)
+    with pytest.raises(CheckpointMismatchError, match="has none of the model's parameter names"):
+        Predictor(str(CONFIG), path, device="cpu")

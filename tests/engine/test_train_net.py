@@ -1,5 +1,7 @@
-"""tools/train_net.py end to end on CPU: train, resume, evaluate (in subprocesses)."""
+"""tools/train_net.py end to end on CPU: train, resume, evaluate (in subprocesses); where the
+evaluation files go, and --eval-only's refusal of missing or unfitting weights."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -7,6 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+
+from detr_ext.checkpoint import CheckpointMismatchError
+from detr_ext.engine import load_eval_checkpoint
+from tests.tool_runs import TINY_SHAPES_CONFIG, run_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HELPERS_DIR = Path(__file__).resolve().parent
@@ -115,3 +123,104 @@ def test_resume_continues_from_last_iteration_then_eval_only(trained_run):
     )
     assert "'tiny': {'mse':" in result.stdout
     assert "'ema': {'tiny':" in result.stdout
+
+
+# ---------------------------------------------------------------- shapes configs: evaluation
+
+SHAPES_CONFIGS = {
+    "detr": REPO_ROOT / "projects" / "detr" / "configs" / "detr_shapes.py",
+    "dino": REPO_ROOT / "projects" / "dino" / "configs" / "dino_shapes.py",
+}
+
+
+def load_train_net():
+    """``tools/train_net.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("train_net", REPO_ROOT / "tools" / "train_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def save_random_weights(project: str, path: Path, **overrides) -> dict:
+    cfg = LazyConfig.load(str(SHAPES_CONFIGS[project]))
+    cfg.model.update(overrides)
+    state = instantiate(cfg.model).state_dict()
+    torch.save({"model": state}, path)
+    return state
+
+
+def tiny_shapes_config(project: str, work_dir: Path) -> Path:
+    config = work_dir / f"{project}_shapes_tiny.py"
+    config.write_text(TINY_SHAPES_CONFIG.format(base=str(SHAPES_CONFIGS[project])))
+    return config
+
+
+@pytest.mark.parametrize("project", ["detr", "dino"])
+def test_eval_only_writes_results_under_train_output_dir(project, tmp_path):
+    """The evaluator's files follow train.output_dir, whatever the config's evaluator says
+    (dino_shapes copies its default ./output/dino_shapes in; detr_shapes sets none)."""
+    weights = tmp_path / "random.pth"
+    save_random_weights(project, weights)
+    config = tiny_shapes_config(project, tmp_path)
+    output_dir = tmp_path / "runs" / "first"
+    result = run_tool(
+        "train_net.py",
+        [
+            "--config-file", str(config), "--eval-only",
+            f"train.init_checkpoint={weights}", f"train.output_dir={output_dir}",
+        ],
+        cwd=tmp_path,
+        datasets=tmp_path / "datasets",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-6000:]
+    results_file = output_dir / "inference" / "coco_instances_results.json"
+    assert results_file.is_file(), sorted(str(p) for p in tmp_path.rglob("*.json"))
+    detections = json.loads(results_file.read_text())
+    assert detections and {"image_id", "category_id", "bbox", "score"} <= set(detections[0])
+    # Nothing went to the config's own default folder (./output/<project>_shapes).
+    assert not (tmp_path / "output").exists()
+
+
+def test_eval_only_without_weights_is_refused(tmp_path):
+    config = tiny_shapes_config("detr", tmp_path)
+    output_dir = tmp_path / "run"
+    result = run_tool(
+        "train_net.py",
+        ["--config-file", str(config), "--eval-only", f"train.output_dir={output_dir}"],
+        cwd=tmp_path,
+        datasets=tmp_path / "datasets",
+    )
+    assert result.returncode != 0
+    assert "train.init_checkpoint is empty" in result.stderr
+    assert "--allow-random-weights" in result.stderr
+    assert not (output_dir / "inference").exists()  # nothing was evaluated
+
+    # The opt-in is a documented flag.
+    parser = load_train_net().build_parser()
+    assert "--allow-random-weights" in parser.format_help()
+    assert parser.parse_args(["--eval-only", "--allow-random-weights"]).allow_random_weights
+
+
+def test_load_eval_checkpoint_errors(tmp_path):
+    cfg = LazyConfig.load(str(SHAPES_CONFIGS["detr"]))
+    model = instantiate(cfg.model)
+    cfg.train.init_checkpoint = ""
+    with pytest.raises(ValueError, match="train.init_checkpoint is empty"):
+        load_eval_checkpoint(cfg, model)
+    assert load_eval_checkpoint(cfg, model, allow_random_weights=True) is None
+
+    cfg.train.init_checkpoint = str(tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="train.init_checkpoint: .* missing path"):
+        load_eval_checkpoint(cfg, model)
+
+    # A class head trained for 5 classes does not fit the config's 3: an error, not a
+    # warning and a randomly initialised head.
+    other = save_random_weights("detr", tmp_path / "five_classes.pth", num_classes=5)
+    cfg.train.init_checkpoint = str(tmp_path / "five_classes.pth")
+    ours = list(model.state_dict()["class_embed.weight"].shape)
+    theirs = list(other["class_embed.weight"].shape)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_eval_checkpoint(cfg, model)
+    message = str(info.value)
+    assert f"class_embed.weight: {theirs} vs {ours}" in message
+    assert "model.num_classes" in message and "num_classes=3" in message

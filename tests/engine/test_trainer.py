@@ -81,6 +81,65 @@ def test_clip_grad_bounds_the_norm_seen_by_the_optimizer():
     assert max(probe.at_step) <= max_norm * (1 + 1e-4)
 
 
+def test_cpu_grad_scaler_unscales_before_clipping():
+    """With a GradScaler the gradients are unscaled, then clipped: at the optimizer step their
+    norm is max_norm (the true norm being above it), not max_norm / scale."""
+    max_norm, scale = 0.1, 1024.0
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    trainer, model = make_trainer(
+        grad_scaler=scaler, clip_grad_params={"max_norm": max_norm, "norm_type": 2}
+    )
+    assert trainer.grad_scaler is scaler and trainer.autocast_dtype is None
+    probe = GradNormProbe(model, trainer.optimizer)
+    trainer.register_hooks([probe])
+    trainer.train(0, 3)
+    assert len(probe.at_step) == 3
+    true_norms = [norm / scale for norm in probe.before_clip]
+    assert min(true_norms) > 10 * max_norm  # clipping had something to do
+    assert probe.at_step == pytest.approx([max_norm] * 3, rel=1e-2)
+    losses = logged_losses(trainer)
+    assert losses[-1] < losses[0]
+
+
+class BatchLoader:
+    """Three different batches ``(inputs [8, 3], targets [8])``, then the first again."""
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(1)
+        self.batches = []
+        for _ in range(3):
+            inputs = torch.randn(8, 3, generator=generator)
+            self.batches.append((inputs, inputs @ torch.tensor([1.0, -2.0, 0.5]) + 3.0))
+
+    def __iter__(self):
+        return itertools.cycle(self.batches)
+
+
+def test_gradient_at_each_step_is_that_of_its_own_batch():
+    """The gradient the optimizer sees at step k is the gradient of batch k at the current
+    weights, computed independently: nothing accumulates from earlier steps."""
+    torch.manual_seed(0)
+    model = LinearRegressor()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = BatchLoader()
+    trainer = Trainer(model, loader, optimizer)
+    seen: list[tuple[dict, list[torch.Tensor]]] = []
+
+    def record(*_):
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        seen.append((weights, [p.grad.detach().clone() for p in model.parameters()]))
+
+    optimizer.register_step_pre_hook(record)
+    trainer.train(0, 3)
+    assert len(seen) == 3
+    for (weights, grads), (inputs, targets) in zip(seen, loader.batches, strict=True):
+        reference = LinearRegressor()
+        reference.load_state_dict(weights)
+        reference((inputs, targets))["loss_mse"].backward()
+        for grad, param in zip(grads, reference.parameters(), strict=True):
+            torch.testing.assert_close(grad, param.grad)
+
+
 def test_clip_grad_params_are_validated():
     with pytest.raises(ValueError, match="max_norm"):
         make_trainer(clip_grad_params={"norm_type": 2})
@@ -130,9 +189,10 @@ def test_fp16_amp_on_cuda_scales_unscales_and_clips():
     trainer.train(0, 4)
     assert trainer.grad_scaler is not None
     assert set(model.output_dtypes) == {torch.float16}
-    # Gradients reach the optimizer unscaled and clipped (steps skipped by the scaler for
-    # inf/nan gradients never call the optimizer).
-    assert probe.at_step and max(probe.at_step) <= 0.1 * (1 + 1e-3)
+    # Gradients reach the optimizer unscaled, then clipped: their norm is max_norm, not
+    # max_norm / scale (steps skipped by the scaler for inf/nan gradients never call the
+    # optimizer). The true norm of this regression's gradient is far above 0.1.
+    assert probe.at_step and probe.at_step == pytest.approx([0.1] * len(probe.at_step), rel=1e-2)
     assert min(probe.before_clip) > 1000  # scaled by the GradScaler
     state = trainer.state_dict()
     assert "grad_scaler" in state

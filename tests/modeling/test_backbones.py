@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+import torchvision
 from detectron2.modeling.backbone import Backbone
 
 from detr_ext.modeling.backbones import TimmBackbone, build_resnet_backbone
@@ -188,3 +190,74 @@ def test_resnet_base_channels_makes_a_slimmer_basic_resnet():
     assert features["res5"].shape == (1, 256, 2, 2)
     with pytest.raises(ValueError, match="base_channels other than 64 needs depth 18 or 34"):
         build_resnet_backbone(depth=50, base_channels=32)
+
+
+def _torchvision_to_detectron2_resnet_key(name: str) -> str:
+    """torchvision ResNet parameter name -> detectron2 ResNet name (as detectron2's and the
+    DETR converters map them): ``layer4.0.bn2.weight`` -> ``res5.0.conv2.norm.weight``."""
+    name = re.sub(r"^conv1\.", "stem.conv1.", name)
+    name = re.sub(r"^bn1\.", "stem.conv1.norm.", name)
+    name = re.sub(r"^layer(\d)\.", lambda match: f"res{int(match.group(1)) + 1}.", name)
+    name = re.sub(r"\.bn(\d)\.", r".conv\1.norm.", name)
+    name = name.replace(".downsample.0.", ".shortcut.").replace(".downsample.1.", ".shortcut.norm.")
+    return name
+
+
+def _random_frozen_bn_statistics(model: torch.nn.Module, seed: int) -> None:
+    """Give every FrozenBatchNorm2d non-trivial statistics, so that a wrong network shows."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torchvision.ops.FrozenBatchNorm2d):
+            size = module.weight.shape
+            module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.bias.copy_(0.1 * torch.randn(size, generator=generator))
+            module.running_mean.copy_(0.1 * torch.randn(size, generator=generator))
+            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+
+
+@torch.no_grad()
+def test_resnet50_dc5_matches_torchvision_dilated_resnet():
+    """DETR-DC5's published weights were trained in torchvision's dilated ResNet-50: with the
+    same weights, our DC5 res5 must equal torchvision's layer4 (first res5 block undilated);
+    detectron2's all-dilated res5 gives other outputs."""
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50(
+        replace_stride_with_dilation=[False, False, True],
+        norm_layer=torchvision.ops.FrozenBatchNorm2d,
+    )
+    _random_frozen_bn_statistics(reference, seed=1)
+    reference = reference.double().eval()
+    weights = {
+        _torchvision_to_detectron2_resnet_key(name): value
+        for name, value in reference.state_dict().items()
+        if not name.startswith("fc.")
+    }
+
+    backbones = {}
+    for style in ("torchvision", "detectron2"):
+        backbone = build_resnet_backbone(
+            depth=50, out_features=("res5",), res5_dilation=2, res5_dilation_style=style
+        )
+        backbone.load_state_dict(weights, strict=True)
+        backbones[style] = backbone.double().eval()
+    assert backbones["torchvision"].output_shape()["res5"].stride == 16
+
+    images = torch.randn(
+        2, 3, 80, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+    )
+    stem = torch.nn.Sequential(reference.conv1, reference.bn1, reference.relu, reference.maxpool)
+    expected = reference.layer4(reference.layer3(reference.layer2(reference.layer1(stem(images)))))
+    assert expected.shape == (2, 2048, 5, 6)
+    ours = backbones["torchvision"](images)["res5"]
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
+    all_dilated = backbones["detectron2"](images)["res5"]
+    assert all_dilated.shape == expected.shape
+    assert (all_dilated - expected).abs().max() > 1e-3 * expected.abs().max()
+    res5 = backbones["torchvision"].res5
+    assert [block.conv2.dilation for block in res5] == [(1, 1), (2, 2), (2, 2)]
+    assert [block.conv2.stride for block in res5] == [(1, 1), (1, 1), (1, 1)]
+
+
+def test_resnet_rejects_unknown_dilation_style():
+    with pytest.raises(ValueError, match=r"res5_dilation_style in .*got 'caffe2'"):
+        build_resnet_backbone(depth=50, res5_dilation=2, res5_dilation_style="caffe2")

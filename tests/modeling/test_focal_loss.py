@@ -34,3 +34,21 @@ def test_matches_torchvision_elementwise(alpha, gamma):
 def test_shape_mismatch():
     with pytest.raises(ValueError, match="same shape"):
         sigmoid_focal_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4), 1.0)
+
+
+def test_half_precision_inputs_are_computed_in_float32():
+    """float16 logits (as under autocast), some saturated at +-20: the loss is the float32
+    loss of the same values, and the gradient reaches the float16 logits."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 30, 4, generator=generator) * 4).half()
+    logits[0, :5] = 20.0
+    logits[1, :5] = -20.0
+    targets = (torch.rand(2, 30, 4, generator=generator) > 0.8).half()
+    logits.requires_grad_(True)
+    loss = sigmoid_focal_loss(logits, targets, num_boxes=3.0)
+    expected = sigmoid_focal_loss(logits.detach().float(), targets.float(), num_boxes=3.0)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    loss.backward()
+    assert logits.grad.dtype == torch.float16 and torch.isfinite(logits.grad).all()
+    assert logits.grad.abs().sum() > 0

@@ -167,3 +167,30 @@ def test_input_errors():
             logits, two, torch.tensor([0, 1]), two, torch.ones(2), 1.0,
             groups=two, rank_weights=torch.ones(1),
         )  # fmt: skip
+
+
+def test_half_precision_logits_are_computed_in_float32():
+    """float16 logits (as under autocast), some saturated at +-20, with rank weights: the
+    loss is the float32 loss of the same values, and the gradient reaches the logits."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 6, 3, generator=generator) * 4).half()
+    logits[0, 0] = 20.0
+    logits[1, 1] = -20.0
+    batch_index = torch.tensor([0, 0, 1, 1])
+    query_index = torch.tensor([0, 3, 1, 2])
+    labels = torch.tensor([2, 2, 0, 1])
+    ious = torch.tensor([0.8, 0.4, 0.6, 0.9]).half()
+    groups = torch.tensor([0, 0, 1, 2])
+    rank_weights = torch.tensor([1.0, 0.5])
+    args = (batch_index, query_index, labels)
+    logits.requires_grad_(True)
+    loss, weights = ia_bce_loss(logits, *args, ious, 2.0, groups=groups, rank_weights=rank_weights)
+    expected, expected_weights = ia_bce_loss(
+        logits.detach().float(), *args, ious.float(), 2.0, groups=groups, rank_weights=rank_weights
+    )
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(weights, expected_weights)
+    loss.backward()
+    assert logits.grad.dtype == torch.float16 and torch.isfinite(logits.grad).all()
+    assert logits.grad.abs().sum() > 0

@@ -132,3 +132,28 @@ def test_non_finite_cost_raises():
     cost = torch.tensor([[0.0, float("nan")], [1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     with pytest.raises(ValueError, match="NaN or inf"):
         make_matcher().assign(cost, match_number=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cost_class_type", ["ce_cost", "focal_loss_cost"])
+def test_half_precision_logits_match_like_float32(cost_class_type, dtype):
+    """float16 / bfloat16 logits of +-20 (as under autocast): the k-fold assignment equals
+    that of the same values in float32 (the cost is computed in float32)."""
+    generator = torch.Generator().manual_seed(0)
+    signs = torch.randint(0, 2, (2, 8, 3), generator=generator)
+    reduced = {
+        "pred_logits": (signs * 40.0 - 20.0).to(dtype),
+        "pred_boxes": (torch.rand(2, 8, 4, generator=generator) * 0.5 + 0.1).to(dtype),
+    }
+    full = {key: value.float() for key, value in reduced.items()}
+    targets = [
+        {"labels": torch.tensor([0, 2, 1]), "boxes": torch.rand(3, 4, generator=generator) * 0.5},
+        {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.4, 0.4, 0.2, 0.3]])},
+    ]
+    matcher = ManyToOneMatcher(2.0, 5.0, 2.0, cost_class_type=cost_class_type)
+    indices = matcher(reduced, targets, match_number=2)
+    for (query, target), (query_32, target_32), n in zip(
+        indices, matcher(full, targets, match_number=2), (3, 1), strict=True
+    ):
+        assert len(query) == 2 * n
+        assert torch.equal(query, query_32) and torch.equal(target, target_32)

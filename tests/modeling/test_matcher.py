@@ -156,3 +156,40 @@ def test_invalid_arguments():
     outputs["pred_logits"][0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         matcher(outputs, targets)
+
+
+def saturated_case(sizes, dtype, num_queries=6, num_classes=3, seed=0):
+    """Logits of +-20 (sigmoid 1 - 2e-9 / 2e-9) and boxes, all exactly representable in
+    ``dtype``: the predictions in ``dtype`` and the same values in float32."""
+    generator = torch.Generator().manual_seed(seed)
+    batch_size = len(sizes)
+    signs = torch.randint(0, 2, (batch_size, num_queries, num_classes), generator=generator)
+    logits = (signs * 40.0 - 20.0).to(dtype)
+    boxes = (torch.rand(batch_size, num_queries, 4, generator=generator) * 0.5 + 0.1).to(dtype)
+    targets = [
+        {
+            "labels": torch.randint(0, num_classes, (n,), generator=generator),
+            "boxes": torch.rand(n, 4, generator=generator) * 0.5 + 0.1,
+        }
+        for n in sizes
+    ]
+    reduced = {"pred_logits": logits, "pred_boxes": boxes}
+    full = {"pred_logits": logits.float(), "pred_boxes": boxes.float()}
+    return reduced, full, targets
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cost_class_type", COST_TYPES)
+def test_half_precision_logits_match_like_float32(cost_class_type, dtype):
+    """float16 / bfloat16 predictions (as under autocast) are matched in float32: finite
+    costs and the assignment of the same values in float32. In float16 the focal cost's
+    ``log(1 - p + 1e-8)`` would be ``log(0)`` at logit 20, and ``torch.cdist`` has no
+    half-precision CPU kernel."""
+    matcher = HungarianMatcher(2.0, 5.0, 2.0, cost_class_type=cost_class_type)
+    reduced, full, targets = saturated_case([3, 0, 2], dtype)
+    costs = matcher.compute_cost(reduced, targets)
+    assert all(cost.dtype == torch.float32 and torch.isfinite(cost).all() for cost in costs)
+    for (query, target), (query_32, target_32) in zip(
+        matcher(reduced, targets), matcher(full, targets), strict=True
+    ):
+        assert torch.equal(query, query_32) and torch.equal(target, target_32)

@@ -109,12 +109,21 @@ def test_r50_configs_build_the_detrex_models(config_name):
     assert cfg.train.max_iter == 50 * 7500
     assert cfg.train.init_checkpoint == "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
     assert cfg.train.clip_grad.enabled and cfg.train.clip_grad.params.max_norm == 0.1
-    assert cfg.optimizer.lr == 2e-4 and cfg.optimizer.weight_decay == 1e-4
+    # detrex's recipe (not the authors'): lr 1e-4, a tenth of it for the backbone only.
+    assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.weight_decay == 1e-4
     lr_factor = cfg.optimizer.params.lr_factor_func
     assert lr_factor("backbone.res2.0.conv1.weight") == 0.1
-    assert lr_factor("transformer.encoder.layers.0.attentions.0.sampling_offsets.weight") == 0.1
-    assert lr_factor("transformer.reference_points.weight") == 0.1
+    assert lr_factor("transformer.encoder.layers.0.attentions.0.sampling_offsets.weight") == 1
+    assert lr_factor("transformer.reference_points.weight") == 1
     assert lr_factor("transformer.encoder.layers.0.attentions.0.value_proj.weight") == 1
+    # detrex's loss weights, matching costs and detections per image.
+    criterion = cfg.model.criterion
+    assert dict(criterion.weight_dict) == {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+    matcher = criterion.matcher
+    assert (matcher.cost_class, matcher.cost_bbox, matcher.cost_giou) == (2.0, 5.0, 2.0)
+    assert cfg.model.num_queries == 300
+    assert cfg.model.select_box_nums_for_evaluation == 300
+    assert cfg.model.backbone.freeze_at == 1
     # The learning rate drops 10x at epoch 40 of 50.
     scheduler = instantiate(cfg.lr_multiplier)
     assert scheduler(39.9 / 50) == pytest.approx(1.0)
@@ -336,7 +345,12 @@ def test_losses_are_weighted_and_encoder_loss_is_class_agnostic():
     assert isinstance(criterion, DeformableCriterion)
     raw = criterion.compute_losses(outputs, targets)
     weighted = criterion(outputs, targets)
-    for key, weight in (("loss_class_enc", 2.0), ("loss_bbox_0", 5.0), ("loss_giou", 2.0)):
+    for key, weight in (
+        ("loss_class_enc", 1.0),
+        ("loss_bbox_enc", 5.0),
+        ("loss_bbox_0", 5.0),
+        ("loss_giou", 2.0),
+    ):
         torch.testing.assert_close(weighted[key], raw[key] * weight)
     # The encoder loss equals the plain loss against all-zero labels.
     zero_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
@@ -397,6 +411,42 @@ def test_decoder_reference_refinement(variant):
             previous = references[layer]
     assert init_reference.shape[-1] == (4 if variant == "two_stage" else 2)
     assert not torch.allclose(references[0], references[1])
+
+
+def _box_head_gradients(model: DeformableDETR, boxes: torch.Tensor) -> list[float]:
+    """``|grad|`` summed over each box head's parameters after backpropagating ``boxes``
+    alone (0 for a head the gradient does not reach)."""
+    model.zero_grad(set_to_none=True)
+    boxes.sum().backward(retain_graph=True)
+    return [
+        sum(float(p.grad.abs().sum()) for p in head.parameters() if p.grad is not None)
+        for head in model.bbox_embed
+    ]
+
+
+@pytest.mark.parametrize("variant", ["box_refine", "two_stage"])
+def test_box_refinement_stops_gradient_between_layers(variant):
+    """Each layer refines a detached copy of the previous layer's box (Deformable DETR, unlike
+    DINO's look-forward-twice): the last layer's boxes train only the last box head, and an
+    earlier layer's boxes train their own head."""
+    model = tiny_model(variant).train()
+    with torch.no_grad():
+        # The last box layers start at zero, which would hide a gradient through them.
+        for head in model.bbox_embed:
+            head.layers[-1].weight.normal_(0.0, 0.1)
+    batch = tiny_batch()
+    outputs = model.forward_outputs(*model.preprocess_image(batch), model.prepare_targets(batch))
+    num_layers = model.transformer.decoder.num_layers
+    assert num_layers == 2
+
+    final = _box_head_gradients(model, outputs["pred_boxes"])
+    assert final[num_layers - 1] > 0
+    assert final[: num_layers - 1] == [0.0] * (num_layers - 1), final
+    if variant == "two_stage":
+        # The proposals' head (index num_layers) only seeds detached reference boxes.
+        assert final[num_layers] == 0.0, final
+    first = _box_head_gradients(model, outputs["aux_outputs"][0]["pred_boxes"])
+    assert first[0] > 0 and first[1:num_layers] == [0.0] * (num_layers - 1), first
 
 
 @pytest.mark.skipif(

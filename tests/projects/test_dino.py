@@ -15,7 +15,8 @@ from detectron2.structures import Boxes, Instances
 import projects.dino.checkpoint  # noqa: F401  (registers the converter)
 from detr_ext.checkpoint import get_converter
 from detr_ext.layers import prepare_for_cdn
-from projects.dino.modeling import DINO, DINOCriterion
+from detr_ext.modeling import DINOCriterion
+from projects.dino.modeling import DINO
 from projects.dino.modeling.dino_transformer import (
     gen_encoder_output_proposals,
     get_encoder_reference_points,
@@ -69,6 +70,24 @@ def tiny_batch(num_objects=(2, 1)) -> list[dict]:
 
 def test_registered():
     assert META_ARCH_REGISTRY.get("DINO") is DINO
+
+
+def test_criterion_is_shared_and_old_paths_still_resolve():
+    """DINOCriterion lives in detr_ext (Align-DETR uses it too); configs and saved
+    ``config.yaml`` files that name the project's paths still build it."""
+    import projects.dino.modeling
+
+    assert projects.dino.modeling.DINOCriterion is DINOCriterion
+    assert DINOCriterion.__module__ == "detr_ext.modeling.criterions.dn_criterion"
+    criterion = instantiate(
+        {
+            "_target_": "projects.dino.modeling.dn_criterion.DINOCriterion",
+            "num_classes": 3,
+            "matcher": {"_target_": "detr_ext.modeling.HungarianMatcher"},
+            "weight_dict": {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+        }
+    )
+    assert type(criterion) is DINOCriterion
 
 
 @pytest.mark.parametrize(
@@ -151,8 +170,16 @@ def test_names_and_shapes_equal_detrex(dino_r50):
 
 def test_detrex_conversion_loads_strictly(dino_r50):
     source = share_decoder_heads(synthetic_state_dict(read_key_list(KEYS_FILE)))
+    # BatchNorm step counters, as saved by backbones with BatchNorm, are dropped and reported.
+    counters = [
+        "backbone.stem.conv1.norm.num_batches_tracked",
+        "neck.convs.0.norm.num_batches_tracked",
+    ]
+    source.update({key: torch.tensor(7) for key in counters})
     converted, report = get_converter("dino.detrex").convert(source, dino_r50.state_dict())
     assert report.ok, report.summary()
+    assert sorted(report.dropped_source_keys) == counters
+    assert not any(key.endswith("num_batches_tracked") for key in converted)
     result = dino_r50.load_state_dict(converted, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     state = dino_r50.state_dict()

@@ -1,6 +1,9 @@
 """tools/demo.py in subprocesses: the DETR shapes model with random weights on two generated
-images (one given as a file, one through its folder), and the error for a missing path."""
+images (one given as a file, one through its folder), the error for a missing path, unreadable
+images (skipped and listed), an interrupted run (detections kept) and a checkpoint whose
+class head does not fit the config."""
 
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -84,3 +87,104 @@ def test_demo_missing_input_fails_with_a_clear_message(demo_inputs):
     assert f"got missing path {str(missing)!r}" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (work_dir / "never").exists()
+
+
+def write_bad_images(folder: Path, good_image: Path) -> list[Path]:
+    """A truncated JPEG (the first half of a real one) and a text file named .jpg."""
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    real_jpeg = folder / "whole.jpg"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(real_jpeg)
+    truncated = folder / "b_truncated.jpg"
+    data = real_jpeg.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    real_jpeg.unlink()
+    not_an_image = folder / "c_notes.jpg"
+    not_an_image.write_text("not an image")
+    return [truncated, not_an_image]
+
+
+def test_demo_skips_unreadable_images_and_lists_them(demo_inputs, tmp_path):
+    work_dir, weights, image_file, _ = demo_inputs
+    bad_images = write_bad_images(tmp_path / "mixed", image_file)
+    output = tmp_path / "out"
+    result = run_demo(
+        work_dir, "--weights", str(weights), "--input", str(image_file), str(tmp_path / "mixed"),
+        "--output", str(output), "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-6000:]
+    records = json.loads((output / "detections.json").read_text())
+    assert [record["file"] for record in records] == [str(image_file)]
+    skipped = json.loads((output / "skipped.json").read_text())
+    assert [item["file"] for item in skipped] == [str(path) for path in bad_images]
+    for item in skipped:
+        assert f"cannot read {item['file']!r} as an image" in item["error"]
+    assert "Skipped 2 of 3 images" in result.stdout + result.stderr  # the log: stdout
+    assert (output / "first.png").is_file()
+
+
+def test_demo_without_any_readable_image_fails(demo_inputs, tmp_path):
+    work_dir, weights, image_file, _ = demo_inputs
+    write_bad_images(tmp_path / "bad", image_file)
+    output = tmp_path / "out"
+    result = run_demo(
+        work_dir, "--weights", str(weights), "--input", str(tmp_path / "bad"),
+        "--output", str(output), "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "none of the 2 images could be processed" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert json.loads((output / "detections.json").read_text()) == []
+    assert len(json.loads((output / "skipped.json").read_text())) == 2
+
+
+def load_demo():
+    """``tools/demo.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "tools" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_keeps_detections_done_before_an_interruption(demo_inputs, tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) on the second image: the first image's detections are in
+    detections.json all the same."""
+    from detr_ext.engine.predictor import Predictor
+
+    work_dir, weights, image_file, folder = demo_inputs
+    run_predictor = Predictor.__call__
+    calls = []
+
+    def interrupt_second_image(self, image):
+        calls.append(image.shape)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return run_predictor(self, image)
+
+    monkeypatch.setattr(Predictor, "__call__", interrupt_second_image)
+    monkeypatch.setenv("DETR_EXT_DATASETS", str(work_dir / "datasets"))
+    output = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        load_demo().main(
+            ["--config-file", str(CONFIG), "--weights", str(weights), "--input", str(image_file),
+             str(folder), "--output", str(output), "--device", "cpu",
+             "--confidence-threshold", "0.0"]
+        )  # fmt: skip
+    records = json.loads((output / "detections.json").read_text())
+    assert [record["file"] for record in records] == [str(image_file)]
+    assert len(records[0]["detections"]) > 0
+
+
+def test_demo_rejects_a_checkpoint_with_another_class_head(demo_inputs, tmp_path):
+    work_dir, _, image_file, _ = demo_inputs
+    cfg = LazyConfig.load(str(CONFIG))
+    cfg.model.num_classes = 5
+    weights = tmp_path / "five_classes.pth"
+    torch.save({"model": instantiate(cfg.model).state_dict()}, weights)
+    result = run_demo(
+        work_dir, "--weights", str(weights), "--input", str(image_file),
+        "--output", str(tmp_path / "out"), "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "class_embed.weight: [6, " in result.stderr and "model.num_classes" in result.stderr
+    assert "Traceback" not in result.stderr

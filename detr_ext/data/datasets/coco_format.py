@@ -2,13 +2,67 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import re
+import tempfile
 from typing import Any
 
-__all__ = ["register_coco_format_dataset"]
+from ..coco_validation import check_coco_instances
+
+__all__ = ["coco_format_cache_directory", "register_coco_format_dataset"]
+
+logger = logging.getLogger(__name__)
 
 _REQUIRED_KEYS = ("images", "annotations", "categories")
+# Part of the cached copy's name: bump when the cleaning changes, so old copies are not reused.
+_CLEANING_VERSION = 1
+
+
+def coco_format_cache_directory() -> str:
+    """Where cleaned copies of registered jsons are written: ``$DETR_EXT_CACHE/datasets``, with
+    ``DETR_EXT_CACHE`` defaulting to ``$XDG_CACHE_HOME/detr_ext`` (``~/.cache/detr_ext``)."""
+    root = os.environ.get("DETR_EXT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "detr_ext"
+    )
+    return os.path.join(root, "datasets")
+
+
+def _file_signature(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _write_cleaned_copy(name: str, source_digest: str, content: dict[str, Any]) -> str:
+    """Write ``content`` to ``<cache>/<name>-<digest>.json`` unless it is already there.
+
+    The name depends only on the source file's bytes and the cleaning version, so a source that
+    did not change reuses its copy. Written to a temporary file and renamed, so concurrent
+    registrations (distributed ranks) and interrupted ones never leave a partial file."""
+    directory = coco_format_cache_directory()
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    path = os.path.join(directory, f"{safe_name}-{source_digest[:16]}.json")
+    if os.path.isfile(path):
+        return path
+    os.makedirs(directory, exist_ok=True)
+    # json.dumps (C encoder) is several times faster than json.dump for a large file.
+    text = json.dumps(content, separators=(",", ":"))
+    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{safe_name}-", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as f:
+            f.write(text)
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from other users' jobs
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    return path
 
 
 def register_coco_format_dataset(
@@ -19,41 +73,61 @@ def register_coco_format_dataset(
 ) -> None:
     """Register ``name`` for a COCO instances json and its image folder.
 
-    A thin layer over detectron2's ``register_coco_instances`` that fails at registration, not
-    deep inside a data loader, when the files are missing or the json is not COCO instances. The
-    json is parsed once here to check it; ``load_coco_json`` reads it again when the dataset is
-    used, maps its category ids to contiguous indices and fills ``thing_classes``. The evaluator
-    type is ``"coco"``, so ``COCOEvaluator`` works with it.
+    A layer over detectron2's ``register_coco_instances`` that fails at registration, not deep
+    inside a data loader or after training, when the files or the json are unusable. The json
+    is read once here and checked in one pass (``detr_ext.data.coco_validation``):
+
+    - refused with a ``ValueError`` naming the file and the offending ids / file names:
+      duplicate image ids, image files missing under ``image_root``, annotations whose
+      ``category_id`` is not in ``categories``, malformed images or categories;
+    - dropped with a warning counting and naming them: annotations whose ``bbox`` is missing,
+      null, not 4 finite numbers or has width / height <= 0 (never reinterpreted);
+    - repaired with a warning: annotation ids that are not unique positive ints (pycocotools
+      reads id 0 as "unmatched", which lowers AP) are renumbered 1..n; a missing ``area`` is
+      filled from the mask or box;
+    - warned: ``area`` inconsistent with the box, annotations of unknown images.
+
+    When anything was dropped or repaired, the cleaned json is written to
+    ``coco_format_cache_directory()`` (reused while the source file is unchanged) and registered
+    as ``json_file``, so detectron2's loader and ``COCOEvaluator`` both read the cleaned data;
+    ``source_json_file`` keeps the original path. ``load_coco_json`` maps category ids to
+    contiguous indices and fills ``thing_classes`` when the dataset is loaded; the evaluator
+    type is ``"coco"``.
 
     Args:
         name: dataset name for ``DatasetCatalog`` (e.g. ``"my_parts_train"``); registering the
-            same name with the same files again is a no-op.
+            same name with the same files again is a no-op (the json is checked again if it
+            changed on disk since).
         json_file: COCO json with ``images``, ``annotations`` and ``categories`` lists.
         image_root: directory that ``images[i]["file_name"]`` is relative to.
         metadata: extra ``MetadataCatalog`` fields (e.g. ``thing_colors``).
 
     Raises:
         FileNotFoundError: ``json_file`` is not a file or ``image_root`` is not a directory.
-        ValueError: ``name`` is already registered for other files, or the json is not COCO instances.
+        ValueError: ``name`` is already registered for other files, or the json is not usable
+            COCO instances (see above).
     """
-    from detectron2.data import DatasetCatalog
+    from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import register_coco_instances
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_coco_format_dataset: expected a non-empty name, got {name!r}")
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    replace = False
     if name in DatasetCatalog.list():
-        from detectron2.data import MetadataCatalog
-
         registered = MetadataCatalog.get(name)
-        if (registered.get("json_file"), registered.get("image_root")) == (json_file, image_root):
+        source = registered.get("source_json_file", registered.get("json_file"))
+        if (source, registered.get("image_root")) != (json_file, image_root):
+            raise ValueError(
+                f"register_coco_format_dataset: dataset {name!r} is already registered for "
+                f"json_file={source!r}, image_root={registered.get('image_root')!r}; got "
+                f"{json_file!r}, {image_root!r}. Choose another name or DatasetCatalog.remove() "
+                "it first"
+            )
+        signature = registered.get("source_json_signature")
+        if signature is None or signature == _file_signature(json_file):
             return  # the same registration again (a config loaded twice): nothing to do
-        raise ValueError(
-            f"register_coco_format_dataset: dataset {name!r} is already registered for "
-            f"json_file={registered.get('json_file')!r}, image_root="
-            f"{registered.get('image_root')!r}; got {json_file!r}, {image_root!r}. Choose "
-            "another name or DatasetCatalog.remove() it first"
-        )
+        replace = True  # the same files, but the json changed on disk: check it again
     if not os.path.isfile(json_file):
         raise FileNotFoundError(
             f"register_coco_format_dataset({name!r}): expected a COCO json file, "
@@ -65,13 +139,15 @@ def register_coco_format_dataset(
             f"got missing path {image_root!r}"
         )
 
-    with open(json_file) as f:
-        try:
-            content = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"register_coco_format_dataset({name!r}): {json_file} is not valid json: {error}"
-            ) from error
+    signature = _file_signature(json_file)
+    with open(json_file, "rb") as f:
+        raw = f.read()
+    try:
+        content = json.loads(raw)
+    except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8/16/32
+        raise ValueError(
+            f"register_coco_format_dataset({name!r}): {json_file} is not valid json: {error}"
+        ) from error
     if not isinstance(content, dict):
         raise ValueError(
             f"register_coco_format_dataset({name!r}): expected a json object in {json_file}, "
@@ -94,4 +170,27 @@ def register_coco_format_dataset(
             f"register_coco_format_dataset({name!r}): expected at least one category in "
             f"{json_file}, got none"
         )
-    register_coco_instances(name, dict(metadata or {}), json_file, image_root)
+    try:
+        checked = check_coco_instances(content, json_file, image_root)
+    except ValueError as error:
+        raise ValueError(f"register_coco_format_dataset({name!r}): {error}") from None
+    for warning in checked.warnings:
+        logger.warning(f"register_coco_format_dataset({name!r}): {json_file}: {warning}")
+
+    registered_json = json_file
+    if checked.changed:
+        digest = hashlib.sha256(raw)
+        digest.update(f"detr_ext-coco-cleaning-v{_CLEANING_VERSION}".encode())
+        registered_json = _write_cleaned_copy(name, digest.hexdigest(), checked.content)
+        logger.warning(
+            f"register_coco_format_dataset({name!r}): registered the cleaned copy "
+            f"{registered_json} of {json_file} (training and COCOEvaluator read the copy; "
+            "metadata.source_json_file is the original)"
+        )
+    del raw, content, checked
+
+    if replace:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, dict(metadata or {}), registered_json, image_root)
+    MetadataCatalog.get(name).set(source_json_file=json_file, source_json_signature=signature)

@@ -16,6 +16,7 @@ _BLOCKS_PER_STAGE = {
     152: (3, 8, 36, 3),
 }
 _STAGE_NAMES = ("res2", "res3", "res4", "res5")
+_RES5_DILATION_STYLES = ("torchvision", "detectron2")
 
 
 def build_resnet_backbone(
@@ -24,6 +25,7 @@ def build_resnet_backbone(
     norm: str = "FrozenBN",
     freeze_at: int = 1,
     res5_dilation: int = 1,
+    res5_dilation_style: str = "torchvision",
     stride_in_1x1: bool = False,
     in_channels: int = 3,
     num_groups: int = 1,
@@ -39,6 +41,15 @@ def build_resnet_backbone(
     ``L(ResNet)(stem=L(BasicStem)(...), stages=L(ResNet.make_default_stages)(...), ...)`` when
     ``res5_dilation == 1``.
 
+    A dilated res5 ("DC5") comes in two variants with the same parameters but different
+    outputs, so weights must run in the variant they were trained in:
+
+    - ``"torchvision"``: torchvision's ``resnet50(replace_stride_with_dilation=[False, False,
+      True])``: the first res5 block has stride 1 and dilation 1, the others dilation 2. The
+      published DETR-DC5 checkpoints (facebookresearch/detr) were trained this way.
+    - ``"detectron2"``: detectron2's ``MODEL.RESNETS.RES5_DILATION = 2``: every res5 block has
+      dilation 2 (the first with stride 1).
+
     Args:
         depth: 18, 34 (BasicBlock, res2 has 64 channels) or 50, 101, 152 (BottleneckBlock,
             res2 has 256 channels).
@@ -47,6 +58,8 @@ def build_resnet_backbone(
         norm: detectron2 norm name, e.g. ``"FrozenBN"``, ``"BN"``, ``"SyncBN"``, ``"GN"``.
         freeze_at: detectron2 semantics: 0 freezes nothing, 1 the stem, 2 the stem and res2...
         res5_dilation: 1, or 2 for a dilated res5 (depth >= 50 only).
+        res5_dilation_style: ``"torchvision"`` (first res5 block undilated) or
+            ``"detectron2"`` (every res5 block dilated); used only when ``res5_dilation == 2``.
         stride_in_1x1: put the stride in the 1x1 conv of a bottleneck (MSRA/Caffe2 weights)
             instead of the 3x3 conv (torchvision weights).
         in_channels: number of input image channels.
@@ -66,6 +79,11 @@ def build_resnet_backbone(
     if res5_dilation not in (1, 2):
         raise ValueError(
             f"build_resnet_backbone: expected res5_dilation 1 or 2, got {res5_dilation}"
+        )
+    if res5_dilation_style not in _RES5_DILATION_STYLES:
+        raise ValueError(
+            f"build_resnet_backbone: expected res5_dilation_style in {_RES5_DILATION_STYLES}, "
+            f"got {res5_dilation_style!r}"
         )
     basic = depth < 50
     if base_channels < 1 or (base_channels != 64 and not basic):
@@ -95,6 +113,9 @@ def build_resnet_backbone(
     for index, num_blocks in enumerate(_BLOCKS_PER_STAGE[depth]):
         dilation = res5_dilation if index == 3 else 1
         first_stride = 1 if index == 0 or dilation == 2 else 2
+        # torchvision's _make_layer(dilate=True) gives the first block the dilation of the
+        # stage before (1) and only the following blocks the new one.
+        first_dilation = 1 if res5_dilation_style == "torchvision" else dilation
         stage_kwargs = dict(
             num_blocks=num_blocks,
             stride_per_block=[first_stride] + [1] * (num_blocks - 1),
@@ -109,7 +130,7 @@ def build_resnet_backbone(
                 block_class=BottleneckBlock,
                 bottleneck_channels=bottleneck_channels,
                 stride_in_1x1=stride_in_1x1,
-                dilation=dilation,
+                dilation_per_block=[first_dilation] + [dilation] * (num_blocks - 1),
                 num_groups=num_groups,
             )
         stages.append(ResNet.make_stage(**stage_kwargs))

@@ -1,5 +1,6 @@
 """Criteria: the training losses of DETR-family detectors."""
 
 from .base_criterion import SetCriterion
+from .dn_criterion import DINOCriterion
 
-__all__ = ["SetCriterion"]
+__all__ = ["DINOCriterion", "SetCriterion"]

@@ -12,6 +12,15 @@ where ``num_boxes`` is the number of ground-truth boxes in the batch, averaged o
 distributed workers and clamped to at least 1. The formulas and normalizations are those of
 detrex, so the same predictions and targets give the same loss values.
 
+Distributed training: every worker runs exactly one ``all_reduce`` per forward (the box
+count, :meth:`SetCriterion.get_num_boxes`), whatever its batch holds (no objects, no
+denoising queries), so the workers always run the same collectives; subclasses reuse that one
+``num_boxes`` rather than reducing again.
+
+Precision: matching and losses run in float32 whatever dtype the predictions arrive in
+(float16 / bfloat16 under autocast are cast up, autocast is off inside the criterion); the
+losses are float32 and their gradients flow back in the predictions' dtype.
+
 Loss keys: the last decoder layer gives the plain names, ``outputs["aux_outputs"][i]`` adds
 the suffix ``_{i}``, and ``outputs["enc_outputs"]`` (two-stage proposals) adds ``_enc``.
 
@@ -22,8 +31,10 @@ Extension points for subclasses (DINO denoising, Align-DETR many-to-one):
 - :meth:`SetCriterion.get_loss` maps a loss name to its function (extend ``LOSS_KEYS`` too);
 - :meth:`SetCriterion.loss_labels` / :meth:`SetCriterion.loss_boxes` are the losses;
 - :meth:`SetCriterion.encoder_targets` gives the targets for the encoder proposals;
-- :meth:`SetCriterion.compute_losses` returns the unweighted losses; override it (calling
-  ``super()``) to add more, then :meth:`SetCriterion.weight_losses` applies ``weight_dict``.
+- :meth:`SetCriterion.compute_losses` returns the unweighted losses: it takes the box count
+  once and passes it to :meth:`SetCriterion.matching_losses`; override it to add more losses
+  with the same ``num_boxes``, then :meth:`SetCriterion.weight_losses` applies
+  ``weight_dict``.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from torch import Tensor, nn
 
 from detr_ext.layers.box_ops import box_cxcywh_to_xyxy, matched_generalized_box_iou
 from detr_ext.modeling.losses.focal_loss import sigmoid_focal_loss
+from detr_ext.modeling.losses.precision import autocast_disabled, full_precision
 from detr_ext.modeling.matchers.hungarian_matcher import check_detection_inputs
 
 __all__ = ["SetCriterion"]
@@ -142,20 +154,36 @@ class SetCriterion(nn.Module):
     def forward(
         self, outputs: Mapping[str, object], targets: Sequence[Mapping[str, Tensor]]
     ) -> dict[str, Tensor]:
-        """Weighted losses of all layers; see the class docstring for the inputs."""
-        return self.weight_losses(self.compute_losses(outputs, targets))
+        """Weighted losses of all layers; see the class docstring for the inputs.
+
+        float16 / bfloat16 predictions are cast to float32 and autocast is turned off, so
+        matching and losses run in float32 (see the module docstring).
+        """
+        outputs = full_precision(outputs)
+        with autocast_disabled(outputs["pred_logits"].device):
+            return self.weight_losses(self.compute_losses(outputs, targets))
 
     def compute_losses(
         self, outputs: Mapping[str, object], targets: Sequence[Mapping[str, Tensor]]
     ) -> dict[str, Tensor]:
-        """Unweighted losses of the last decoder layer, the auxiliary layers and the encoder.
+        """Unweighted losses: :meth:`matching_losses` with the box count of
+        :meth:`get_num_boxes` (its one collective per forward)."""
+        num_boxes = self.get_num_boxes(targets, outputs["pred_logits"].device)
+        return self.matching_losses(outputs, targets, num_boxes)
+
+    def matching_losses(
+        self,
+        outputs: Mapping[str, object],
+        targets: Sequence[Mapping[str, Tensor]],
+        num_boxes: float,
+    ) -> dict[str, Tensor]:
+        """Unweighted losses of the last decoder layer, the auxiliary layers and the encoder,
+        each normalized by ``num_boxes``.
 
         Layer indices given to :meth:`match`: ``aux_outputs[i]`` is layer ``i``, the main
         output is layer ``len(aux_outputs)``, and the encoder proposals are ``None``.
         """
         aux_outputs = list(outputs.get("aux_outputs") or [])
-        num_boxes = self.get_num_boxes(targets, outputs["pred_logits"].device)
-
         losses = self.layer_losses(outputs, targets, num_boxes, layer_index=len(aux_outputs))
         for layer_index, layer_outputs in enumerate(aux_outputs):
             layer_losses = self.layer_losses(layer_outputs, targets, num_boxes, layer_index)
@@ -170,7 +198,12 @@ class SetCriterion(nn.Module):
     # ------------------------------------------------------------------ hooks
 
     def get_num_boxes(self, targets: Sequence[Mapping[str, Tensor]], device: torch.device) -> float:
-        """Number of target boxes per worker (all-reduced mean over workers), at least 1."""
+        """Number of target boxes per worker (all-reduced mean over workers), at least 1.
+
+        In distributed training this is a collective: every worker must call it the same
+        number of times per forward (:meth:`compute_losses` calls it once, also for a batch
+        without targets), else the workers' collectives no longer pair up.
+        """
         num_boxes = sum(len(target["labels"]) for target in targets)
         if not (dist.is_available() and dist.is_initialized()):
             return float(max(num_boxes, 1))
@@ -270,7 +303,7 @@ class SetCriterion(nn.Module):
         num_boxes: float,
     ) -> dict[str, Tensor]:
         """Classification loss ``{"loss_class": scalar}``; unmatched queries are background."""
-        logits = outputs["pred_logits"]  # [B, Q, K] or [B, Q, K + 1]
+        logits = full_precision(outputs["pred_logits"])  # [B, Q, K] or [B, Q, K + 1]
         num_logits = self.num_classes + (1 if self.loss_class_type == "ce_loss" else 0)
         if logits.shape[-1] != num_logits:
             raise ValueError(
@@ -316,8 +349,8 @@ class SetCriterion(nn.Module):
         """Box losses ``{"loss_bbox", "loss_giou"}`` over the matched pairs, each pair's
         multiplied by ``weights [num_matched]`` when given."""
         batch_index, query_index = self.matched_query_index(indices)
-        pred_boxes = outputs["pred_boxes"][batch_index, query_index]  # [num_matched, 4]
-        target_boxes = self.matched_targets(targets, indices, "boxes")
+        pred_boxes = full_precision(outputs["pred_boxes"][batch_index, query_index])  # [M, 4]
+        target_boxes = self.matched_targets(targets, indices, "boxes").to(pred_boxes.dtype)
         loss_bbox = F.l1_loss(pred_boxes, target_boxes, reduction="none")
         loss_giou = 1 - matched_generalized_box_iou(
             box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes)

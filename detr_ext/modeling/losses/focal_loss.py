@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from .precision import autocast_disabled, full_precision
+
 __all__ = ["sigmoid_focal_loss"]
 
 
@@ -20,10 +22,12 @@ def sigmoid_focal_loss(
     The element-wise loss is ``alpha_t * (1 - p_t) ** gamma * BCE(inputs, targets)``; it is
     averaged over the query dimension (dim 1), summed over everything else and divided by
     ``num_boxes``. DETR criteria multiply the result by ``Q`` to undo the query mean.
+    float16 / bfloat16 inputs are computed in float32 (with autocast off), so the loss is
+    float32 and its gradient flows back to ``inputs`` in their own dtype.
 
     Args:
         inputs: ``[B, Q, K]`` logits.
-        targets: ``[B, Q, K]`` binary (or soft) targets, same dtype as ``inputs``.
+        targets: ``[B, Q, K]`` binary (or soft) targets.
         num_boxes: normalizer, the (average per worker) number of ground-truth boxes.
         alpha: weight of positives, ``1 - alpha`` weights negatives; a negative value
             disables the weighting.
@@ -41,10 +45,13 @@ def sigmoid_focal_loss(
         raise ValueError(
             f"sigmoid_focal_loss: expected inputs of shape [B, Q, ...], got {tuple(inputs.shape)}"
         )
-    prob = inputs.sigmoid()
-    bce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    prob_of_truth = prob * targets + (1 - prob) * (1 - targets)
-    loss = bce * ((1 - prob_of_truth) ** gamma)
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss.mean(1).sum() / num_boxes
+    inputs = full_precision(inputs)
+    targets = full_precision(targets).to(inputs.dtype)
+    with autocast_disabled(inputs.device):
+        prob = inputs.sigmoid()
+        bce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+        prob_of_truth = prob * targets + (1 - prob) * (1 - targets)
+        loss = bce * ((1 - prob_of_truth) ** gamma)
+        if alpha >= 0:
+            loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+        return loss.mean(1).sum() / num_boxes

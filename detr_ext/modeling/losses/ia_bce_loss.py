@@ -19,6 +19,7 @@ BCE towards 0 for negatives (no ``alpha`` balance on the negatives). The same ``
 the box losses of the match (:class:`projects.align_detr.modeling.AlignDETRCriterion`).
 ``log(p)`` and ``log(1 - p)`` are computed as ``logsigmoid(+-logit)``: equal to detrex's
 ``prob.log()`` / ``(1 - prob).log()`` where those are finite, and finite where they overflow.
+float16 / bfloat16 logits are computed in float32 (autocast off), like every loss here.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .precision import autocast_disabled, full_precision
 
 __all__ = ["alignment_quality", "ia_bce_loss", "local_rank", "prime_sample_weights"]
 
@@ -136,8 +139,9 @@ def ia_bce_loss(
             denoising queries).
 
     Returns:
-        ``(loss, match_weights)``: the scalar loss and the ``[M]`` prime-sample weight of
-        every match (ones without ``rank_weights``), which also weight the box losses.
+        ``(loss, match_weights)``: the scalar loss (float32 for float16 / bfloat16 / float32
+        logits) and the ``[M]`` prime-sample weight of every match (ones without
+        ``rank_weights``), which also weight the box losses.
     """
     if logits.dim() != 3:
         raise ValueError(f"ia_bce_loss: expected logits [B, Q, K], got {tuple(logits.shape)}")
@@ -151,23 +155,25 @@ def ia_bce_loss(
     if (rank_weights is None) != (groups is None):
         raise ValueError("ia_bce_loss: pass groups and rank_weights together, or neither")
 
-    prob = logits.sigmoid()
-    # Matchers return CPU indices; one move here instead of one per indexing.
-    positive = tuple(index.to(logits.device) for index in (batch_index, query_index, labels))
-    quality = alignment_quality(prob[positive], ious, alpha)  # [M]
-    if rank_weights is None:
-        match_weights = torch.ones_like(quality)
-    else:
-        rank = local_rank(quality, groups.to(quality.device))
-        if num_matches and int(rank.max()) >= rank_weights.shape[0]:
-            raise ValueError(
-                f"ia_bce_loss: a target has {int(rank.max()) + 1} matches but rank_weights has "
-                f"only {rank_weights.shape[0]} entries"
-            )
-        match_weights = rank_weights.to(quality)[rank]
-    target = quality * match_weights
+    logits = full_precision(logits)
+    with autocast_disabled(logits.device):
+        prob = logits.sigmoid()
+        # Matchers return CPU indices; one move here instead of one per indexing.
+        positive = tuple(index.to(logits.device) for index in (batch_index, query_index, labels))
+        quality = alignment_quality(prob[positive], full_precision(ious).to(prob.dtype), alpha)
+        if rank_weights is None:
+            match_weights = torch.ones_like(quality)  # [M]
+        else:
+            rank = local_rank(quality, groups.to(quality.device))
+            if num_matches and int(rank.max()) >= rank_weights.shape[0]:
+                raise ValueError(
+                    f"ia_bce_loss: a target has {int(rank.max()) + 1} matches but rank_weights "
+                    f"has only {rank_weights.shape[0]} entries"
+                )
+            match_weights = rank_weights.to(quality)[rank]
+        target = quality * match_weights
 
-    positive_weight = torch.zeros_like(logits).index_put(positive, target)
-    negative_weight = (prob**gamma).index_put(positive, 1 - target)
-    loss = -positive_weight * F.logsigmoid(logits) - negative_weight * F.logsigmoid(-logits)
-    return loss.sum() / num_boxes, match_weights
+        positive_weight = torch.zeros_like(logits).index_put(positive, target)
+        negative_weight = (prob**gamma).index_put(positive, 1 - target)
+        loss = -positive_weight * F.logsigmoid(logits) - negative_weight * F.logsigmoid(-logits)
+        return loss.sum() / num_boxes, match_weights

@@ -9,6 +9,11 @@ class term is ``-softmax(logits)[q, label_t]`` for ``"ce_cost"`` (DETR) or the f
 cost of Deformable DETR for ``"focal_loss_cost"``. The formulas follow detrex exactly, so the
 same predictions give the same assignment.
 
+Costs are computed in float32 whatever the dtype of the predictions (float16 / bfloat16 under
+mixed precision are cast up, autocast is turned off): in float16 the focal cost's
+``log(1 - p + 1e-8)`` is ``log(0)`` for confident logits, and ``torch.cdist`` has no
+half-precision CPU kernel.
+
 Subclasses reuse the pieces: :meth:`HungarianMatcher.class_cost` (the class term),
 :meth:`HungarianMatcher.compute_cost` (the per-image cost matrices) and
 :meth:`HungarianMatcher.assign` (one cost matrix to matched index pairs; a many-to-one
@@ -24,6 +29,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from detr_ext.layers.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from detr_ext.modeling.losses.precision import autocast_disabled, full_precision
 
 __all__ = ["HungarianMatcher"]
 
@@ -127,12 +133,14 @@ class HungarianMatcher(nn.Module):
         """Classification cost of every prediction against every target label.
 
         Args:
-            logits: ``[P, K]`` class logits (all queries of all images, flattened).
+            logits: ``[P, K]`` class logits (all queries of all images, flattened); float16 /
+                bfloat16 logits are cast to float32 first.
             labels: ``[N]`` int64 target labels (all targets of all images, concatenated).
 
         Returns:
-            ``[P, N]`` cost, lower is a better match.
+            ``[P, N]`` cost (float32 or float64), lower is a better match.
         """
+        logits = full_precision(logits)
         if self.cost_class_type == "ce_cost":
             return -logits.softmax(-1)[:, labels]
         prob = logits.sigmoid()
@@ -149,25 +157,31 @@ class HungarianMatcher(nn.Module):
 
         The full ``[B * Q, sum(n_i)]`` matrix is computed in one batched pass on the device of
         the predictions and moved to the CPU once; the per-image blocks are then sliced out.
+        It is float32 for float16 / bfloat16 / float32 predictions (float64 for float64),
+        whether or not autocast is on.
 
         Returns:
             ``B`` CPU tensors, the ``i``-th of shape ``[Q, n_i]``.
         """
         check_detection_inputs(outputs, targets, type(self).__name__)
         batch_size, num_queries = outputs["pred_logits"].shape[:2]
-        logits = outputs["pred_logits"].flatten(0, 1)  # [B * Q, K]
-        pred_boxes = outputs["pred_boxes"].flatten(0, 1)  # [B * Q, 4]
+        logits = full_precision(outputs["pred_logits"].flatten(0, 1))  # [B * Q, K]
+        pred_boxes = full_precision(outputs["pred_boxes"].flatten(0, 1))  # [B * Q, 4]
         target_labels = torch.cat([target["labels"] for target in targets])  # [N]
         target_boxes = torch.cat([target["boxes"] for target in targets])  # [N, 4]
+        target_boxes = target_boxes.to(pred_boxes.dtype)
 
-        class_cost = self.class_cost(logits, target_labels)
-        bbox_cost = torch.cdist(pred_boxes, target_boxes, p=1)
-        giou_cost = -generalized_box_iou(
-            box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes)
-        )
-        cost = (
-            self.cost_bbox * bbox_cost + self.cost_class * class_cost + self.cost_giou * giou_cost
-        )
+        with autocast_disabled(pred_boxes.device):
+            class_cost = self.class_cost(logits, target_labels)
+            bbox_cost = torch.cdist(pred_boxes, target_boxes, p=1)
+            giou_cost = -generalized_box_iou(
+                box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes)
+            )
+            cost = (
+                self.cost_bbox * bbox_cost
+                + self.cost_class * class_cost
+                + self.cost_giou * giou_cost
+            )
         cost = cost.view(batch_size, num_queries, -1).cpu()  # [B, Q, N]
 
         sizes = [len(target["boxes"]) for target in targets]

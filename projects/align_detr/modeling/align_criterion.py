@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from detr_ext.layers.box_ops import box_cxcywh_to_xyxy, matched_box_iou
+from detr_ext.modeling.criterions import DINOCriterion
 from detr_ext.modeling.criterions.base_criterion import Indices
 from detr_ext.modeling.losses import (
     alignment_quality,
@@ -33,13 +34,12 @@ from detr_ext.modeling.losses import (
     prime_sample_weights,
 )
 from detr_ext.modeling.matchers import ManyToOneMatcher
-from projects.dino.modeling import DINOCriterion
 
 __all__ = ["AlignDETRCriterion"]
 
 
 class AlignDETRCriterion(DINOCriterion):
-    """:class:`~projects.dino.modeling.DINOCriterion` with Align-DETR's matching and losses.
+    """:class:`~detr_ext.modeling.DINOCriterion` with Align-DETR's matching and losses.
 
     Args:
         num_classes: object classes ``K`` (sigmoid logits ``[B, Q, K]``).

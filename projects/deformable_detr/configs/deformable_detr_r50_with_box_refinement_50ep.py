@@ -1,6 +1,7 @@
 """Deformable DETR R50 with iterative bounding box refinement on COCO, 50 epochs.
 
-Zhu et al. (ICLR 2021), Table 1, report 45.4 box AP on COCO val2017 for this model.
+detrex reports 47.0 box AP on COCO val2017 for this recipe (Zhu et al., ICLR 2021, Table 1:
+45.4 with the authors' recipe).
 """
 
 # Re-exported: a LazyConfig file's config is its top-level names.

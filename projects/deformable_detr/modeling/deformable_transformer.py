@@ -40,7 +40,8 @@ class DeformableDetrTransformer(DeformableTransformerBase):
             ``decoder.num_layers + 1`` heads each (the last scores the encoder proposals).
         num_feature_levels: feature levels ``L``.
         as_two_stage: build the queries from the top encoder proposals.
-        two_stage_num_proposals: number of proposals kept (the number of queries).
+        two_stage_num_proposals: number of proposals kept (the number of queries); an image
+            with fewer encoder positions keeps all of them.
     """
 
     def __init__(
@@ -219,12 +220,9 @@ class DeformableDetrTransformer(DeformableTransformerBase):
         enc_outputs_coord_unact = decoder.bbox_embed[decoder.num_layers](output_memory)
         enc_outputs_coord_unact = enc_outputs_coord_unact + output_proposals
 
-        num_proposals = self.two_stage_num_proposals
-        if num_proposals > enc_outputs_class.shape[1]:
-            raise ValueError(
-                f"DeformableDetrTransformer: two_stage_num_proposals={num_proposals} exceeds "
-                f"the {enc_outputs_class.shape[1]} encoder positions"
-            )
+        # A tiny or extremely elongated image (e.g. 3 x 2000 px) has fewer encoder positions
+        # than proposals: keep them all rather than fail.
+        num_proposals = min(self.two_stage_num_proposals, enc_outputs_class.shape[1])
         topk_index = torch.topk(enc_outputs_class[..., 0], num_proposals, dim=1)[1]
         topk_coords_unact = torch.gather(
             enc_outputs_coord_unact, 1, topk_index.unsqueeze(-1).repeat(1, 1, 4)

@@ -1,8 +1,11 @@
 """DETR-R50-DC5 on COCO, 300 epochs: res5 dilated (stride 16 instead of 32), which doubles the
 feature map's height and width (4x the encoder tokens) and helps small objects.
 
-detectron2 dilates every block of res5 (torchvision dilates all but the first); the parameters
-are the same, so checkpoints convert either way. Everything else as ``detr_r50_300ep.py``.
+The dilation follows torchvision's ``replace_stride_with_dilation=[False, False, True]``, with
+which the published DETR-DC5 weights were trained: the first res5 block keeps dilation 1 (with
+stride 1), the other two use dilation 2. detectron2's own DC5 dilates every res5 block; the
+parameters are the same but the outputs are not, so converted weights need this variant.
+Everything else as ``detr_r50_300ep.py``.
 """
 
 from detectron2.config import LazyCall as L
@@ -18,6 +21,7 @@ model.backbone = L(build_resnet_backbone)(
     norm="FrozenBN",
     freeze_at=1,
     res5_dilation=2,
+    res5_dilation_style="torchvision",
     stride_in_1x1=False,
 )
 train.output_dir = "./output/detr_r50_dc5_300ep"

@@ -10,8 +10,9 @@ Flow of :meth:`DINOTransformer.forward`:
    ``decoder.class_embed[num_layers]`` and refine their boxes with
    ``decoder.bbox_embed[num_layers]``;
 3. keep the ``two_stage_num_proposals`` tokens with the highest class logit (max over
-   classes); their refined boxes, detached, are the decoder's initial reference boxes (mixed
-   query selection), while the content queries are the learned ``tgt_embed``;
+   classes; all tokens when there are fewer, e.g. for a 3 x 2000 px image); their refined
+   boxes, detached, are the decoder's initial reference boxes (mixed query selection), while
+   the content queries are the learned ``tgt_embed``;
 4. prepend the denoising queries (if any) and run the decoder.
 """
 
@@ -101,7 +102,8 @@ class DINOTransformer(DeformableTransformerBase):
             ``[num_layers, B, P + Q, C]`` decoder outputs, ``[B, P + Q, 4]`` initial
             reference boxes, ``[num_layers, B, P + Q, 4]`` refined boxes, ``[B, Q, C]``
             selected encoder tokens (after ``enc_output`` and its norm) and ``[B, Q, 4]``
-            their boxes (sigmoid, with gradient), where ``Q = two_stage_num_proposals``.
+            their boxes (sigmoid, with gradient), where ``Q = min(two_stage_num_proposals, N)``
+            for the ``N`` positions of the feature maps.
         """
         decoder = self.decoder
         if decoder.class_embed is None or decoder.bbox_embed is None:
@@ -114,13 +116,15 @@ class DINOTransformer(DeformableTransformerBase):
                 "DINOTransformer: expected dn_query_label and dn_query_bbox both given or both None"
             )
         num_tokens = sum(feat.shape[-2] * feat.shape[-1] for feat in multi_level_feats)
-        num_proposals = self.two_stage_num_proposals
-        if num_tokens < num_proposals:
-            raise ValueError(
-                f"DINOTransformer: the feature maps have {num_tokens} positions in total, fewer "
-                f"than two_stage_num_proposals={num_proposals}; use larger images or fewer "
-                "queries"
-            )
+        # A tiny or extremely elongated image (e.g. 3 x 2000 px) has fewer feature positions
+        # than proposals: keep them all rather than fail.
+        num_proposals = min(self.two_stage_num_proposals, num_tokens)
+        if attn_mask is not None and num_proposals < self.two_stage_num_proposals:
+            # The mask is [P + Q, P + Q] with the Q matching queries last; dropping the last
+            # rows / columns keeps every remaining query's visibility unchanged.
+            num_dn = 0 if dn_query_label is None else dn_query_label.shape[1]
+            num_queries = num_dn + num_proposals
+            attn_mask = attn_mask[:num_queries, :num_queries]
         memory, mask_flatten, spatial_shapes, level_start_index, valid_ratios = self.encode(
             multi_level_feats, multi_level_masks, multi_level_pos_embeds
         )
@@ -143,7 +147,7 @@ class DINOTransformer(DeformableTransformerBase):
             output_memory, 1, topk_index.unsqueeze(-1).repeat(1, 1, output_memory.shape[-1])
         )
         if self.learnt_init_query:
-            target = self.tgt_embed.weight[None].repeat(batch_size, 1, 1)
+            target = self.tgt_embed.weight[None, :num_proposals].repeat(batch_size, 1, 1)
         else:
             target = enc_states.detach()
         if dn_query_label is not None:

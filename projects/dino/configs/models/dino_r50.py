@@ -9,12 +9,11 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from detr_ext.layers import PositionEmbeddingSine
-from detr_ext.modeling import HungarianMatcher
+from detr_ext.modeling import DINOCriterion, HungarianMatcher
 from detr_ext.modeling.backbones import build_resnet_backbone
 from detr_ext.modeling.necks import ChannelMapper
 from projects.dino.modeling import (
     DINO,
-    DINOCriterion,
     DINOTransformer,
     DINOTransformerDecoder,
     DINOTransformerEncoder,

@@ -1,0 +1,134 @@
+"""Loading trained weights for inference and evaluation, strictly enough to trust the result.
+
+detectron2's ``DetectionCheckpointer`` is lenient because fine-tuning needs it: a parameter
+whose shape differs from the model's is skipped with a warning and keeps its random
+initialisation, and an empty path loads nothing. When weights are loaded to *use* a model
+(evaluation, the demo), either means a silently random model. :func:`load_model_weights`
+loads through detectron2's checkpointer (same file formats, URL handlers, heuristics) but
+raises :class:`CheckpointMismatchError` when a tensor's shape does not fit the model (e.g. a
+class head trained with another ``model.num_classes``) or when the checkpoint fits none of
+the model's parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from detectron2.checkpoint import DetectionCheckpointer
+from torch import nn
+
+__all__ = ["CheckpointMismatchError", "ShapeCheckingCheckpointer", "load_model_weights"]
+
+# Mismatched / missing keys quoted in an error message; the rest are counted.
+MAX_KEYS_IN_MESSAGE = 8
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose tensors do not fit the model built from the config."""
+
+
+def _mismatch_message(
+    where: str, path: str, incorrect_shapes: list[tuple[str, tuple, tuple]], model: nn.Module
+) -> str:
+    lines = [
+        f"{where}: checkpoint {path!r} does not fit the model built from the config: "
+        f"{len(incorrect_shapes)} tensor(s) have another shape (checkpoint vs model):"
+    ]
+    for key, checkpoint_shape, model_shape in incorrect_shapes[:MAX_KEYS_IN_MESSAGE]:
+        lines.append(f"  {key}: {list(checkpoint_shape)} vs {list(model_shape)}")
+    if len(incorrect_shapes) > MAX_KEYS_IN_MESSAGE:
+        lines.append(f"  ... and {len(incorrect_shapes) - MAX_KEYS_IN_MESSAGE} more")
+    hint = "Use the config the checkpoint was trained with"
+    if any("class_embed" in key or "label_enc" in key for key, _, _ in incorrect_shapes):
+        num_classes = getattr(model, "num_classes", None)
+        hint += (
+            "; the class head differs, so the checkpoint was trained with another "
+            f"model.num_classes (the config builds num_classes={num_classes})"
+        )
+    lines.append(hint + ".")
+    return "\n".join(lines)
+
+
+class ShapeCheckingCheckpointer(DetectionCheckpointer):
+    """A ``DetectionCheckpointer`` whose loading fails on tensors of the wrong shape and on a
+    checkpoint that matches none of the model's keys, instead of leaving them random.
+
+    Args:
+        model, save_dir, checkpointables: as for ``DetectionCheckpointer``.
+        where: who loads, quoted in error messages (e.g. ``"Predictor"``).
+    """
+
+    def __init__(self, model: nn.Module, save_dir: str = "", *, where: str = "load", **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.where = where
+        self._path = ""
+
+    def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
+        self._path = path
+        return super().load(path, checkpointables=checkpointables)
+
+    def _load_model(self, checkpoint: Any) -> Any:
+        model_keys = set(self.model.state_dict())
+        incompatible = super()._load_model(checkpoint)
+        if incompatible is None:
+            return None
+        if incompatible.incorrect_shapes:
+            raise CheckpointMismatchError(
+                _mismatch_message(
+                    self.where, self._path, list(incompatible.incorrect_shapes), self.model
+                )
+            )
+        missing = set(incompatible.missing_keys)
+        if model_keys and missing >= model_keys - _non_checkpoint_keys(self.model):
+            examples = sorted(incompatible.unexpected_keys)[:MAX_KEYS_IN_MESSAGE]
+            raise CheckpointMismatchError(
+                f"{self.where}: checkpoint {self._path!r} has none of the model's parameter "
+                f"names (the model has {len(model_keys)} keys, e.g. "
+                f"{sorted(model_keys)[:3]}; the checkpoint has e.g. {examples}). Expected "
+                "weights of this model; a checkpoint from another codebase needs "
+                "tools/convert_checkpoint.py first."
+            )
+        return incompatible
+
+
+def _non_checkpoint_keys(model: nn.Module) -> set[str]:
+    # Normalization constants, which detectron2 tolerates as missing (see DetectionCheckpointer).
+    return {
+        key for key in model.state_dict() if key.rsplit(".", 1)[-1] in ("pixel_mean", "pixel_std")
+    }
+
+
+def load_model_weights(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    where: str,
+    checkpointables: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Load the weights of ``path`` into ``model``, for using the model, not fine-tuning it.
+
+    Args:
+        model: the model built from the config.
+        path: a checkpoint file, or a URL detectron2's ``PathManager`` understands
+            (``detectron2://``, ``https://`` ...).
+        where: what names the path in messages, e.g. ``"train.init_checkpoint"``.
+        checkpointables: extra objects to restore from the checkpoint (e.g. ``{"ema": ema}``);
+            default none.
+
+    Returns:
+        the checkpoint's entries that were not loaded (e.g. ``"ema"``, ``"iteration"``).
+
+    Raises:
+        ValueError: ``path`` is empty.
+        FileNotFoundError: ``path`` is a local path that is not a file.
+        CheckpointMismatchError: a tensor's shape differs from the model's, or the
+            checkpoint matches none of the model's keys.
+    """
+    path = os.fspath(path)
+    if not path:
+        raise ValueError(f"{where}: expected a checkpoint path, got ''")
+    if "://" not in path and not os.path.isfile(path):
+        raise FileNotFoundError(f"{where}: expected a checkpoint file, got missing path {path!r}")
+    checkpointer = ShapeCheckingCheckpointer(model, where=where, **(checkpointables or {}))
+    return checkpointer.load(path, checkpointables=list(checkpointables or {}))

@@ -1,0 +1,213 @@
+"""A :class:`~detectron2.checkpoint.DetectionCheckpointer` that never writes a checkpoint a run
+cannot resume from.
+
+Two guarantees on top of detectron2's checkpointer:
+
+- **Finite weights only.** Before writing, the model's state dict and the EMA state (the
+  ``ema`` checkpointable) are checked for NaN / inf in floating-point tensors. If any is found,
+  nothing is written, ``last_checkpoint`` keeps naming the previous (good) checkpoint and
+  :class:`NonFiniteCheckpointError` is raised, naming the first offending keys. Raising rather
+  than skipping the save: a model whose weights are already non-finite cannot train on (every
+  later loss is NaN), and a silently skipped save would also confuse
+  ``PeriodicCheckpointer``'s ``max_to_keep`` bookkeeping, which re-reads ``last_checkpoint``.
+- **Atomic files.** The ``.pth`` file and ``last_checkpoint`` are written to a hidden temporary
+  file in the same directory, flushed to disk, then renamed over the final name with
+  :func:`os.replace` (atomic on POSIX and Windows within one file system). A process killed
+  while saving leaves either the previous file or the complete new one under the final name;
+  at worst a hidden ``.<name>.pth.<random>.tmp`` file stays behind, which is not a ``.pth``
+  file and is never picked up by ``get_all_checkpoint_files`` or ``--resume``. A save that
+  fails with an exception (disk full, a pickling error) removes its temporary file.
+
+Save directories given as URLs (``manifold://``, ``s3://`` ...) go through the base class's
+``PathManager`` unchanged, without the atomicity guarantee.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from fvcore.common.checkpoint import Checkpointer
+
+__all__ = [
+    "NonFiniteCheckpointError",
+    "SafeCheckpointer",
+    "atomic_write",
+    "describe_last_checkpoint",
+    "nonfinite_keys",
+]
+
+LAST_CHECKPOINT_FILE = "last_checkpoint"
+
+
+class NonFiniteCheckpointError(FloatingPointError):
+    """Raised instead of writing a checkpoint whose weights contain NaN or inf."""
+
+
+def _floating_tensors(state: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """``(dotted key, tensor)`` for every floating-point tensor in a nested state dict."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() or state.is_complex():
+            yield prefix, state
+    elif isinstance(state, Mapping):
+        for key, value in state.items():
+            yield from _floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(state, (list, tuple)):
+        for index, value in enumerate(state):
+            yield from _floating_tensors(value, f"{prefix}.{index}" if prefix else str(index))
+
+
+@torch.no_grad()
+def nonfinite_keys(state: Any, limit: int | None = None) -> list[str]:
+    """Keys of the floating-point tensors in ``state`` (a tensor or a nested dict / list of
+    tensors, e.g. a ``state_dict()``) that hold a NaN or an inf, in iteration order.
+
+    Args:
+        state: the (nested) state to check; non-tensor leaves are ignored.
+        limit: stop after this many keys (``None``: all of them).
+    """
+    named = list(_floating_tensors(state))
+    if not named:
+        return []
+    # One device-to-host copy per device, not one per tensor.
+    by_device: dict[torch.device, list[int]] = {}
+    for index, (_, tensor) in enumerate(named):
+        by_device.setdefault(tensor.device, []).append(index)
+    finite = [True] * len(named)
+    for indices in by_device.values():
+        flags = torch.stack([torch.isfinite(named[i][1]).all() for i in indices]).cpu()
+        for index, flag in zip(indices, flags.tolist(), strict=True):
+            finite[index] = flag
+    bad = [name for (name, _), ok in zip(named, finite, strict=True) if not ok]
+    return bad if limit is None else bad[:limit]
+
+
+def describe_last_checkpoint(checkpointer: Checkpointer | None) -> str:
+    """The path that ``checkpointer``'s ``last_checkpoint`` file names (what ``--resume``
+    loads), or a sentence saying that there is none, for error messages."""
+    if checkpointer is None or not checkpointer.save_dir:
+        return "unknown (no checkpointer with a save directory)"
+    if checkpointer.has_checkpoint():
+        path = checkpointer.get_checkpoint_file()
+        if path:
+            return path
+    return (
+        f"none yet (no '{LAST_CHECKPOINT_FILE}' in {checkpointer.save_dir}: --resume would "
+        "start from train.init_checkpoint)"
+    )
+
+
+def _is_local_dir(path: str) -> bool:
+    return "://" not in path
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through ``write(file)`` so that ``path`` never holds a partial file.
+
+    ``write`` gets a binary file opened on a temporary file in the same directory; once it
+    returns, the data is flushed and fsync'ed and the temporary file is renamed to ``path``.
+    If ``write`` raises, the temporary file is removed and ``path`` is left as it was.
+    """
+    directory, basename = os.path.split(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{basename}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+        raise
+    # Make the rename itself durable; not possible on every platform / file system.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """``DetectionCheckpointer`` that refuses non-finite weights and writes files atomically.
+
+    Loading (``load``, ``resume_or_load``, detectron2 / pycls / Detectron1 formats) is
+    detectron2's, unchanged.
+
+    Args:
+        model, save_dir, save_to_disk, checkpointables: as in ``DetectionCheckpointer``.
+        checked_keys: the entries of the saved dict that must hold finite floating-point
+            tensors: ``"model"`` (the model's state dict) and the names of checkpointables
+            holding weights. Optimizer and scheduler states are not checked: they are not
+            weights, and the trainer keeps non-finite gradients out of them.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        save_dir: str = "",
+        *,
+        save_to_disk: bool | None = None,
+        checked_keys: tuple[str, ...] = ("model", "ema"),
+        **checkpointables: Any,
+    ) -> None:
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.checked_keys = tuple(checked_keys)
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Write ``<save_dir>/<name>.pth`` atomically and tag it as the last checkpoint.
+
+        Raises:
+            NonFiniteCheckpointError: a checked entry holds NaN / inf; nothing is written.
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+
+        data: dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        assert os.path.basename(save_file) == basename, basename
+        self._check_finite(data, save_file)
+
+        self.logger.info("Saving checkpoint to %s", save_file)
+        if _is_local_dir(self.save_dir):
+            atomic_write(save_file, lambda file: torch.save(data, file))
+        else:
+            with self.path_manager.open(save_file, "wb") as file:
+                torch.save(data, file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Record ``last_filename_basename`` in ``<save_dir>/last_checkpoint``, atomically."""
+        save_file = os.path.join(self.save_dir, LAST_CHECKPOINT_FILE)
+        if not _is_local_dir(self.save_dir):
+            super().tag_last_checkpoint(last_filename_basename)
+            return
+        atomic_write(save_file, lambda file: file.write(last_filename_basename.encode()))
+
+    def _check_finite(self, data: Mapping[str, Any], save_file: str) -> None:
+        bad: list[str] = []
+        for key in self.checked_keys:
+            if key in data:
+                bad += [f"{key}: {name}" for name in nonfinite_keys(data[key], limit=10)]
+        if not bad:
+            return
+        iteration = data.get("iteration")
+        at = f" at iteration {iteration}" if iteration is not None else ""
+        raise NonFiniteCheckpointError(
+            f"Refusing to save {save_file}{at}: the weights contain NaN or inf (first "
+            f"offending entries: {', '.join(bad[:10])}). Training has probably diverged. "
+            f"Nothing was written; the last good checkpoint is still "
+            f"{describe_last_checkpoint(self)} (resume from it with --resume, e.g. with a "
+            "lower learning rate or gradient clipping)."
+        )

@@ -1,0 +1,89 @@
+"""Unreadable or truncated image files raise an error naming the file (and image id), from the
+reading helper, from DetrDatasetMapper in training and test mode, and through a loader worker."""
+
+import io
+
+import numpy as np
+import pytest
+from detectron2.data import build_detection_test_loader
+from detectron2.data import transforms as T
+from detectron2.structures import BoxMode
+from PIL import Image
+
+from detr_ext.data import DetrDatasetMapper
+from detr_ext.data.image_io import ImageReadError, read_image_file
+
+
+def _truncated_image(path, file_format):
+    """An image file cut in half, as an interrupted copy or download leaves it."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(64, 80, 3), dtype=np.uint8)  # noise: no tiny encoding
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=file_format)
+    data = buffer.getvalue()
+    path.write_bytes(data[: len(data) // 2])
+    return str(path)
+
+
+@pytest.fixture(params=["JPEG", "PNG"])
+def truncated(request, tmp_path):
+    suffix = {"JPEG": "jpg", "PNG": "png"}[request.param]
+    return _truncated_image(tmp_path / f"photo_0042.{suffix}", request.param)
+
+
+def _dataset_dict(file_name):
+    return {
+        "file_name": file_name,
+        "image_id": 42,
+        "height": 64,
+        "width": 80,
+        "annotations": [
+            {"bbox": [1, 2, 10, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, "iscrowd": 0}
+        ],
+    }
+
+
+def test_read_image_file_names_the_file_and_cause(truncated):
+    with pytest.raises(ImageReadError) as error:
+        read_image_file(truncated, "RGB", image_id=42)
+    message = str(error.value)
+    assert repr(truncated) in message and "image_id=42" in message
+    assert isinstance(error.value.__cause__, Exception)
+    assert type(error.value.__cause__).__name__ in message
+
+
+def test_read_image_file_reads_a_good_image(tmp_path):
+    pixels = np.zeros((6, 5, 3), dtype=np.uint8)
+    pixels[..., 0] = 200
+    Image.fromarray(pixels).save(tmp_path / "good.png")
+    rgb = read_image_file(tmp_path / "good.png", "RGB")
+    bgr = read_image_file(tmp_path / "good.png", "BGR")
+    assert rgb.shape == (6, 5, 3) and rgb.dtype == np.uint8
+    assert (rgb[..., 0] == 200).all() and (bgr[..., 2] == 200).all()
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ImageReadError, match="nowhere.jpg"):
+        read_image_file(tmp_path / "nowhere.jpg")
+
+
+@pytest.mark.parametrize("is_train", [True, False])
+def test_mapper_names_a_truncated_file(truncated, is_train):
+    mapper = DetrDatasetMapper([T.ResizeShortestEdge(32, 64)], is_train=is_train)
+    with pytest.raises(ImageReadError) as error:
+        mapper(_dataset_dict(truncated))
+    assert repr(truncated) in str(error.value) and "image_id=42" in str(error.value)
+
+
+def test_loader_worker_error_names_the_file(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (80, 64)).save(good)
+    bad = _truncated_image(tmp_path / "broken.jpg", "JPEG")
+    mapper = DetrDatasetMapper([T.ResizeShortestEdge(32, 64)], is_train=False)
+    loader = build_detection_test_loader(
+        [_dataset_dict(str(good)), _dataset_dict(bad)], mapper=mapper, num_workers=1
+    )
+    with pytest.raises(OSError) as error:
+        for _ in loader:
+            pass
+    assert "broken.jpg" in str(error.value) and "truncated" in str(error.value)

@@ -1,0 +1,84 @@
+"""tools/convert_checkpoint.py's help for users: converter names from a source or project
+alone, --config found from the repository root, and a short report that points to the config
+of the right variant when a checkpoint does not fit."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+
+from .key_lists import read_key_list, synthetic_state_dict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DETR_SHAPES = "projects/detr/configs/detr_shapes.py"
+
+
+def load_tool():
+    """``tools/convert_checkpoint.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "convert_checkpoint", REPO_ROOT / "tools" / "convert_checkpoint.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_from_a_source_alone_lists_its_converters(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        load_tool().main(["--from", "detrex", "--config", DETR_SHAPES, "in.pth", "out.pth"])
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    for name in ("align_detr.detrex", "deformable_detr.detrex", "detr.detrex", "dino.detrex"):
+        assert name in error
+    assert "detr.facebookresearch" in error  # among all registered, named as such
+    assert "'<project>.<source>'" in error
+
+
+def test_list_explains_the_names(capsys):
+    assert load_tool().main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "<project>.<source>" in out
+    assert "dino.detrex:" in out and "deformable_detr.detrex:" in out
+
+
+def test_config_is_found_from_the_repository_root(tmp_path, monkeypatch):
+    model = instantiate(LazyConfig.load(str(REPO_ROOT / DETR_SHAPES)).model)
+    source = tmp_path / "detrex.pth"
+    torch.save({"model": model.state_dict()}, source)
+    monkeypatch.chdir(tmp_path)  # the relative config path is not under the cwd
+    main = load_tool().main
+    assert main(["--from", "detr.detrex", "--config", DETR_SHAPES, str(source), "out.pth"]) == 0
+    assert (tmp_path / "out.pth").is_file()
+
+    missing = "projects/detr/configs/no_such_config.py"
+    with pytest.raises(SystemExit) as info:
+        main(["--from", "detr.detrex", "--config", missing, str(source), "out2.pth"])
+    message = str(info.value.code)
+    assert str(tmp_path / missing) in message and str(REPO_ROOT / missing) in message
+
+
+def test_checkpoint_of_another_variant_gets_a_short_report_and_the_right_config(tmp_path, capsys):
+    """Two-stage Deformable DETR weights with the plain config: 72 unused keys (the
+    decoder's own heads), 3 missing; the report names the two-stage config."""
+    source = synthetic_state_dict(read_key_list("detrex_deformable_detr_r50_two_stage.txt"))
+    path = tmp_path / "two_stage.pth"
+    torch.save({"model": source}, path)
+    output = tmp_path / "out.pth"
+    plain = "projects/deformable_detr/configs/deformable_detr_r50_50ep.py"
+    main = load_tool().main
+    assert (
+        main(["--from", "deformable_detr.detrex", "--config", plain, str(path), str(output)]) == 1
+    )
+    assert not output.exists()
+    out = capsys.readouterr().out
+    assert "renamed to" not in out  # identity renames say nothing
+    assert "unused source keys: 72" in out and "... and 67 more" in out
+    assert "missing target keys: 3" in out
+    lines = out.splitlines()
+    assert len(lines) < 40, out
+    suggestion = "--config projects/deformable_detr/configs/deformable_detr_r50_two_stage_50ep.py"
+    first = next(index for index, line in enumerate(lines) if "fit this checkpoint better" in line)
+    assert lines[first + 1].strip().startswith(suggestion)
+    assert "(fits exactly)" in lines[first + 1]
