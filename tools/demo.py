@@ -132,17 +132,6 @@ def load_config(config_file: str, opts: Sequence[str]):
     return LazyConfig.apply_overrides(cfg, list(opts))
 
 
-def read_image(predictor, path: Path):
-    """``predictor.read_image(path)``; any failure becomes an ``OSError`` naming the file, so
-    that the loop can tell a bad image (skipped) from a failure of the model."""
-    try:
-        return predictor.read_image(path)
-    except Exception as error:  # PIL raises several types for broken / non-image files
-        raise OSError(
-            f"cannot read {str(path)!r} as an image ({type(error).__name__}: {error})"
-        ) from error
-
-
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Run the demo; returns what was written to ``detections.json``."""
     args = build_parser().parse_args(argv)
@@ -174,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     try:
         for path, name in zip(images, output_names(images), strict=True):
             try:
-                image = read_image(predictor, path)
+                image = predictor.read_image(path)  # ImageReadError (OSError) names the file
                 instances = predictor(image)
                 drawn = draw_predictions(
                     predictor.to_rgb(image),

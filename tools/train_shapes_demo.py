@@ -105,8 +105,8 @@ def _overridden(opts: Sequence[str], key: str) -> bool:
 
 def setup(args: argparse.Namespace):
     """:func:`detr_ext.engine.setup` with, unless the overrides set them, ``--output-dir`` as
-    ``train.output_dir`` (and the evaluator's output directory) and a ``train.log_period`` of
-    at most ``PROGRESS_LOG_PERIOD``."""
+    ``train.output_dir`` (evaluation files then go to its ``inference/``) and a
+    ``train.log_period`` of at most ``PROGRESS_LOG_PERIOD``."""
     from detr_ext.engine import setup as engine_setup
 
     malformed = [opt for opt in args.opts if "=" not in opt]
@@ -118,15 +118,6 @@ def setup(args: argparse.Namespace):
             cfg.train.output_dir = args.output_dir
         if not _overridden(args.opts, "train.log_period"):
             cfg.train.log_period = min(int(cfg.train.log_period), PROGRESS_LOG_PERIOD)
-        evaluator = cfg.dataloader.get("evaluator")
-        if (
-            evaluator is not None
-            and "output_dir" in evaluator
-            and not _overridden(args.opts, "dataloader.evaluator.output_dir")
-        ):
-            # Configs copy train.output_dir's default in here; keep the evaluator's files with
-            # ours.
-            evaluator.output_dir = cfg.train.output_dir
 
     return engine_setup(args, edit)
 

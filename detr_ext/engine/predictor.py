@@ -18,6 +18,7 @@ from detectron2.structures import Instances
 from omegaconf import DictConfig
 
 from ..checkpoint.loading import load_model_weights
+from ..data.image_io import read_image_file
 from .checks import check_num_classes
 
 __all__ = [
@@ -169,8 +170,9 @@ class Predictor:
 
     def read_image(self, path: str | os.PathLike) -> np.ndarray:
         """Read an image file (EXIF orientation applied) as ``[H, W, 3]`` uint8 in
-        :attr:`input_format`."""
-        return utils.read_image(os.fspath(path), format=self.input_format)
+        :attr:`input_format`; an unreadable or truncated file raises
+        :class:`~detr_ext.data.ImageReadError` (an ``OSError``) naming it."""
+        return read_image_file(path, format=self.input_format)
 
     def to_rgb(self, image: np.ndarray) -> np.ndarray:
         """An image in :attr:`input_format` as RGB, for drawing."""

@@ -118,7 +118,7 @@ def test_demo_skips_unreadable_images_and_lists_them(demo_inputs, tmp_path):
     skipped = json.loads((output / "skipped.json").read_text())
     assert [item["file"] for item in skipped] == [str(path) for path in bad_images]
     for item in skipped:
-        assert f"cannot read {item['file']!r} as an image" in item["error"]
+        assert f"could not read image file {item['file']!r}" in item["error"]
     assert "Skipped 2 of 3 images" in result.stdout + result.stderr  # the log: stdout
     assert (output / "first.png").is_file()
 

@@ -17,4 +17,3 @@ model.with_box_refine = True
 model.as_two_stage = True
 
 train.output_dir = "./output/deformable_detr_r50_two_stage_50ep"
-dataloader.evaluator.output_dir = train.output_dir

@@ -16,4 +16,3 @@ from .deformable_detr_r50_50ep import (  # noqa: F401
 model.with_box_refine = True
 
 train.output_dir = "./output/deformable_detr_r50_with_box_refinement_50ep"
-dataloader.evaluator.output_dir = train.output_dir

@@ -70,5 +70,3 @@ optimizer.weight_decay = 1e-4
 optimizer.params.lr_factor_func = lambda name: (
     0.1 if "sampling_offsets" in name or "reference_points" in name else 1
 )
-
-dataloader.evaluator.output_dir = train.output_dir

@@ -37,5 +37,3 @@ train.clip_grad.params.norm_type = 2
 train.checkpointer.period = 10 * ITERS_PER_EPOCH
 train.eval_period = 10 * ITERS_PER_EPOCH
 train.device = "cuda"
-
-dataloader.evaluator.output_dir = train.output_dir

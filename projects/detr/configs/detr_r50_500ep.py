@@ -11,4 +11,3 @@ EPOCHS, DECAY_EPOCHS = 500, 400
 lr_multiplier.scheduler.milestones = [DECAY_EPOCHS * ITERS_PER_EPOCH, EPOCHS * ITERS_PER_EPOCH]
 train.max_iter = EPOCHS * ITERS_PER_EPOCH
 train.output_dir = "./output/detr_r50_500ep"
-dataloader.evaluator.output_dir = train.output_dir

@@ -25,4 +25,3 @@ model.backbone = L(build_resnet_backbone)(
     stride_in_1x1=False,
 )
 train.output_dir = "./output/detr_r50_dc5_300ep"
-dataloader.evaluator.output_dir = train.output_dir

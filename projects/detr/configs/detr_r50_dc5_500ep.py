@@ -9,4 +9,3 @@ from .detr_r50_dc5_300ep import model as _dc5_model
 
 model.backbone = _dc5_model.backbone
 train.output_dir = "./output/detr_r50_dc5_500ep"
-dataloader.evaluator.output_dir = train.output_dir
