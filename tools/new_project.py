@@ -5,10 +5,15 @@
     python tools/new_project.py my_dino --base dino     # starts from DINO
 
 Creates ``projects/<name>/`` with ``modeling/`` (a meta-architecture subclassing the base
-project's detector, registered with detectron2's ``META_ARCH_REGISTRY``), ``configs/`` (a config
-for the bundled shapes dataset built on the base project's shapes config), a ``README.md``, and
+detector, registered with detectron2's ``META_ARCH_REGISTRY``), ``configs/`` (a config for the
+bundled shapes dataset built on the base's shapes config), a ``README.md``, and
 ``tests/projects/test_<name>.py`` (builds the model, runs a forward pass in both modes and two
-training iterations through ``tools/train_net.py``). Then::
+training iterations through ``tools/train_net.py``).
+
+``--base dino`` builds on ``detr_ext`` alone (the unregistered ``DINODetectorBase`` and the
+shared recipe ``configs/common/dino_shapes.py``), so the new project does not import
+``projects.dino``. ``detr`` and ``deformable_detr`` still subclass those projects' detectors
+and load their shapes configs: their networks have not moved into ``detr_ext`` yet. Then::
 
     python tools/train_net.py --config-file projects/<name>/configs/<name>_shapes.py
     python -m pytest tests/projects/test_<name>.py
@@ -24,7 +29,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# base name -> (module with the detector, detector class, shapes config of the base project)
+# base name -> (module with the detector, detector class, shapes config to build on). A config
+# under "common/" is a shared recipe in configs/common/ and the class a detr_ext base, so the new
+# project depends on detr_ext only; a config under "<project>/configs/" (DETR and Deformable
+# DETR, whose networks still live in their projects) is that project's shapes config.
 BASES = {
     "detr": ("projects.detr.modeling", "DETR", "detr/configs/detr_shapes.py"),
     "deformable_detr": (
@@ -32,7 +40,7 @@ BASES = {
         "DeformableDETR",
         "deformable_detr/configs/deformable_detr_shapes.py",
     ),
-    "dino": ("projects.dino.modeling", "DINO", "dino/configs/dino_shapes.py"),
+    "dino": ("detr_ext.modeling", "DINODetectorBase", "common/dino_shapes.py"),
 }
 
 INIT = '''"""{title}: a detr_ext project (scaffolded from {base_class})."""
@@ -75,6 +83,29 @@ CONFIG = '''"""{class_name} on the bundled shapes dataset (CPU friendly).
 from projects.{name}.modeling import {class_name}
 
 from ...{base_config_import} import dataloader, lr_multiplier, model, optimizer, train
+
+model._target_ = {class_name}
+train.output_dir = "./output/{name}_shapes"
+
+__all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]
+'''
+
+# Built on a shared recipe in configs/common/ (see BASES).
+CONFIG_FROM_COMMON = '''"""{class_name} on the bundled shapes dataset (CPU friendly), built on
+the shared recipe ``configs/{base_config}``.
+
+    python tools/train_net.py --config-file projects/{name}/configs/{name}_shapes.py
+"""
+
+from detr_ext.config import get_config
+from projects.{name}.modeling import {class_name}
+
+_base = get_config("{base_config}")
+dataloader = _base.dataloader
+optimizer = _base.optimizer
+lr_multiplier = _base.lr_multiplier
+train = _base.train
+model = _base.model
 
 model._target_ = {class_name}
 train.output_dir = "./output/{name}_shapes"
@@ -207,13 +238,15 @@ def scaffold(name: str, base: str, root: Path = REPO, force: bool = False) -> li
         "class_name": class_name_for(name),
         "base_module": base_module,
         "base_class": base_class,
+        "base_config": base_config,
         "base_config_import": base_config.removesuffix(".py").replace("/", "."),
     }
+    from_common = base_config.startswith("common/")
     files = {
         project / "__init__.py": INIT,
         project / "modeling" / "__init__.py": MODELING_INIT,
         project / "modeling" / f"{name}.py": MODELING,
-        project / "configs" / f"{name}_shapes.py": CONFIG,
+        project / "configs" / f"{name}_shapes.py": CONFIG_FROM_COMMON if from_common else CONFIG,
         project / "README.md": README,
         test_file: TEST,
     }

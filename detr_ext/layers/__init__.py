@@ -29,6 +29,8 @@ from .denoising import (
     num_denoising_groups,
     prepare_for_cdn,
 )
+from .dino_encoder_decoder import DINOTransformerDecoder, DINOTransformerEncoder
+from .dino_transformer import DINOTransformer
 from .mlp import FFN, MLP
 from .multi_scale_deform_attn import MultiScaleDeformableAttention
 from .position_embedding import (
@@ -40,6 +42,9 @@ from .transformer import BaseTransformerLayer, TransformerLayerSequence
 
 __all__ = [
     "CdnQueryGenerator",
+    "DINOTransformer",
+    "DINOTransformerDecoder",
+    "DINOTransformerEncoder",
     "DeformableTransformerBase",
     "DeformableTransformerEncoder",
     "DenoisingQueries",

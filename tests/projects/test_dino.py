@@ -14,13 +14,16 @@ from detectron2.structures import Boxes, Instances
 
 import projects.dino.checkpoint  # noqa: F401  (registers the converter)
 from detr_ext.checkpoint import get_converter
-from detr_ext.layers import prepare_for_cdn
-from detr_ext.modeling import DINOCriterion
-from projects.dino.modeling import DINO
-from projects.dino.modeling.dino_transformer import (
+from detr_ext.layers import (
+    DINOTransformer,
+    DINOTransformerDecoder,
+    DINOTransformerEncoder,
     gen_encoder_output_proposals,
     get_encoder_reference_points,
+    prepare_for_cdn,
 )
+from detr_ext.modeling import DINOCriterion, DINODetectorBase
+from projects.dino.modeling import DINO
 
 from .key_lists import read_key_list, share_decoder_heads, synthetic_state_dict
 
@@ -70,6 +73,35 @@ def tiny_batch(num_objects=(2, 1)) -> list[dict]:
 
 def test_registered():
     assert META_ARCH_REGISTRY.get("DINO") is DINO
+
+
+def test_network_is_shared_and_old_names_still_resolve():
+    """DINO's network lives in detr_ext (Align-DETR builds on it; a project never imports
+    another): ``DINO`` is the registered subclass of the unregistered ``DINODetectorBase``, and
+    the transformer names that configs and saved ``config.yaml`` files use (detectron2 saves
+    the shortest importable path, ``projects.dino.DINOTransformer`` before the move) still
+    build the same classes."""
+    import projects.dino
+    import projects.dino.modeling
+
+    assert DINO.__bases__ == (DINODetectorBase,)
+    assert "DINODetectorBase" not in META_ARCH_REGISTRY
+    for cls in (DINOTransformer, DINOTransformerEncoder, DINOTransformerDecoder):
+        assert cls.__module__.startswith("detr_ext.layers.")
+        assert getattr(projects.dino.modeling, cls.__name__) is cls
+        assert getattr(projects.dino, cls.__name__) is cls
+    layer = {"embed_dim": 32, "num_heads": 4, "feedforward_dim": 64, "num_layers": 1}
+    transformer = instantiate(
+        {
+            "_target_": "projects.dino.DINOTransformer",
+            "encoder": {"_target_": "projects.dino.DINOTransformerEncoder", **layer},
+            "decoder": {"_target_": "projects.dino.modeling.DINOTransformerDecoder", **layer},
+            "two_stage_num_proposals": 10,
+        }
+    )
+    assert type(transformer) is DINOTransformer
+    assert type(transformer.encoder) is DINOTransformerEncoder
+    assert type(transformer.decoder) is DINOTransformerDecoder
 
 
 def test_criterion_is_shared_and_old_paths_still_resolve():

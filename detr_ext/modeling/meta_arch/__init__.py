@@ -1,7 +1,12 @@
 """Meta-architecture bases: detectron2's model I/O contract for DETR-family detectors, and the
-shared network of the deformable ones."""
+shared networks of the deformable ones (Deformable DETR's shape, DINO's).
+
+None of these classes is registered with detectron2's ``META_ARCH_REGISTRY``: a project
+registers its own subclass, so that tools list every detector under the project that owns it.
+"""
 
 from .base import DetectorBase
 from .deformable_base import DeformableDetectorBase
+from .dino_base import DINODetectorBase
 
-__all__ = ["DeformableDetectorBase", "DetectorBase"]
+__all__ = ["DINODetectorBase", "DeformableDetectorBase", "DetectorBase"]

@@ -34,6 +34,5 @@ optimizer.params.lr_factor_func = lambda module_name: 0.1 if "backbone" in modul
 
 dataloader.train.total_batch_size = 16
 dataloader.train.num_workers = 16
-dataloader.evaluator.output_dir = train.output_dir
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]

@@ -11,6 +11,5 @@ lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_24ep
 
 train.output_dir = "./output/aligndetr_k2_r50_4scale_24ep"
 train.max_iter = 24 * 7500
-dataloader.evaluator.output_dir = train.output_dir
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]

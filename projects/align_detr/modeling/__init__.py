@@ -1,4 +1,5 @@
-"""Align-DETR modeling: the meta-architecture (DINO's network) and its criterion."""
+"""Align-DETR modeling: the meta-architecture (DINO's network, from ``detr_ext``) and its
+criterion."""
 
 from .align_criterion import AlignDETRCriterion
 from .align_detr import AlignDETR

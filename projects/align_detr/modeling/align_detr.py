@@ -1,10 +1,11 @@
 """Align-DETR (Cai et al., 2023, "Align-DETR: Improving DETR with Simple IoU-aware BCE
 loss") as a detectron2 meta-architecture.
 
-The network is DINO's (backbone, neck, DINO transformer with contrastive denoising, mixed
-query selection and look-forward-twice refinement, shared heads), unchanged: detrex's
-Align-DETR checkpoints have DINO's parameter names. What Align-DETR changes is training, all
-in :class:`~projects.align_detr.modeling.AlignDETRCriterion`: many-to-one matching for the
+The network is DINO's (:class:`~detr_ext.modeling.DINODetectorBase`: backbone, neck, DINO
+transformer with contrastive denoising, mixed query selection and look-forward-twice
+refinement, shared heads), unchanged: detrex's Align-DETR checkpoints have DINO's parameter
+names. What Align-DETR changes is training, all in
+:class:`~projects.align_detr.modeling.AlignDETRCriterion`: many-to-one matching for the
 encoder proposals and intermediate decoder layers, the IoU-aware BCE classification loss and
 prime-sample weights. Inference is DINO's (top 300 (query, class) pairs by sigmoid score).
 """
@@ -16,16 +17,17 @@ from typing import Any
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from projects.dino.modeling import DINO
+from detr_ext.modeling import DINODetectorBase
 
 __all__ = ["AlignDETR"]
 
 
 @META_ARCH_REGISTRY.register()
-class AlignDETR(DINO):
-    """:class:`~projects.dino.modeling.DINO` trained with Align-DETR's criterion.
+class AlignDETR(DINODetectorBase):
+    """:class:`~detr_ext.modeling.DINODetectorBase` (DINO's network) trained with Align-DETR's
+    criterion.
 
-    Takes the arguments of ``DINO``; ``criterion`` is usually an
+    Takes the arguments of ``DINODetectorBase``; ``criterion`` is usually an
     :class:`~projects.align_detr.modeling.AlignDETRCriterion`, whose ``match_num`` must have
     one entry for the encoder proposals plus one per decoder layer. Inputs and outputs are
     DINO's (detectron2's model contract).

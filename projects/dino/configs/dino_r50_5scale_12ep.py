@@ -19,6 +19,5 @@ model.neck.num_outs = 5
 model.transformer.num_feature_levels = 5
 
 train.output_dir = "./output/dino_r50_5scale_12ep"
-dataloader.evaluator.output_dir = train.output_dir
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]

@@ -34,6 +34,5 @@ model.neck.in_features = ["p1", "p2", "p3"]
 # The backbone's weights come from timm, not from a detectron2 ResNet checkpoint.
 train.init_checkpoint = ""
 train.output_dir = "./output/dino_timm_convnext_tiny_4scale_12ep"
-dataloader.evaluator.output_dir = train.output_dir
 
 __all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]

@@ -1,6 +1,6 @@
-"""Align-DETR, ResNet-50, 4 feature levels: DINO's R50 model (``projects/dino/configs/models/
-dino_r50.py``: 900 queries, 6 + 6 layers of width 256, 100 denoising queries) with
-Align-DETR's criterion.
+"""Align-DETR, ResNet-50, 4 feature levels: the shared DINO R50 recipe
+(``configs/common/models/dino_r50.py``: 900 queries, 6 + 6 layers of width 256, 100 denoising
+queries) built as this project's ``AlignDETR``, with Align-DETR's criterion.
 
 Values from detrex/Align-DETR's ``aligndetr_k=2_r50_4scale_12ep`` config: mixed matcher with
 class / L1 / GIoU costs 2 / 5 / 2 (focal-loss class cost, alpha 0.25, gamma 2),
@@ -10,17 +10,13 @@ everywhere but the last decoder layer), ``tau = 1.5``, IA-BCE ``alpha = 0.25``,
 denoising queries. Parameter names and shapes equal detrex's.
 """
 
-from pathlib import Path
-
 from detectron2.config import LazyCall as L
 
 from detr_ext.config import get_config
 from detr_ext.modeling import ManyToOneMatcher
 from projects.align_detr.modeling import AlignDETR, AlignDETRCriterion
 
-model = get_config(
-    str(Path(__file__).resolve().parents[3] / "dino" / "configs" / "models" / "dino_r50.py")
-).model
+model = get_config("common/models/dino_r50.py").model
 model._target_ = AlignDETR
 model.criterion = L(AlignDETRCriterion)(
     num_classes="${..num_classes}",

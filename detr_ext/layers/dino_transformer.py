@@ -1,5 +1,6 @@
 """DINO's two-stage deformable transformer (detrex's ``DINOTransformer``, same parameter names
-and numerics).
+and numerics), shared by the detectors built on :class:`~detr_ext.modeling.DINODetectorBase`
+(DINO, Align-DETR).
 
 Flow of :meth:`DINOTransformer.forward`:
 
@@ -21,22 +22,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detr_ext.layers import (
-    DeformableTransformerBase,
-    gen_encoder_output_proposals,
-    get_encoder_reference_points,
-    get_valid_ratio,
-)
-
+from .deformable_geometry import gen_encoder_output_proposals
+from .deformable_transformer import DeformableTransformerBase
 from .dino_encoder_decoder import DINOTransformerDecoder, DINOTransformerEncoder
 
-# The geometry helpers live in detr_ext.layers; they stay importable from here.
-__all__ = [
-    "DINOTransformer",
-    "gen_encoder_output_proposals",
-    "get_encoder_reference_points",
-    "get_valid_ratio",
-]
+__all__ = ["DINOTransformer"]
 
 
 class DINOTransformer(DeformableTransformerBase):

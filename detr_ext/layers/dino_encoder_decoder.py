@@ -1,5 +1,6 @@
 """DINO's deformable encoder and its box-refining decoder (detrex's ``DINOTransformerEncoder``
-and ``DINOTransformerDecoder``, same parameter names and numerics).
+and ``DINOTransformerDecoder``, same parameter names and numerics), shared by the detectors
+built on :class:`~detr_ext.modeling.DINODetectorBase` (DINO, Align-DETR).
 
 Encoder layer: deformable self-attention, norm, FFN, norm (post-norm; the encoder is the
 library's :class:`~detr_ext.layers.DeformableTransformerEncoder`). Decoder layer: self
@@ -15,14 +16,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detr_ext.layers import (
-    MLP,
-    DeformableTransformerEncoder,
-    TransformerLayerSequence,
-    deformable_transformer_layer,
-    get_sine_pos_embed,
-)
-from detr_ext.layers.box_ops import inverse_sigmoid
+from .box_ops import inverse_sigmoid
+from .deformable_transformer import DeformableTransformerEncoder, deformable_transformer_layer
+from .mlp import MLP
+from .position_embedding import get_sine_pos_embed
+from .transformer import TransformerLayerSequence
 
 __all__ = ["DINOTransformerDecoder", "DINOTransformerEncoder"]
 
