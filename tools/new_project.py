@@ -10,10 +10,11 @@ bundled shapes dataset built on the base's shapes config), a ``README.md``, and
 ``tests/projects/test_<name>.py`` (builds the model, runs a forward pass in both modes and two
 training iterations through ``tools/train_net.py``).
 
-``--base dino`` builds on ``detr_ext`` alone (the unregistered ``DINODetectorBase`` and the
-shared recipe ``configs/common/dino_shapes.py``), so the new project does not import
-``projects.dino``. ``detr`` and ``deformable_detr`` still subclass those projects' detectors
-and load their shapes configs: their networks have not moved into ``detr_ext`` yet. Then::
+Every base builds on ``detr_ext`` alone: the new detector subclasses an unregistered
+``detr_ext`` network (``DETRDetectorBase``, ``DeformableDETRDetectorBase`` or
+``DINODetectorBase``) and its config loads a shared recipe from ``configs/common/``
+(``detr_shapes.py``, ``deformable_detr_shapes.py`` or ``dino_shapes.py``), so the new project
+imports no other project. Then::
 
     python tools/train_net.py --config-file projects/<name>/configs/<name>_shapes.py
     python -m pytest tests/projects/test_<name>.py
@@ -29,16 +30,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# base name -> (module with the detector, detector class, shapes config to build on). A config
-# under "common/" is a shared recipe in configs/common/ and the class a detr_ext base, so the new
-# project depends on detr_ext only; a config under "<project>/configs/" (DETR and Deformable
-# DETR, whose networks still live in their projects) is that project's shapes config.
+# base name -> (module with the detector, detector class, shapes config to build on). Each class
+# is an unregistered detr_ext network and each config a shared recipe in configs/common/, so a
+# new project depends on detr_ext only (DESIGN.md: a project never imports another project).
 BASES = {
-    "detr": ("projects.detr.modeling", "DETR", "detr/configs/detr_shapes.py"),
+    "detr": ("detr_ext.modeling", "DETRDetectorBase", "common/detr_shapes.py"),
     "deformable_detr": (
-        "projects.deformable_detr.modeling",
-        "DeformableDETR",
-        "deformable_detr/configs/deformable_detr_shapes.py",
+        "detr_ext.modeling",
+        "DeformableDETRDetectorBase",
+        "common/deformable_detr_shapes.py",
     ),
     "dino": ("detr_ext.modeling", "DINODetectorBase", "common/dino_shapes.py"),
 }
@@ -75,23 +75,8 @@ class {class_name}({base_class}):
     """{title}, built on {base_class}."""
 '''
 
-CONFIG = '''"""{class_name} on the bundled shapes dataset (CPU friendly).
-
-    python tools/train_net.py --config-file projects/{name}/configs/{name}_shapes.py
-"""
-
-from projects.{name}.modeling import {class_name}
-
-from ...{base_config_import} import dataloader, lr_multiplier, model, optimizer, train
-
-model._target_ = {class_name}
-train.output_dir = "./output/{name}_shapes"
-
-__all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]
-'''
-
 # Built on a shared recipe in configs/common/ (see BASES).
-CONFIG_FROM_COMMON = '''"""{class_name} on the bundled shapes dataset (CPU friendly), built on
+CONFIG = '''"""{class_name} on the bundled shapes dataset (CPU friendly), built on
 the shared recipe ``configs/{base_config}``.
 
     python tools/train_net.py --config-file projects/{name}/configs/{name}_shapes.py
@@ -239,14 +224,12 @@ def scaffold(name: str, base: str, root: Path = REPO, force: bool = False) -> li
         "base_module": base_module,
         "base_class": base_class,
         "base_config": base_config,
-        "base_config_import": base_config.removesuffix(".py").replace("/", "."),
     }
-    from_common = base_config.startswith("common/")
     files = {
         project / "__init__.py": INIT,
         project / "modeling" / "__init__.py": MODELING_INIT,
         project / "modeling" / f"{name}.py": MODELING,
-        project / "configs" / f"{name}_shapes.py": CONFIG_FROM_COMMON if from_common else CONFIG,
+        project / "configs" / f"{name}_shapes.py": CONFIG,
         project / "README.md": README,
         test_file: TEST,
     }

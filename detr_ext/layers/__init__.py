@@ -10,6 +10,11 @@ from .box_ops import (
     matched_box_iou,
     matched_generalized_box_iou,
 )
+from .deformable_detr_encoder_decoder import (
+    DeformableDetrTransformerDecoder,
+    DeformableDetrTransformerEncoder,
+)
+from .deformable_detr_transformer import DeformableDetrTransformer
 from .deformable_geometry import (
     gen_encoder_output_proposals,
     get_encoder_reference_points,
@@ -29,6 +34,7 @@ from .denoising import (
     num_denoising_groups,
     prepare_for_cdn,
 )
+from .detr_transformer import DetrTransformer, DetrTransformerDecoder, DetrTransformerEncoder
 from .dino_encoder_decoder import DINOTransformerDecoder, DINOTransformerEncoder
 from .dino_transformer import DINOTransformer
 from .mlp import FFN, MLP
@@ -45,9 +51,15 @@ __all__ = [
     "DINOTransformer",
     "DINOTransformerDecoder",
     "DINOTransformerEncoder",
+    "DeformableDetrTransformer",
+    "DeformableDetrTransformerDecoder",
+    "DeformableDetrTransformerEncoder",
     "DeformableTransformerBase",
     "DeformableTransformerEncoder",
     "DenoisingQueries",
+    "DetrTransformer",
+    "DetrTransformerDecoder",
+    "DetrTransformerEncoder",
     "FFN",
     "MLP",
     "BaseTransformerLayer",

@@ -1,14 +1,23 @@
 """Detector parts shared by the DETR-family projects: matchers, criteria, losses and
 the meta-architecture base classes."""
 
-from .criterions import DINOCriterion, SetCriterion
+from .criterions import DeformableCriterion, DINOCriterion, SetCriterion
 from .losses import ia_bce_loss, sigmoid_focal_loss
 from .matchers import HungarianMatcher, ManyToOneMatcher
-from .meta_arch import DeformableDetectorBase, DetectorBase, DINODetectorBase
+from .meta_arch import (
+    DeformableDetectorBase,
+    DeformableDETRDetectorBase,
+    DetectorBase,
+    DETRDetectorBase,
+    DINODetectorBase,
+)
 
 __all__ = [
+    "DETRDetectorBase",
     "DINOCriterion",
     "DINODetectorBase",
+    "DeformableCriterion",
+    "DeformableDETRDetectorBase",
     "DeformableDetectorBase",
     "DetectorBase",
     "HungarianMatcher",

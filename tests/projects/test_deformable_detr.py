@@ -168,6 +168,48 @@ def test_meta_arch_is_registered():
     assert META_ARCH_REGISTRY.get("DeformableDETR") is DeformableDETR
 
 
+def test_network_is_shared_and_old_names_still_resolve():
+    """Deformable DETR's network and criterion live in detr_ext (projects scaffolded from it
+    never import this project): ``DeformableDETR`` is the registered subclass of the
+    unregistered ``DeformableDETRDetectorBase``, and the names that configs and saved
+    ``config.yaml`` files use (detectron2 saves the shortest importable path,
+    ``projects.deformable_detr.DeformableDetrTransformer`` before the move) still build the
+    same classes."""
+    import projects.deformable_detr
+    import projects.deformable_detr.modeling
+    from detr_ext.modeling import DeformableDETRDetectorBase
+
+    assert DeformableDETR.__bases__ == (DeformableDETRDetectorBase,)
+    assert "DeformableDETRDetectorBase" not in META_ARCH_REGISTRY
+    moved = (
+        DeformableDetrTransformer,
+        DeformableDetrTransformerEncoder,
+        DeformableDetrTransformerDecoder,
+        DeformableCriterion,
+    )
+    for cls in moved:
+        assert cls.__module__.startswith(("detr_ext.layers.", "detr_ext.modeling.")), cls
+        assert getattr(projects.deformable_detr.modeling, cls.__name__) is cls
+        assert getattr(projects.deformable_detr, cls.__name__) is cls
+    layer = {"embed_dim": 32, "num_heads": 4, "feedforward_dim": 64, "num_layers": 1}
+    transformer = instantiate(
+        {
+            "_target_": "projects.deformable_detr.DeformableDetrTransformer",
+            "encoder": {
+                "_target_": "projects.deformable_detr.DeformableDetrTransformerEncoder",
+                **layer,
+            },
+            "decoder": {
+                "_target_": "projects.deformable_detr.modeling.DeformableDetrTransformerDecoder",
+                **layer,
+            },
+        }
+    )
+    assert type(transformer) is DeformableDetrTransformer
+    assert type(transformer.encoder) is DeformableDetrTransformerEncoder
+    assert type(transformer.decoder) is DeformableDetrTransformerDecoder
+
+
 def test_two_stage_without_box_refinement_is_rejected():
     cfg = tiny_model_config(with_box_refine=False, as_two_stage=True)
     with pytest.raises(ValueError, match="with_box_refine"):

@@ -166,6 +166,33 @@ def test_detr_is_registered():
     assert META_ARCH_REGISTRY.get("DETR") is DETR
 
 
+def test_network_is_shared_and_old_names_still_resolve():
+    """DETR's network lives in detr_ext (projects scaffolded from it never import this
+    project): ``DETR`` is the registered subclass of the unregistered ``DETRDetectorBase``,
+    and the names that configs and saved ``config.yaml`` files use (detectron2 saves the
+    shortest importable path, ``projects.detr.modeling.DetrTransformer`` before the move)
+    still build the same classes."""
+    import projects.detr.modeling
+    from detr_ext.modeling import DETRDetectorBase
+
+    assert DETR.__bases__ == (DETRDetectorBase,)
+    assert "DETRDetectorBase" not in META_ARCH_REGISTRY
+    for cls in (DetrTransformer, DetrTransformerEncoder, DetrTransformerDecoder):
+        assert cls.__module__.startswith("detr_ext.layers."), cls
+        assert getattr(projects.detr.modeling, cls.__name__) is cls
+    layer = {"embed_dim": C, "num_heads": HEADS, "feedforward_dim": 32, "num_layers": 1}
+    transformer = instantiate(
+        {
+            "_target_": "projects.detr.modeling.DetrTransformer",
+            "encoder": {"_target_": "projects.detr.modeling.DetrTransformerEncoder", **layer},
+            "decoder": {"_target_": "projects.detr.modeling.DetrTransformerDecoder", **layer},
+        }
+    )
+    assert type(transformer) is DetrTransformer
+    assert type(transformer.encoder) is DetrTransformerEncoder
+    assert type(transformer.decoder) is DetrTransformerDecoder
+
+
 def test_detr_train_step_losses_and_backward(tiny_detr_cfg):
     model = instantiate(tiny_detr_cfg.model)
     model.train()

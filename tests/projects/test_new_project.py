@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -76,19 +77,59 @@ def test_scaffolded_project_trains(tmp_path):
     assert "3 passed" in result.stdout
 
 
-def test_dino_scaffold_depends_on_detr_ext_only(tmp_path):
-    """A project scaffolded from DINO subclasses detr_ext's DINODetectorBase and builds on
-    configs/common/dino_shapes.py: it imports no other project, and its model builds, trains
-    (one forward / backward) and predicts."""
+def _imported_modules(path: Path) -> set[str]:
+    """Absolute modules that ``path`` imports (relative ones are checked by
+    ``cross_project_references``)."""
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            modules.add(node.module)
+    return modules
+
+
+@pytest.mark.parametrize("base", sorted(new_project.BASES))
+def test_scaffold_depends_on_detr_ext_only(tmp_path, base):
+    """Every base scaffolds a project that subclasses an unregistered detr_ext network and
+    builds on a shared recipe in configs/common/: it imports no other project (DESIGN.md), so
+    it keeps working when the bundled project it started from changes or is removed."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    base_module, base_class, base_config = new_project.BASES[base]
+    assert base_module.startswith("detr_ext.")
+    assert base_class not in META_ARCH_REGISTRY
+    assert base_config.startswith("common/") and (REPO / "configs" / base_config).is_file()
+
     root = _repo_copy(tmp_path)
-    written = new_project.scaffold("toy_dino", "dino", root=root)
+    written = new_project.scaffold("toy_new", base, root=root)
     projects_dir = root / "projects"
     sources = [path for path in written if path.suffix == ".py" and projects_dir in path.parents]
     assert len(sources) == 4
     assert [ref for path in sources for ref in cross_project_references(path, projects_dir)] == []
-    result = _run_scaffolded_tests(root, "toy_dino", "-k", "not trains_two_iterations")
+    imported = set().union(*(_imported_modules(path) for path in sources))
+    assert {m for m in imported if m.split(".")[0] == "projects"} == {"projects.toy_new.modeling"}
+    assert base_module in _imported_modules(projects_dir / "toy_new" / "modeling" / "toy_new.py")
+    config = (projects_dir / "toy_new" / "configs" / "toy_new_shapes.py").read_text()
+    assert f'get_config("{base_config}")' in config
+
+
+def test_deformable_detr_and_dino_scaffolds_build_train_and_predict(tmp_path):
+    """The scaffolds of the deformable bases build their model, train (one forward / backward)
+    and predict; the DETR scaffold is run in full by ``test_scaffolded_project_trains``. One
+    pytest run covers both, to pay the interpreter start-up once."""
+    root = _repo_copy(tmp_path)
+    for name, base in (("toy_deformable", "deformable_detr"), ("toy_dino", "dino")):
+        new_project.scaffold(name, base, root=root)
+    result = _run_scaffolded_tests(
+        root,
+        "toy_deformable",
+        str(root / "tests/projects/test_toy_dino.py"),
+        "-k",
+        "not trains_two_iterations",
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "2 passed" in result.stdout
+    assert "4 passed" in result.stdout
 
 
 def test_list_projects_finds_registered_models_and_configs():
@@ -100,5 +141,8 @@ def test_list_projects_finds_registered_models_and_configs():
     # registered subclass it owns.
     assert projects["dino"]["meta_archs"] == ["DINO"]
     assert projects["align_detr"]["meta_archs"] == ["AlignDETR"]
+    # Likewise for DETR and Deformable DETR (detr_ext's DETRDetectorBase and
+    # DeformableDETRDetectorBase are unregistered).
+    assert projects["deformable_detr"]["meta_archs"] == ["DeformableDETR"]
     assert "projects/detr/configs/detr_shapes.py" in projects["detr"]["configs"]
     assert all("/models/" not in config for info in projects.values() for config in info["configs"])

@@ -1,6 +1,7 @@
 """Criteria: the training losses of DETR-family detectors."""
 
 from .base_criterion import SetCriterion
+from .deformable_criterion import DeformableCriterion
 from .dn_criterion import DINOCriterion
 
-__all__ = ["DINOCriterion", "SetCriterion"]
+__all__ = ["DINOCriterion", "DeformableCriterion", "SetCriterion"]

@@ -1,5 +1,5 @@
 """Meta-architecture bases: detectron2's model I/O contract for DETR-family detectors, and the
-shared networks of the deformable ones (Deformable DETR's shape, DINO's).
+shared networks of the detectors (DETR's, Deformable DETR's, DINO's).
 
 None of these classes is registered with detectron2's ``META_ARCH_REGISTRY``: a project
 registers its own subclass, so that tools list every detector under the project that owns it.
@@ -7,6 +7,14 @@ registers its own subclass, so that tools list every detector under the project 
 
 from .base import DetectorBase
 from .deformable_base import DeformableDetectorBase
+from .deformable_detr_base import DeformableDETRDetectorBase
+from .detr_base import DETRDetectorBase
 from .dino_base import DINODetectorBase
 
-__all__ = ["DINODetectorBase", "DeformableDetectorBase", "DetectorBase"]
+__all__ = [
+    "DETRDetectorBase",
+    "DINODetectorBase",
+    "DeformableDETRDetectorBase",
+    "DeformableDetectorBase",
+    "DetectorBase",
+]

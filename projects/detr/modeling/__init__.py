@@ -1,6 +1,12 @@
-"""DETR modeling: the transformer and the meta-architecture (registered as ``"DETR"``)."""
+"""DETR modeling: the meta-architecture (registered as ``"DETR"``).
+
+DETR's network lives in ``detr_ext`` (``detr_ext.modeling.DETRDetectorBase``,
+``detr_ext.layers.detr_transformer``) so that projects scaffolded from it do not import this
+one; the transformer classes are re-exported here under their old import path.
+"""
+
+from detr_ext.layers import DetrTransformer, DetrTransformerDecoder, DetrTransformerEncoder
 
 from .detr import DETR
-from .detr_transformer import DetrTransformer, DetrTransformerDecoder, DetrTransformerEncoder
 
 __all__ = ["DETR", "DetrTransformer", "DetrTransformerDecoder", "DetrTransformerEncoder"]

@@ -1,105 +1,13 @@
 """Deformable DETR, ResNet-50, 4 feature levels, 300 queries: detrex's model config.
 
-Every value is detrex's (``projects/deformable_detr/configs/models/deformable_detr_r50.py``):
-focal loss with weights class 1.0, L1 5.0, GIoU 2.0 (matching costs 2.0 / 5.0 / 2.0), and the
-top 300 (query, class) pairs kept per image at inference (the authors' code keeps 100).
-
+The shared recipe ``configs/common/models/deformable_detr_r50.py`` (Deformable DETR's network
+and criterion, every value detrex's) built as this project's registered ``DeformableDETR``.
 The plain variant; the box-refinement and two-stage configs flip ``with_box_refine`` /
 ``as_two_stage`` on this model (the transformer follows through the interpolations).
 """
 
-from detectron2.config import LazyCall as L
-from detectron2.layers import ShapeSpec
-from torch import nn
+from detr_ext.config import get_config
+from projects.deformable_detr.modeling import DeformableDETR
 
-from detr_ext.layers import PositionEmbeddingSine
-from detr_ext.modeling import HungarianMatcher
-from detr_ext.modeling.backbones import build_resnet_backbone
-from detr_ext.modeling.necks import ChannelMapper
-from projects.deformable_detr.modeling import (
-    DeformableCriterion,
-    DeformableDETR,
-    DeformableDetrTransformer,
-    DeformableDetrTransformerDecoder,
-    DeformableDetrTransformerEncoder,
-)
-
-model = L(DeformableDETR)(
-    # torchvision-style ResNet-50 (stride in the 3x3 conv), frozen BN, stem frozen.
-    backbone=L(build_resnet_backbone)(
-        depth=50,
-        out_features=("res3", "res4", "res5"),
-        norm="FrozenBN",
-        freeze_at=1,
-        stride_in_1x1=False,
-    ),
-    position_embedding=L(PositionEmbeddingSine)(
-        num_pos_feats=128, temperature=10000, normalize=True, offset=-0.5
-    ),
-    neck=L(ChannelMapper)(
-        input_shapes={
-            "res3": ShapeSpec(channels=512, stride=8),
-            "res4": ShapeSpec(channels=1024, stride=16),
-            "res5": ShapeSpec(channels=2048, stride=32),
-        },
-        in_features=["res3", "res4", "res5"],
-        out_channels=256,
-        kernel_size=1,
-        norm_layer=L(nn.GroupNorm)(num_groups=32, num_channels=256),
-        # res3, res4, res5 and a stride-2 3x3 conv on res5.
-        num_outs=4,
-    ),
-    transformer=L(DeformableDetrTransformer)(
-        encoder=L(DeformableDetrTransformerEncoder)(
-            embed_dim=256,
-            num_heads=8,
-            feedforward_dim=1024,
-            attn_dropout=0.1,
-            ffn_dropout=0.1,
-            num_layers=6,
-            post_norm=False,
-            num_feature_levels="${..num_feature_levels}",
-        ),
-        decoder=L(DeformableDetrTransformerDecoder)(
-            embed_dim=256,
-            num_heads=8,
-            feedforward_dim=1024,
-            attn_dropout=0.1,
-            ffn_dropout=0.1,
-            num_layers=6,
-            return_intermediate=True,
-            num_feature_levels="${..num_feature_levels}",
-        ),
-        num_feature_levels=4,
-        as_two_stage="${..as_two_stage}",
-        two_stage_num_proposals="${..num_queries}",
-    ),
-    embed_dim=256,
-    num_classes=80,
-    num_queries=300,
-    aux_loss=True,
-    with_box_refine=False,
-    as_two_stage=False,
-    criterion=L(DeformableCriterion)(
-        num_classes="${..num_classes}",
-        matcher=L(HungarianMatcher)(
-            cost_class=2.0,
-            cost_bbox=5.0,
-            cost_giou=2.0,
-            cost_class_type="focal_loss_cost",
-            alpha=0.25,
-            gamma=2.0,
-        ),
-        # Also weights the auxiliary (``_0`` .. ``_4``) and encoder (``_enc``) losses, which
-        # SetCriterion looks up by their base name.
-        weight_dict={"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
-        loss_class_type="focal_loss",
-        alpha=0.25,
-        gamma=2.0,
-    ),
-    # ImageNet statistics, RGB input in [0, 255] (torchvision R-50 weights).
-    pixel_mean=[123.675, 116.280, 103.530],
-    pixel_std=[58.395, 57.120, 57.375],
-    input_format="RGB",
-    select_box_nums_for_evaluation=300,
-)
+model = get_config("common/models/deformable_detr_r50.py").model
+model._target_ = DeformableDETR

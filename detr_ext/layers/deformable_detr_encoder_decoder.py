@@ -16,12 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detr_ext.layers import (
-    DeformableTransformerEncoder,
-    TransformerLayerSequence,
-    deformable_transformer_layer,
-)
-from detr_ext.layers.box_ops import inverse_sigmoid
+from .box_ops import inverse_sigmoid
+from .deformable_transformer import DeformableTransformerEncoder, deformable_transformer_layer
+from .transformer import TransformerLayerSequence
 
 __all__ = [
     "DeformableDetrTransformerDecoder",

@@ -17,15 +17,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detr_ext.layers import (
-    DeformableTransformerBase,
+from .deformable_detr_encoder_decoder import (
+    DeformableDetrTransformerDecoder,
+    DeformableDetrTransformerEncoder,
+)
+from .deformable_geometry import (
     gen_encoder_output_proposals,
     get_encoder_reference_points,
-    get_sine_pos_embed,
     get_valid_ratio,
 )
-
-from .encoder_decoder import DeformableDetrTransformerDecoder, DeformableDetrTransformerEncoder
+from .deformable_transformer import DeformableTransformerBase
+from .position_embedding import get_sine_pos_embed
 
 __all__ = ["DeformableDetrTransformer"]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from detr_ext.modeling import SetCriterion
+from .base_criterion import SetCriterion
 
 __all__ = ["DeformableCriterion"]
 

@@ -12,12 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detr_ext.layers import (
-    FFN,
-    BaseTransformerLayer,
-    MultiheadAttention,
-    TransformerLayerSequence,
-)
+from .attention import MultiheadAttention
+from .mlp import FFN
+from .transformer import BaseTransformerLayer, TransformerLayerSequence
 
 __all__ = ["DetrTransformer", "DetrTransformerDecoder", "DetrTransformerEncoder"]
 
