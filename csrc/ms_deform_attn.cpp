@@ -20,6 +20,8 @@ void check_ms_deform_attn_inputs(const at::Tensor& value, const at::Tensor& spat
               "ms_deform_attn: expected spatial_shapes of shape [L, 2], got ",
               spatial_shapes.sizes());
   const int64_t L = spatial_shapes.size(0);
+  TORCH_CHECK(L > 0, "ms_deform_attn: expected at least one level, got spatial_shapes of shape ",
+              spatial_shapes.sizes());
   TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.size(0) == L,
               "ms_deform_attn: expected level_start_index of shape [", L, "], got ",
               level_start_index.sizes());

@@ -12,7 +12,14 @@
 //   sum_{l,p} attention_weights[b,q,h,l,p] * bilinear(value_l[b,:,h,:], loc[b,q,h,l,p])
 // where bilinear() equals grid_sample(mode="bilinear", padding_mode="zeros",
 // align_corners=False) at grid point 2*loc-1, i.e. pixel coordinates x*W-0.5, y*H-0.5, and
-// corners outside the map contribute zero.
+// corners outside the map contribute zero. L >= 1 (validated).
+//
+// Non-finite inputs (both kernels and the PyTorch path; see ms_deform_attn's docstring): a point
+// with a NaN or +-inf coordinate samples NaN, so output[b, q, h*C:(h+1)*C] is NaN, its attention
+// weight gradient and both its location gradients are NaN, and it adds nothing to grad_value. A
+// NaN or +-inf attention weight (inf counts as NaN) makes the output of its (b, q, h) and its
+// location gradients NaN, keeps its weight gradient finite, and puts NaN into grad_value on the
+// in-map corners it samples. Points far outside the map (finite) sample zero, zero gradients.
 //
 // Coordinate dtype: sampling_locations and attention_weights share one dtype ("coord"), which
 // is either the value dtype or, for float16/bfloat16 values, float32 (keeps sub-pixel precision of

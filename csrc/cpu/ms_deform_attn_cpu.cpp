@@ -3,6 +3,9 @@
 // Forward: parallel over (batch, query) chunks; for each (b, q, h) the four bilinear corners of a
 // sampling point are accumulated in one pass over the channels (out-of-bounds corners point at a
 // row of zeros with weight 0, so the inner loop has no branches and vectorizes).
+// Non-finite inputs (rule in ../ms_deform_attn.h) cost no test in the per-channel loops: the
+// attention weight of a point carries a NaN "poison" when its weight or a coordinate is not
+// finite, and a NaN times the zero row (or a zero dot product) is NaN.
 // Backward: parallel over (batch, head) pairs, so that each thread owns a disjoint slice of
 // grad_value and needs no atomics; location and weight gradients come from per-corner dot
 // products with grad_output computed in the same pass that scatters grad_value.
@@ -53,8 +56,8 @@ DETR_EXT_ALWAYS_INLINE Corners<acc_t> bilinear_corners(acc_t loc_x, acc_t loc_y,
   const acc_t px = loc_x * static_cast<acc_t>(level.width) - acc_t(0.5);
   const acc_t py = loc_y * static_cast<acc_t>(level.height) - acc_t(0.5);
   // Some corner can be inside only for px in [-1, W) and py in [-1, H). Anything else (also
-  // NaN, inf and huge values that would overflow the integer conversion) samples zero and
-  // gets zero gradients, as the CUDA kernel does.
+  // NaN, inf and huge values that would overflow the integer conversion) reads no corner; a
+  // non-finite point still yields NaN through non_finite_poison() below.
   if (!(px >= acc_t(-1) && px < static_cast<acc_t>(level.width) && py >= acc_t(-1) &&
         py < static_cast<acc_t>(level.height))) {
     for (int k = 0; k < 4; ++k) {
@@ -88,6 +91,24 @@ DETR_EXT_ALWAYS_INLINE Corners<acc_t> bilinear_corners(acc_t loc_x, acc_t loc_y,
   return corners;
 }
 
+// 0 for a point with finite coordinates, NaN when one is NaN or +-inf: x - x is exactly 0 only for
+// a finite x (no -ffast-math here, so the compiler may not fold it). Added to the attention
+// weight it makes the point's output and location gradients NaN; added to the weight gradient it
+// makes that NaN too. Three flops per point and no branch: an isfinite select in
+// bilinear_corners' out-of-bounds branch instead made GCC 12 re-vectorize the backward epilogue
+// (+10% instructions per call).
+template <typename acc_t>
+DETR_EXT_ALWAYS_INLINE acc_t non_finite_poison(acc_t loc_x, acc_t loc_y) {
+  return (loc_x - loc_x) + (loc_y - loc_y);
+}
+
+// The attention weight to scale a point's corners with: +-inf becomes NaN (w - w; the sign of an
+// infinite sum would depend on the order of the additions), and a non-finite point's poison.
+template <typename acc_t>
+DETR_EXT_ALWAYS_INLINE acc_t effective_weight(acc_t weight, acc_t poison) {
+  return weight + (weight - weight) + poison;
+}
+
 template <typename scalar_t, typename coord_t>
 struct Problem {
   const scalar_t* value;        // [B, N, H, C]
@@ -115,11 +136,11 @@ DETR_EXT_ALWAYS_INLINE void forward_body(const Problem<scalar_t, coord_t>& pb, s
       for (int64_t l = 0; l < pb.num_levels; ++l) {
         for (int64_t p = 0; p < pb.num_points; ++p) {
           const int64_t point = point_base + l * pb.num_points + p;
-          const acc_t attn = static_cast<acc_t>(pb.weights[point]);
-          const Corners<acc_t> cr =
-              bilinear_corners(static_cast<acc_t>(pb.locations[2 * point]),
-                               static_cast<acc_t>(pb.locations[2 * point + 1]), pb.levels[l],
-                               pb.num_values);
+          const acc_t loc_x = static_cast<acc_t>(pb.locations[2 * point]);
+          const acc_t loc_y = static_cast<acc_t>(pb.locations[2 * point + 1]);
+          const acc_t attn = effective_weight(static_cast<acc_t>(pb.weights[point]),
+                                              non_finite_poison(loc_x, loc_y));
+          const Corners<acc_t> cr = bilinear_corners(loc_x, loc_y, pb.levels[l], pb.num_values);
           const scalar_t* __restrict__ v[4];
           acc_t w[4];
           for (int k = 0; k < 4; ++k) {
@@ -166,11 +187,11 @@ DETR_EXT_ALWAYS_INLINE void backward_body(const Problem<scalar_t, coord_t>& pb,
         const Level& level = pb.levels[l];
         for (int64_t p = 0; p < pb.num_points; ++p) {
           const int64_t point = point_base + l * pb.num_points + p;
-          const acc_t attn = static_cast<acc_t>(pb.weights[point]);
-          const Corners<acc_t> cr =
-              bilinear_corners(static_cast<acc_t>(pb.locations[2 * point]),
-                               static_cast<acc_t>(pb.locations[2 * point + 1]), level,
-                               pb.num_values);
+          const acc_t loc_x = static_cast<acc_t>(pb.locations[2 * point]);
+          const acc_t loc_y = static_cast<acc_t>(pb.locations[2 * point + 1]);
+          const acc_t poison = non_finite_poison(loc_x, loc_y);
+          const acc_t attn = effective_weight(static_cast<acc_t>(pb.weights[point]), poison);
+          const Corners<acc_t> cr = bilinear_corners(loc_x, loc_y, level, pb.num_values);
           const scalar_t* __restrict__ v[4];
           grad_value_t* __restrict__ gv[4];
           acc_t scatter_weight[4];
@@ -195,10 +216,12 @@ DETR_EXT_ALWAYS_INLINE void backward_body(const Problem<scalar_t, coord_t>& pb,
             gv[2][c] += static_cast<grad_value_t>(scatter_weight[2] * g);
             gv[3][c] += static_cast<grad_value_t>(scatter_weight[3] * g);
           }
-          // Out-of-bounds corners have zero value, so their dots are zero already.
+          // Out-of-bounds corners have zero value, so their dots are zero already. The weight
+          // gradient does not involve the weight itself, so a non-finite point adds its poison.
           const acc_t fx = cr.frac_x, fy = cr.frac_y, one = acc_t(1);
-          grad_weights[point] = static_cast<coord_t>(cr.weight[0] * dot0 + cr.weight[1] * dot1 +
-                                                     cr.weight[2] * dot2 + cr.weight[3] * dot3);
+          grad_weights[point] =
+              static_cast<coord_t>(cr.weight[0] * dot0 + cr.weight[1] * dot1 +
+                                   cr.weight[2] * dot2 + cr.weight[3] * dot3 + poison);
           // d(bilinear)/d(px) and /d(py); px = x * W - 0.5, so d/dx = W * d/dpx.
           const acc_t d_px = (one - fy) * (dot1 - dot0) + fy * (dot3 - dot2);
           const acc_t d_py = (one - fx) * (dot2 - dot0) + fx * (dot3 - dot1);

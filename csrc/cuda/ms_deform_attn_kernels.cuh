@@ -81,20 +81,27 @@ struct SamplePoint {
   int4 rows;      // value rows of the corners (x0,y0), (x0+1,y0), (x0,y0+1), (x0+1,y0+1); -1: none
   acc_t frac_x;   // px - floor(px)
   acc_t frac_y;
-  acc_t attn;     // attention weight
+  acc_t attn;     // attention weight, NaN for a non-finite weight or point (see read_point)
   acc_t width;    // d(px)/d(loc_x)
   acc_t height;   // d(py)/d(loc_y)
+  acc_t poison;   // 0, or NaN when a coordinate is not finite (added to the weight gradient)
 };
 
 template <typename acc_t>
 __device__ __forceinline__ SamplePoint<acc_t> empty_point() {
-  return {make_int4(-1, -1, -1, -1), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+  return {make_int4(-1, -1, -1, -1), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
 }
 
 // Reads point `point` (= l * P + p) of group `group` and locates its bilinear corners, as
 // grid_sample(align_corners=False, padding_mode="zeros"): px = x * W - 0.5, py = y * H - 0.5.
 // A corner outside the level, or (with corrupted spatial_shapes / level_start_index) outside
 // [0, N), gets row -1 and is never read.
+// Non-finite inputs (rule in ../ms_deform_attn.h), as in the CPU kernel's non_finite_poison /
+// effective_weight and without a test in the per-channel loops: x - x is exactly 0 for a finite x
+// and NaN otherwise (no fast-math here, so it is not folded). A non-finite coordinate puts NaN
+// into `poison` and `attn`, a +-inf weight turns `attn` into NaN; a NaN attn times a zero corner
+// or zero dot product is NaN, so the output and the location gradients of the point are NaN, and
+// `poison` makes its weight gradient NaN.
 template <typename scalar_t, typename coord_t>
 __device__ __forceinline__ SamplePoint<acc_type<scalar_t>> read_point(
     const MsdaArgs<scalar_t, coord_t>& a, int64_t group, int point) {
@@ -109,13 +116,16 @@ __device__ __forceinline__ SamplePoint<acc_type<scalar_t>> read_point(
   const int64_t start = a.level_start[level];
 
   SamplePoint<acc_t> sp = empty_point<acc_t>();
-  sp.attn = CoordIO::load(a.weights + index);
+  const acc_t weight = CoordIO::load(a.weights + index);
+  sp.poison = (loc_x - loc_x) + (loc_y - loc_y);
+  sp.attn = weight + (weight - weight) + sp.poison;
   sp.width = static_cast<acc_t>(width);
   sp.height = static_cast<acc_t>(height);
   const acc_t px = loc_x * sp.width - acc_t(0.5);
   const acc_t py = loc_y * sp.height - acc_t(0.5);
-  // Some corner can be inside only for px in [-1, W) and py in [-1, H); elsewhere (and for NaN)
-  // the sample and all its gradients are zero. The bounds also keep the conversions in range.
+  // Some corner can be inside only for px in [-1, W) and py in [-1, H); elsewhere (and for NaN
+  // and +-inf) no corner is read: the sample and its gradients are zero, or NaN through attn and
+  // poison for a non-finite point. The bounds also keep the conversions in range.
   if (!(px >= acc_t(-1) && px < sp.width && py >= acc_t(-1) && py < sp.height)) return sp;
   const acc_t x0f = floor(px);
   const acc_t y0f = floor(py);
@@ -350,7 +360,8 @@ __global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec>
     }
     if (owner) {
       const int64_t index = place.group * a.points_per_group + point;
-      CoordIO::store(grad_weights + index, own_weight);
+      // The weight gradient does not involve the weight itself: a non-finite point adds poison.
+      CoordIO::store(grad_weights + index, own_weight + sp.poison);
       // px = x * W - 0.5, so d/dx = W * d/dpx (and likewise for y).
       CoordIO::store(grad_locations + 2 * index, sp.attn * own_x * sp.width);
       CoordIO::store(grad_locations + 2 * index + 1, sp.attn * own_y * sp.height);

@@ -76,6 +76,12 @@ def _check_shapes(value, spatial_shapes, level_start_index, locations, weights) 
     if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
         raise _shape_error("spatial_shapes", "[L, 2]", spatial_shapes)
     num_levels = spatial_shapes.shape[0]
+    if num_levels == 0:
+        # No level means nothing to attend to: almost surely an empty list of feature maps.
+        raise ValueError(
+            "ms_deform_attn: expected at least one level, got spatial_shapes of shape "
+            f"{list(spatial_shapes.shape)}"
+        )
     if level_start_index.dim() != 1 or level_start_index.shape[0] != num_levels:
         raise _shape_error("level_start_index", f"[L={num_levels}]", level_start_index)
     if locations.dim() != 6 or locations.shape[-1] != 2:
@@ -214,7 +220,10 @@ def _autocast(value, locations, weights, cpu_autocast_dtype: torch.dtype | None)
     device_type = value.device.type
     if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
         return value, locations, weights
-    if value.dtype == torch.float64:
+    if value.dtype not in (torch.float32, *_REDUCED_DTYPES):
+        # float64 is never cast; anything else is left for the validation to reject.
+        return value, locations, weights
+    if not (locations.is_floating_point() and weights.is_floating_point()):
         return value, locations, weights
     if device_type == "cuda":
         value_dtype = torch.get_autocast_dtype("cuda")
@@ -250,16 +259,36 @@ def ms_deform_attn(
         ``[B, Q, H*C]`` in value's dtype (after autocast).
 
     sampling_locations/attention_weights share value's dtype, or are float32 when value is
-    float16/bfloat16. Inputs may be non-contiguous.
+    float16/bfloat16. Inputs may be non-contiguous. ``L`` must be at least 1 (a ValueError
+    otherwise).
+
+    Non-finite inputs give the same result on every backend and device (the grid_sample
+    semantics of CPU PyTorch, made device-independent):
+
+    - a sampling point with a NaN or +-inf coordinate samples NaN: the output of its
+      (batch, query, head) is NaN in all C channels; its attention-weight gradient and both its
+      location gradients are NaN; it adds nothing to the value gradient (it reads no pixel).
+      (CPU grid_sample alone leaves the gradient of the non-finite coordinate itself at 0; CUDA
+      grid_sample, going by its source, samples zero at +-inf.)
+    - a NaN or +-inf attention weight (+-inf counts as NaN: the sign of an infinite sum would
+      depend on the order of the additions) makes the output of its (batch, query, head) and its
+      location gradients NaN, keeps its weight gradient finite, and puts NaN into the value
+      gradient of the in-map corners it samples.
+    - finite locations far outside the map sample zero with zero gradients.
+
+    Other (batch, query, head) rows and other points' gradients are unaffected.
     """
     _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    # The autocast policy first: under autocast the inputs legitimately arrive in mixed dtypes
+    # (e.g. bfloat16 attention weights from a Linear, float32 locations from the reference
+    # points), and the policy's casts are what the kernels must then accept.
+    value, sampling_locations, attention_weights = _autocast(
+        value, sampling_locations, attention_weights, cpu_autocast_dtype
+    )
     _check_devices_and_dtypes(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
     _check_level_values(spatial_shapes, level_start_index, value.shape[1])
-    value, sampling_locations, attention_weights = _autocast(
-        value, sampling_locations, attention_weights, cpu_autocast_dtype
-    )
     if resolve_backend(backend, value) == "pytorch":
         return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
     return torch.ops.detr_ext.ms_deform_attn(

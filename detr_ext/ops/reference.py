@@ -3,6 +3,8 @@
 Built on ``torch.nn.functional.grid_sample`` per level, the way Deformable DETR's reference
 implementation is written. It needs the level sizes on the host (one device sync on CUDA) and
 materializes every sampled value, ``[B*H, C, Q, L*P]``, which is why the compiled op exists.
+Non-finite locations and weights follow the rule in ``ms_deform_attn``'s docstring on every
+device (grid_sample alone differs there between CPU and CUDA).
 """
 
 from __future__ import annotations
@@ -37,7 +39,15 @@ def ms_deform_attn_pytorch(
     attention_weights = attention_weights.to(value.dtype)
     level_sizes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
     value_per_level = value.split([h * w for h, w in level_sizes], dim=1)
-    grids = 2 * sampling_locations - 1
+    # grid_sample's handling of a non-finite grid point differs by device (CPU: NaN, but a zero
+    # gradient for the non-finite coordinate; CUDA: zeros at +-inf), so such points are moved
+    # where every corner is outside any map (-3 in grid units) and the NaN comes from `poison`.
+    finite_points = sampling_locations.isfinite().all(-1, keepdim=True)
+    grids = torch.where(finite_points, 2 * sampling_locations - 1, -3.0)
+    # [B, Q, H, L, P]: exactly 0 with a zero gradient at finite points, NaN at the others.
+    poison = (sampling_locations - sampling_locations).sum(-1)
+    # +-inf weights count as NaN (w - w is NaN there and exactly 0 elsewhere; d/dw stays 1).
+    attention_weights = attention_weights + (attention_weights - attention_weights)
     sampled_per_level = []
     for level, (height, width) in enumerate(level_sizes):
         # [B, h*w, H, C] -> [B*H, C, h, w]
@@ -55,8 +65,13 @@ def ms_deform_attn_pytorch(
             )
         )  # [B*H, C, Q, P]
     # [B, Q, H, L, P] -> [B*H, 1, Q, L*P]
-    weights = attention_weights.transpose(1, 2).reshape(
-        batch * num_heads, 1, num_queries, num_levels * num_points
+    weights, poison = (
+        t.transpose(1, 2).reshape(batch * num_heads, 1, num_queries, num_levels * num_points)
+        for t in (attention_weights, poison)
     )
     output = (torch.stack(sampled_per_level, dim=-2).flatten(-2) * weights).sum(-1)
+    # Adds exact zeros (forward and backward) for finite points; a non-finite point makes its
+    # output row, its weight gradient and both its location gradients NaN (poison**2: the
+    # gradient through poison must be NaN too, not weight * grad_output).
+    output = output + (poison * poison * weights).sum(-1)
     return output.view(batch, num_heads * channels, num_queries).transpose(1, 2).contiguous()

@@ -121,3 +121,103 @@ def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
         return 0.0
     actual, expected = actual.double(), expected.double()
     return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+
+
+# ------------------------------------------------------------------ non-finite inputs
+@dataclass(frozen=True)
+class NonFinite:
+    """One entry of one sampling point made non-finite (rule: ms_deform_attn's docstring)."""
+
+    location: tuple[float, float] | None  # (x, y) of the point, None: keep the random one
+    weight: float | None  # attention weight of the point, None: keep the random one
+    grad_value_nan: bool = False  # whether NaN reaches grad_value (in-map corners, bad weight)
+
+
+# NON_FINITE_POINT indexes [B, Q, H, L, P] of NON_FINITE_CASE. Its level 0 is 4x4, so 0.375 and
+# 0.875 are exact pixel centres there (in-map corners with bilinear weight 0).
+NON_FINITE_CASE = Case(2, 4, 2, 5, ((4, 4), (2, 3)), 3, "inside")
+NON_FINITE_POINT = (1, 2, 1, 0, 1)
+NAN, INF = float("nan"), float("inf")
+NON_FINITE_INPUTS = {
+    "x=nan": NonFinite((NAN, 0.4), None),
+    "y=nan": NonFinite((0.4, NAN), None),
+    "x=+inf": NonFinite((INF, 0.4), None),
+    "x=-inf": NonFinite((-INF, 0.4), None),
+    "y=+inf": NonFinite((0.4, INF), None),
+    "y=-inf": NonFinite((0.4, -INF), None),
+    "x=nan,y=-inf": NonFinite((NAN, -INF), None),
+    "x=nan,y=far": NonFinite((NAN, 7.0), None),
+    "x=+inf,y=far": NonFinite((INF, -7.0), None),
+    "weight=nan": NonFinite(None, NAN, grad_value_nan=True),
+    "weight=+inf": NonFinite(None, INF, grad_value_nan=True),
+    "weight=-inf": NonFinite(None, -INF, grad_value_nan=True),
+    "weight=+inf,pixel-centre": NonFinite((0.375, 0.875), INF, grad_value_nan=True),
+    "weight=+inf,half-outside": NonFinite((0.98, 0.375), INF, grad_value_nan=True),
+    "weight=-inf,outside": NonFinite((1.7, 0.4), -INF),
+}
+
+
+def non_finite_inputs(name: str, dtype=torch.float64, device="cpu", coord_dtype=None):
+    """``make_inputs(NON_FINITE_CASE)`` with the entries of ``NON_FINITE_INPUTS[name]`` set."""
+    spec = NON_FINITE_INPUTS[name]
+    value, shapes, starts, locations, weights = make_inputs(NON_FINITE_CASE, torch.float64)
+    if spec.location is not None:
+        locations[NON_FINITE_POINT] = torch.tensor(spec.location, dtype=torch.float64)
+    if spec.weight is not None:
+        weights[NON_FINITE_POINT] = spec.weight
+    coord_dtype = coord_dtype or dtype
+    return (
+        value.to(device, dtype),
+        shapes.to(device),
+        starts.to(device),
+        locations.to(device, coord_dtype),
+        weights.to(device, coord_dtype),
+    )
+
+
+def _rule_nan_masks(name: str, output_shape, value_shape, locations_shape) -> dict:
+    """Where the rule puts NaN; for grad_value the rows NaN may reach (the point's head)."""
+    spec = NON_FINITE_INPUTS[name]
+    batch, query, head, _, _ = NON_FINITE_POINT
+    channels = value_shape[-1]
+    output = torch.zeros(output_shape, dtype=torch.bool)
+    output[batch, query, head * channels : (head + 1) * channels] = True
+    grad_value = torch.zeros(value_shape, dtype=torch.bool)
+    grad_value[batch, :, head] = spec.grad_value_nan
+    grad_locations = torch.zeros(locations_shape, dtype=torch.bool)
+    grad_locations[NON_FINITE_POINT] = True
+    grad_weights = torch.zeros(locations_shape[:-1], dtype=torch.bool)
+    grad_weights[NON_FINITE_POINT] = spec.weight is None  # a bad location, not a bad weight
+    return {
+        "output": output,
+        "grad_value": grad_value,
+        "grad_locations": grad_locations,
+        "grad_weights": grad_weights,
+    }
+
+
+def check_non_finite_parity(name: str, actual, expected, tolerance: float) -> None:
+    """``actual`` and ``expected`` (``forward_and_grads`` results) follow the non-finite rule.
+
+    Both are NaN at the same positions, which are the ones the rule names (for grad_value: some
+    rows of the point's head, or none), nothing is infinite, and elsewhere they agree within
+    ``tolerance`` relative to the largest expected magnitude.
+    """
+    masks = _rule_nan_masks(name, actual[0].shape, actual[1].shape, actual[2].shape)
+    for what, got, want in zip(masks, actual[:4], expected[:4]):
+        got, want = got.detach().cpu().double(), want.detach().cpu().double()
+        assert not (got.isinf().any() or want.isinf().any()), f"{name}: {what} is infinite"
+        assert torch.equal(got.isnan(), want.isnan()), (
+            f"{name}: {what} is NaN at {got.isnan().nonzero().tolist()}, the reference at "
+            f"{want.isnan().nonzero().tolist()}"
+        )
+        if what == "grad_value":
+            assert want.isnan().any() == NON_FINITE_INPUTS[name].grad_value_nan, f"{name}: {what}"
+            assert not (want.isnan() & ~masks[what]).any(), f"{name}: {what} NaN in another head"
+        else:
+            assert torch.equal(want.isnan(), masks[what]), (
+                f"{name}: {what} is NaN at {want.isnan().nonzero().tolist()}, the rule says "
+                f"{masks[what].nonzero().tolist()}"
+            )
+        finite = ~want.isnan()
+        assert max_relative_error(got[finite], want[finite]) < tolerance, f"{name}: {what}"

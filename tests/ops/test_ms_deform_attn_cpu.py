@@ -103,11 +103,13 @@ def test_int32_metadata_accepted():
     torch.testing.assert_close(actual, expected)
 
 
-def test_non_finite_and_far_locations_sample_zero():
+def test_far_locations_sample_zero():
+    # Finite but far outside (and beyond the int64 range in pixels): zeros, zero gradients.
+    # Non-finite locations give NaN instead: test_ms_deform_attn_non_finite.py.
     case = Case(1, 4, 1, 5, ((3, 3),), 1, "inside")
     value, shapes, starts, locations, weights = make_inputs(case)
-    locations[0, 0, 0, 0, 0] = torch.tensor([float("nan"), 0.5])
-    locations[0, 1, 0, 0, 0] = torch.tensor([float("inf"), 0.5])
+    locations[0, 0, 0, 0, 0] = torch.tensor([-1e300, 0.5], dtype=torch.float64)
+    locations[0, 1, 0, 0, 0] = torch.tensor([1e300, 0.5], dtype=torch.float64)
     locations[0, 2, 0, 0, 0] = torch.tensor([0.5, -1e30])
     locations[0, 3, 0, 0, 0] = torch.tensor([1e30, 1e30])
     output, grad_value, grad_locations, grad_weights, _ = forward_and_grads(
@@ -117,6 +119,21 @@ def test_non_finite_and_far_locations_sample_zero():
     assert torch.equal(grad_value, torch.zeros_like(grad_value))
     assert torch.equal(grad_locations, torch.zeros_like(grad_locations))
     assert torch.equal(grad_weights, torch.zeros_like(grad_weights))
+
+
+def test_direct_op_call_rejects_no_levels():
+    # The C++ checks guard torch.ops calls that bypass the Python validation.
+    args = (
+        torch.zeros(1, 0, 2, 4),
+        torch.zeros(0, 2, dtype=torch.long),
+        torch.zeros(0, dtype=torch.long),
+        torch.rand(1, 3, 2, 0, 2, 2),
+        torch.rand(1, 3, 2, 0, 2),
+    )
+    with pytest.raises(RuntimeError, match="expected at least one level"):
+        torch.ops.detr_ext.ms_deform_attn(*args)
+    with pytest.raises(RuntimeError, match="expected at least one level"):
+        torch.ops.detr_ext.ms_deform_attn_backward(torch.zeros(1, 3, 8), *args)
 
 
 def test_compile_fullgraph_forward_and_backward():
@@ -166,6 +183,28 @@ def test_cpu_autocast_runs_float32_unless_bf16_is_asked():
     assert default.dtype == torch.float32
     assert bf16.dtype == torch.bfloat16
     torch.testing.assert_close(bf16.float(), default, atol=3e-2, rtol=3e-2)
+
+
+def test_cpu_bf16_autocast_keeps_float32_locations_on_a_large_map():
+    # On a 128x160 map a bfloat16 location (8 significant bits) is off by up to ~0.5 pixel, so
+    # casting locations/weights to bf16 costs ~30% relative error; bf16 values alone ~0.3%.
+    # (A 3x3 map cannot tell the two apart.)
+    case = Case(1, 6, 2, 8, ((128, 160),), 4, "inside")
+    value, shapes, starts, locations, weights = make_inputs(case, torch.float32, seed=7)
+    expected = ms_deform_attn(value, shapes, starts, locations, weights, backend="compiled")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual = ms_deform_attn(
+            value,
+            shapes,
+            starts,
+            locations,
+            weights,
+            backend="compiled",
+            cpu_autocast_dtype=torch.bfloat16,
+        )
+    assert actual.dtype == torch.bfloat16
+    error = max_relative_error(actual, expected)
+    assert error < 2e-2, f"relative error {error:.2e} against float32"
 
 
 def test_backends_agree_and_env_variable(monkeypatch):

@@ -83,3 +83,39 @@ def test_reduced_value_accepts_float32_coordinates():
     assert out.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="bfloat16 or torch.float32"):
         ms_deform_attn(value.bfloat16(), shapes, starts, locations.double(), weights.double())
+
+
+@pytest.mark.parametrize("cpu_autocast_dtype", [None, torch.bfloat16], ids=str)
+def test_cpu_autocast_accepts_bfloat16_weights_with_float32_locations(cpu_autocast_dtype):
+    # Under autocast a Linear yields bfloat16 attention weights while the locations (from
+    # float32 reference points) stay float32: the autocast casts come before the dtype checks.
+    value, shapes, starts, locations, weights = _inputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ms_deform_attn(
+            value,
+            shapes,
+            starts,
+            locations,
+            weights.bfloat16(),
+            cpu_autocast_dtype=cpu_autocast_dtype,
+        )
+    assert out.dtype == (cpu_autocast_dtype or torch.float32)
+    expected = ms_deform_attn(value, shapes, starts, locations, weights.bfloat16().float())
+    torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=3e-2)
+    # Outside autocast the same mismatched pair is still rejected.
+    with pytest.raises(ValueError, match="sampling_locations and attention_weights of one dtype"):
+        ms_deform_attn(value, shapes, starts, locations, weights.bfloat16())
+
+
+@pytest.mark.parametrize("backend", ["compiled", "pytorch"])
+def test_no_levels_is_rejected(backend):
+    # L = 0 (an empty list of feature maps): one clear error from validation on every backend.
+    value = torch.zeros(2, 0, 4, 8)
+    shapes = torch.zeros(0, 2, dtype=torch.long)
+    starts = torch.zeros(0, dtype=torch.long)
+    locations = torch.rand(2, 5, 4, 0, 3, 2)
+    weights = torch.rand(2, 5, 4, 0, 3)
+    with pytest.raises(
+        ValueError, match=r"expected at least one level, got spatial_shapes of shape \[0, 2\]"
+    ):
+        ms_deform_attn(value, shapes, starts, locations, weights, backend=backend)
