@@ -383,3 +383,34 @@ def test_do_train_divergence_leaves_only_finite_checkpoints_and_resumes(tmp_path
     assert all(torch.isfinite(tensor).all() for tensor in final["model"].values())
     resumed = checkpoint_weights(last_good)
     assert not torch.equal(final["model"]["linear.weight"], resumed["linear.weight"])
+
+
+@pytest.mark.parametrize("project", ["detr", "dino"])
+def test_a_diverged_detector_stops_with_divergence_not_a_matcher_error(project):
+    """A real detector whose class head overflowed (what a far too large learning rate does):
+    its logits are NaN / inf. The matcher used to stop training with "the matching cost
+    contains NaN", blaming the predictions' format; now the losses come out non-finite, the
+    step is skipped and training stops with the divergence message (iteration, learning rate)."""
+    from detectron2.config import instantiate
+
+    from tests.projects.tiny_shapes import synthetic_batch, tiny_shapes_config
+
+    torch.manual_seed(0)
+    cfg = tiny_shapes_config(project)
+    model = instantiate(cfg.model).train()
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    head = next(p for name, p in model.named_parameters() if "class_embed" in name)
+    with torch.no_grad():
+        head.view(-1)[0] = float("inf")
+    trainer = Trainer(
+        model,
+        itertools.repeat(synthetic_batch([2, 1], seed=0)),
+        optimizer,
+        max_consecutive_nonfinite=1,
+    )
+    with pytest.raises(NonFiniteTrainingError) as error:
+        trainer.train(0, 1)
+    message = str(error.value)
+    assert "iteration 0" in message and "probable divergence" in message
+    assert f"{cfg.optimizer.lr:.6g}" in message

@@ -152,10 +152,26 @@ def test_invalid_arguments():
     targets[1]["boxes"] = targets[1]["boxes"][:1]
     with pytest.raises(ValueError, match=r"targets\[1\]"):
         matcher(outputs, targets)
-    outputs, targets = random_case([1])
-    outputs["pred_logits"][0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    outputs, targets = random_case([2])
+    targets[0]["boxes"][1, 2] = float("nan")  # a broken target is the data's fault: raised
+    with pytest.raises(ValueError, match=r"targets\[0\] has 1 box\(es\) with non-finite"):
         matcher(outputs, targets)
+
+
+@pytest.mark.parametrize("cost_class_type", ["ce_cost", "focal_loss_cost"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_predictions_are_matched_not_raised(cost_class_type, bad):
+    """A diverging model's NaN / inf outputs still get a valid one-to-one assignment (so the
+    losses come out non-finite and the trainer skips the step and names the divergence); the
+    finite queries keep the assignment they would have without the bad one."""
+    matcher = HungarianMatcher(cost_class_type=cost_class_type)
+    outputs, targets = random_case([3], num_queries=6)
+    outputs["pred_logits"][0, 5] = float("nan")
+    outputs["pred_boxes"][0, 4, 1] = bad
+    [(query_index, target_index)] = matcher(outputs, targets)
+    assert sorted(target_index.tolist()) == [0, 1, 2]
+    assert len(set(query_index.tolist())) == 3
+    assert not {4, 5} & set(query_index.tolist())  # the bad queries cost the most
 
 
 def saturated_case(sizes, dtype, num_queries=6, num_classes=3, seed=0):

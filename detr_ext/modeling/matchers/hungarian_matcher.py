@@ -183,9 +183,43 @@ class HungarianMatcher(nn.Module):
                 + self.cost_giou * giou_cost
             )
         cost = cost.view(batch_size, num_queries, -1).cpu()  # [B, Q, N]
+        if not torch.isfinite(cost).all():
+            cost = self._nonfinite_cost(cost, logits, pred_boxes, targets)
 
         sizes = [len(target["boxes"]) for target in targets]
         return [block[image_index] for image_index, block in enumerate(cost.split(sizes, dim=-1))]
+
+    def _nonfinite_cost(
+        self,
+        cost: Tensor,
+        logits: Tensor,
+        pred_boxes: Tensor,
+        targets: Sequence[Mapping[str, Tensor]],
+    ) -> Tensor:
+        """A non-finite cost: invalid targets are the data's fault and raise; non-finite
+        predictions (a diverging model) are matched anyway, with their cost entries made
+        large, so that the losses come out non-finite and the trainer skips the step with a
+        message naming the divergence. Raising here instead would blame the matcher, and under
+        DDP it would stop this rank before the gradient all-reduce that the others wait in."""
+        for image_index, target in enumerate(targets):
+            boxes = target["boxes"]
+            invalid = ~torch.isfinite(boxes).all(-1) | (boxes[:, 2:] < 0).any(-1)
+            if invalid.any():
+                raise ValueError(
+                    f"{type(self).__name__}: targets[{image_index}] has "
+                    f"{int(invalid.sum())} box(es) with non-finite values or negative width / "
+                    f"height, e.g. {boxes[invalid][0].tolist()} (normalized cxcywh); expected "
+                    "valid boxes (register_coco_format_dataset drops such annotations)"
+                )
+        if torch.isfinite(logits).all() and torch.isfinite(pred_boxes).all():
+            raise ValueError(
+                f"{type(self).__name__}: the matching cost contains NaN or inf although "
+                "predictions and targets are finite; expected finite cost weights, got "
+                f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, "
+                f"cost_giou={self.cost_giou}"
+            )
+        largest = torch.finfo(cost.dtype).max / 4
+        return torch.nan_to_num(cost, nan=largest, posinf=largest, neginf=-largest)
 
     def assign(self, cost: Tensor) -> tuple[Tensor, Tensor]:
         """Solve one image's assignment problem.
