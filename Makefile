@@ -10,6 +10,7 @@ DEMO_INPUT ?= datasets/shapes/val
 
 .PHONY: setup build test test-all bench lint format clean
 .PHONY: train demo
+.PHONY: mutate
 
 setup:
 	bash scripts/setup_env.sh
@@ -40,6 +41,22 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Mutation testing (not in CI; see README "Tests"). Installs mutmut into the venv here only.
+# MUTATE_PATHS: files/folders under detr_ext (default: the modules where a silent bug costs
+# most, see scripts/mutate.py); MUTATE_TESTS: tests to select from (default: per module);
+# MUTATE_TIME: seconds for the whole run (stops cleanly, keeps results); MUTATE_JOBS: workers.
+MUTATE_PATHS ?=
+MUTATE_TESTS ?=
+MUTATE_TIME ?= 3600
+MUTATE_JOBS ?= 2
+MUTMUT_VERSION ?= 3.8.1
+
+mutate: setup
+	$(VENV)/bin/pip install -q mutmut==$(MUTMUT_VERSION)
+	-timeout --signal=INT --kill-after=60 $(MUTATE_TIME) $(PY) scripts/mutate.py --max-children $(MUTATE_JOBS) \
+		$(if $(strip $(MUTATE_PATHS)),--paths $(MUTATE_PATHS)) $(if $(strip $(MUTATE_TESTS)),--tests $(MUTATE_TESTS))
+	$(PY) scripts/mutate.py --summary
 
 clean:
 	rm -rf build detr_ext/_C*.so output

@@ -78,3 +78,50 @@ def test_shape_errors():
         box_iou(torch.zeros(2, 3, 4), torch.zeros(3, 4))
     with pytest.raises(ValueError, match="same shape"):
         matched_generalized_box_iou(torch.zeros(3, 4), torch.zeros(2, 4))
+
+
+# Found by `make mutate` (mutmut survivors): the error messages must name the function and
+# the argument at fault, the [N, 4] check must cover both arguments of the pairwise and matched
+# IoUs, and a single box of shape [4] is a valid input (only a 0-d tensor is not).
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: box_cxcywh_to_xyxy(torch.zeros(3)), "box_cxcywh_to_xyxy: expected boxes"),
+        (lambda: box_xyxy_to_cxcywh(torch.zeros(3)), "box_xyxy_to_cxcywh: expected boxes"),
+        (lambda: box_area(torch.zeros(3)), "box_area: expected boxes"),
+        (lambda: box_iou(torch.zeros(2, 3), torch.zeros(3, 4)), "box_iou boxes1: expected"),
+        (lambda: box_iou(torch.zeros(3, 4), torch.zeros(2, 3)), "box_iou boxes2: expected"),
+        (lambda: box_iou(torch.zeros(3, 4), torch.zeros(1, 3, 4)), r"box_iou boxes2: .*\[N, 4\]"),
+        (
+            lambda: matched_box_iou(torch.zeros(2, 3), torch.zeros(2, 4)),
+            "matched_box_iou boxes1: expected",
+        ),
+        (
+            lambda: matched_box_iou(torch.zeros(2, 4), torch.zeros(2, 3)),
+            "matched_box_iou boxes2: expected",
+        ),
+        (
+            lambda: matched_generalized_box_iou(torch.zeros(2, 4), torch.zeros(1, 2, 4)),
+            r"matched_generalized_box_iou boxes2: .*\[N, 4\]",
+        ),
+        (
+            lambda: matched_generalized_box_iou(torch.zeros(1, 2, 4), torch.zeros(2, 4)),
+            r"matched_generalized_box_iou boxes1: .*\[N, 4\]",
+        ),
+        (
+            lambda: matched_box_iou(torch.zeros(3, 4), torch.zeros(2, 4)),
+            "matched_box_iou: expected boxes1 and boxes2 of the same shape",
+        ),
+        (lambda: box_area(torch.tensor(1.0)), "box_area: expected boxes with 4 coordinates"),
+    ],
+)
+def test_errors_name_the_function_and_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_single_box_of_shape_4_is_accepted():
+    box = torch.tensor([0.5, 0.5, 0.2, 0.4], dtype=torch.float64)
+    xyxy = box_cxcywh_to_xyxy(box)
+    torch.testing.assert_close(xyxy, torch.tensor([0.4, 0.3, 0.6, 0.7], dtype=torch.float64))
+    assert box_area(xyxy).item() == pytest.approx(0.08)

@@ -52,3 +52,26 @@ def test_half_precision_inputs_are_computed_in_float32():
     loss.backward()
     assert logits.grad.dtype == torch.float16 and torch.isfinite(logits.grad).all()
     assert logits.grad.abs().sum() > 0
+
+
+# Found by `make mutate` (mutmut survivors).
+def test_alpha_zero_weights_out_positives():
+    """alpha = 0 is a valid weighting (positives weigh 0, negatives 1), not "no weighting"."""
+    logits = torch.tensor([[[2.0, -1.0]]], dtype=torch.float64)
+    targets = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
+    p = torch.sigmoid(torch.tensor(-1.0, dtype=torch.float64))
+    negative_only = -(p**2) * torch.log(1 - p)  # the target-0 term, weight 1 - alpha = 1
+    loss = sigmoid_focal_loss(logits, targets, num_boxes=1.0, alpha=0.0)
+    assert loss.item() == pytest.approx(negative_only.item(), rel=1e-12)
+
+
+def test_two_dim_inputs_and_integer_targets():
+    """``[B, Q]`` inputs are allowed (one class) and 0/1 integer targets equal float ones."""
+    logits = torch.randn(2, 5, dtype=torch.float64)
+    targets = (torch.rand(2, 5) > 0.5).long()
+    expected = tv_ops.sigmoid_focal_loss(logits, targets.double()).mean(1).sum() / 2.0
+    torch.testing.assert_close(sigmoid_focal_loss(logits, targets, 2.0), expected)
+    with pytest.raises(ValueError, match=r"sigmoid_focal_loss: expected inputs of shape \[B, Q"):
+        sigmoid_focal_loss(torch.zeros(3), torch.zeros(3), 1.0)
+    with pytest.raises(ValueError, match="^sigmoid_focal_loss: expected inputs and targets"):
+        sigmoid_focal_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4), 1.0)

@@ -194,3 +194,44 @@ def test_half_precision_logits_are_computed_in_float32():
     loss.backward()
     assert logits.grad.dtype == torch.float16 and torch.isfinite(logits.grad).all()
     assert logits.grad.abs().sum() > 0
+
+
+# Found by `make mutate` (mutmut survivors).
+def test_default_alpha_is_a_quarter():
+    scores = torch.tensor([0.5, 0.9], dtype=torch.float64)
+    ious = torch.tensor([0.8, 0.3], dtype=torch.float64)
+    expected = scores**0.25 * ious**0.75
+    torch.testing.assert_close(alignment_quality(scores, ious), expected)
+    # ia_bce_loss passes its default alpha (0.25) through: same loss as with alpha=0.25 given.
+    logits = torch.randn(1, 3, 2, dtype=torch.float64)
+    index, query = torch.tensor([0, 0]), torch.tensor([0, 2])
+    default, _ = ia_bce_loss(logits, index, query, torch.tensor([1, 0]), ious, 1.0)
+    explicit, _ = ia_bce_loss(logits, index, query, torch.tensor([1, 0]), ious, 1.0, alpha=0.25)
+    other, _ = ia_bce_loss(logits, index, query, torch.tensor([1, 0]), ious, 1.0, alpha=0.75)
+    assert default.item() == explicit.item() != other.item()
+
+
+def test_shape_errors_name_function_and_argument():
+    with pytest.raises(ValueError, match=r"^alignment_quality: expected scores and ious .*\[M\]"):
+        alignment_quality(torch.zeros(2, 2), torch.zeros(2, 2))  # same shape, not [M]
+    with pytest.raises(ValueError, match=r"got \(3,\) and \(2,\)"):
+        alignment_quality(torch.zeros(3), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"^local_rank: expected quality and groups .*\[M\]"):
+        local_rank(torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"got \(3,\) and \(2,\)"):
+        local_rank(torch.zeros(3), torch.zeros(2, dtype=torch.long))
+    logits, one, two = torch.zeros(1, 2, 2), torch.tensor([0]), torch.tensor([0, 0])
+    for name, args in [
+        ("query_index", (one, two, one, torch.ones(1))),
+        ("labels", (one, one, two, torch.ones(1))),
+        ("ious", (one, one, one, torch.ones(2))),
+    ]:
+        with pytest.raises(ValueError, match=f"^ia_bce_loss: expected {name} of shape"):
+            ia_bce_loss(logits, *args, 1.0)
+    with pytest.raises(ValueError, match="^ia_bce_loss: pass groups and rank_weights together"):
+        ia_bce_loss(logits, one, one, one, torch.ones(1), 1.0, rank_weights=torch.ones(1))
+    with pytest.raises(ValueError, match="a target has 2 matches but rank_weights has only 1"):
+        ia_bce_loss(
+            logits, two, torch.tensor([0, 1]), two, torch.ones(2), 1.0,
+            groups=two, rank_weights=torch.ones(1),
+        )  # fmt: skip

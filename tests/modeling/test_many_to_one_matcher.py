@@ -157,3 +157,15 @@ def test_half_precision_logits_match_like_float32(cost_class_type, dtype):
     ):
         assert len(query) == 2 * n
         assert torch.equal(query, query_32) and torch.equal(target, target_32)
+
+
+# Found by `make mutate` (mutmut survivor): the default is one match per target.
+def test_default_match_number_is_one():
+    outputs, targets = random_case((3, 2), num_queries=5, seed=3)
+    matcher = make_matcher()
+    default, one = matcher(outputs, targets), matcher(outputs, targets, match_number=1)
+    for (q1, t1), (q2, t2) in zip(default, one, strict=True):
+        assert torch.equal(q1, q2) and torch.equal(t1, t2)
+    cost = torch.tensor([[0.0, 5.0], [1.0, 6.0], [9.0, 0.5], [9.0, 0.7]])
+    query_index, target_index = matcher.assign(cost)  # 4 queries could take 2 per target
+    assert sorted(query_index.tolist()) == [0, 2] and sorted(target_index.tolist()) == [0, 1]

@@ -209,3 +209,28 @@ def test_half_precision_logits_match_like_float32(cost_class_type, dtype):
         matcher(reduced, targets), matcher(full, targets), strict=True
     ):
         assert torch.equal(query, query_32) and torch.equal(target, target_32)
+
+
+# Found by `make mutate` (mutmut survivors): which target boxes the non-finite path blames.
+def test_non_finite_path_blames_negative_width_not_zero_width_targets():
+    """With a diverged (NaN) query the cost is non-finite; a target box of zero width is
+    still valid (matched), one of negative width (or height) is the data's fault (raised)."""
+    matcher = HungarianMatcher()
+    outputs, targets = random_case([2], num_queries=4)
+    outputs["pred_boxes"][0, 3] = float("nan")
+    targets[0]["boxes"][0, 2] = 0.0  # zero width: valid
+    [(query_index, target_index)] = matcher(outputs, targets)
+    assert sorted(target_index.tolist()) == [0, 1] and 3 not in query_index.tolist()
+    for column in (2, 3):  # negative width, then negative height
+        bad = [{**targets[0], "boxes": targets[0]["boxes"].clone()}]
+        bad[0]["boxes"][1, column] = -0.1
+        with pytest.raises(ValueError, match=r"HungarianMatcher: targets\[0\] has 1 box"):
+            matcher(outputs, bad)
+
+
+def test_any_single_zero_cost_weight_is_allowed():
+    """Only all three weights zero is an error; each one alone may be zero (e.g. no class
+    cost), and the matching then follows the remaining terms."""
+    outputs, targets = random_case([2])
+    for weights in [(0, 1, 1), (1, 0, 1), (1, 1, 0), (0, 0, 1), (1, 0, 0)]:
+        HungarianMatcher(*weights)(outputs, targets)
