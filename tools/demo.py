@@ -26,13 +26,11 @@ config's model (e.g. a class head trained with another ``model.num_classes``), o
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 # Make `detr_ext` and `projects.*` importable when run as a script from any directory.
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,15 +96,6 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
     return images
 
 
-def write_json(path: Path, content: Any) -> None:
-    """Write ``content`` as json to ``path`` through a temporary file and a rename, so that
-    ``path`` always holds a complete file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as f:
-        json.dump(content, f, indent=1)
-    os.replace(temporary, path)
-
-
 def output_names(images: Sequence[Path]) -> list[str]:
     """``<stem>.png`` per image; repeated stems (``a.jpg``, ``a.png``) get ``-1``, ``-2``, ..."""
     names, used = [], set()
@@ -146,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     from detr_ext.checkpoint import CheckpointMismatchError
     from detr_ext.engine.checks import NumClassesError
     from detr_ext.engine.predictor import Predictor, draw_predictions, instances_to_dicts
+    from detr_ext.utils import atomic_write_json
 
     setup_logger(name="detr_ext", abbrev_name="detr")
     # The checkpointer reports what it loaded, and any missing / unexpected keys, here.
@@ -196,8 +186,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             logger.info("%s: %d detections -> %s", path, len(detections), output_dir / name)
     finally:
         # Also on an error or Ctrl-C: keep what was done.
-        write_json(output_dir / "detections.json", records)
-        write_json(output_dir / "skipped.json", skipped)
+        atomic_write_json(output_dir / "detections.json", records, indent=1)
+        atomic_write_json(output_dir / "skipped.json", skipped, indent=1)
         logger.info("Wrote %d images and detections.json to %s", len(records), output_dir)
     if skipped:
         listing = "\n".join(f"  {item['file']}: {item['error']}" for item in skipped)

@@ -24,20 +24,19 @@ Save directories given as URLs (``manifold://``, ``s3://`` ...) go through the b
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
-from typing import IO, Any
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import Checkpointer
 
+from ..utils.file_io import atomic_write
+
 __all__ = [
     "NonFiniteCheckpointError",
     "SafeCheckpointer",
-    "atomic_write",
     "describe_last_checkpoint",
     "nonfinite_keys",
 ]
@@ -104,34 +103,6 @@ def describe_last_checkpoint(checkpointer: Checkpointer | None) -> str:
 
 def _is_local_dir(path: str) -> bool:
     return "://" not in path
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` so that ``path`` never holds a partial file.
-
-    ``write`` gets a binary file opened on a temporary file in the same directory; once it
-    returns, the data is flushed and fsync'ed and the temporary file is renamed to ``path``.
-    If ``write`` raises, the temporary file is removed and ``path`` is left as it was.
-    """
-    directory, basename = os.path.split(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{basename}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_path)
-        raise
-    # Make the rename itself durable; not possible on every platform / file system.
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 class SafeCheckpointer(DetectionCheckpointer):

@@ -7,9 +7,9 @@ import json
 import logging
 import os
 import re
-import tempfile
 from typing import Any
 
+from ...utils.file_io import atomic_write_json
 from ..coco_validation import check_coco_instances
 
 __all__ = ["coco_format_cache_directory", "register_coco_format_dataset"]
@@ -50,18 +50,7 @@ def _write_cleaned_copy(name: str, source_digest: str, content: dict[str, Any]) 
     if os.path.isfile(path):
         return path
     os.makedirs(directory, exist_ok=True)
-    # json.dumps (C encoder) is several times faster than json.dump for a large file.
-    text = json.dumps(content, separators=(",", ":"))
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{safe_name}-", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as f:
-            f.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from other users' jobs
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    atomic_write_json(path, content, separators=(",", ":"))
     return path
 
 

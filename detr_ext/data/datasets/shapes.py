@@ -31,6 +31,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image, ImageDraw
 
+from ...utils.file_io import atomic_write_json
+
 __all__ = [
     "SHAPES_CATEGORIES",
     "SHAPES_DATASET_NAMES",
@@ -232,13 +234,6 @@ def _is_complete(manifest_path: str, json_path: str, image_root: str, manifest: 
     return os.path.isdir(image_root) and expected <= set(os.listdir(image_root))
 
 
-def _write_json(path: str, content: dict) -> None:
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(content, f)
-    os.replace(temporary, path)
-
-
 def generate_shapes_dataset(
     root: str | os.PathLike,
     split: str,
@@ -299,7 +294,7 @@ def generate_shapes_dataset(
                 annotations.append(
                     _annotation(mask, category_index, image_id, len(annotations) + 1)
                 )
-        _write_json(
+        atomic_write_json(
             json_path,
             {
                 "info": {"description": f"detr_ext shapes ({split})", "version": "1"},
@@ -308,7 +303,7 @@ def generate_shapes_dataset(
                 "categories": [dict(c) for c in SHAPES_CATEGORIES],
             },
         )
-        _write_json(manifest_path, manifest)
+        atomic_write_json(manifest_path, manifest)
     return json_path
 
 
