@@ -126,9 +126,7 @@ class DetrDatasetMapper:
         image = read_image_file(
             dataset_dict["file_name"], self.img_format, image_id=dataset_dict.get("image_id")
         )
-        utils.check_image_size(dataset_dict, image)
-        dataset_dict.setdefault("height", image.shape[0])
-        dataset_dict.setdefault("width", image.shape[1])
+        utils.check_image_size(dataset_dict, image)  # also fills a missing height / width
 
         annotations = dataset_dict.pop("annotations", None)
         dataset_dict.pop("sem_seg_file_name", None)

@@ -106,6 +106,12 @@ def test_find_converters_by_project_or_source():
     assert find_converters("testsrc") == ["testproj_a.testsrc", "testproj_b.testsrc"]
     assert find_converters("testproj_a") == ["testproj_a.othersrc", "testproj_a.testsrc"]
     assert find_converters("testproj_a.testsrcc")[0] == "testproj_a.testsrc"  # a typo
+    # Found by `make mutate`: a stray dot is ignored; at most 3 spellings are suggested.
+    assert find_converters("testproj_a.") == find_converters("testproj_a")
+    assert find_converters(".testsrc") == find_converters("testsrc")
+    for name in ("zzproj.src1", "zzproj.src2", "zzproj.src3", "zzproj.src4"):
+        register_converter(Converter(name=name, description=name, rules=()))
+    assert len(find_converters("zzproj.srcX")) == 3
     with pytest.raises(KeyError) as info:
         get_converter("testsrc")
     message = str(info.value)

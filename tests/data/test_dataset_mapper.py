@@ -197,3 +197,44 @@ def test_invalid_arguments_name_expected_and_got():
         DetrDatasetMapper([T.NoOpTransform()], [T.RandomFlip(), "crop"])
     with pytest.raises(ValueError, match="crop_probability"):
         DetrDatasetMapper([T.NoOpTransform()], None, crop_probability=1.5)
+
+
+# Found by `make mutate` (mutmut survivors).
+def test_annotation_without_iscrowd_is_kept(tmp_path):
+    """Exports without the optional ``iscrowd`` field: every object is a training target."""
+    rectangles = [(10, 10, 50, 50), (80, 40, 140, 100)]
+    dataset_dict = _dataset_dict(_write_image(tmp_path / "a.png", rectangles), rectangles)
+    for annotation in dataset_dict["annotations"]:
+        del annotation["iscrowd"]
+    mapped = DetrDatasetMapper([T.NoOpTransform()], None)(dataset_dict)
+    assert mapped["instances"].gt_classes.tolist() == [1, 2]
+
+
+def test_size_is_taken_from_the_image_and_unused_fields_are_dropped(tmp_path):
+    """Without ``height`` / ``width`` the mapper records the image's (inference resizes its
+    detections to them); keypoints and a semantic-segmentation file are not passed on."""
+    rectangle = (40, 30, 100, 70)
+    dataset_dict = _dataset_dict(
+        _write_image(tmp_path / "a.png", [rectangle]), [rectangle], keypoints=[50, 40, 2]
+    )
+    del dataset_dict["height"], dataset_dict["width"]
+    dataset_dict["sem_seg_file_name"] = str(tmp_path / "missing.png")
+    mapped = DetrDatasetMapper([T.NoOpTransform()], None)(dataset_dict)
+    assert (mapped["height"], mapped["width"]) == (HEIGHT, WIDTH)  # 120 x 160, not square
+    assert "sem_seg_file_name" not in mapped
+    assert not mapped["instances"].has("gt_keypoints")
+    assert mapped["instances"].gt_classes.tolist() == [1]
+
+
+def test_mask_on_keeps_polygons_as_polygons_through_a_flip(tmp_path):
+    rectangle = (40, 30, 100, 70)
+    polygon = [[40.0, 30.0, 100.0, 30.0, 100.0, 70.0, 40.0, 70.0]]
+    dataset_dict = _dataset_dict(
+        _write_image(tmp_path / "a.png", [rectangle]), [rectangle], segmentation=polygon
+    )
+    flip = [T.RandomFlip(prob=1.0, horizontal=True)]
+    instances = DetrDatasetMapper(flip, None, mask_on=True)(dataset_dict)["instances"]
+    assert type(instances.gt_masks).__name__ == "PolygonMasks"
+    [[flipped]] = instances.gt_masks.polygons
+    assert sorted(set(flipped[0::2].tolist())) == [WIDTH - 100.0, WIDTH - 40.0]
+    assert instances.gt_masks.area().tolist() == [60 * 40]

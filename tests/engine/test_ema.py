@@ -96,3 +96,51 @@ def test_hook_restarts_fresh_average_and_updates_each_step():
     model.set(0.0, count=2)
     hook.before_train()  # a resumed average is kept
     assert ema.state["weight"].item() == pytest.approx(5.0)
+
+
+# Found by `make mutate` (mutmut survivors).
+def test_fresh_ema_starts_at_zero_updates_so_the_hook_restarts_it():
+    """A new EMA counts 0 updates, so ``EMAHook.before_train`` restarts it from the weights the
+    model has when training starts (e.g. just loaded from ``train.init_checkpoint``)."""
+    model = Scalar(1.0)
+    ema = ModelEMA(model, decay=0.5)
+    assert ema.num_updates == 0
+    model.set(3.0, count=0)  # weights loaded after the EMA was built
+    EMAHook(ema, model).before_train()
+    assert ema.state["weight"].item() == 3.0 and ema.state["running"].item() == 30.0
+
+
+def test_load_state_dict_without_count_or_decay_keeps_decay_and_restarts_count():
+    """A checkpoint holding only the averaged tensors: the EMA keeps its own decay and counts
+    0 updates (so the hook restarts the average from the model)."""
+    model = Scalar(1.0)
+    ema = ModelEMA(model, decay=0.25)
+    ema.update(model)
+    ema.load_state_dict({"state": {k: v * 2 for k, v in ema.state.items()}})
+    assert ema.decay == 0.25 and ema.num_updates == 0
+    assert ema.state["weight"].item() == 2.0
+
+
+def test_decay_zero_tracks_the_model_and_device_is_kept():
+    model = Scalar(1.0)
+    ema = ModelEMA(model, decay=0.0, device="cpu")
+    assert ema.device == torch.device("cpu")
+    assert ModelEMA(model).device is None  # each tensor stays with the model tensor it tracks
+    model.set(5.0, count=1)
+    ema.update(model)
+    assert ema.state["weight"].item() == 5.0
+
+
+def test_errors_name_the_method():
+    model, other = Scalar(1.0), nn.Linear(1, 1)
+    ema = ModelEMA(model)
+    with pytest.raises(
+        KeyError, match=r"ModelEMA.load_state_dict: expected keys .*got \['decay'\]"
+    ):
+        ema.load_state_dict({"decay": 0.5})
+    with pytest.raises(KeyError, match=r"ModelEMA.load_state_dict: model state does not match"):
+        ema.load_state_dict({"state": other.state_dict()})
+    with pytest.raises(KeyError, match=r"ModelEMA.copy_to: .*missing \['count', 'running'"):
+        ema.copy_to(other)
+    with pytest.raises(KeyError, match=r"ModelEMA.update: .*unexpected \['bias'\]"):
+        ema.update(other)

@@ -177,6 +177,40 @@ def test_state_dict_round_trip_restores_iteration_and_optimizer():
     assert other.optimizer.state_dict()["state"].keys() == state["optimizer"]["state"].keys()
 
 
+# Found by `make mutate` (mutmut survivors).
+def test_clip_norm_type_is_the_configured_one():
+    """``norm_type`` 1 clips the L1 norm of all gradients together to ``max_norm``."""
+    max_norm = 0.1
+    trainer, model = make_trainer(clip_grad_params={"max_norm": max_norm, "norm_type": 1.0})
+    l1_at_step = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda *_: l1_at_step.append(sum(p.grad.abs().sum().item() for p in model.parameters()))
+    )
+    trainer.train(0, 2)
+    assert l1_at_step == pytest.approx([max_norm] * 2, rel=1e-4)
+    assert trainer.gradient_norm().item() == pytest.approx(max_norm, rel=1e-4)
+
+
+def test_grad_scaler_and_skip_count_survive_a_checkpoint_round_trip():
+    """The GradScaler's scale is checkpointed and restored (a resumed fp16 run does not restart
+    at the initial scale); a checkpoint from before the skip counter existed counts 0."""
+    trainer, _ = make_trainer(grad_scaler=torch.amp.GradScaler("cpu", init_scale=256.0))
+    trainer.train(0, 2)
+    trainer.grad_scaler.update(new_scale=32.0)
+    trainer.nonfinite_skipped_steps = 3
+    state = trainer.state_dict()
+    assert state["grad_scaler"]["scale"] == 32.0 and state["nonfinite_skipped_steps"] == 3
+    other, _ = make_trainer(grad_scaler=torch.amp.GradScaler("cpu", init_scale=256.0))
+    other.load_state_dict(state)
+    assert other.grad_scaler.get_scale() == 32.0 and other.nonfinite_skipped_steps == 3
+    del state["nonfinite_skipped_steps"]
+    other.load_state_dict(state)
+    assert other.nonfinite_skipped_steps == 0
+    plain, _ = make_trainer()
+    plain.load_state_dict(state)  # a scaler state without a scaler: ignored
+    assert plain.grad_scaler is None
+
+
 @pytest.mark.cuda
 def test_fp16_amp_on_cuda_scales_unscales_and_clips():
     torch.manual_seed(0)

@@ -47,6 +47,8 @@ def test_prime_sample_weights():
     )
     with pytest.raises(ValueError, match="tau"):
         prime_sample_weights(2, 0.0)
+    # A temperature below 1 is valid (sharper weights); found by `make mutate` ("tau > 1").
+    torch.testing.assert_close(prime_sample_weights(2, 0.5), torch.tensor([1.0, math.exp(-2.0)]))
     with pytest.raises(ValueError, match="length"):
         prime_sample_weights(3, 1.5, length=2)
 

@@ -234,3 +234,67 @@ def test_any_single_zero_cost_weight_is_allowed():
     outputs, targets = random_case([2])
     for weights in [(0, 1, 1), (1, 0, 1), (1, 1, 0), (0, 0, 1), (1, 0, 0)]:
         HungarianMatcher(*weights)(outputs, targets)
+
+
+# Found by `make mutate`: the defaults, the stored class cost type, every input error's
+# message, and how a +inf logit (a saturated "certain" prediction) is matched.
+def test_defaults_are_detrex_values():
+    matcher = HungarianMatcher()
+    assert (matcher.cost_class, matcher.cost_bbox, matcher.cost_giou) == (1.0, 1.0, 1.0)
+    assert matcher.cost_class_type == "focal_loss_cost"
+    assert (matcher.alpha, matcher.gamma) == (0.25, 2.0)
+
+
+def test_cost_class_type_decides_the_class_term():
+    outputs, targets = random_case([3])
+    logits, labels = outputs["pred_logits"][0], targets[0]["labels"]
+    ce = HungarianMatcher(cost_class_type="ce_cost")
+    torch.testing.assert_close(ce.class_cost(logits, labels), -logits.softmax(-1)[:, labels])
+    focal = HungarianMatcher(cost_class_type="focal_loss_cost")
+    assert not torch.allclose(focal.class_cost(logits, labels), ce.class_cost(logits, labels))
+
+
+INPUT_ERRORS = {
+    "missing-key": (
+        lambda o, t: ({"pred_boxes": o["pred_boxes"]}, t),
+        r"outputs must contain 'pred_logits', got keys \['pred_boxes'\]",
+    ),
+    "logits-2d": (
+        lambda o, t: ({**o, "pred_logits": o["pred_logits"][0]}, t),
+        r"pred_logits of shape \[B, Q, K\], got \(4, 3\)",
+    ),
+    "boxes-shape": (
+        lambda o, t: ({**o, "pred_boxes": o["pred_boxes"][..., :2]}, t),
+        r"= \(2, 4, 4\), got \(2, 4, 2\)",
+    ),
+    "targets-count": (lambda o, t: (o, t[:1]), r"one target dict per image \(2\), got 1"),
+    "no-boxes": (
+        lambda o, t: (o, [t[0], {"labels": t[1]["labels"]}]),
+        r"targets\[1\] must contain 'labels' and 'boxes', got keys \['labels'\]",
+    ),
+    "no-labels": (lambda o, t: (o, [t[0], {"boxes": t[1]["boxes"]}]), r"got keys \['boxes'\]"),
+    "float-labels": (
+        lambda o, t: (o, [t[0], {**t[1], "labels": t[1]["labels"].float()}]),
+        r"targets\[1\]\['labels'\] must be an integer tensor, got torch.float32",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INPUT_ERRORS))
+def test_input_errors_name_what_was_expected_and_got(case):
+    break_inputs, message = INPUT_ERRORS[case]
+    outputs, targets = random_case([1, 2])
+    with pytest.raises(ValueError, match="HungarianMatcher: .*" + message):
+        HungarianMatcher()(*break_inputs(outputs, targets))
+
+
+def test_a_plus_inf_logit_is_the_most_wanted_match():
+    """A +inf logit for the target's class gives the focal cost -inf: the query is matched to
+    that target (the cost is clamped to a large negative value, not to a large positive)."""
+    matcher = HungarianMatcher(cost_class_type="focal_loss_cost")
+    outputs, targets = random_case([1], num_queries=5)
+    query = 3
+    outputs["pred_logits"][0, query, targets[0]["labels"][0]] = float("inf")
+    outputs["pred_boxes"][0, query] = torch.tensor([0.9, 0.9, 0.05, 0.05], dtype=torch.float64)
+    [(query_index, target_index)] = matcher(outputs, targets)
+    assert query_index.tolist() == [query] and target_index.tolist() == [0]
