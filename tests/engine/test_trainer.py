@@ -145,6 +145,8 @@ def test_clip_grad_params_are_validated():
         make_trainer(clip_grad_params={"norm_type": 2})
     with pytest.raises(ValueError, match="unknown keys"):
         make_trainer(clip_grad_params={"max_norm": 1.0, "max_nrom": 2})
+    with pytest.raises(ValueError, match="expected a positive 'max_norm', got 0"):
+        make_trainer(clip_grad_params={"max_norm": 0})
 
 
 def test_bf16_autocast_on_cpu_trains():
@@ -209,6 +211,32 @@ def test_grad_scaler_and_skip_count_survive_a_checkpoint_round_trip():
     plain, _ = make_trainer()
     plain.load_state_dict(state)  # a scaler state without a scaler: ignored
     assert plain.grad_scaler is None
+
+
+def test_defaults_are_plain_float32_steps_with_five_skips_allowed():
+    trainer, _ = make_trainer()
+    assert trainer.autocast_dtype is None and trainer.grad_scaler is None
+    assert trainer.clip_grad_params is None and trainer.max_consecutive_nonfinite == 5
+    assert not trainer.zero_grad_before_forward and not trainer.async_write_metrics
+
+
+class TensorLossRegressor(LinearRegressor):
+    """Returns the loss as a bare scalar tensor, which detectron2's trainers accept."""
+
+    def forward(self, batch):
+        return super().forward(batch)["loss_mse"]
+
+
+def test_a_bare_loss_tensor_is_logged_as_total_loss_with_data_time():
+    torch.manual_seed(0)
+    model = TensorLossRegressor()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = Trainer(model, synthetic_loader(), optimizer)
+    trainer.train(0, 3)
+    losses = logged_losses(trainer)
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    data_times = [value for value, _ in trainer.storage.history("data_time").values()]
+    assert len(data_times) == 3 and all(0 <= t < 5 for t in data_times)
 
 
 @pytest.mark.cuda

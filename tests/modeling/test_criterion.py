@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from detr_ext.modeling.criterions import SetCriterion
+from detr_ext.modeling.criterions import DINOCriterion, SetCriterion
 from detr_ext.modeling.matchers import HungarianMatcher
 
 WEIGHTS = {"loss_class": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
@@ -174,3 +174,28 @@ def test_invalid_arguments():
     outputs, targets = one_target_case(num_logits=2)  # ce needs K + 1 = 3 logits
     with pytest.raises(ValueError, match=r"expected pred_logits \[B, Q, 3\]"):
         criterion(outputs, targets)
+
+
+# Found by `make mutate` (mutmut survivors): DINOCriterion's denoising branch decisions.
+def test_dino_criterion_denoising_needs_both_outputs_and_meta():
+    """Without denoising (no ``dn_outputs`` or no ``dn_meta``: eval-style outputs, or zero
+    denoising groups) every ``*_dn`` loss is a zero; too few denoising aux outputs for the
+    matching ones is an error naming both counts."""
+    criterion = DINOCriterion(3, HungarianMatcher(), WEIGHTS)
+    layer = {"pred_logits": torch.randn(1, 4, 3), "pred_boxes": torch.rand(1, 4, 4) * 0.4 + 0.1}
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.rand(1, 4) * 0.4 + 0.1}]
+    outputs = {**layer, "aux_outputs": [dict(layer)]}
+    dn_layer = {"pred_logits": torch.randn(1, 2, 3), "pred_boxes": torch.rand(1, 2, 4) * 0.4 + 0.1}
+    dn_meta = {"pad_size": 2, "num_dn_group": 2}
+    for extra in ({"dn_outputs": dict(dn_layer)}, {"dn_meta": dn_meta}):
+        losses = criterion.denoising_losses({**outputs, **extra}, targets, num_boxes=1.0)
+        assert sorted(losses) == sorted(
+            n + s for n in ("loss_class", "loss_bbox", "loss_giou") for s in ("_dn", "_dn_0")
+        )
+        assert all(float(v) == 0.0 for v in losses.values())
+    with pytest.raises(
+        ValueError, match=r"DINOCriterion: expected 1 denoising aux_outputs .*got 0"
+    ):
+        criterion.denoising_losses(
+            {**outputs, "dn_outputs": dict(dn_layer), "dn_meta": dn_meta}, targets, num_boxes=1.0
+        )
