@@ -223,3 +223,66 @@ def test_dn_post_process_and_indices():
             rtol=0,
         )
         assert len(query_index) == 2 * len(targets[image]["labels"])
+
+
+# Found by `make mutate` (mutmut survivors).
+def test_box_noise_moves_corners_both_ways_over_the_whole_band():
+    targets = make_targets([40], dtype=torch.float64)
+    dn = prepare_for_cdn(
+        targets, nn.Embedding(5, 4), num_queries=3, num_classes=5, dn_number=400,
+        label_noise_ratio=0.0, box_noise_scale=0.4,
+    )  # fmt: skip
+    groups = dn.dn_meta["num_dn_group"]
+    boxes = dn.query_bbox[0].sigmoid().view(groups, 2, 40, 4)
+    half_size = targets[0]["boxes"][:, 2:].repeat(1, 2) / 2
+    ratio = (box_cxcywh_to_xyxy(boxes) - box_cxcywh_to_xyxy(targets[0]["boxes"])) / (
+        half_size * 0.4
+    )
+    for half in (ratio[:, 0], ratio[:, 1]):  # positives, negatives
+        assert (half > 0).float().mean() > 0.4 and (half < 0).float().mean() > 0.4
+    assert ratio[:, 1].abs().max() > 1.9 and ratio[:, 1].abs().min() < 1.1  # all of [1, 2)
+
+
+def test_label_noise_one_redraws_half_of_the_labels_from_every_class():
+    targets = make_targets([200] * 4, num_classes=3)
+    for target in targets:
+        target["labels"].fill_(2)
+    dn = prepare_for_cdn(
+        targets, one_hot_embedding(3), num_queries=1, num_classes=3, dn_number=2000,
+        label_noise_ratio=1.0, box_noise_scale=0.0,
+    )  # fmt: skip
+    noised = dn.query_label.argmax(-1)
+    assert set(noised.unique().tolist()) == {0, 1, 2}  # class 0 is a possible redraw
+    # Redrawn with probability 1/2, to one of 3 classes: 1/3 of the labels change.
+    assert abs((noised != 2).float().mean().item() - 1 / 3) < 0.02
+
+
+def test_single_class_and_a_single_group_are_valid():
+    targets = make_targets([3, 1], num_classes=1)
+    dn = prepare_for_cdn(targets, nn.Embedding(1, 4), 2, num_classes=1, dn_number=1)
+    assert dn.dn_meta == {"pad_size": 6, "num_dn_group": 1}
+
+
+def test_generator_passes_its_settings():
+    """``CdnQueryGenerator``'s ``dn_number`` / noise settings reach ``prepare_for_cdn``:
+    without noise the queries are the targets themselves, in the requested group count."""
+    targets = make_targets([2, 1], num_classes=3)
+    generator = CdnQueryGenerator(3, dn_number=6, label_noise_ratio=0.0, box_noise_scale=0.0)
+    dn = generator(targets, one_hot_embedding(3), num_queries=4)
+    assert dn.dn_meta == {"pad_size": 12, "num_dn_group": 3}
+    boxes = dn.query_bbox[0].sigmoid().view(6, 2, 4)
+    torch.testing.assert_close(boxes, targets[0]["boxes"].expand(6, 2, 4))
+    assert (dn.query_label[0].argmax(-1).view(6, 2) == targets[0]["labels"]).all()
+
+
+def test_argument_errors_name_function_and_values():
+    label_enc, targets = nn.Embedding(2, 4), make_targets([1], num_classes=2)
+    for kwargs, message in [
+        ({"num_classes": 0}, "expected num_classes >= 1, got 0"),
+        ({"label_noise_ratio": 1.5}, r"expected label_noise_ratio in \[0, 1\], got 1.5"),
+        ({"box_noise_scale": -1.0}, "expected box_noise_scale >= 0, got -1.0"),
+    ]:
+        with pytest.raises(ValueError, match="prepare_for_cdn: " + message):
+            prepare_for_cdn(targets, label_enc, 5, **{"num_classes": 2, **kwargs})
+    with pytest.raises(ValueError, match="prepare_for_cdn: expected one target dict per image"):
+        prepare_for_cdn([], label_enc, 5, 2)
