@@ -65,12 +65,16 @@ def test_ce_loss_hand_computed():
     assert losses["loss_giou"].item() == pytest.approx(2.0 * (1 - 0.6), rel=1e-9)
 
 
-def test_focal_loss_hand_computed():
-    criterion = SetCriterion(2, fixed_matcher([([1], [0])]), WEIGHTS, loss_class_type="focal_loss")
+@pytest.mark.parametrize("alpha, gamma", [(0.25, 2.0), (0.5, 1.0)])  # detrex's; other values
+def test_focal_loss_hand_computed(alpha, gamma):
+    criterion = SetCriterion(
+        2, fixed_matcher([([1], [0])]), WEIGHTS, loss_class_type="focal_loss", alpha=alpha,
+        gamma=gamma,
+    )  # fmt: skip
     outputs, targets = one_target_case(num_logits=2)
     losses = criterion(outputs, targets)
 
-    def focal(logit, positive, alpha=0.25, gamma=2.0):
+    def focal(logit, positive):
         p = 1 / (1 + math.exp(-logit))
         if positive:
             return alpha * (1 - p) ** gamma * -math.log(p)
