@@ -1,5 +1,8 @@
-"""``build_info()``: what `make setup`, the benchmarks and bug reports print about the build
-(found by `make mutate`: no test read its fields)."""
+"""``build_info()``: what `make setup`, the benchmarks and bug reports print about the build;
+the backend choice when no compiled kernel serves a tensor (both found by `make mutate`)."""
+
+import importlib
+import warnings
 
 import pytest
 import torch
@@ -20,3 +23,19 @@ def test_build_info_reports_the_loaded_extension_and_its_kernels():
     assert info["kernels"] == expected and "cpu" in info["kernels"]
     assert info["build"] == torch.ops.detr_ext.build_info()
     assert (info["torch"], info["torch_cuda"]) == (torch.__version__, torch.version.cuda)
+
+
+def test_auto_falls_back_once_with_the_reason_and_compiled_refuses(monkeypatch):
+    """A device without compiled kernels (here ``meta``): "auto" takes the PyTorch path and
+    warns once, naming why; "compiled" raises with the same reason (found by `make mutate`:
+    only a subprocess test without the extension reached this path)."""
+    front = importlib.import_module("detr_ext.ops.ms_deform_attn")  # the module, not the op
+    monkeypatch.setattr(front, "_warned", set())
+    value = torch.empty(1, 4, 2, 8, device="meta")
+    with pytest.warns(RuntimeWarning, match=r"falls back to the PyTorch path \(.*without meta"):
+        assert front.resolve_backend("auto", value) == "pytorch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call is silent
+        assert front.resolve_backend("auto", value) == "pytorch"
+    with pytest.raises(RuntimeError, match="backend='compiled' is unavailable: .*without meta"):
+        front.resolve_backend("compiled", value)
