@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from detr_ext.checkpoint import (
+    ConversionReport,
     Converter,
     convert_state_dict,
     find_converters,
@@ -128,3 +129,38 @@ def test_summary_shows_renames_only_when_a_rule_renamed():
     assert not any("renamed to extra.thing" in line for line in lines)
     assert report.num_problems == 2 + len(TARGET)  # 2 unused, every target key missing
     assert report.num_matched == 0
+
+
+def test_report_summary_lists_every_category_and_truncates():
+    """Found by `make mutate`: every block of the summary in order (none overwritten), the
+    truncation line, and the verdict."""
+    report = ConversionReport(
+        converted={"a": "a"},
+        unused_source_keys={"u": "u"},
+        dropped_source_keys=["d.num_batches_tracked"],
+        missing_target_keys=[f"m{i}" for i in range(4)],
+        filled_target_keys=["f"],
+        shape_mismatches={"s": ((2,), (3,))},
+        transformed_keys=["t"],
+    )
+    assert report.summary(max_keys=3).splitlines() == [
+        "converted: 1",
+        "transformed: 1",
+        "  t",
+        "filled from the target model: 1",
+        "  f",
+        "dropped source keys: 1",
+        "  d.num_batches_tracked",
+        "unused source keys: 1",
+        "  u",
+        "missing target keys: 4",
+        "  m0",
+        "  m1",
+        "  m2",
+        "  ... and 1 more",
+        "shape mismatches: 1",
+        "  s: converted [2] vs target [3]",
+        "NOT OK",
+    ]
+    assert ConversionReport(converted={"a": "a"}).summary().splitlines()[-1] == "OK"
+    assert "... and" not in report.summary(max_keys=4)
