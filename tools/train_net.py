@@ -15,6 +15,7 @@ early when ``model.num_classes`` is smaller than a dataset's number of categorie
 
 Evaluation files (``coco_instances_results.json``, ...) go to ``<train.output_dir>/inference``
 (``inference/ema`` for the EMA weights), following ``train.output_dir`` however it was set.
+``--analyze`` adds a TIDE error breakdown and a confusion matrix there (``analysis/``).
 
 The loops live in :mod:`detr_ext.engine`; a project changes training through its config.
 """
@@ -41,13 +42,20 @@ from detr_ext.engine import (  # noqa: E402
 
 
 def build_parser():
-    """detectron2's ``default_argument_parser`` plus ``--allow-random-weights``."""
+    """detectron2's ``default_argument_parser`` plus ``--allow-random-weights`` and
+    ``--analyze``."""
     parser = default_argument_parser()
     parser.add_argument(
         "--allow-random-weights",
         action="store_true",
         help="with --eval-only and an empty train.init_checkpoint, evaluate the randomly "
         "initialised model instead of stopping with an error",
+    )
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="with the evaluation, write a TIDE error breakdown and a confusion matrix (JSON and "
+        "PNG) to <train.output_dir>/inference/analysis/ (needs hotcoco)",
     )
     return parser
 

@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         "cores are split between them); default 1 (on 2 CPU cores, 2 processes were ~6%% "
         "slower per step for dino_shapes)",
     )
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="with the evaluation, write a TIDE error breakdown and a confusion matrix (JSON and "
+        "PNG) to <train.output_dir>/inference/analysis/ (needs hotcoco)",
+    )
     parser.add_argument("opts", nargs="*", default=[], help="config overrides, key=value")
     return parser
 

@@ -39,6 +39,7 @@ from .trainer import Trainer
 __all__ = [
     "build_ema",
     "build_evaluator",
+    "request_error_analysis",
     "default_argument_parser",
     "do_test",
     "do_train",
@@ -72,7 +73,8 @@ def share_cpu_threads(cfg: DictConfig) -> int:
 
 def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = None) -> DictConfig:
     """Load ``args.config_file``, apply the ``key=value`` overrides in ``args.opts``, then
-    ``edit(cfg)`` if given (an entry point's own changes), and run detectron2's
+    ``edit(cfg)`` if given (an entry point's own changes), turn on the evaluator's error
+    analysis if ``args.analyze`` (:func:`request_error_analysis`), and run detectron2's
     ``default_setup`` (loggers, environment info, ``config.yaml`` saved to
     ``train.output_dir``, seeding)."""
     if not args.config_file or not os.path.isfile(args.config_file):
@@ -83,6 +85,8 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     if edit is not None:
         edit(cfg)
+    if getattr(args, "analyze", False):
+        request_error_analysis(cfg)
     share_cpu_threads(cfg)
     default_setup(cfg, args)
     # default_setup configures the "detectron2" and "fvcore" loggers; add ours.
@@ -127,14 +131,32 @@ def evaluation_output_dir(cfg: DictConfig, ema: bool = False) -> str | None:
     return os.path.join(folder, "ema") if ema else folder
 
 
-def _accepts_output_dir(target: Any) -> bool:
+def _accepts(target: Any, argument: str) -> bool:
     if isinstance(target, str):
         target = locate(target)
     try:
         parameters = inspect.signature(target).parameters
     except (TypeError, ValueError):  # a builtin or C callable without a signature
         return False
-    return "output_dir" in parameters
+    return argument in parameters
+
+
+def request_error_analysis(cfg: DictConfig) -> None:
+    """Set ``dataloader.evaluator.analyze = True`` (``--analyze`` of the tools): the evaluator
+    then writes TIDE errors and a confusion matrix next to its results (see
+    :class:`detr_ext.evaluation.COCOEvaluator`).
+
+    Raises:
+        ValueError: the config has no evaluator, or one that takes no ``analyze`` argument.
+    """
+    node = cfg.dataloader.get("evaluator", None)
+    target = node.get("_target_", None) if isinstance(node, DictConfig) else None
+    if target is None or not _accepts(target, "analyze"):
+        raise ValueError(
+            "--analyze needs dataloader.evaluator to be detr_ext.evaluation.COCOEvaluator (or "
+            f"another evaluator with an 'analyze' argument), got {target!r}"
+        )
+    node.analyze = True
 
 
 def build_evaluator(cfg: DictConfig, output_dir: str | None) -> Any:
@@ -144,7 +166,7 @@ def build_evaluator(cfg: DictConfig, output_dir: str | None) -> Any:
     node = cfg.dataloader.evaluator
     if output_dir is None or not isinstance(node, DictConfig) or "_target_" not in node:
         return instantiate(node)
-    if not _accepts_output_dir(node._target_):
+    if not _accepts(node._target_, "output_dir"):
         return instantiate(node)
     configured = node.get("output_dir", None)
     if configured is not None and os.path.normpath(str(configured)) != os.path.normpath(output_dir):

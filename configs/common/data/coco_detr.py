@@ -15,10 +15,10 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.evaluation import COCOEvaluator
 from omegaconf import OmegaConf
 
 from detr_ext.data import DetrDatasetMapper
+from detr_ext.evaluation import COCOEvaluator
 
 # 480, 512, ..., 800: DETR's training scales for the shorter side.
 TRAIN_SHORT_EDGES = tuple(range(480, 801, 32))
@@ -63,4 +63,8 @@ dataloader.test = L(build_detection_test_loader)(
     num_workers=4,
 )
 
-dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}")
+# COCO metrics through hotcoco when installed, else pycocotools (backend="pycocotools" forces
+# it); analyze=True (or --analyze) adds TIDE errors and a confusion matrix. detr_ext.evaluation.
+dataloader.evaluator = L(COCOEvaluator)(
+    dataset_name="${..test.dataset.names}", backend="auto", analyze=False
+)

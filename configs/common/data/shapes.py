@@ -24,11 +24,11 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.evaluation import COCOEvaluator
 from omegaconf import OmegaConf
 
 from detr_ext.data import DetrDatasetMapper
 from detr_ext.data.datasets import register_shapes
+from detr_ext.evaluation import COCOEvaluator
 
 # root=None -> $DETR_EXT_DATASETS/shapes
 register_shapes(root=None, num_train=1000, num_val=200, seed=0, replace=True)
@@ -76,4 +76,8 @@ dataloader.test = L(build_detection_test_loader)(
     num_workers=2,
 )
 
-dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}")
+# COCO metrics through hotcoco when installed, else pycocotools (backend="pycocotools" forces
+# it); analyze=True (or --analyze) adds TIDE errors and a confusion matrix. detr_ext.evaluation.
+dataloader.evaluator = L(COCOEvaluator)(
+    dataset_name="${..test.dataset.names}", backend="auto", analyze=False
+)

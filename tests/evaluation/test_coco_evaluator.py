@@ -1,0 +1,274 @@
+"""detr_ext.evaluation.COCOEvaluator end to end: detectron2 ``Instances`` in, the same results,
+files and copypaste lines out of either backend; the error analysis files; the evaluator's
+and ``--analyze``'s errors; ``tools/train_net.py --analyze``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.config import LazyCall as L
+from detectron2.config import LazyConfig
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.evaluation import COCOEvaluator as D2COCOEvaluator
+from detectron2.evaluation.testing import print_csv_format
+from detectron2.structures import Boxes, Instances
+from PIL import Image
+
+from detr_ext.engine import request_error_analysis
+from detr_ext.evaluation import COCOEvaluator
+from detr_ext.evaluation.analysis import TIDE_ERRORS
+from tests.tool_runs import REPO_ROOT, TINY_SHAPES_CONFIG, run_tool
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
+
+# Non-contiguous dataset ids: the model predicts 0, 1, 2 and the evaluator must map them back.
+CATEGORIES = [
+    {"id": 5, "name": "circle"},
+    {"id": 10, "name": "square"},
+    {"id": 20, "name": "triangle"},
+]
+SIZE = 200
+# Ground truth per image, XYWH: image 1 a small circle and a medium square, image 2 a large
+# triangle, image 3 a medium circle (never detected), image 4 nothing.
+GROUND_TRUTH = {
+    1: [(5, [10, 10, 20, 20]), (10, [60, 60, 50, 50])],
+    2: [(20, [20, 20, 120, 100])],
+    3: [(5, [30, 30, 50, 50])],
+    4: [],
+}
+# Predictions per image: (contiguous class, XYWH, score). The square is detected exactly but
+# called a triangle; image 3 has no detections; image 4 one on background.
+PREDICTIONS = {
+    1: [(0, [10, 10, 20, 20], 0.9), (2, [60, 60, 50, 50], 0.95)],
+    2: [(2, [20, 20, 120, 100], 0.8)],
+    3: [],
+    4: [(0, [100, 100, 40, 40], 0.1)],
+}
+# What COCO's rules give for them (AP in points): circle found 1 of 2 (precision 1 up to recall
+# 0.5: 51 of 101 recall points), square never found, triangle found after a false positive
+# (precision 0.5); every box is exact, so AP = AP50 = AP75. Small: only the circle (found);
+# medium: circle 3 and the square (both missed); large: the triangle (found).
+AP_CIRCLE = 100 * 51 / 101
+EXPECTED = {
+    "AP": (AP_CIRCLE + 0 + 50) / 3,
+    "AP50": (AP_CIRCLE + 0 + 50) / 3,
+    "AP75": (AP_CIRCLE + 0 + 50) / 3,
+    "APs": 100.0,
+    "APm": 0.0,
+    "APl": 100.0,
+    "AP-circle": AP_CIRCLE,
+    "AP-square": 0.0,
+    "AP-triangle": 50.0,
+}
+
+
+def write_dataset_json(path: Path) -> None:
+    images, annotations = [], []
+    for image_id, objects in GROUND_TRUTH.items():
+        images.append(
+            {"id": image_id, "file_name": f"{image_id}.jpg", "height": SIZE, "width": SIZE}
+        )
+        for category_id, box in objects:
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
+                 "bbox": box, "area": box[2] * box[3], "iscrowd": 0}
+            )  # fmt: skip
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES})
+    )
+
+
+@pytest.fixture
+def dataset_name(tmp_path):
+    """A registered 4-image COCO-format dataset, loaded once (as a test loader would, which
+    fills in the metadata's class names and id mapping); removed afterwards."""
+    name = f"eval_test_{uuid.uuid4().hex[:8]}"
+    json_file = tmp_path / "instances.json"
+    write_dataset_json(json_file)
+    register_coco_instances(name, {}, str(json_file), str(tmp_path))
+    DatasetCatalog.get(name)
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
+
+
+def model_io(image_id: int) -> tuple[dict, dict]:
+    """The input dict and the model output for ``image_id``, as detectron2 passes them to an
+    evaluator: ``Instances`` with absolute XYXY ``pred_boxes``, ``scores``, ``pred_classes``."""
+    detections = PREDICTIONS[image_id]
+    instances = Instances((SIZE, SIZE))
+    boxes = [[x, y, x + w, y + h] for _, (x, y, w, h), _ in detections]
+    instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    instances.scores = torch.tensor([score for *_, score in detections], dtype=torch.float32)
+    instances.pred_classes = torch.tensor([c for c, *_ in detections], dtype=torch.int64)
+    return {"image_id": image_id, "height": SIZE, "width": SIZE}, {"instances": instances}
+
+
+def run_evaluator(evaluator: COCOEvaluator) -> dict:
+    evaluator.reset()
+    for image_id in PREDICTIONS:
+        inputs, outputs = model_io(image_id)
+        evaluator.process([inputs], [outputs])
+    return evaluator.evaluate()
+
+
+class CopypasteLines(logging.Handler):
+    """Collects what ``print_csv_format`` logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def copypaste_lines(results: dict) -> list[str]:
+    logger = logging.getLogger("detectron2.evaluation.testing")
+    handler, level = CopypasteLines(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        print_csv_format(results)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return handler.lines
+
+
+def test_backends_give_the_same_results(dataset_name, tmp_path):
+    results, files, lines = {}, {}, {}
+    for backend in ("hotcoco", "pycocotools"):
+        output_dir = tmp_path / backend
+        evaluator = COCOEvaluator(
+            dataset_name, distributed=False, output_dir=str(output_dir), backend=backend
+        )
+        assert evaluator.backend == backend
+        results[backend] = run_evaluator(evaluator)
+        files[backend] = json.loads((output_dir / "coco_instances_results.json").read_text())
+        lines[backend] = copypaste_lines(results[backend])
+        assert not (output_dir / "analysis").exists()  # analyze defaults to False
+
+    hot, pyc = results["hotcoco"]["bbox"], results["pycocotools"]["bbox"]
+    assert list(hot) == list(pyc) == list(EXPECTED)
+    for key, expected in EXPECTED.items():
+        assert hot[key] == pytest.approx(expected, abs=1e-9), (key, hot[key])
+        assert hot[key] == pyc[key] or (math.isnan(hot[key]) and math.isnan(pyc[key])), key
+
+    assert files["hotcoco"] == files["pycocotools"]
+    assert sorted({r["category_id"] for r in files["hotcoco"]}) == [5, 20]  # dataset ids
+    assert len(files["hotcoco"]) == sum(len(d) for d in PREDICTIONS.values())
+
+    assert lines["hotcoco"] == lines["pycocotools"]
+    assert lines["hotcoco"][:2] == ["copypaste: Task: bbox", "copypaste: AP,AP50,AP75,APs,APm,APl"]
+    ap = f"{EXPECTED['AP']:.4f}"
+    assert lines["hotcoco"][2] == f"copypaste: {ap},{ap},{ap},100.0000,0.0000,100.0000"
+
+
+@pytest.mark.parametrize("backend", ["hotcoco", "pycocotools"])
+def test_analysis_files(backend, dataset_name, tmp_path):
+    evaluator = COCOEvaluator(
+        dataset_name, distributed=False, output_dir=str(tmp_path), backend=backend, analyze=True
+    )
+    results = run_evaluator(evaluator)
+    assert results["bbox"]["AP"] == pytest.approx(EXPECTED["AP"], abs=1e-9)
+
+    analysis_dir = tmp_path / "analysis"
+    tide = json.loads((analysis_dir / "bbox_tide.json").read_text())
+    assert {"ap_base", "delta_ap"} <= set(tide)
+    assert set(tide["delta_ap"]) == set(TIDE_ERRORS)
+    # The square called a triangle is TIDE's classification error, and the only one.
+    assert tide["counts"]["Cls"] == 1
+    assert tide["counts"]["Miss"] == 1  # the circle of image 3
+
+    confusion = json.loads((analysis_dir / "bbox_confusion.json").read_text())
+    assert confusion["cat_ids"] == [c["id"] for c in CATEGORIES]
+    # Rows: true class, then BG (false positives); columns: predicted class, then BG (missed).
+    assert confusion["matrix"] == [
+        [1, 0, 0, 1],  # circles: one found, one missed
+        [0, 0, 1, 0],  # the square, predicted as a triangle
+        [0, 0, 1, 0],  # the triangle
+        [1, 0, 0, 0],  # the circle predicted on background
+    ]
+
+    png = analysis_dir / "bbox_analysis.png"
+    with Image.open(png) as image:
+        assert image.format == "PNG"
+        assert image.width > 0 and image.height > 0
+        image.verify()
+
+
+def test_unmapped_class_is_an_error(dataset_name):
+    evaluator = COCOEvaluator(dataset_name, distributed=False, backend="hotcoco")
+    evaluator.reset()
+    inputs, outputs = model_io(1)
+    outputs["instances"].pred_classes[0] = 3  # the dataset has classes 0, 1, 2
+    evaluator.process([inputs], [outputs])
+    with pytest.raises(ValueError, match=r"has class 3.*has 3 classes.*must be in \[0, 2\]"):
+        evaluator.evaluate()
+
+
+def test_evaluator_argument_errors(dataset_name):
+    with pytest.raises(ValueError, match="writes its analysis to output_dir, got output_dir=None"):
+        COCOEvaluator(dataset_name, distributed=False, analyze=True)
+    with pytest.raises(
+        ValueError, match=r"one of \('auto', 'hotcoco', 'pycocotools'\), got 'rust'"
+    ):
+        COCOEvaluator(dataset_name, distributed=False, backend="rust")
+
+
+@pytest.fixture
+def shapes_config(tmp_path, monkeypatch):
+    """configs/common/data/shapes.py loaded (it registers shapes_train/shapes_val, cheaply:
+    nothing is generated); the registration removed afterwards."""
+    monkeypatch.setenv("DETR_EXT_DATASETS", str(tmp_path / "datasets"))
+    cfg = LazyConfig.load(str(REPO_ROOT / "configs" / "common" / "data" / "shapes.py"))
+    yield cfg
+    for name in ("shapes_train", "shapes_val"):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+def test_request_error_analysis(shapes_config):
+    assert shapes_config.dataloader.evaluator.analyze is False
+    request_error_analysis(shapes_config)
+    assert shapes_config.dataloader.evaluator.analyze is True
+
+    shapes_config.dataloader.evaluator = L(D2COCOEvaluator)(dataset_name="shapes_val")
+    with pytest.raises(ValueError, match="detectron2.evaluation.coco_evaluation.COCOEvaluator"):
+        request_error_analysis(shapes_config)
+    del shapes_config.dataloader.evaluator
+    with pytest.raises(ValueError, match="--analyze needs dataloader.evaluator"):
+        request_error_analysis(shapes_config)
+
+
+def test_train_net_analyze_writes_the_analysis(tmp_path):
+    """``--eval-only --allow-random-weights --analyze`` on dino_shapes, 3 val images."""
+    config = tmp_path / "dino_shapes_tiny.py"
+    base = REPO_ROOT / "projects" / "dino" / "configs" / "dino_shapes.py"
+    config.write_text(TINY_SHAPES_CONFIG.format(base=str(base)))
+    output_dir = tmp_path / "run"
+    result = run_tool(
+        "train_net.py",
+        [
+            "--config-file", str(config), "--eval-only", "--allow-random-weights", "--analyze",
+            f"train.output_dir={output_dir}",
+        ],
+        cwd=tmp_path,
+        datasets=tmp_path / "datasets",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-6000:]
+    analysis_dir = output_dir / "inference" / "analysis"
+    with Image.open(analysis_dir / "bbox_analysis.png") as image:
+        assert image.format == "PNG" and image.width > 0
+    confusion = json.loads((analysis_dir / "bbox_confusion.json").read_text())
+    assert len(confusion["matrix"]) == 4  # circle, square, triangle, BG
+    assert (analysis_dir / "bbox_tide.json").is_file()
