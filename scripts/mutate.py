@@ -61,6 +61,11 @@ DEFAULT_TESTS: dict[str, list[str]] = {
         "tests/data/test_image_io.py",
     ],
     "detr_ext/checkpoint": ["tests/checkpoint"],
+    # Loading weights into a model: exercised by the predictor and --eval-only tests.
+    "detr_ext/checkpoint/loading.py": [
+        "tests/engine/test_predictor.py",
+        "tests/engine/test_train_net.py",
+    ],
     # The converters: the shared engine in detr_ext/checkpoint, one rule set per project.
     "projects/detr/checkpoint.py": [
         "tests/projects/test_detr_converter.py",
@@ -82,7 +87,8 @@ DEFAULT_PATHS = [
     "detr_ext/engine/trainer.py",
     "detr_ext/engine/ema.py",
     "detr_ext/data/dataset_mapper.py",
-    "detr_ext/checkpoint",
+    "detr_ext/checkpoint/convert.py",
+    "detr_ext/checkpoint/loading.py",
     "projects/detr/checkpoint.py",
     "projects/deformable_detr/checkpoint.py",
     "projects/dino/checkpoint.py",
