@@ -6,7 +6,7 @@ Both compute COCO's detection metrics (``bbox``, ``segm``) with the same API
 differ where pycocotools has a known flaw: a ground-truth annotation whose ``id`` is 0 is never
 counted as matched (pycocotools marks "unmatched" with id 0), so on a labeling-tool export
 whose ids start at 0 a perfect detector scores below 100. hotcoco counts it. Datasets
-registered through :func:`detr_ext.data.register_coco_format` are evaluated on a copy whose
+registered through :func:`detr_ext.data.register_coco_format_dataset` are evaluated on a copy whose
 ids start at 1, where the two agree.
 
 ``backend="auto"`` (the default of :class:`~detr_ext.evaluation.COCOEvaluator`) takes hotcoco
@@ -18,13 +18,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import logging
 import warnings
 from typing import Any
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "hotcoco", "pycocotools")
 # What hotcoco evaluates here; keypoints stay with pycocotools (see evaluate_on_coco).
@@ -67,7 +64,7 @@ def load_coco_gt(json_file: str, backend: str) -> Any:
         return COCO(json_file)
 
 
-def _cocoeval_class(backend: str, iou_type: str, max_dets: list[int]) -> Any:
+def _cocoeval_class(backend: str, max_dets: list[int]) -> Any:
     if backend == "hotcoco":
         import hotcoco
 
@@ -132,7 +129,7 @@ def evaluate_on_coco(
             result.pop("bbox", None)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(coco_results)
-    coco_eval = _cocoeval_class(backend, iou_type, max_dets)(coco_gt, coco_dt, iou_type)
+    coco_eval = _cocoeval_class(backend, max_dets)(coco_gt, coco_dt, iou_type)
     if iou_type != "keypoints":
         coco_eval.params.maxDets = max_dets
     if img_ids is not None:
