@@ -6,10 +6,18 @@
         --input photo.jpg more_photos/ --output output/demo [--confidence-threshold 0.3] \
         [--device cpu] [key=value ...]
 
+or, with a model exported by ``tools/export_model.py`` instead of ``--weights`` (same
+drawings and detections, up to the exported graph's float rounding)::
+
+    python tools/demo.py --config-file projects/dino/configs/dino_shapes.py \
+        --exported output/export/dino_shapes.onnx --input photo.jpg --output output/demo
+
 Writes ``<output>/<image stem>.png`` per image (boxes, class names and scores drawn by
 detectron2's ``Visualizer``) and ``<output>/detections.json``: one entry per image with
 ``file``, ``height``, ``width``, ``visualization`` and ``detections`` (``bbox_xyxy`` in pixels,
-``score``, ``category_id`` as in the dataset's json, ``category_name``). Images go through the
+``score``, ``category_id`` as in the dataset's json, ``category_name``, and for text-prompted
+models such as Grounding DINO ``phrase``; ``--prompt "red circle . triangle"`` chooses the
+phrases, drawn next to each box). Images go through the
 config's test-time augmentation; ``key=value`` overrides apply to the config as in
 ``tools/train_net.py``.
 
@@ -53,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         "behind '--' or another option.",
     )
     parser.add_argument("--config-file", required=True, help="LazyConfig .py file of the model")
-    parser.add_argument("--weights", required=True, help="checkpoint, e.g. model_final.pth")
+    parser.add_argument("--weights", help="checkpoint, e.g. model_final.pth")
+    parser.add_argument(
+        "--exported",
+        help="run an exported model instead of --weights: a .pt2 or .onnx file from "
+        "tools/export_model.py (the config still gives the test resizing and class names)",
+    )
     parser.add_argument(
         "--input", nargs="+", required=True, help="image files and/or folders of images"
     )
@@ -66,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help="text-prompted models (Grounding DINO): phrases to detect, separated by ' . ', "
+        "e.g. 'red circle . triangle' (default: the model's category names)",
     )
     parser.add_argument("opts", nargs="*", help="config overrides, key=value", default=[])
     return parser
@@ -125,7 +144,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Run the demo; returns what was written to ``detections.json``."""
     args = build_parser().parse_args(argv)
     images = collect_images(args.input)
-    if not os.path.isfile(args.weights) and "://" not in args.weights:
+    if (args.weights is None) == (args.exported is None):
+        raise DemoError(
+            "expected exactly one of --weights (a checkpoint) and --exported (an exported "
+            f"model), got {'both' if args.weights else 'neither'}"
+        )
+    if args.exported is not None and not os.path.isfile(args.exported):
+        raise DemoError(
+            f"--exported: expected a .pt2 or .onnx file, got missing path {args.exported!r}"
+        )
+    if args.exported is not None and getattr(args, "prompt", None) is not None:
+        raise DemoError("--prompt needs --weights: exported models take no text prompt")
+    if args.weights is not None and not os.path.isfile(args.weights) and "://" not in args.weights:
         raise DemoError(f"--weights: expected a checkpoint file, got missing path {args.weights!r}")
     cfg = load_config(args.config_file, args.opts)
 
@@ -142,9 +172,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     setup_logger(name="fvcore")
     setup_logger(name="detectron2", abbrev_name="d2")
     try:
-        predictor = Predictor(cfg, args.weights, device=args.device)
-    except (CheckpointMismatchError, NumClassesError) as error:
+        if args.exported is not None:
+            from detr_ext.export import ExportedPredictor
+
+            predictor = ExportedPredictor(args.exported, cfg)
+        else:
+            predictor = Predictor(cfg, args.weights, device=args.device)
+    except (CheckpointMismatchError, NumClassesError, ValueError) as error:
         raise DemoError(str(error)) from error
+    if args.prompt is not None and not hasattr(predictor.model, "default_prompt"):
+        raise DemoError(
+            f"--prompt: {type(predictor.model).__name__} does not read text prompts; expected "
+            "a text-prompted model such as GroundingDINO, or no --prompt"
+        )
     output_dir = Path(args.output)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -154,12 +194,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         for path, name in zip(images, output_names(images), strict=True):
             try:
                 image = predictor.read_image(path)  # ImageReadError (OSError) names the file
-                instances = predictor(image)
+                instances, phrases = predictor.predict(image, args.prompt)
                 drawn = draw_predictions(
                     predictor.to_rgb(image),
                     instances,
                     predictor.metadata,
                     args.confidence_threshold,
+                    phrases=phrases,
                 )
                 Image.fromarray(drawn).save(output_dir / name)
             except Exception as error:  # one bad image must not lose the others' results
@@ -172,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 skipped.append({"file": str(path), "error": reason})
                 continue
             detections = instances_to_dicts(
-                instances, predictor.metadata, args.confidence_threshold
+                instances, predictor.metadata, args.confidence_threshold, phrases=phrases
             )
             records.append(
                 {

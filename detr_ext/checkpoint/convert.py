@@ -13,6 +13,9 @@ target keys that may be taken from the target model when the source does not hav
   class rows).
 - fill_from_target: patterns of target keys that the source lacks by design (such as a
   loss buffer computed from the config); they are copied from the target state_dict.
+- defaults: ``(pattern, function)`` pairs for target keys the source lacks but whose value
+  that codebase implies (e.g. the scale and bias of a head that is a plain dot product there);
+  ``function(target_value) -> value`` gives the value.
 
 :func:`convert_state_dict` applies them and returns the converted state_dict with a
 :class:`ConversionReport`. Named conversions are :class:`Converter` objects registered with
@@ -157,6 +160,7 @@ def convert_state_dict(
     target_state_dict: Mapping[str, Tensor],
     transforms: Sequence[Transform] = (),
     fill_from_target: Sequence[str] = (),
+    defaults: Sequence[tuple[str, Callable[[Tensor], Tensor]]] = (),
 ) -> tuple[dict[str, Tensor], ConversionReport]:
     """Rename (and transform) ``source`` into the key space of ``target_state_dict``.
 
@@ -168,6 +172,9 @@ def convert_state_dict(
         transforms: ``(target_key_pattern, function(value, target_value))`` value transforms.
         fill_from_target: full-match patterns of target keys to copy from the target when
             the source does not provide them.
+        defaults: ``(target_key_pattern, function(target_value))``: full-match patterns of
+            target keys the source does not provide, and the function giving their value
+            (listed in ``report.filled_target_keys``).
 
     Returns:
         ``(converted, report)``: ``converted`` holds the target keys that were produced, in
@@ -180,6 +187,7 @@ def convert_state_dict(
     compiled_rules = _compile(rules, "rules")
     compiled_transforms = _compile(transforms, "transforms")
     fill_patterns = [re.compile(pattern) for pattern in fill_from_target]
+    compiled_defaults = _compile(defaults, "defaults")
     report = ConversionReport()
 
     renamed: dict[str, Tensor] = {}
@@ -199,10 +207,25 @@ def convert_state_dict(
         report.converted[target_key] = source_key
         renamed[target_key] = value
 
+    # A module shared under two names (DINO's heads are also the decoder's) gives two keys
+    # of one tensor: a source that names only one of them converts both.
+    by_storage = {
+        _storage_key(target_state_dict[key]): key for key in renamed if key in target_state_dict
+    }
+    for target_key, target_value in target_state_dict.items():
+        tied_to = by_storage.get(_storage_key(target_value))
+        if target_key not in renamed and tied_to is not None:
+            renamed[target_key] = renamed[tied_to]
+            report.converted[target_key] = report.converted[tied_to]
+
     converted: dict[str, Tensor] = {}
     for target_key, target_value in target_state_dict.items():
         if target_key not in renamed:
-            if any(pattern.fullmatch(target_key) for pattern in fill_patterns):
+            default = next((f for p, f in compiled_defaults if p.fullmatch(target_key)), None)
+            if default is not None:
+                converted[target_key] = default(target_value.detach().clone())
+                report.filled_target_keys.append(target_key)
+            elif any(pattern.fullmatch(target_key) for pattern in fill_patterns):
                 converted[target_key] = target_value.detach().clone()
                 report.filled_target_keys.append(target_key)
             else:
@@ -225,6 +248,13 @@ def convert_state_dict(
     return converted, report
 
 
+def _storage_key(value: object) -> tuple[int, int, tuple[int, ...]] | None:
+    """Identity of a tensor's memory (None for non-tensors or tensors without storage)."""
+    if not isinstance(value, Tensor) or value.device.type == "meta" or value.numel() == 0:
+        return None
+    return (value.data_ptr(), value.storage_offset(), tuple(value.shape))
+
+
 @dataclass(frozen=True)
 class Converter:
     """A named conversion into a detr_ext model's parameter names.
@@ -232,7 +262,7 @@ class Converter:
     Attributes:
         name: registry key, ``"<project>.<source>"``, e.g. ``"detr.facebookresearch"``.
         description: one line on what checkpoints it converts.
-        rules, transforms, fill_from_target: as for :func:`convert_state_dict`.
+        rules, transforms, fill_from_target, defaults: as for :func:`convert_state_dict`.
     """
 
     name: str
@@ -240,6 +270,7 @@ class Converter:
     rules: tuple[Rule, ...]
     transforms: tuple[Transform, ...] = ()
     fill_from_target: tuple[str, ...] = ()
+    defaults: tuple[tuple[str, Callable[[Tensor], Tensor]], ...] = ()
 
     def convert(
         self, source: Mapping[str, Tensor], target_state_dict: Mapping[str, Tensor]
@@ -251,6 +282,7 @@ class Converter:
             target_state_dict,
             transforms=self.transforms,
             fill_from_target=self.fill_from_target,
+            defaults=self.defaults,
         )
 
 

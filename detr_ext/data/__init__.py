@@ -6,6 +6,7 @@ from .datasets import (
     generate_shapes_dataset,
     register_coco_format_dataset,
     register_shapes,
+    register_shapes_grounding,
 )
 from .image_io import ImageReadError, read_image_file
 
@@ -16,4 +17,5 @@ __all__ = [
     "read_image_file",
     "register_coco_format_dataset",
     "register_shapes",
+    "register_shapes_grounding",
 ]

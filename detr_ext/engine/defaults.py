@@ -159,11 +159,12 @@ def request_error_analysis(cfg: DictConfig) -> None:
     node.analyze = True
 
 
-def build_evaluator(cfg: DictConfig, output_dir: str | None) -> Any:
-    """``instantiate(cfg.dataloader.evaluator)`` with its ``output_dir`` set to
-    ``output_dir`` when the evaluator takes one (``COCOEvaluator`` does); the config itself
+def build_evaluator(cfg: DictConfig, output_dir: str | None, node: Any = None) -> Any:
+    """``instantiate(node)`` (default ``cfg.dataloader.evaluator``) with its ``output_dir`` set
+    to ``output_dir`` when the evaluator takes one (``COCOEvaluator`` does); the config itself
     is left unchanged."""
-    node = cfg.dataloader.evaluator
+    if node is None:
+        node = cfg.dataloader.evaluator
     if output_dir is None or not isinstance(node, DictConfig) or "_target_" not in node:
         return instantiate(node)
     if not _accepts(node._target_, "output_dir"):
@@ -189,15 +190,53 @@ def _evaluate(cfg: DictConfig, model: nn.Module, weights: str, ema: bool = False
     test_loader = instantiate(cfg.dataloader.test)
     # After building the loader, which loads the test datasets and so fills their metadata.
     check_num_classes(cfg, model, splits=("test",))
-    results = inference_on_dataset(model, test_loader, build_evaluator(cfg, output_dir))
+    results = dict(inference_on_dataset(model, test_loader, build_evaluator(cfg, output_dir)))
     print_csv_format(results)
-    return dict(results)
+    for name, entry in (cfg.dataloader.get("extra_tests") or {}).items():
+        results.update(_evaluate_extra_test(cfg, model, str(name), entry, output_dir, results))
+    return results
+
+
+def _evaluate_extra_test(
+    cfg: DictConfig,
+    model: nn.Module,
+    name: str,
+    entry: Any,
+    output_dir: str | None,
+    results: dict,
+) -> dict:
+    """One entry of ``cfg.dataloader.extra_tests`` (``{"loader": ..., "evaluator": ...}``),
+    evaluated like the main test; its files go to ``<output_dir>/<name>``."""
+    missing = [key for key in ("loader", "evaluator") if key not in entry]
+    if missing:
+        raise ValueError(
+            f"cfg.dataloader.extra_tests.{name}: expected keys 'loader' and 'evaluator', "
+            f"missing {missing}"
+        )
+    logger.info("Evaluating extra test %r.", name)
+    folder = None if output_dir is None else os.path.join(output_dir, name)
+    extra = dict(
+        inference_on_dataset(
+            model, instantiate(entry.loader), build_evaluator(cfg, folder, entry.evaluator)
+        )
+    )
+    clash = sorted(set(extra) & set(results))
+    if clash:
+        raise ValueError(
+            f"cfg.dataloader.extra_tests.{name}: its evaluator reports {clash}, which an earlier "
+            "evaluator of this run already reported; expected distinct result names"
+        )
+    print_csv_format(extra)
+    return extra
 
 
 def do_test(
     cfg: DictConfig, model: nn.Module, eval_only: bool = False, ema: ModelEMA | None = None
 ) -> dict:
-    """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``.
+    """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``, then on
+    every entry of the optional ``cfg.dataloader.extra_tests`` (``{name: {"loader": ...,
+    "evaluator": ...}}``, e.g. a grounding test set next to the COCO one), whose results are
+    merged into the same dict.
 
     With an ``ema``, the EMA weights are evaluated too and reported under ``results["ema"]``;
     with ``eval_only`` and ``train.ema.use_ema_weights_for_eval_only``, only the EMA weights are.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -179,35 +180,73 @@ class Predictor:
         return utils.convert_image_to_rgb(image, self.input_format)
 
     @torch.no_grad()
-    def __call__(self, image: np.ndarray) -> Instances:
-        """Detect objects in ``image``.
-
-        Args:
-            image: ``[H, W, 3]`` uint8 array in :attr:`input_format` channel order.
+    def __call__(self, image: np.ndarray, prompt: str | None = None) -> Instances:
+        """Detect objects in ``image``; :meth:`predict` without the phrases.
 
         Returns:
             ``Instances`` of size ``(H, W)`` on the CPU, with ``pred_boxes`` (absolute ``xyxy``
-            in the image), ``scores`` and ``pred_classes`` (contiguous class indices).
+            in the image), ``scores`` and ``pred_classes`` (contiguous class indices, or
+            phrase indices for a text-prompted model).
+        """
+        return self.predict(image, prompt)[0]
+
+    @torch.no_grad()
+    def predict(
+        self, image: np.ndarray, prompt: str | None = None
+    ) -> tuple[Instances, list[str] | None]:
+        """Detect objects in ``image``, optionally those named by a text ``prompt``.
+
+        Args:
+            image: ``[H, W, 3]`` uint8 array in :attr:`input_format` channel order.
+            prompt: phrases such as ``"red circle . triangle ."`` for a text-prompted model
+                (Grounding DINO); None uses the model's default (its category names). A
+                prompt for a model that does not read prompts is an error.
+
+        Returns:
+            ``(instances, phrases)``: the ``Instances`` of :meth:`__call__`, and for a
+            text-prompted model the phrases its ``pred_classes`` index (else None).
         """
         image = _check_image(image, "Predictor")
+        if prompt is not None and not hasattr(self.model, "default_prompt"):
+            raise ValueError(
+                f"Predictor: a prompt was given but {type(self.model).__name__} does not read "
+                "text prompts; expected a text-prompted model (e.g. GroundingDINO) or no prompt"
+            )
         height, width = image.shape[:2]
         aug_input = T.AugInput(image)
         self.augmentation(aug_input)
         network_input = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
         inputs = {"image": network_input.to(self.device), "height": height, "width": width}
-        return self.model([inputs])[0]["instances"].to("cpu")
+        if prompt is not None:
+            inputs["prompt"] = prompt
+        output = self.model([inputs])[0]
+        return output["instances"].to("cpu"), output.get("phrases")
+
+
+def _phrases_are_classes(phrases: Sequence[str] | None, metadata: Metadata | None) -> bool:
+    """Whether a text-prompted model's phrases are the dataset's classes (default prompt)."""
+    class_names = metadata.get("thing_classes", None) if metadata is not None else None
+    return phrases is None or (class_names is not None and list(phrases) == list(class_names))
 
 
 def instances_to_dicts(
-    instances: Instances, metadata: Metadata | None = None, threshold: float = 0.0
+    instances: Instances,
+    metadata: Metadata | None = None,
+    threshold: float = 0.0,
+    phrases: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Detections with ``score >= threshold`` as json-ready dicts, best first:
-    ``{"bbox_xyxy": [x0, y0, x1, y1], "score", "category_id", "category_name"}``.
+    ``{"bbox_xyxy": [x0, y0, x1, y1], "score", "category_id", "category_name"}``, plus
+    ``"phrase"`` when ``phrases`` (of a text-prompted model, see :meth:`Predictor.predict`)
+    are given.
 
     ``category_id`` is the dataset's own category id when ``metadata`` has
     ``thing_dataset_id_to_contiguous_id``, else the model's class index; ``category_name``
-    comes from ``metadata.thing_classes`` (``None`` without it).
+    comes from ``metadata.thing_classes`` (``None`` without it). For a custom prompt (phrases
+    other than the dataset's classes) both are ``None`` and ``"phrase"`` names the detection.
     """
+    if not _phrases_are_classes(phrases, metadata):
+        metadata = None
     to_dataset_id = contiguous_to_dataset_ids(metadata) if metadata is not None else None
     class_names = metadata.get("thing_classes", None) if metadata is not None else None
     boxes = instances.pred_boxes.tensor.tolist()
@@ -218,14 +257,21 @@ def instances_to_dicts(
         if score < threshold:
             continue
         name = class_names[label] if class_names and 0 <= label < len(class_names) else None
-        detections.append(
-            {
-                "bbox_xyxy": [round(float(value), 2) for value in box],
-                "score": round(float(score), 4),
-                "category_id": to_dataset_id.get(label, label) if to_dataset_id else label,
-                "category_name": name,
-            }
-        )
+        category_id = to_dataset_id.get(label, label) if to_dataset_id else label
+        detection = {
+            "bbox_xyxy": [round(float(value), 2) for value in box],
+            "score": round(float(score), 4),
+            "category_id": category_id if phrases is None or metadata is not None else None,
+            "category_name": name,
+        }
+        if phrases is not None:
+            if not 0 <= label < len(phrases):
+                raise ValueError(
+                    f"instances_to_dicts: pred_classes holds {label}, expected a phrase index "
+                    f"in [0, {len(phrases)}) of {list(phrases)}"
+                )
+            detection["phrase"] = phrases[label]
+        detections.append(detection)
     return detections
 
 
@@ -234,9 +280,10 @@ def draw_predictions(
     instances: Instances,
     metadata: Metadata | None = None,
     threshold: float = 0.5,
+    phrases: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Draw the detections with ``score >= threshold`` (boxes, class names, scores) with
-    detectron2's ``Visualizer``.
+    """Draw the detections with ``score >= threshold`` (boxes, class names or phrases, scores)
+    with detectron2's ``Visualizer``.
 
     Args:
         image: ``[H, W, 3]`` uint8 RGB image.
@@ -244,6 +291,8 @@ def draw_predictions(
             e.g. from :class:`Predictor`.
         metadata: gives the class names (``thing_classes``); class indices are shown without it.
         threshold: minimum score of a drawn detection.
+        phrases: the phrases ``pred_classes`` index (text-prompted models); drawn instead of
+            the class names.
 
     Returns:
         ``[H, W, 3]`` uint8 RGB image with the detections drawn.
@@ -254,5 +303,7 @@ def draw_predictions(
     image = _check_image(image, "draw_predictions")
     instances = instances.to("cpu")
     kept = instances[instances.scores >= threshold]
+    if phrases is not None:
+        metadata = Metadata(name="prompt", thing_classes=list(phrases))
     visualizer = Visualizer(image, metadata, scale=1.0, instance_mode=ColorMode.IMAGE)
     return visualizer.draw_instance_predictions(kept).get_image()

@@ -1,5 +1,6 @@
 """COCO evaluation: detectron2's ``COCOEvaluator`` with a hotcoco or pycocotools backend and
-an optional error analysis (TIDE errors, confusion matrix)."""
+an optional error analysis (TIDE errors, confusion matrix); phrase-grounding recall
+(``GroundingEvaluator``)."""
 
 from .analysis import draw_error_analysis, error_analysis, write_error_analysis
 from .coco_backend import (
@@ -11,10 +12,12 @@ from .coco_backend import (
     summary_stats,
 )
 from .coco_evaluator import COCOEvaluator
+from .grounding import GroundingEvaluator
 
 __all__ = [
     "BACKENDS",
     "COCOEvaluator",
+    "GroundingEvaluator",
     "draw_error_analysis",
     "error_analysis",
     "evaluate_on_coco",

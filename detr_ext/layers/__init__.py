@@ -1,5 +1,6 @@
 """nn building blocks shared by the DETR-family detectors (torch only, no detectron2)."""
 
+from .alignment_head import MASKED_LOGIT, TokenAlignmentHead
 from .attention import MultiheadAttention
 from .box_ops import (
     box_cxcywh_to_xyxy,
@@ -37,6 +38,12 @@ from .denoising import (
 from .detr_transformer import DetrTransformer, DetrTransformerDecoder, DetrTransformerEncoder
 from .dino_encoder_decoder import DINOTransformerDecoder, DINOTransformerEncoder
 from .dino_transformer import DINOTransformer
+from .grounding_dino_encoder_decoder import (
+    GroundingDINODecoder,
+    GroundingDINOEncoder,
+    grounding_decoder_layer,
+)
+from .grounding_dino_transformer import GroundingDINOTransformer
 from .mlp import FFN, MLP
 from .multi_scale_deform_attn import MultiScaleDeformableAttention
 from .position_embedding import (
@@ -44,9 +51,21 @@ from .position_embedding import (
     PositionEmbeddingSine,
     get_sine_pos_embed,
 )
+from .text_attention import TextCrossAttention, TextEnhancerLayer
 from .transformer import BaseTransformerLayer, TransformerLayerSequence
+from .vl_fusion import BiAttentionBlock, BiMultiHeadAttention
 
 __all__ = [
+    "MASKED_LOGIT",
+    "BiAttentionBlock",
+    "BiMultiHeadAttention",
+    "GroundingDINODecoder",
+    "GroundingDINOEncoder",
+    "GroundingDINOTransformer",
+    "TextCrossAttention",
+    "TextEnhancerLayer",
+    "TokenAlignmentHead",
+    "grounding_decoder_layer",
     "CdnQueryGenerator",
     "DINOTransformer",
     "DINOTransformerDecoder",

@@ -1,9 +1,9 @@
 """Detector parts shared by the DETR-family projects: matchers, criteria, losses and
 the meta-architecture base classes."""
 
-from .criterions import DeformableCriterion, DINOCriterion, SetCriterion
+from .criterions import DeformableCriterion, DINOCriterion, GroundingCriterion, SetCriterion
 from .losses import ia_bce_loss, sigmoid_focal_loss
-from .matchers import HungarianMatcher, ManyToOneMatcher
+from .matchers import GroundingHungarianMatcher, HungarianMatcher, ManyToOneMatcher
 from .meta_arch import (
     DeformableDetectorBase,
     DeformableDETRDetectorBase,
@@ -20,6 +20,8 @@ __all__ = [
     "DeformableDETRDetectorBase",
     "DeformableDetectorBase",
     "DetectorBase",
+    "GroundingCriterion",
+    "GroundingHungarianMatcher",
     "HungarianMatcher",
     "ManyToOneMatcher",
     "SetCriterion",

@@ -121,6 +121,38 @@ def test_instances_to_dicts_maps_back_to_dataset_ids():
     assert [(d["category_id"], d["category_name"]) for d in plain] == [(1, None), (2, None)]
 
 
+def test_instances_to_dicts_names_the_phrases_of_a_prompt():
+    metadata = Metadata(
+        thing_classes=["circle", "square", "triangle"],
+        thing_dataset_id_to_contiguous_id={3: 0, 7: 1, 11: 2},
+    )
+    instances = Instances((50, 60))
+    instances.pred_boxes = Boxes(torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.5, 8.25]]))
+    instances.scores = torch.tensor([0.25, 0.75])
+    instances.pred_classes = torch.tensor([0, 1])
+    # Default prompt (the category names): dataset ids and names as for any detector.
+    default = instances_to_dicts(instances, metadata, phrases=["circle", "square", "triangle"])
+    assert [(d["category_id"], d["category_name"], d["phrase"]) for d in default] == [
+        (7, "square", "square"),
+        (3, "circle", "circle"),
+    ]
+    # A custom prompt: class index 1 is the phrase "triangle", not the category "square".
+    custom = instances_to_dicts(instances, metadata, phrases=["red circle", "triangle"])
+    assert [(d["category_id"], d["category_name"], d["phrase"]) for d in custom] == [
+        (None, None, "triangle"),
+        (None, None, "red circle"),
+    ]
+    with pytest.raises(ValueError, match=r"expected a phrase index in \[0, 1\)"):
+        instances_to_dicts(instances, metadata, phrases=["red circle"])
+
+
+def test_a_prompt_for_a_model_without_prompts_is_refused(predictor):
+    with pytest.raises(ValueError, match="does not read text prompts"):
+        predictor.predict(np.zeros((20, 20, 3), dtype=np.uint8), prompt="circle")
+    instances, phrases = predictor.predict(np.zeros((20, 20, 3), dtype=np.uint8))
+    assert phrases is None and len(instances) > 0
+
+
 @pytest.mark.parametrize(
     "config, head_key",
     [

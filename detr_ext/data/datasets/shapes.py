@@ -4,7 +4,9 @@ textured backgrounds, generated deterministically and written in COCO format.
 It is small enough to generate in seconds and train a detector on a CPU, yet it keeps what makes
 detection hard: objects from ~12 px to ~60% of the image, overlaps, colour clutter, and category
 ids that are neither zero-based nor contiguous (so the id -> contiguous-index mapping is always
-exercised). Layout under ``root``::
+exercised). Every annotation also names its object's colour (``"color"``, one of
+:data:`SHAPES_COLORS`), which the grounding variant (``shapes_grounding``) turns into phrases
+such as "red circle". Layout under ``root``::
 
     annotations/instances_{split}.json   COCO json (images, annotations, categories)
     annotations/manifest_{split}.json    generation parameters; present => split is complete
@@ -35,9 +37,11 @@ from ...utils.file_io import atomic_write_json
 
 __all__ = [
     "SHAPES_CATEGORIES",
+    "SHAPES_COLORS",
     "SHAPES_DATASET_NAMES",
     "default_shapes_root",
     "generate_shapes_dataset",
+    "hue_color_name",
     "register_shapes",
 ]
 
@@ -48,9 +52,13 @@ SHAPES_CATEGORIES: tuple[dict[str, Any], ...] = (
     {"id": 11, "name": "triangle", "supercategory": "shape"},
 )
 SHAPES_DATASET_NAMES = ("shapes_train", "shapes_val")
+# Names of the hue an object is drawn with, stored as each annotation's "color": 60 degree hue
+# bins centred on 0, 60, ..., 300 degrees (red at 330-30, yellow at 30-90, ...).
+SHAPES_COLORS = ("red", "yellow", "green", "cyan", "blue", "purple")
 
-# Bump when the drawing changes, so stale datasets on disk are regenerated.
-_GENERATOR_VERSION = 1
+# Bump when the drawing or the annotations change, so stale datasets on disk are regenerated.
+# 2: annotations carry "color" (the pixels are the same as in 1).
+_GENERATOR_VERSION = 2
 _MIN_OBJECT_SIZE = 12
 _MAX_OBJECT_FRACTION = 0.6
 _MAX_OBJECTS = 6
@@ -90,9 +98,19 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return image
 
 
-def _object_color(rng: np.random.Generator) -> np.ndarray:
+def hue_color_name(hue: float) -> str:
+    """The :data:`SHAPES_COLORS` name of a hue in [0, 1] (fraction of a turn): the bin of
+    60 degrees centred on 0, 60, ..., 300 degrees that holds it."""
+    if not 0.0 <= hue <= 1.0:
+        raise ValueError(f"hue_color_name: expected a hue in [0, 1], got {hue!r}")
+    bin_width = 1.0 / len(SHAPES_COLORS)
+    return SHAPES_COLORS[int((hue + bin_width / 2) // bin_width) % len(SHAPES_COLORS)]
+
+
+def _object_color(rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """An object's fill colour, RGB float [3] in [0, 255], and the name of its hue."""
     hue, saturation, value = rng.uniform(0, 1), rng.uniform(0.55, 1.0), rng.uniform(0.45, 1.0)
-    return np.array(colorsys.hsv_to_rgb(hue, saturation, value)) * 255.0
+    return np.array(colorsys.hsv_to_rgb(hue, saturation, value)) * 255.0, hue_color_name(hue)
 
 
 def _outline(name: str, size: float, rng: np.random.Generator) -> np.ndarray | None:
@@ -128,15 +146,15 @@ def _shape_mask(
 
 def _place_objects(
     rng: np.random.Generator, height: int, width: int
-) -> list[tuple[int, np.ndarray, np.ndarray]]:
+) -> list[tuple[int, np.ndarray, np.ndarray, str]]:
     """Choose and place objects, largest first, so that every object keeps at least
-    ``_MIN_VISIBLE_FRACTION`` of its pixels visible. Returns (category index, full mask,
-    colour) in drawing order; later objects are drawn on top."""
+    ``_MIN_VISIBLE_FRACTION`` of its pixels visible. Returns (category index, visible mask,
+    colour RGB [3], colour name) in drawing order; later objects are drawn on top."""
     max_size = _MAX_OBJECT_FRACTION * min(height, width)
     num_objects = int(rng.integers(1, _MAX_OBJECTS + 1))
     # Log-uniform sizes give as many small objects as large ones.
     sizes = np.exp(rng.uniform(math.log(_MIN_OBJECT_SIZE), math.log(max_size), num_objects))
-    placed: list[tuple[int, np.ndarray, np.ndarray]] = []
+    placed: list[tuple[int, np.ndarray, np.ndarray, str]] = []
     visible: list[np.ndarray] = []
     for size in sorted(sizes, reverse=True):
         category = int(rng.integers(len(SHAPES_CATEGORIES)))
@@ -145,39 +163,42 @@ def _place_objects(
             low, high = np.full(2, size / 2), np.array([width, height]) - size / 2
         else:
             low, high = -outline.min(axis=0), np.array([width, height]) - outline.max(axis=0)
-        color = _object_color(rng)
+        color, color_name = _object_color(rng)
         for _ in range(_PLACEMENT_ATTEMPTS):
             center = rng.uniform(low, np.maximum(low, high))
             mask = _shape_mask(outline, size, center, height, width)
             remaining = [v & ~mask for v in visible]
             if all(
                 r.sum() >= _MIN_VISIBLE_FRACTION * full.sum()
-                for r, (_, full, _) in zip(remaining, placed, strict=True)
+                for r, (_, full, _, _) in zip(remaining, placed, strict=True)
             ):
                 visible = [*remaining, mask]
-                placed.append((category, mask, color))
+                placed.append((category, mask, color, color_name))
                 break
-    return [(c, v, color) for (c, _, color), v in zip(placed, visible, strict=True)]
+    return [(c, v, rgb, name) for (c, _, rgb, name), v in zip(placed, visible, strict=True)]
 
 
 def _render_image(
     rng: np.random.Generator, height: int, width: int
-) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """One image uint8 [H, W, 3] and its objects as (category index, visible mask [H, W])."""
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray, str]]]:
+    """One image uint8 [H, W, 3] and its objects as (category index, visible mask [H, W],
+    colour name)."""
     image = _background(rng, height, width)
     objects = _place_objects(rng, height, width)
-    for _, mask, color in objects:
-        image[mask] = color
+    for _, mask, rgb, _ in objects:
+        image[mask] = rgb
     noise = rng.standard_normal(size=image.shape, dtype=np.float32)
     noise *= rng.uniform(3, 12)
     image += noise
-    return np.clip(image, 0, 255, out=image).astype(np.uint8), [(c, m) for c, m, _ in objects]
+    pixels = np.clip(image, 0, 255, out=image).astype(np.uint8)
+    return pixels, [(c, m, name) for c, m, _, name in objects]
 
 
 def _annotation(
-    mask: np.ndarray, category_index: int, image_id: int, annotation_id: int
+    mask: np.ndarray, category_index: int, color_name: str, image_id: int, annotation_id: int
 ) -> dict[str, Any]:
-    """COCO annotation of a visible mask: tight [x, y, w, h] box, pixel area, RLE."""
+    """COCO annotation of a visible mask: tight [x, y, w, h] box, pixel area, RLE, and the
+    name of the object's colour (an extra key that COCO tools ignore)."""
     ys, xs = np.nonzero(mask)
     x0, y0 = int(xs.min()), int(ys.min())
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -189,6 +210,7 @@ def _annotation(
         "area": int(mask.sum()),
         "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
         "iscrowd": 0,
+        "color": color_name,
     }
 
 
@@ -290,9 +312,9 @@ def generate_shapes_dataset(
             images.append(
                 {"id": image_id, "file_name": file_name, "height": height, "width": width}
             )
-            for category_index, mask in objects:
+            for category_index, mask, color_name in objects:
                 annotations.append(
-                    _annotation(mask, category_index, image_id, len(annotations) + 1)
+                    _annotation(mask, category_index, color_name, image_id, len(annotations) + 1)
                 )
         atomic_write_json(
             json_path,

@@ -3,5 +3,6 @@
 from .base_criterion import SetCriterion
 from .deformable_criterion import DeformableCriterion
 from .dn_criterion import DINOCriterion
+from .grounding_criterion import GroundingCriterion
 
-__all__ = ["DINOCriterion", "DeformableCriterion", "SetCriterion"]
+__all__ = ["DINOCriterion", "DeformableCriterion", "GroundingCriterion", "SetCriterion"]

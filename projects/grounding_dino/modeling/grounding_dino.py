@@ -1,0 +1,376 @@
+"""Grounding DINO (Liu et al., "Grounding DINO: Marrying DINO with Grounded Pre-Training for
+Open-Set Object Detection", 2023) on this library's DINO, as a detectron2 meta-architecture.
+
+Detection becomes phrase grounding (GLIP): the class head is replaced by region-token alignment
+scores, so the "classes" are whatever phrases the text prompt names. Per image:
+
+1. the prompt (``batched_inputs[i]["prompt"]``, e.g. ``"red circle . triangle ."``, or the
+   configured category names) is tokenized and encoded by a transformers text model (``bert``,
+   BERT family or CLIP's text tower) and projected to the detector width (``feat_map``);
+2. image features (backbone -> neck, as DINO) and text features are fused by GLIP's
+   bi-directional cross-attention before every deformable encoder layer (feature enhancer),
+   the encoder tokens that best match some phrase become the decoder's anchors (language-guided
+   query selection) and every decoder layer also cross-attends to the text;
+3. each decoder layer, the encoder proposals and the denoising queries are scored against
+   every token (:class:`~detr_ext.layers.TokenAlignmentHead`); training targets are the token
+   maps of the phrases (:class:`~detr_ext.modeling.GroundingCriterion`); at inference a phrase's
+   score is the mean token probability over its tokens and ``pred_classes`` is the phrase index.
+
+Prompts longer than the text model's limit are split into chunks of whole phrases at inference
+(each chunk is a separate pass; the detections of all chunks are merged); in training such a
+prompt is an error naming the phrases that do not fit.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import ImageList, Instances
+from torch import Tensor, nn
+
+from detr_ext.layers import (
+    GroundingDINOTransformer,
+    TokenAlignmentHead,
+    dn_post_process,
+    prepare_for_cdn,
+)
+from detr_ext.layers.box_ops import inverse_sigmoid
+from detr_ext.modeling import DeformableDetectorBase
+from detr_ext.modeling.language import (
+    TextEncoder,
+    TokenizedPrompts,
+    build_prompt,
+    parse_prompt,
+    split_phrases_into_chunks,
+)
+
+__all__ = ["GroundingDINO"]
+
+
+@META_ARCH_REGISTRY.register()
+class GroundingDINO(DeformableDetectorBase):
+    """DINO whose classes are the phrases of a text prompt.
+
+    Takes the arguments of :class:`~detr_ext.modeling.DeformableDetectorBase` except
+    ``num_classes`` (the number of ``category_names``), and:
+
+    Args:
+        text_encoder: the language backbone (:class:`~detr_ext.modeling.language.TextEncoder`),
+            stored as ``bert`` (Grounding DINO's name).
+        category_names: the phrases of the default prompt, in contiguous class order (e.g. a
+            dataset's ``thing_classes``): images without a ``"prompt"`` are detected (and
+            trained) with ``"name_0 . name_1 . ..."``, and then ``pred_classes`` are class ids.
+        transformer: a :class:`~detr_ext.layers.GroundingDINOTransformer` with
+            ``two_stage_num_proposals == num_queries``.
+        num_queries: matching queries (= encoder proposals kept).
+        select_box_nums_for_evaluation: detections per image at inference.
+        dn_number, label_noise_ratio, box_noise_scale: contrastive denoising as in DINO; the
+            content query of a denoising box is ``label_enc`` of its phrase's mean text
+            feature, and label noise swaps it for another phrase of the batch.
+        alignment_normalize: cosine-similarity alignment with a learned temperature (CLIP)
+            instead of the scaled dot product (GLIP, Grounding DINO).
+
+    Input (detectron2 contract) per image: ``image``, optional ``prompt`` (str), and in training
+    ``instances`` whose ``gt_classes`` index the phrases of the image's prompt.
+
+    Output at inference, per image: ``{"instances": Instances(pred_boxes, scores,
+    pred_classes), "phrases": list[str]}``, where ``pred_classes[j]`` indexes ``phrases``.
+    """
+
+    def __init__(
+        self,
+        *,
+        text_encoder: TextEncoder,
+        category_names: Sequence[str],
+        transformer: GroundingDINOTransformer,
+        num_queries: int,
+        select_box_nums_for_evaluation: int = 300,
+        dn_number: int = 100,
+        label_noise_ratio: float = 0.5,
+        box_noise_scale: float = 1.0,
+        alignment_normalize: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        category_names = [str(name) for name in category_names]
+        if "num_classes" in kwargs:
+            raise ValueError(
+                "GroundingDINO: num_classes is the number of category_names; expected no "
+                f"num_classes argument, got num_classes={kwargs['num_classes']}"
+            )
+        default_prompt, _ = build_prompt(category_names)
+        super().__init__(
+            transformer=transformer,
+            num_queries=num_queries,
+            num_classes=len(category_names),
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation,
+            **kwargs,
+        )
+        if transformer.two_stage_num_proposals != num_queries:
+            raise ValueError(
+                f"GroundingDINO: num_queries={num_queries} but transformer."
+                f"two_stage_num_proposals={transformer.two_stage_num_proposals}; expected them "
+                "equal (one proposal per query)"
+            )
+        self.category_names = category_names
+        self.default_prompt = default_prompt
+        self.bert = text_encoder
+        self.feat_map = nn.Linear(text_encoder.hidden_size, self.embed_dim)
+        nn.init.xavier_uniform_(self.feat_map.weight)
+        nn.init.zeros_(self.feat_map.bias)
+        self.label_enc = nn.Linear(self.embed_dim, self.embed_dim)
+        self.dn_number = dn_number
+        self.label_noise_ratio = label_noise_ratio
+        self.box_noise_scale = box_noise_scale
+
+        class_head = TokenAlignmentHead(self.embed_dim, normalize=alignment_normalize)
+        _, box_head = self.new_prediction_heads()
+        self.init_neck_weights()
+        num_pred = transformer.decoder.num_layers + 1
+        self.class_embed = nn.ModuleList(copy.deepcopy(class_head) for _ in range(num_pred))
+        self.bbox_embed = nn.ModuleList(copy.deepcopy(box_head) for _ in range(num_pred))
+        transformer.decoder.class_embed = self.class_embed
+        transformer.decoder.bbox_embed = self.bbox_embed
+
+    # ------------------------------------------------------------------ text
+
+    def prompts(self, batched_inputs: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Each image's ``"prompt"``, or the default prompt of the category names."""
+        prompts = []
+        for index, item in enumerate(batched_inputs):
+            prompt = item.get("prompt") or self.default_prompt
+            if not isinstance(prompt, str):
+                raise ValueError(
+                    f"GroundingDINO: batched_inputs[{index}]['prompt'] must be a str such as "
+                    f"'red circle . triangle .', got {type(prompt).__name__}"
+                )
+            prompts.append(prompt)
+        return prompts
+
+    def encode_text(self, tokenized: TokenizedPrompts) -> tuple[Tensor, Tensor]:
+        """Text features projected to the detector width and their padding mask.
+
+        Returns:
+            ``(text [B, T, C], text_padding_mask [B, T])`` (True on padding).
+        """
+        input_ids = tokenized.input_ids.to(self.device)
+        attention_mask = tokenized.attention_mask.to(self.device)
+        features = self.bert(input_ids, attention_mask)
+        return self.feat_map(features), ~attention_mask
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, batched_inputs: list[dict[str, Any]]) -> dict[str, Tensor] | list[dict]:
+        """Losses in training, ``[{"instances", "phrases"}]`` in inference (see the class)."""
+        images, padding_mask = self.preprocess_image(batched_inputs)
+        prompts = self.prompts(batched_inputs)
+        if self.training:
+            tokenized = self.bert.tokenize(prompts)
+            targets = self.prepare_grounding_targets(batched_inputs, tokenized)
+            outputs = self.forward_outputs(images, padding_mask, targets, tokenized)
+            return self.compute_losses(outputs, targets)
+        results, phrases = self.grounded_inference(images, padding_mask, prompts)
+        processed = self.postprocess(results, batched_inputs, images.image_sizes)
+        for output, image_phrases in zip(processed, phrases, strict=True):
+            output["phrases"] = image_phrases
+        return processed
+
+    def prepare_grounding_targets(
+        self, batched_inputs: Sequence[Mapping[str, Any]], tokenized: TokenizedPrompts
+    ) -> list[dict[str, Tensor]]:
+        """DETR targets plus ``positive_map [n, T]``, the token map of each target's phrase.
+
+        Raises:
+            ValueError: a ``gt_classes`` value is not a phrase index of the image's prompt, or
+                a phrase with ground truth lost all its tokens to truncation.
+        """
+        targets = self.prepare_targets(batched_inputs)
+        for index, (target, maps, phrases, cut) in enumerate(
+            zip(
+                targets,
+                tokenized.positive_maps,
+                tokenized.phrases,
+                tokenized.truncated_phrases,
+                strict=True,
+            )
+        ):
+            labels = target["labels"]
+            if len(labels) and (labels.min() < 0 or labels.max() >= len(phrases)):
+                raise ValueError(
+                    f"GroundingDINO: batched_inputs[{index}] has gt_classes "
+                    f"{sorted(set(labels.tolist()))}, expected phrase indices in [0, "
+                    f"{len(phrases)}) of its prompt {phrases}"
+                )
+            lost = sorted(set(labels.tolist()) & set(cut))
+            if lost:
+                raise ValueError(
+                    f"GroundingDINO: the prompt of batched_inputs[{index}] is longer than the "
+                    f"text encoder's {self.bert.max_text_len} tokens and its phrases "
+                    f"{[phrases[i] for i in lost]}, which have ground truth, were cut off; "
+                    "expected a shorter prompt (fewer or shorter phrases) in training"
+                )
+            target["positive_map"] = maps.to(self.device)[labels]
+        return targets
+
+    def forward_outputs(
+        self,
+        images: ImageList,
+        padding_mask: Tensor,
+        targets: list[dict[str, Tensor]] | None,
+        tokenized: TokenizedPrompts,
+    ) -> dict[str, Any]:
+        """Token logits of every decoder layer, the encoder proposals and the denoising queries.
+
+        Returns DINO's prediction dict with ``pred_logits [B, Q, T]`` over the ``T`` text
+        tokens (padded tokens at :data:`~detr_ext.layers.MASKED_LOGIT`), and ``text_mask
+        [B, T]`` (True on padding).
+        """
+        feats, masks, pos_embeds = self.multi_level_inputs(images, padding_mask)
+        text, text_padding_mask = self.encode_text(tokenized)
+        dn = None
+        if targets is not None and self.dn_number > 0:
+            dn = self.denoising_queries(targets, text, tokenized)
+        states, init_reference, references, enc_states, enc_boxes, text_memory = self.transformer(
+            feats,
+            masks,
+            pos_embeds,
+            text,
+            text_padding_mask,
+            dn_query_label=None if dn is None else dn.query_label,
+            dn_query_bbox=None if dn is None else dn.query_bbox,
+            attn_mask=None if dn is None else dn.attn_mask,
+        )
+        if self.training:
+            # Keeps label_enc in the graph when a batch has no denoising queries (DDP).
+            states = states + self.label_enc.weight[0, 0] * 0.0
+
+        outputs_classes, outputs_coords = [], []
+        for layer in range(states.shape[0]):
+            reference = init_reference if layer == 0 else references[layer - 1]
+            outputs_classes.append(
+                self.class_embed[layer](states[layer], text_memory, text_padding_mask)
+            )
+            delta = self.bbox_embed[layer](states[layer])
+            outputs_coords.append((delta + inverse_sigmoid(reference)).sigmoid())
+        outputs_class, outputs_coord, dn_class, dn_coord = dn_post_process(
+            torch.stack(outputs_classes),
+            torch.stack(outputs_coords),
+            None if dn is None else dn.dn_meta,
+        )
+        outputs: dict[str, Any] = self.layer_outputs(outputs_class, outputs_coord)
+        outputs["enc_outputs"] = {
+            "pred_logits": self.class_embed[-1](enc_states, text_memory, text_padding_mask),
+            "pred_boxes": enc_boxes,
+        }
+        outputs["text_mask"] = text_padding_mask
+        if dn is not None:
+            outputs["dn_outputs"] = self.layer_outputs(dn_class, dn_coord)
+            outputs["dn_meta"] = dn.dn_meta
+        return outputs
+
+    def denoising_queries(
+        self, targets: Sequence[Mapping[str, Tensor]], text: Tensor, tokenized: TokenizedPrompts
+    ):
+        """DINO's contrastive denoising queries with phrase embeddings as labels.
+
+        The label of a denoising box is its phrase's mean projected text feature (before
+        fusion) through ``label_enc``; phrases of all images form one table, so label noise
+        replaces a phrase by any phrase of the batch.
+        """
+        phrase_features, offsets = [], []
+        num_phrases = 0
+        for image_index, maps in enumerate(tokenized.positive_maps):
+            maps = maps.to(text)
+            weights = maps / maps.sum(-1, keepdim=True).clamp(min=1)
+            phrase_features.append(weights @ text[image_index, : maps.shape[1]])
+            offsets.append(num_phrases)
+            num_phrases += maps.shape[0]
+        table = self.label_enc(torch.cat(phrase_features))  # [sum K_i, C]
+        dn_targets = [
+            {"labels": target["labels"] + offset, "boxes": target["boxes"]}
+            for target, offset in zip(targets, offsets, strict=True)
+        ]
+        return prepare_for_cdn(
+            dn_targets,
+            lambda labels: table[labels],
+            num_queries=self.num_queries,
+            num_classes=max(num_phrases, 1),
+            dn_number=self.dn_number,
+            label_noise_ratio=self.label_noise_ratio,
+            box_noise_scale=self.box_noise_scale,
+        )
+
+    # ------------------------------------------------------------------ inference
+
+    def grounded_inference(
+        self, images: ImageList, padding_mask: Tensor, prompts: Sequence[str]
+    ) -> tuple[list[Instances], list[list[str]]]:
+        """Detections per image in the input frame, and each image's phrases.
+
+        Prompts that fit the text encoder run as one batch; otherwise each image runs once per
+        chunk of phrases (:func:`~detr_ext.modeling.language.split_phrases_into_chunks`) and the
+        best (query, phrase) pairs over all chunks are kept.
+        """
+        phrases = [parse_prompt(prompt) for prompt in prompts]
+        tokenizer, limit = self.bert.tokenizer, self.bert.max_text_len
+        chunks = [split_phrases_into_chunks(p, tokenizer, limit) for p in phrases]
+        if all(len(image_chunks) == 1 for image_chunks in chunks):
+            scores, boxes = self.phrase_scores(images, padding_mask, list(prompts))
+            results = [
+                self.top_detections(s, b, size)
+                for s, b, size in zip(scores, boxes, images.image_sizes, strict=True)
+            ]
+            return results, phrases
+        results = []
+        for index, image_chunks in enumerate(chunks):
+            image = ImageList(images.tensor[index : index + 1], [images.image_sizes[index]])
+            chunk_scores, chunk_boxes = [], []
+            for chunk in image_chunks:
+                prompt, _ = build_prompt([phrases[index][i] for i in chunk])
+                scores, boxes = self.phrase_scores(image, padding_mask[index : index + 1], [prompt])
+                # Columns of this chunk -> the image's phrase indices.
+                full = scores.new_zeros(scores.shape[1], len(phrases[index]))
+                full[:, chunk] = scores[0]
+                chunk_scores.append(full)
+                chunk_boxes.append(boxes[0])
+            results.append(
+                self.top_detections(
+                    torch.cat(chunk_scores), torch.cat(chunk_boxes), images.image_sizes[index]
+                )
+            )
+        return results, phrases
+
+    def phrase_scores(
+        self, images: ImageList, padding_mask: Tensor, prompts: list[str]
+    ) -> tuple[Tensor, Tensor]:
+        """Phrase probabilities ``[B, Q, K]`` (K = most phrases in the batch; absent ones 0) and
+        boxes ``[B, Q, 4]`` (normalized ``cxcywh``) of the last decoder layer."""
+        tokenized = self.bert.tokenize(prompts)
+        outputs = self.forward_outputs(images, padding_mask, None, tokenized)
+        token_prob = outputs["pred_logits"].sigmoid()  # [B, Q, T]
+        num_phrases = max(maps.shape[0] for maps in tokenized.positive_maps)
+        scores = token_prob.new_zeros(*token_prob.shape[:2], num_phrases)
+        for index, maps in enumerate(tokenized.positive_maps):
+            maps = maps.to(token_prob)
+            weights = maps / maps.sum(-1, keepdim=True).clamp(min=1)  # [K_i, T]
+            scores[index, :, : maps.shape[0]] = token_prob[index] @ weights.T
+        return scores, outputs["pred_boxes"]
+
+    def top_detections(
+        self, scores: Tensor, boxes: Tensor, image_size: tuple[int, int]
+    ) -> Instances:
+        """The ``select_box_nums_for_evaluation`` best (query, phrase) pairs of one image.
+
+        Args:
+            scores: ``[Q, K]`` phrase probabilities; boxes: ``[Q, 4]`` normalized ``cxcywh``.
+        """
+        num_phrases = scores.shape[1]
+        k = min(self.select_box_nums_for_evaluation, scores.numel())
+        top_scores, pair_index = torch.topk(scores.flatten(), k)
+        query_index = torch.div(pair_index, num_phrases, rounding_mode="floor")
+        return self._make_instances(
+            top_scores, pair_index % num_phrases, boxes[query_index], image_size
+        )

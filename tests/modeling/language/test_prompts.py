@@ -1,0 +1,106 @@
+"""parse_prompt / build_prompt normalization and split_phrases_into_chunks."""
+
+from __future__ import annotations
+
+import pytest
+
+from detr_ext.modeling.language import build_prompt, parse_prompt, split_phrases_into_chunks
+
+
+@pytest.mark.parametrize(
+    "prompt, phrases",
+    [
+        ("red circle . triangle .", ["red circle", "triangle"]),
+        ("red circle . triangle", ["red circle", "triangle"]),
+        ("  red   circle .triangle. ", ["red circle", "triangle"]),
+        ("a . . b .", ["a", "b"]),
+        ("red\tcircle\n. Blue Square", ["red circle", "Blue Square"]),
+        ("single", ["single"]),
+    ],
+)
+def test_parse_prompt_normalizes(prompt, phrases):
+    assert parse_prompt(prompt) == phrases
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", " . . ", "."])
+def test_parse_prompt_without_phrase_raises(prompt):
+    with pytest.raises(ValueError, match="no phrase"):
+        parse_prompt(prompt)
+
+
+def test_parse_prompt_rejects_non_string():
+    with pytest.raises(TypeError, match="str"):
+        parse_prompt(["red circle"])
+
+
+def test_build_prompt_spans():
+    text, spans = build_prompt(["red circle", "triangle"])
+    assert text == "red circle . triangle ."
+    assert spans == [(0, 10), (13, 21)]
+
+
+def test_build_prompt_spans_cover_each_phrase_and_round_trip():
+    phrases = ["  big   red circle", "triangle", "x", "zxqvy square  "]
+    text, spans = build_prompt(phrases)
+    normalized = [" ".join(phrase.split()) for phrase in phrases]
+    assert [text[start:end] for start, end in spans] == normalized
+    assert parse_prompt(text) == normalized
+    assert build_prompt(parse_prompt(text)) == (text, spans)
+
+
+@pytest.mark.parametrize(
+    "phrases, error, match",
+    [
+        (["red", ""], ValueError, "phrase 1 is empty"),
+        (["red", "   "], ValueError, "phrase 1 is empty"),
+        (["3.5 mm screw"], ValueError, "contains '.'"),
+        ([], ValueError, "at least one phrase"),
+        ("red circle", TypeError, "sequence of phrases"),
+        (["red", 3], TypeError, "phrase 1 should be a str"),
+    ],
+)
+def test_build_prompt_bad_input(phrases, error, match):
+    with pytest.raises(error, match=match):
+        build_prompt(phrases)
+
+
+def _num_tokens(tokenizer, phrases):
+    return len(tokenizer(build_prompt(phrases)[0])["input_ids"])
+
+
+def test_chunks_cover_all_phrases_in_order_and_fit(minilm_tokenizer):
+    phrases = [
+        f"{colour} {shape}"
+        for colour in ("red", "zxqvy", "blue")
+        for shape in ("circle", "triangle", "square", "hexagonal prism")
+    ]
+    max_text_len = 16
+    chunks = split_phrases_into_chunks(phrases, minilm_tokenizer, max_text_len)
+    assert len(chunks) > 1
+    assert [index for chunk in chunks for index in chunk] == list(range(len(phrases)))
+    for position, chunk in enumerate(chunks):
+        assert _num_tokens(minilm_tokenizer, [phrases[i] for i in chunk]) <= max_text_len
+        # Greedy: the next phrase would not have fitted into this chunk.
+        if position + 1 < len(chunks):
+            grown = [phrases[i] for i in chunk + [chunks[position + 1][0]]]
+            assert _num_tokens(minilm_tokenizer, grown) > max_text_len
+
+
+def test_chunks_single_prompt_when_it_fits(minilm_tokenizer):
+    phrases = ["red circle", "triangle", "blue square"]
+    assert split_phrases_into_chunks(phrases, minilm_tokenizer, 256) == [[0, 1, 2]]
+
+
+def test_chunk_too_long_phrase_is_alone(minilm_tokenizer):
+    long_phrase = " ".join(["circle"] * 20)
+    phrases = ["red", long_phrase, "blue", "green"]
+    chunks = split_phrases_into_chunks(phrases, minilm_tokenizer, 10)
+    assert chunks == [[0], [1], [2, 3]]
+
+
+def test_chunks_edge_cases(minilm_tokenizer):
+    assert split_phrases_into_chunks([], minilm_tokenizer, 10) == []
+    with pytest.raises(ValueError, match="max_text_len"):
+        split_phrases_into_chunks(["red"], minilm_tokenizer, 0)
+    with pytest.raises(ValueError, match="phrase 1"):
+        split_phrases_into_chunks(["red", "a.b"], minilm_tokenizer, 10)
