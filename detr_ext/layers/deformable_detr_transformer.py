@@ -26,7 +26,7 @@ from .deformable_geometry import (
     get_encoder_reference_points,
     get_valid_ratio,
 )
-from .deformable_transformer import DeformableTransformerBase
+from .deformable_transformer import DeformableTransformerBase, level_sizes
 from .position_embedding import get_sine_pos_embed
 
 __all__ = ["DeformableDetrTransformer"]
@@ -169,7 +169,7 @@ class DeformableDetrTransformer(DeformableTransformerBase):
         enc_outputs_class = enc_outputs_coord_unact = None
         if self.as_two_stage:
             query, query_pos, reference_points, enc_outputs_class, enc_outputs_coord_unact = (
-                self.select_proposals(memory, mask_flatten, spatial_shapes)
+                self.select_proposals(memory, mask_flatten, level_sizes(multi_level_feats))
             )
         else:
             query_pos, query = torch.split(query_embed, channels, dim=1)
@@ -194,7 +194,7 @@ class DeformableDetrTransformer(DeformableTransformerBase):
         self,
         memory: torch.Tensor,
         mask_flatten: torch.Tensor,
-        spatial_shapes: torch.Tensor,
+        spatial_shapes: torch.Tensor | list[tuple[int, int]],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Two-stage query construction from the top-k encoder proposals.
 

@@ -32,10 +32,19 @@ PROPOSAL_VALID_RANGE = (0.01, 0.99)
 
 
 def _level_sizes(spatial_shapes: Tensor | Sequence[Sequence[int]]) -> list[tuple[int, int]]:
-    """``[L, 2]`` (H, W) per level, as a tensor or a sequence, -> ``L`` Python ``(H, W)``."""
+    """``[L, 2]`` (H, W) per level, as a tensor or a sequence, -> ``L`` Python ``(H, W)``.
+
+    Symbolic sizes (``torch.SymInt``, from the feature maps' shapes while ``torch.export``
+    traces with dynamic image sizes) stay symbolic: ``int()`` would specialize them, and a
+    tensor's values are unknown at trace time, so exportable callers pass the shapes.
+    """
     if isinstance(spatial_shapes, Tensor):
         spatial_shapes = spatial_shapes.tolist()
-    return [(int(height), int(width)) for height, width in spatial_shapes]
+    return [(_python_size(height), _python_size(width)) for height, width in spatial_shapes]
+
+
+def _python_size(size: int | torch.SymInt) -> int | torch.SymInt:
+    return size if isinstance(size, torch.SymInt) else int(size)
 
 
 def get_valid_ratio(mask: Tensor) -> Tensor:
@@ -76,9 +85,11 @@ def get_encoder_reference_points(
     device = valid_ratios.device if device is None else device
     points = []
     for level, (height, width) in enumerate(_level_sizes(spatial_shapes)):
+        # arange + 0.5 equals detrex's linspace(0.5, n - 0.5, n) exactly (a step of 1.0), and
+        # its length may be symbolic under torch.export, where linspace's steps specialize.
         center_y, center_x = torch.meshgrid(
-            torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
-            torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
+            torch.arange(height, dtype=torch.float32, device=device) + 0.5,
+            torch.arange(width, dtype=torch.float32, device=device) + 0.5,
             indexing="ij",
         )
         center_y = center_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
@@ -119,9 +130,10 @@ def gen_encoder_output_proposals(
         )
         valid_height = torch.sum(~level_mask[:, :, 0, 0], 1)
         valid_width = torch.sum(~level_mask[:, 0, :, 0], 1)
+        # arange equals detrex's linspace(0, n - 1, n) exactly; see get_encoder_reference_points.
         grid_y, grid_x = torch.meshgrid(
-            torch.linspace(0, height - 1, height, dtype=torch.float32, device=memory.device),
-            torch.linspace(0, width - 1, width, dtype=torch.float32, device=memory.device),
+            torch.arange(height, dtype=torch.float32, device=memory.device),
+            torch.arange(width, dtype=torch.float32, device=memory.device),
             indexing="ij",
         )
         grid = torch.cat([grid_x.unsqueeze(-1), grid_y.unsqueeze(-1)], -1)  # [H, W, 2]

@@ -33,6 +33,7 @@ __all__ = [
     "DeformableTransformerBase",
     "DeformableTransformerEncoder",
     "deformable_transformer_layer",
+    "level_sizes",
 ]
 
 
@@ -182,6 +183,13 @@ class DeformableTransformerEncoder(TransformerLayerSequence):
         return query
 
 
+def level_sizes(multi_level_feats: Sequence[Tensor]) -> list[tuple[int, int]]:
+    """``(H_l, W_l)`` of ``L`` maps ``[B, C, H_l, W_l]``, as Python (or, under
+    ``torch.export``, symbolic) integers: the values of ``spatial_shapes`` without reading a
+    tensor, for the geometry functions of :mod:`detr_ext.layers.deformable_geometry`."""
+    return [(feat.shape[-2], feat.shape[-1]) for feat in multi_level_feats]
+
+
 # ---------------------------------------------------------------------------- transformer
 
 
@@ -265,7 +273,9 @@ class DeformableTransformerBase(nn.Module):
             pos_embeds.append(
                 pos_embed.flatten(2).transpose(1, 2) + self.level_embeds[level].view(1, 1, -1)
             )
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=feats[0].device)
+        # torch.tensor, not torch.as_tensor: under torch.export with dynamic image sizes the
+        # former records the symbolic sizes, the latter specializes them to the example's.
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=feats[0].device)
         level_start_index = torch.cat(
             (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
         )
@@ -295,8 +305,10 @@ class DeformableTransformerBase(nn.Module):
             self.flatten_levels(multi_level_feats, multi_level_masks, multi_level_pos_embeds)
         )
         valid_ratios = torch.stack([get_valid_ratio(mask) for mask in multi_level_masks], 1)
+        # The sizes from the maps' shapes, not from the spatial_shapes tensor: the same values,
+        # but they stay symbolic under torch.export (a tensor's values are data-dependent).
         reference_points = get_encoder_reference_points(
-            spatial_shapes, valid_ratios, device=feat_flatten.device
+            level_sizes(multi_level_feats), valid_ratios, device=feat_flatten.device
         )
         memory = self.encoder(
             feat_flatten,

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .deformable_geometry import gen_encoder_output_proposals
-from .deformable_transformer import DeformableTransformerBase
+from .deformable_transformer import DeformableTransformerBase, level_sizes
 from .dino_encoder_decoder import DINOTransformerDecoder, DINOTransformerEncoder
 
 __all__ = ["DINOTransformer"]
@@ -121,7 +121,7 @@ class DINOTransformer(DeformableTransformerBase):
         batch_size = memory.shape[0]
 
         output_memory, output_proposals = gen_encoder_output_proposals(
-            memory, mask_flatten, spatial_shapes
+            memory, mask_flatten, level_sizes(multi_level_feats)
         )
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
         enc_outputs_class = decoder.class_embed[decoder.num_layers](output_memory)

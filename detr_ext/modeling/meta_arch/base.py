@@ -31,9 +31,38 @@ from torch import Tensor, nn
 
 from detr_ext.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
-__all__ = ["DetectorBase"]
+__all__ = ["DetectorBase", "resize_padding_mask"]
 
 INPUT_FORMATS = ("RGB", "BGR")
+
+
+def _nearest_source_index(input_size: int, output_size: int, device: torch.device) -> Tensor:
+    # PyTorch's nearest rule (ATen UpSample.h, CPU and CUDA): floorf(i * (float)in / out),
+    # in float32, capped at in - 1.
+    scale = torch.full((), input_size, dtype=torch.float32, device=device) / output_size
+    index = torch.floor(torch.arange(output_size, dtype=torch.float32, device=device) * scale)
+    return index.long().clamp(max=input_size - 1)
+
+
+def resize_padding_mask(padding_mask: Tensor, size: Sequence[int]) -> Tensor:
+    """A padding mask resized to a feature map by nearest neighbour.
+
+    Picks the same pixels as ``F.interpolate(mask[None].float(), size)[0].bool()`` (DETR's and
+    detrex's way), with the index arithmetic written out: exported graphs (ONNX ``Resize``,
+    compilers) may round ``i * in / out`` differently at exact integers, which moves the mask
+    edge by a pixel and changes the detections of padded images.
+
+    Args:
+        padding_mask: ``[B, H, W]`` bool, True on padding.
+        size: ``(h, w)`` of the feature map.
+
+    Returns:
+        ``[B, h, w]`` bool.
+    """
+    _, height, width = padding_mask.shape
+    rows = _nearest_source_index(height, size[0], padding_mask.device)
+    columns = _nearest_source_index(width, size[1], padding_mask.device)
+    return padding_mask[:, rows][:, :, columns]
 
 
 class DetectorBase(nn.Module):
@@ -254,10 +283,64 @@ class DetectorBase(nn.Module):
         result.pred_classes = labels
         return result
 
+    def inference_tensors(self, outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """The batch's detections as fixed-size tensors, before any ``Instances``.
+
+        Implemented by each detector whose :meth:`inference` wraps exactly these tensors
+        (usually :meth:`softmax_predictions` or :meth:`sigmoid_topk_predictions`); the
+        exported inference graphs of :mod:`detr_ext.export` end here.
+
+        Returns:
+            ``(scores [B, D], labels [B, D] int64, boxes [B, D, 4])`` for ``D`` detections per
+            image, boxes normalized ``cxcywh`` in the frame of each image before padding.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement inference_tensors")
+
+    @staticmethod
+    def softmax_predictions(logits: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """DETR scoring: per query, the best class of the softmax without no-object.
+
+        Args:
+            logits: ``[B, Q, K + 1]``, the last class being no-object.
+            boxes: ``[B, Q, 4]`` normalized ``cxcywh``.
+
+        Returns:
+            ``(scores [B, Q], labels [B, Q], boxes [B, Q, 4])``.
+        """
+        scores, labels = F.softmax(logits, dim=-1)[:, :, :-1].max(-1)
+        return scores, labels, boxes
+
+    def sigmoid_topk_predictions(
+        self, logits: Tensor, boxes: Tensor, k: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Deformable DETR / DINO scoring: the ``k`` best (query, class) pairs per image.
+
+        Sigmoid scores are ranked over all ``Q * K`` pairs; pair ``i`` is query ``i // K`` with
+        class ``i % K``, so one query may give several detections.
+
+        Args:
+            logits: ``[B, Q, K]``.
+            boxes: ``[B, Q, 4]`` normalized ``cxcywh``.
+            k: detections per image; defaults to ``select_box_nums_for_evaluation`` and is
+                capped at ``Q * K``.
+
+        Returns:
+            ``(scores [B, k], labels [B, k], boxes [B, k, 4])``, by decreasing score.
+        """
+        batch_size, _, num_classes = logits.shape
+        k = self.select_box_nums_for_evaluation if k is None else k
+        k = min(k, logits.shape[1] * num_classes)
+        scores, pair_index = torch.topk(logits.sigmoid().view(batch_size, -1), k, dim=1)
+        query_index = torch.div(pair_index, num_classes, rounding_mode="floor")
+        labels = pair_index % num_classes
+        boxes = torch.gather(boxes, 1, query_index.unsqueeze(-1).expand(-1, -1, 4))
+        return scores, labels, boxes
+
     def inference_softmax(
         self, logits: Tensor, boxes: Tensor, image_sizes: Sequence[tuple[int, int]]
     ) -> list[Instances]:
-        """DETR inference: per query, the best class of the softmax without no-object.
+        """DETR inference: per query, the best class of the softmax without no-object
+        (:meth:`softmax_predictions`).
 
         Args:
             logits: ``[B, Q, K + 1]``, the last class being no-object.
@@ -268,11 +351,7 @@ class DetectorBase(nn.Module):
             ``B`` ``Instances`` with ``Q`` detections each (absolute ``xyxy``).
         """
         self._check_predictions(logits, boxes, image_sizes, "inference_softmax")
-        scores, labels = F.softmax(logits, dim=-1)[:, :, :-1].max(-1)
-        return [
-            self._make_instances(*per_image)
-            for per_image in zip(scores, labels, boxes, image_sizes, strict=True)
-        ]
+        return self._instances_per_image(self.softmax_predictions(logits, boxes), image_sizes)
 
     def inference_sigmoid_topk(
         self,
@@ -281,10 +360,8 @@ class DetectorBase(nn.Module):
         image_sizes: Sequence[tuple[int, int]],
         k: int | None = None,
     ) -> list[Instances]:
-        """Deformable DETR / DINO inference: the ``k`` best (query, class) pairs per image.
-
-        Sigmoid scores are ranked over all ``Q * K`` pairs; pair ``i`` is query ``i // K`` with
-        class ``i % K``, so one query may give several detections.
+        """Deformable DETR / DINO inference: the ``k`` best (query, class) pairs per image
+        (:meth:`sigmoid_topk_predictions`).
 
         Args:
             logits: ``[B, Q, K]``.
@@ -297,13 +374,14 @@ class DetectorBase(nn.Module):
             ``B`` ``Instances`` with ``k`` detections each, by decreasing score.
         """
         self._check_predictions(logits, boxes, image_sizes, "inference_sigmoid_topk")
-        batch_size, _, num_classes = logits.shape
-        k = self.select_box_nums_for_evaluation if k is None else k
-        k = min(k, logits.shape[1] * num_classes)
-        scores, pair_index = torch.topk(logits.sigmoid().view(batch_size, -1), k, dim=1)
-        query_index = torch.div(pair_index, num_classes, rounding_mode="floor")
-        labels = pair_index % num_classes
-        boxes = torch.gather(boxes, 1, query_index.unsqueeze(-1).expand(-1, -1, 4))
+        return self._instances_per_image(
+            self.sigmoid_topk_predictions(logits, boxes, k), image_sizes
+        )
+
+    def _instances_per_image(
+        self, predictions: tuple[Tensor, Tensor, Tensor], image_sizes: Sequence[tuple[int, int]]
+    ) -> list[Instances]:
+        scores, labels, boxes = predictions
         return [
             self._make_instances(*per_image)
             for per_image in zip(scores, labels, boxes, image_sizes, strict=True)

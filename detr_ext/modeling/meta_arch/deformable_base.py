@@ -19,14 +19,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
 from detr_ext.layers import MLP
 from detr_ext.layers.box_ops import inverse_sigmoid
 
-from .base import DetectorBase
+from .base import DetectorBase, resize_padding_mask
 
 __all__ = ["DeformableDetectorBase"]
 
@@ -147,8 +146,7 @@ class DeformableDetectorBase(DetectorBase):
         multi_level_feats = self.neck(features)
         masks, pos_embeds = [], []
         for feat in multi_level_feats:
-            mask = F.interpolate(padding_mask[None].float(), size=feat.shape[-2:])
-            masks.append(mask.to(torch.bool)[0])
+            masks.append(resize_padding_mask(padding_mask, feat.shape[-2:]))
             pos_embeds.append(self.position_embedding(masks[-1]))
         return multi_level_feats, masks, pos_embeds
 
@@ -216,3 +214,9 @@ class DeformableDetectorBase(DetectorBase):
         return self.inference_sigmoid_topk(
             outputs["pred_logits"], outputs["pred_boxes"], image_sizes
         )
+
+    def inference_tensors(self, outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """What :meth:`inference` wraps: ``(scores [B, D], labels [B, D], boxes [B, D, 4])``
+        for the top ``D = select_box_nums_for_evaluation`` pairs
+        (:meth:`DetectorBase.sigmoid_topk_predictions`)."""
+        return self.sigmoid_topk_predictions(outputs["pred_logits"], outputs["pred_boxes"])

@@ -16,13 +16,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch.nn.functional as F
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
 from detr_ext.layers import MLP, DetrTransformer
 
-from .base import DetectorBase
+from .base import DetectorBase, resize_padding_mask
 
 __all__ = ["DETRDetectorBase"]
 
@@ -127,7 +126,7 @@ class DETRDetectorBase(DetectorBase):
             )
         features = self.input_proj(backbone_features[feature_name])  # [B, C, h, w]
         # Nearest-neighbour downsampling of the padding mask to the feature resolution.
-        mask = F.interpolate(padding_mask[None].float(), size=features.shape[-2:])[0].bool()
+        mask = resize_padding_mask(padding_mask, features.shape[-2:])
         pos_embed = self.position_embedding(mask)
         hidden_states, _ = self.transformer(features, mask, self.query_embed.weight, pos_embed)
 
@@ -146,3 +145,8 @@ class DETRDetectorBase(DetectorBase):
     ) -> list[Instances]:
         """One detection per query: its best class of the softmax without no-object."""
         return self.inference_softmax(outputs["pred_logits"], outputs["pred_boxes"], image_sizes)
+
+    def inference_tensors(self, outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """What :meth:`inference` wraps: ``(scores [B, Q], labels [B, Q], boxes [B, Q, 4])``
+        (:meth:`DetectorBase.softmax_predictions`)."""
+        return self.softmax_predictions(outputs["pred_logits"], outputs["pred_boxes"])

@@ -1,0 +1,156 @@
+"""What cannot be exported, or run, says so: the model and the reason."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from detectron2.config import instantiate
+from torch import nn
+
+from detr_ext.export import (
+    ExportError,
+    ExportMetadata,
+    check_exportable,
+    detect_format,
+    export_program,
+)
+from detr_ext.layers import MultiScaleDeformableAttention
+from detr_ext.modeling.meta_arch import DetectorBase
+from detr_ext.ops.ms_deform_attn import BACKEND_ENV
+from projects.detr.modeling import DETR
+
+from .models import detections_per_image, tiny_config, tiny_model
+
+
+def test_a_module_that_is_not_a_detector_is_refused():
+    with pytest.raises(
+        ExportError, match=r"cannot export Linear: expected a detr_ext DetectorBase"
+    ):
+        export_program(nn.Linear(2, 2))
+
+
+class _NoTensors(DetectorBase):
+    """A detector that implements inference() only."""
+
+    def inference(self, outputs, image_sizes):
+        return self.inference_softmax(outputs["pred_logits"], outputs["pred_boxes"], image_sizes)
+
+
+def test_a_detector_without_inference_tensors_is_refused():
+    model = _NoTensors(
+        backbone=nn.Identity(), num_classes=3, pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3
+    )
+    with pytest.raises(
+        ExportError, match="cannot export _NoTensors: it does not implement inference_tensors"
+    ):
+        check_exportable(model)
+
+
+class _RescoredDETR(DETR):
+    """DETR with its own scoring in inference(): the inherited inference_tensors() would not
+    be what it does."""
+
+    def inference(self, outputs, image_sizes):
+        return self.inference_sigmoid_topk(
+            outputs["pred_logits"], outputs["pred_boxes"], image_sizes
+        )
+
+
+def test_a_detector_overriding_inference_alone_is_refused():
+    cfg = tiny_config("detr")
+    cfg.model._target_ = _RescoredDETR
+    with pytest.raises(
+        ExportError,
+        match=r"_RescoredDETR overrides inference\(\) but inference_tensors\(\) comes from "
+        r"DETRDetectorBase",
+    ):
+        check_exportable(instantiate(cfg.model))
+
+
+class _PromptedDETR(DETR):
+    """A detector whose forward() is its own (as text-prompted models have)."""
+
+    def forward(self, batched_inputs):
+        return super().forward(batched_inputs)
+
+
+def test_a_detector_with_its_own_forward_is_refused():
+    cfg = tiny_config("detr")
+    cfg.model._target_ = _PromptedDETR
+    with pytest.raises(ExportError, match=r"cannot export _PromptedDETR: .*overrides forward\(\)"):
+        check_exportable(instantiate(cfg.model))
+
+
+def test_the_pytorch_deformable_attention_backend_is_refused(monkeypatch):
+    model = tiny_model("dino")
+    check_exportable(model)  # the compiled operator: fine
+    monkeypatch.setenv(BACKEND_ENV, "pytorch")
+    with pytest.raises(ExportError, match=r"cannot export DINO: .*PyTorch backend is selected"):
+        check_exportable(model)
+    monkeypatch.delenv(BACKEND_ENV)
+    next(
+        m for m in model.modules() if isinstance(m, MultiScaleDeformableAttention)
+    ).backend = "pytorch"
+    with pytest.raises(ExportError, match="detr_ext::ms_deform_attn"):
+        export_program(model)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"size_multiple": 0}, "size_multiple >= 1"),
+        ({"min_size": 1}, "2 <= min_size <= max_size"),
+        ({"min_size": 500, "max_size": 400}, "2 <= min_size <= max_size"),
+        ({"max_batch": 0}, "max_batch >= 1"),
+        ({"size_multiple": 32, "example_size": (96, 100)}, "multiples of size_multiple=32"),
+        ({"example_size": (32, 128)}, r"in \[64, 4096\]"),
+    ],
+)
+def test_bad_size_options_are_refused_before_tracing(options, message):
+    with pytest.raises(ValueError, match=message):
+        export_program(tiny_model("detr"), **options)
+
+
+def test_runners_refuse_inputs_outside_the_exported_range(exported_dino):
+    runner = exported_dino.onnx
+    sizes = torch.tensor([[48, 80]])
+    with pytest.raises(ValueError, match=r"padded height in \[64, 4096\], a multiple of 1; got 48"):
+        runner(torch.zeros(1, 3, 48, 80), sizes)
+    with pytest.raises(ValueError, match="batches of at most 64 images, got 65"):
+        runner(torch.zeros(65, 3, 64, 64), torch.tensor([[64, 64]] * 65))
+    with pytest.raises(ValueError, match=r"expected image_sizes \[2, 2\]"):
+        runner(torch.zeros(2, 3, 64, 64), torch.tensor([[64, 64]]))
+    with pytest.raises(ValueError, match="expected float32 images"):
+        runner(torch.zeros(1, 3, 64, 64, dtype=torch.float64), torch.tensor([[64, 64]]))
+
+
+def test_predict_pads_images_smaller_than_the_exported_range(exported_dino):
+    image = torch.randint(0, 256, (3, 40, 70), dtype=torch.uint8)
+    (instances,) = exported_dino.onnx.predict([image])
+    assert instances.image_size == (40, 70)
+    assert len(instances) == detections_per_image("dino", (64, 70))  # padded to 64 rows
+
+
+def test_metadata_errors_name_the_file():
+    with pytest.raises(ValueError, match="model.onnx: expected detr_ext export metadata"):
+        ExportMetadata.from_json("not json", "model.onnx")
+    metadata = ExportMetadata(
+        format="onnx", meta_architecture="DINO", num_classes=3, detections_per_image=10,
+        input_format="RGB", pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3, size_divisibility=0,
+        size_multiple=1, min_size=64, max_size=4096, max_batch=64, example_size=[96, 128],
+    )  # fmt: skip
+    assert ExportMetadata.from_json(metadata.to_json()) == metadata
+    newer = metadata.to_json().replace('"schema_version": 1', '"schema_version": 99')
+    with pytest.raises(ValueError, match="version 99 is newer"):
+        ExportMetadata.from_json(newer, "x.pt2")
+    with pytest.raises(ValueError, match="expected format in"):
+        ExportMetadata.from_json(metadata.to_json().replace('"onnx"', '"tflite"'), "x.pt2")
+
+
+def test_detect_format_refuses_what_is_not_an_export(tmp_path):
+    with pytest.raises(FileNotFoundError, match="expected an exported model file"):
+        detect_format(tmp_path / "missing.pt2")
+    not_zip = tmp_path / "model.pt2"
+    not_zip.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="expected a .onnx file or a .pt2 archive"):
+        detect_format(not_zip)

@@ -1,0 +1,156 @@
+"""The runners: a .pt2 round trip, Instances like the eager model's from raw images, and
+tools/demo.py --exported drawing the detections of --weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detr_ext.export import TorchExportRunner, export_model, load_exported
+
+from .models import (
+    EXAMPLE_SIZE,
+    TEST_SIZES,
+    TWO_STAGE_DETECTIONS,
+    assert_matches,
+    detections_per_image,
+    eager_outputs,
+    make_batch,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pt2_file_round_trip_keeps_the_operator_and_the_detections(exported_dino, tmp_path):
+    """Saved and loaded: one operator node per attention, the metadata, the detections. This
+    export takes heights and widths in multiples of 32 (``size_multiple``; its symbolic
+    shapes are simpler, so it also loads faster), and the runner pads images up to them."""
+    path = tmp_path / "dino.pt2"
+    metadata = export_model(
+        exported_dino.model, path, "torch_export", size_multiple=32, example_size=EXAMPLE_SIZE,
+        config_file="tiny", thing_classes=["a", "b", "c"],
+    )  # fmt: skip
+    runner = load_exported(path)
+    assert isinstance(runner, TorchExportRunner)
+    assert runner.metadata == metadata
+    assert (metadata.meta_architecture, metadata.num_classes, metadata.format) == (
+        "DINO", 3, "torch_export",
+    )  # fmt: skip
+    assert (metadata.size_multiple, metadata.thing_classes) == (32, ["a", "b", "c"])
+    msda = runner.program.graph.find_nodes(
+        op="call_function", target=torch.ops.detr_ext.ms_deform_attn.default
+    )
+    assert len(msda) == 3
+    for size in TEST_SIZES:  # multiples of 32, other than the example's
+        assert size[0] % 32 == 0 and size[1] % 32 == 0 and size != EXAMPLE_SIZE
+        images, image_sizes = make_batch(size, seed=1)
+        expected = eager_outputs(exported_dino.model, images, image_sizes)
+        assert_matches(expected, runner(images, image_sizes))
+    with pytest.raises(ValueError, match="a multiple of 32; got 100"):
+        runner(*make_batch((100, 128)))
+    image = torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8)
+    (instances,) = runner.predict([image])  # padded to 96 x 96 inside
+    assert instances.image_size == (70, 90)
+    assert len(instances) == detections_per_image("dino", (96, 96))
+    assert runner.pad_multiple == 32
+
+
+def _eager_instances(model, images, output_sizes):
+    inputs = [
+        {"image": image, "height": height, "width": width}
+        for image, (height, width) in zip(images, output_sizes, strict=True)
+    ]
+    with torch.no_grad():
+        return [output["instances"] for output in model(inputs)]
+
+
+def test_predict_gives_the_instances_of_the_eager_model(exported_dino):
+    """Raw uint8 images of two sizes, batched (so one is padded), resized to other output
+    sizes: the runner's normalization, padding and postprocessing are the model's."""
+    generator = torch.Generator().manual_seed(3)
+    images = [
+        torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8, generator=generator),
+        torch.randint(0, 256, (3, 100, 84), dtype=torch.uint8, generator=generator),
+    ]
+    output_sizes = [(140, 180), (50, 42)]
+    expected = _eager_instances(exported_dino.model, images, output_sizes)
+    actual = exported_dino.onnx.predict(images, output_sizes)
+    for want, got in zip(expected, actual, strict=True):
+        assert got.image_size == want.image_size
+        assert_matches(
+            (want.pred_boxes.tensor, want.scores, want.pred_classes),
+            (got.pred_boxes.tensor, got.scores, got.pred_classes),
+        )
+
+
+def load_demo():
+    spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "tools" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY_DINO_CONFIG = """
+from tests.export.models import tiny_config
+
+_cfg = tiny_config("dino")
+model = _cfg.model
+dataloader = _cfg.dataloader
+train = _cfg.train
+"""
+
+
+@pytest.fixture
+def demo_files(exported_dino, tmp_path, monkeypatch):
+    monkeypatch.setenv("DETR_EXT_DATASETS", str(tmp_path / "datasets"))
+    config = tmp_path / "tiny_dino.py"
+    config.write_text(TINY_DINO_CONFIG)
+    weights = tmp_path / "tiny_dino.pth"
+    torch.save({"model": exported_dino.model.state_dict()}, weights)
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, size in (("a.png", (120, 160)), ("b.png", (150, 110))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(images / name)
+    return config, weights, images
+
+
+def test_demo_with_an_exported_model_draws_the_detections_of_the_weights(
+    exported_dino, demo_files, tmp_path
+):
+    config, weights, images = demo_files
+    demo = load_demo()
+    common = ["--config-file", str(config), "--input", str(images), "--confidence-threshold", "0"]
+    eager = demo.main([*common, "--weights", str(weights), "--output", str(tmp_path / "eager"),
+                       "--device", "cpu"])  # fmt: skip
+    exported = demo.main(
+        [*common, "--exported", str(exported_dino.onnx_path), "--output", str(tmp_path / "onnx")]
+    )
+    assert [r["file"] for r in exported] == [r["file"] for r in eager]
+    for want, got in zip(eager, exported, strict=True):
+        assert len(got["detections"]) == len(want["detections"]) == TWO_STAGE_DETECTIONS
+        for a, b in zip(want["detections"], got["detections"], strict=True):
+            assert a["category_id"] == b["category_id"]
+            assert abs(a["score"] - b["score"]) <= 1e-4  # json keeps 4 decimals
+            assert np.allclose(a["bbox_xyxy"], b["bbox_xyxy"], atol=0.011)  # and 2 here
+        with Image.open(tmp_path / "onnx" / got["visualization"]) as drawn:
+            assert drawn.size == (got["width"], got["height"])
+    assert json.loads((tmp_path / "onnx" / "skipped.json").read_text()) == []
+
+
+def test_demo_wants_one_of_weights_and_exported(exported_dino, demo_files, tmp_path):
+    config, weights, images = demo_files
+    demo = load_demo()
+    common = ["--config-file", str(config), "--input", str(images), "--output", str(tmp_path)]
+    with pytest.raises(demo.DemoError, match="exactly one of --weights"):
+        demo.main([*common, "--weights", str(weights), "--exported", str(exported_dino.onnx_path)])
+    with pytest.raises(demo.DemoError, match="exactly one of --weights"):
+        demo.main(common)
+    with pytest.raises(demo.DemoError, match="--exported: expected a .pt2 or .onnx file"):
+        demo.main([*common, "--exported", str(tmp_path / "missing.onnx")])
