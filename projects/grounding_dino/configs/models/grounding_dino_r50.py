@@ -71,33 +71,16 @@ model = L(GroundingDINO)(
     num_queries=900,
     aux_loss=True,
     select_box_nums_for_evaluation=300,
-    criterion=L(GroundingCriterion)(
-        # Not used by the token loss; the text length keeps the printed config meaningful.
-        num_classes="${..text_encoder.max_text_len}",
-        matcher=L(GroundingHungarianMatcher)(
-            cost_class=2.0,
-            cost_bbox=5.0,
-            cost_giou=2.0,
-            cost_class_type="focal_loss_cost",
-            alpha=0.25,
-            gamma=2.0,
-        ),
-        weight_dict={
-            "loss_class": 1.0,
-            "loss_bbox": 5.0,
-            "loss_giou": 2.0,
-            "loss_class_dn": 1.0,
-            "loss_bbox_dn": 5.0,
-            "loss_giou_dn": 2.0,
-        },
-        loss_class_type="focal_loss",
-        alpha=0.25,
-        gamma=2.0,
-    ),
+    # DINO's criterion and matcher (same costs and weights) on token logits.
+    criterion=_dino.criterion,
     dn_number=100,
     label_noise_ratio=0.5,
     box_noise_scale=1.0,
-    pixel_mean=[123.675, 116.280, 103.530],
-    pixel_std=[58.395, 57.120, 57.375],
-    input_format="RGB",
+    pixel_mean=_dino.pixel_mean,
+    pixel_std=_dino.pixel_std,
+    input_format=_dino.input_format,
 )
+model.criterion._target_ = GroundingCriterion
+# Not used by the token loss; the text length keeps the printed config meaningful.
+model.criterion.num_classes = "${..text_encoder.max_text_len}"
+model.criterion.matcher._target_ = GroundingHungarianMatcher
