@@ -57,6 +57,9 @@ CASES: dict[str, tuple[str, tuple[str, ...], tuple[int, int]]] = {
     "align_detr_shapes": ("projects/align_detr/configs/align_detr_shapes.py", (), (224, 298)),
     "dino_r50_4scale": ("projects/dino/configs/dino_r50_4scale_12ep.py", (), (800, 1333)),
 }
+# Smallest exported image side per case (default DEFAULT_MIN_SIZE): DINO-R50 4-scale's
+# stride-64 level is a 1x1 map at 64 px, which torch.export refuses to keep dynamic.
+MIN_SIZES = {"dino_r50_4scale": 128}
 
 
 def median_seconds(run: Callable[[], object], warmup: int, runs: int) -> float:
@@ -154,7 +157,10 @@ def measure_case(name: str, formats: Sequence[str], args, work_dir: Path) -> lis
     print(f"{name}: eager {1e3 * eager_seconds:.1f} ms", flush=True)
 
     begin = time.perf_counter()
-    program = export_program(model, example_size=args.example_size)
+    sizes = {"example_size": args.example_size}
+    if name in MIN_SIZES:
+        sizes["min_size"] = MIN_SIZES[name]
+    program = export_program(model, **sizes)
     export_seconds = time.perf_counter() - begin
     for fmt in formats:
         begin = time.perf_counter()
@@ -164,7 +170,7 @@ def measure_case(name: str, formats: Sequence[str], args, work_dir: Path) -> lis
         else:
             suffix = ".onnx" if fmt == "onnx" else ".aoti.pt2"
             path = work_dir / f"{name}{suffix}"
-            export_model(model, path, fmt, program=program, example_size=args.example_size)
+            export_model(model, path, fmt, program=program, **sizes)
             build = export_seconds + time.perf_counter() - begin
             options = {"threads": torch.get_num_threads()} if fmt == "onnx" else {}
             run = load_exported(path, **options)

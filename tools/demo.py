@@ -13,12 +13,14 @@ drawings and detections, up to the exported graph's float rounding)::
         --exported output/export/dino_shapes.onnx --input photo.jpg --output output/demo
 
 Writes ``<output>/<image stem>.png`` per image (boxes, class names and scores drawn by
-detectron2's ``Visualizer``) and ``<output>/detections.json``: one entry per image with
-``file``, ``height``, ``width``, ``visualization`` and ``detections`` (``bbox_xyxy`` in pixels,
-``score``, ``category_id`` as in the dataset's json, ``category_name``, and for text-prompted
-models such as Grounding DINO ``phrase``; ``--prompt "red circle . triangle"`` chooses the
-phrases, drawn next to each box). Images go through the
-config's test-time augmentation; ``key=value`` overrides apply to the config as in
+detectron2's ``Visualizer``, with the instance masks of a mask model such as DETRSegm; for a
+panoptic model its panoptic segmentation, things and stuff, instead) and
+``<output>/detections.json``: one entry per image with ``file``, ``height``, ``width``,
+``visualization`` and ``detections`` (``bbox_xyxy`` in pixels, ``score``, ``category_id`` as in
+the dataset's json, ``category_name``, ``segmentation`` (COCO RLE, ``counts`` a string) for a
+mask model, and for text-prompted models such as Grounding DINO ``phrase``;
+``--prompt "red circle . triangle"`` chooses the phrases, drawn next to each box). Images go
+through the config's test-time augmentation; ``key=value`` overrides apply to the config as in
 ``tools/train_net.py``.
 
 An image that cannot be read (truncated, corrupt, not an image) or run is skipped with a
@@ -128,6 +130,15 @@ def output_names(images: Sequence[Path]) -> list[str]:
     return names
 
 
+def predict_outputs(predictor, image, prompt: str | None) -> dict:
+    """The model's outputs for one image: ``{"instances", "phrases"?, "panoptic_seg"?}``
+    (``Predictor.predict_outputs``; an exported model gives instances only)."""
+    if hasattr(predictor, "predict_outputs"):
+        return predictor.predict_outputs(image, prompt)
+    instances, phrases = predictor.predict(image, prompt)
+    return {"instances": instances, "phrases": phrases}
+
+
 def load_config(config_file: str, opts: Sequence[str]):
     from detectron2.config import LazyConfig
 
@@ -194,13 +205,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         for path, name in zip(images, output_names(images), strict=True):
             try:
                 image = predictor.read_image(path)  # ImageReadError (OSError) names the file
-                instances, phrases = predictor.predict(image, args.prompt)
+                outputs = predict_outputs(predictor, image, args.prompt)
+                instances, phrases = outputs["instances"], outputs.get("phrases")
                 drawn = draw_predictions(
                     predictor.to_rgb(image),
                     instances,
                     predictor.metadata,
                     args.confidence_threshold,
                     phrases=phrases,
+                    panoptic_seg=outputs.get("panoptic_seg"),
                 )
                 Image.fromarray(drawn).save(output_dir / name)
             except Exception as error:  # one bad image must not lose the others' results

@@ -134,7 +134,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if malformed:
         raise ExportToolError(f"expected config overrides as key=value, got {malformed}")
     cfg = LazyConfig.apply_overrides(LazyConfig.load(str(config_file)), list(args.opts))
-    model = build_model(cfg, None if args.random_weights else args.weights, args.device)
+    try:
+        model = build_model(cfg, None if args.random_weights else args.weights, args.device)
+    except ExportError as error:  # a model that detr_ext.export does not handle
+        raise ExportToolError(str(error)) from error
 
     sizes = {
         "min_size": args.min_size or defaults.DEFAULT_MIN_SIZE,

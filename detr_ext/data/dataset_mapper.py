@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import BoxMode
+from detectron2.structures import BitMasks, BoxMode, PolygonMasks
 
 from .image_io import read_image_file
 
 __all__ = ["DetrDatasetMapper"]
 
 IMAGE_FORMATS = ("RGB", "BGR")
+MASK_FORMATS = ("auto", "polygon", "bitmask")
 logger = logging.getLogger(__name__)
 
 
@@ -61,6 +62,12 @@ class DetrDatasetMapper:
         (absolute XYXY ``Boxes``), ``gt_classes`` (contiguous ids) and, with ``mask_on``,
         ``gt_masks``.
 
+    With ``mask_on`` every non-crowd annotation needs a ``segmentation`` (COCO polygons, an RLE
+    dict or an [H, W] array); masks go through the same transforms as the image
+    (``transform_instance_annotations``: polygons exactly, RLE / arrays as pixels with nearest
+    interpolation), and instances whose mask or box a crop left empty are dropped. The boxes
+    stay the transformed annotation boxes (clipped by a crop), as detectron2 does.
+
     Args:
         augmentation: Augmentations / Transforms used when no crop is taken (and at test time).
         augmentation_with_crop: the cropping pipeline; ``None`` means always ``augmentation``.
@@ -68,6 +75,9 @@ class DetrDatasetMapper:
         mask_on: keep instance masks (``gt_masks``); otherwise segmentations are discarded.
         img_format: channel order of ``image``, ``"RGB"`` or ``"BGR"``.
         crop_probability: chance of ``augmentation_with_crop`` for a training image.
+        mask_format: type of ``gt_masks``: ``"polygon"`` (``PolygonMasks``; every
+            segmentation must be polygons), ``"bitmask"`` (``BitMasks``, [N, H', W'] bool) or
+            ``"auto"``: polygons unless an annotation of the image has an RLE / array mask.
     """
 
     def __init__(
@@ -78,6 +88,7 @@ class DetrDatasetMapper:
         mask_on: bool = False,
         img_format: str = "RGB",
         crop_probability: float = 0.5,
+        mask_format: str = "auto",
     ) -> None:
         if img_format not in IMAGE_FORMATS:
             raise ValueError(
@@ -86,6 +97,10 @@ class DetrDatasetMapper:
         if not 0.0 <= crop_probability <= 1.0:
             raise ValueError(
                 f"DetrDatasetMapper: crop_probability must be in [0, 1], got {crop_probability}"
+            )
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(
+                f"DetrDatasetMapper: mask_format must be one of {MASK_FORMATS}, got {mask_format!r}"
             )
         self.augmentation = _augmentation_list(augmentation, "augmentation")
         self.augmentation_with_crop = (
@@ -97,6 +112,7 @@ class DetrDatasetMapper:
         self.mask_on = mask_on
         self.img_format = img_format
         self.crop_probability = crop_probability
+        self.mask_format = mask_format
         mode = "training" if is_train else "inference"
         logger.info(f"DetrDatasetMapper ({mode}) augmentation: {self.augmentation}")
         if self.augmentation_with_crop is not None:
@@ -111,29 +127,68 @@ class DetrDatasetMapper:
             return self.augmentation_with_crop
         return self.augmentation
 
-    def _prepare_annotations(self, annotations: list[dict]) -> list[dict]:
-        """Drop crowd regions and, without ``mask_on``, the fields this mapper will not use."""
-        kept = [a for a in annotations if a.get("iscrowd", 0) == 0]
-        for annotation in kept:
+    def _prepare_annotations(self, annotations: list[dict], dataset_dict: dict) -> list[dict]:
+        """Drop crowd regions and, without ``mask_on``, the fields this mapper will not use.
+        With ``mask_on``, check that every kept annotation has a segmentation that
+        ``mask_format`` accepts."""
+        kept = []
+        for index, annotation in enumerate(annotations):
+            if annotation.get("iscrowd", 0) != 0:
+                continue
+            segmentation = annotation.get("segmentation")
             if not self.mask_on:
                 annotation.pop("segmentation", None)
+            elif segmentation is None:
+                raise ValueError(
+                    f"DetrDatasetMapper(mask_on=True): annotation {index} of "
+                    f"{_describe_image(dataset_dict)} has no 'segmentation'; expected COCO "
+                    "polygons, an RLE dict or an [H, W] mask for every non-crowd annotation "
+                    "(or set mask_on=False)"
+                )
+            elif self.mask_format == "polygon" and not isinstance(segmentation, list):
+                raise ValueError(
+                    f"DetrDatasetMapper(mask_format='polygon'): annotation {index} of "
+                    f"{_describe_image(dataset_dict)} has a {type(segmentation).__name__} "
+                    "segmentation; expected COCO polygons (a list), or mask_format='bitmask' / "
+                    "'auto'"
+                )
             annotation.pop("keypoints", None)
+            kept.append(annotation)
         return kept
+
+    def _read_image(self, dataset_dict: dict) -> np.ndarray:
+        """The image of ``dataset_dict`` [H, W, 3] in ``img_format``; fills a missing
+        ``height`` / ``width`` and checks a given one."""
+        image = read_image_file(
+            dataset_dict["file_name"], self.img_format, image_id=dataset_dict.get("image_id")
+        )
+        utils.check_image_size(dataset_dict, image)
+        return image
+
+    def _set_image(self, dataset_dict: dict, image: np.ndarray) -> None:
+        """Store the augmented image [H', W', C] as the uint8 tensor [C, H', W']."""
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+    def _resolve_mask_format(self, annotations: list[dict]) -> str:
+        """``mask_format`` with "auto" resolved for these (prepared) annotations."""
+        if self.mask_format != "auto":
+            return self.mask_format
+        # RLE dicts and arrays become dense masks when transformed: not PolygonMasks.
+        if self.mask_on and any(not isinstance(a["segmentation"], list) for a in annotations):
+            return "bitmask"
+        return "polygon"
 
     def __call__(self, dataset_dict: dict) -> dict:
         """Map one dataset dict (not modified) to a model input dict (see the class docs)."""
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image_file(
-            dataset_dict["file_name"], self.img_format, image_id=dataset_dict.get("image_id")
-        )
-        utils.check_image_size(dataset_dict, image)  # also fills a missing height / width
+        image = self._read_image(dataset_dict)
 
         annotations = dataset_dict.pop("annotations", None)
         dataset_dict.pop("sem_seg_file_name", None)
         if not self.is_train:
             annotations = None
         elif annotations is not None:
-            annotations = self._prepare_annotations(annotations)
+            annotations = self._prepare_annotations(annotations, dataset_dict)
 
         # Boxes ride along in AugInput so that box-aware augmentations can see them.
         boxes = None
@@ -144,22 +199,32 @@ class DetrDatasetMapper:
             )
         aug_input = T.AugInput(image, boxes=boxes)
         transforms = self._choose_augmentation()(aug_input)
-        image = aug_input.image
-        image_shape = image.shape[:2]
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        image_shape = aug_input.image.shape[:2]
+        self._set_image(dataset_dict, aug_input.image)
 
         if annotations is not None:
+            mask_format = self._resolve_mask_format(annotations)
             annotations = [
                 utils.transform_instance_annotations(a, transforms, image_shape)
                 for a in annotations
             ]
-            mask_format = "polygon"
-            if self.mask_on and any(
-                not isinstance(a.get("segmentation"), list) for a in annotations
-            ):
-                mask_format = "bitmask"  # RLE dicts become dense masks when transformed
             instances = utils.annotations_to_instances(
                 annotations, image_shape, mask_format=mask_format
             )
+            if self.mask_on and not instances.has("gt_masks"):  # an image without objects
+                instances.gt_masks = (
+                    BitMasks(torch.zeros((0, *image_shape), dtype=torch.bool))
+                    if mask_format == "bitmask"
+                    else PolygonMasks([])
+                )
+            # Also drops instances whose mask a crop emptied (by_mask, with mask_on).
             dataset_dict["instances"] = utils.filter_empty_instances(instances)
         return dataset_dict
+
+
+def _describe_image(dataset_dict: dict) -> str:
+    """``"image 'a.jpg' (image_id=3)"`` for error messages."""
+    where = f"image {dataset_dict.get('file_name')!r}"
+    if dataset_dict.get("image_id") is not None:
+        where += f" (image_id={dataset_dict['image_id']!r})"
+    return where

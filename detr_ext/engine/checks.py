@@ -48,7 +48,9 @@ def config_dataset_names(cfg: DictConfig, splits: Iterable[str] = ("train", "tes
 
 
 def dataset_num_classes(name: str) -> int | None:
-    """``len(MetadataCatalog.get(name).thing_classes)``, or None when unknown.
+    """``len(MetadataCatalog.get(name).thing_classes)``, or None when unknown; for a panoptic
+    dataset in detectron2's unified numbering (``stuff_dataset_id_to_contiguous_id`` covers
+    things and stuff, as ``register_coco_panoptic`` registers them), the number of those ids.
 
     Datasets registered with ``register_coco_instances`` only get ``thing_classes`` when they
     are loaded; such a dataset is loaded here (once per process: detectron2 keeps the
@@ -59,6 +61,10 @@ def dataset_num_classes(name: str) -> int | None:
         logger.info("Loading dataset %r to learn its number of categories.", name)
         DatasetCatalog.get(name)
         metadata = MetadataCatalog.get(name)
+    unified = metadata.get("stuff_dataset_id_to_contiguous_id", None)
+    things = metadata.get("thing_dataset_id_to_contiguous_id", None)
+    if unified and things and set(things.items()) <= set(unified.items()):
+        return len(unified)
     classes = metadata.get("thing_classes", None)
     return None if classes is None else len(classes)
 

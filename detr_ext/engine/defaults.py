@@ -23,11 +23,11 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from ..checkpoint.loading import load_model_weights
@@ -146,25 +146,36 @@ def request_error_analysis(cfg: DictConfig) -> None:
     then writes TIDE errors and a confusion matrix next to its results (see
     :class:`detr_ext.evaluation.COCOEvaluator`).
 
+    A list of evaluators (e.g. box/mask AP plus panoptic quality) gets ``analyze = True`` on
+    each entry that takes it.
+
     Raises:
-        ValueError: the config has no evaluator, or one that takes no ``analyze`` argument.
+        ValueError: the config has no evaluator, or none that takes an ``analyze`` argument.
     """
     node = cfg.dataloader.get("evaluator", None)
-    target = node.get("_target_", None) if isinstance(node, DictConfig) else None
-    if target is None or not _accepts(target, "analyze"):
+    nodes = list(node) if isinstance(node, ListConfig) else [node]
+    targets = [n.get("_target_", None) if isinstance(n, DictConfig) else None for n in nodes]
+    accepting = [n for n, t in zip(nodes, targets, strict=True) if t and _accepts(t, "analyze")]
+    if not accepting:
         raise ValueError(
             "--analyze needs dataloader.evaluator to be detr_ext.evaluation.COCOEvaluator (or "
-            f"another evaluator with an 'analyze' argument), got {target!r}"
+            "another evaluator with an 'analyze' argument, or a list holding one), got "
+            f"{targets[0] if len(targets) == 1 else targets!r}"
         )
-    node.analyze = True
+    for entry in accepting:
+        entry.analyze = True
 
 
 def build_evaluator(cfg: DictConfig, output_dir: str | None, node: Any = None) -> Any:
     """``instantiate(node)`` (default ``cfg.dataloader.evaluator``) with its ``output_dir`` set
     to ``output_dir`` when the evaluator takes one (``COCOEvaluator`` does); the config itself
-    is left unchanged."""
+    is left unchanged. A list of evaluators becomes detectron2's ``DatasetEvaluators``, each
+    entry built this way (their files share ``output_dir``; detectron2's evaluators use
+    distinct file names)."""
     if node is None:
         node = cfg.dataloader.evaluator
+    if isinstance(node, ListConfig):
+        return DatasetEvaluators([build_evaluator(cfg, output_dir, entry) for entry in node])
     if output_dir is None or not isinstance(node, DictConfig) or "_target_" not in node:
         return instantiate(node)
     if not _accepts(node._target_, "output_dir"):

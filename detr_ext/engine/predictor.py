@@ -1,6 +1,8 @@
 """Inference on single images outside a data loader: :class:`Predictor` runs a detector built
-from a LazyConfig on an image array, :func:`draw_predictions` draws its detections with
-detectron2's ``Visualizer``. Used by ``tools/demo.py`` and ``tools/train_shapes_demo.py``."""
+from a LazyConfig on an image array, :func:`draw_predictions` draws its detections (boxes,
+instance masks, panoptic segments) with detectron2's ``Visualizer``, :func:`instances_to_dicts`
+makes them json-ready (masks as COCO RLE). Used by ``tools/demo.py`` and
+``tools/train_shapes_demo.py``."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ __all__ = [
     "contiguous_to_dataset_ids",
     "draw_predictions",
     "instances_to_dicts",
+    "mask_to_rle",
     "metadata_for_config",
 ]
 
@@ -206,6 +209,18 @@ class Predictor:
             ``(instances, phrases)``: the ``Instances`` of :meth:`__call__`, and for a
             text-prompted model the phrases its ``pred_classes`` index (else None).
         """
+        outputs = self.predict_outputs(image, prompt)
+        return outputs["instances"], outputs.get("phrases")
+
+    @torch.no_grad()
+    def predict_outputs(self, image: np.ndarray, prompt: str | None = None) -> dict[str, Any]:
+        """The model's whole output for ``image`` (arguments as :meth:`predict`), on the CPU.
+
+        Returns:
+            ``{"instances": Instances}`` as :meth:`__call__` (with ``pred_masks`` bool
+            ``[N, H, W]`` for a mask model), plus ``"phrases"`` for a text-prompted model and
+            ``"panoptic_seg": (segment ids [H, W], segments_info)`` for a panoptic model.
+        """
         image = _check_image(image, "Predictor")
         if prompt is not None and not hasattr(self.model, "default_prompt"):
             raise ValueError(
@@ -219,14 +234,30 @@ class Predictor:
         inputs = {"image": network_input.to(self.device), "height": height, "width": width}
         if prompt is not None:
             inputs["prompt"] = prompt
-        output = self.model([inputs])[0]
-        return output["instances"].to("cpu"), output.get("phrases")
+        output = dict(self.model([inputs])[0])
+        output["instances"] = output["instances"].to("cpu")
+        if "panoptic_seg" in output:
+            segment_ids, segments_info = output["panoptic_seg"]
+            output["panoptic_seg"] = (segment_ids.to("cpu"), segments_info)
+        return output
 
 
 def _phrases_are_classes(phrases: Sequence[str] | None, metadata: Metadata | None) -> bool:
     """Whether a text-prompted model's phrases are the dataset's classes (default prompt)."""
     class_names = metadata.get("thing_classes", None) if metadata is not None else None
     return phrases is None or (class_names is not None and list(phrases) == list(class_names))
+
+
+def mask_to_rle(mask: torch.Tensor | np.ndarray) -> dict[str, Any]:
+    """A ``[H, W]`` mask (True / nonzero = inside) as json-ready COCO RLE:
+    ``{"size": [H, W], "counts": str}`` (``pycocotools.mask.decode`` reads it back)."""
+    from pycocotools import mask as mask_utils
+
+    mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask_to_rle: expected a [H, W] mask, got shape {mask.shape}")
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(bool), dtype=np.uint8))
+    return {"size": [int(size) for size in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def instances_to_dicts(
@@ -237,7 +268,8 @@ def instances_to_dicts(
 ) -> list[dict[str, Any]]:
     """Detections with ``score >= threshold`` as json-ready dicts, best first:
     ``{"bbox_xyxy": [x0, y0, x1, y1], "score", "category_id", "category_name"}``, plus
-    ``"phrase"`` when ``phrases`` (of a text-prompted model, see :meth:`Predictor.predict`)
+    ``"segmentation"`` (COCO RLE of ``pred_masks``, see :func:`mask_to_rle`) for a mask model
+    and ``"phrase"`` when ``phrases`` (of a text-prompted model, see :meth:`Predictor.predict`)
     are given.
 
     ``category_id`` is the dataset's own category id when ``metadata`` has
@@ -252,8 +284,10 @@ def instances_to_dicts(
     boxes = instances.pred_boxes.tensor.tolist()
     scores = instances.scores.tolist()
     classes = instances.pred_classes.tolist()
+    masks = instances.pred_masks if instances.has("pred_masks") else None
     detections = []
-    for box, score, label in sorted(zip(boxes, scores, classes), key=lambda item: -item[1]):
+    for index in sorted(range(len(scores)), key=lambda i: -scores[i]):
+        box, score, label = boxes[index], scores[index], classes[index]
         if score < threshold:
             continue
         name = class_names[label] if class_names and 0 <= label < len(class_names) else None
@@ -264,6 +298,8 @@ def instances_to_dicts(
             "category_id": category_id if phrases is None or metadata is not None else None,
             "category_name": name,
         }
+        if masks is not None:
+            detection["segmentation"] = mask_to_rle(masks[index])
         if phrases is not None:
             if not 0 <= label < len(phrases):
                 raise ValueError(
@@ -275,24 +311,49 @@ def instances_to_dicts(
     return detections
 
 
+def _panoptic_metadata(metadata: Metadata | None, segments_info: list[dict]) -> Metadata:
+    """Metadata for ``Visualizer.draw_panoptic_seg``, which looks up a thing's name in
+    ``thing_classes[category_id]`` and a stuff's in ``stuff_classes[category_id]``: with
+    category ids contiguous over things and stuff together (detectron2's unified
+    ``register_coco_panoptic`` metadata), both lists must be the unified one, ``stuff_classes``.
+    Without names, ids are shown."""
+    names = []
+    if metadata is not None:
+        names = list(metadata.get("stuff_classes", None) or metadata.get("thing_classes", []))
+    largest_id = max((int(info["category_id"]) for info in segments_info), default=-1)
+    if len(names) <= largest_id:
+        names = [str(index) for index in range(largest_id + 1)]
+    drawing = Metadata(name="panoptic_drawing", thing_classes=names, stuff_classes=names)
+    colors = metadata.get("stuff_colors", None) if metadata is not None else None
+    if colors and len(colors) == len(names):
+        drawing.set(thing_colors=list(colors), stuff_colors=list(colors))
+    return drawing
+
+
 def draw_predictions(
     image: np.ndarray,
     instances: Instances,
     metadata: Metadata | None = None,
     threshold: float = 0.5,
     phrases: Sequence[str] | None = None,
+    panoptic_seg: tuple[torch.Tensor, list[dict]] | None = None,
 ) -> np.ndarray:
-    """Draw the detections with ``score >= threshold`` (boxes, class names or phrases, scores)
-    with detectron2's ``Visualizer``.
+    """Draw the detections with ``score >= threshold`` (boxes, instance masks when
+    ``instances`` has ``pred_masks``, class names or phrases, scores), or a panoptic
+    segmentation, with detectron2's ``Visualizer``.
 
     Args:
         image: ``[H, W, 3]`` uint8 RGB image.
-        instances: predictions for ``image`` (``pred_boxes``, ``scores``, ``pred_classes``),
-            e.g. from :class:`Predictor`.
-        metadata: gives the class names (``thing_classes``); class indices are shown without it.
+        instances: predictions for ``image`` (``pred_boxes``, ``scores``, ``pred_classes``,
+            optional ``pred_masks`` bool ``[N, H, W]``), e.g. from :class:`Predictor`.
+        metadata: gives the class names (``thing_classes``; ``stuff_classes`` for panoptic);
+            class indices are shown without it.
         threshold: minimum score of a drawn detection.
         phrases: the phrases ``pred_classes`` index (text-prompted models); drawn instead of
             the class names.
+        panoptic_seg: ``(segment ids [H, W], segments_info)`` of a panoptic model
+            (:meth:`Predictor.predict_outputs`): drawn instead of ``instances`` (as detectron2's
+            demo does), every segment, named by its contiguous ``category_id``.
 
     Returns:
         ``[H, W, 3]`` uint8 RGB image with the detections drawn.
@@ -301,6 +362,17 @@ def draw_predictions(
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
     image = _check_image(image, "draw_predictions")
+    if panoptic_seg is not None:
+        segment_ids, segments_info = panoptic_seg
+        if tuple(segment_ids.shape) != image.shape[:2]:
+            raise ValueError(
+                f"draw_predictions: expected panoptic segment ids of the image's size "
+                f"{image.shape[:2]}, got shape {tuple(segment_ids.shape)}"
+            )
+        visualizer = Visualizer(image, _panoptic_metadata(metadata, segments_info), scale=1.0)
+        # The Visualizer adds "area" to the segment dicts: give it copies.
+        segments = [dict(info) for info in segments_info]
+        return visualizer.draw_panoptic_seg(segment_ids.cpu(), segments).get_image()
     instances = instances.to("cpu")
     kept = instances[instances.scores >= threshold]
     if phrases is not None:

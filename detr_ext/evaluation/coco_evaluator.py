@@ -42,6 +42,10 @@ class COCOEvaluator(_D2COCOEvaluator):
             detectron2's fast C++ evaluator lives in its compiled ``_C``; hotcoco replaces it).
         backend: ``"auto"``, ``"hotcoco"`` or ``"pycocotools"``.
         analyze: write TIDE errors and a confusion matrix (needs hotcoco and ``output_dir``).
+        drop_unknown_classes: drop predictions of classes the dataset does not have (counted
+            and logged) instead of raising. For a detector that predicts more classes than it
+            is scored on, e.g. DETR's panoptic box stage (things and stuff) scored on the
+            things of COCO's instances json.
 
     Raises:
         ValueError: unknown ``backend``; ``analyze`` without an ``output_dir``.
@@ -60,6 +64,7 @@ class COCOEvaluator(_D2COCOEvaluator):
         allow_cached_coco: bool = True,
         backend: str = "auto",
         analyze: bool = False,
+        drop_unknown_classes: bool = False,
     ) -> None:
         self._backend = resolve_backend(backend)
         if analyze and not hotcoco_available():
@@ -73,6 +78,7 @@ class COCOEvaluator(_D2COCOEvaluator):
                 f"output_dir={output_dir!r}"
             )
         self._analyze = analyze
+        self._drop_unknown_classes = drop_unknown_classes
         super().__init__(
             dataset_name,
             tasks=tasks,
@@ -99,11 +105,23 @@ class COCOEvaluator(_D2COCOEvaluator):
         return self._hotcoco_gt
 
     def _unmap_category_ids(self, coco_results: list[dict]) -> None:
-        """Contiguous class ids (model outputs) back to the dataset's category ids, in place."""
+        """Contiguous class ids (model outputs) back to the dataset's category ids, in place
+        (with ``drop_unknown_classes``, predictions of other classes are removed first)."""
         mapping = getattr(self._metadata, "thing_dataset_id_to_contiguous_id", None)
         if mapping is None:
             return
         reverse = {v: k for k, v in mapping.items()}
+        if self._drop_unknown_classes:
+            kept = [r for r in coco_results if r["category_id"] in reverse]
+            if len(kept) < len(coco_results):
+                logger.info(
+                    "COCOEvaluator: dropped %d of %d predictions whose class is not one of the "
+                    "dataset's %d classes (drop_unknown_classes=True)",
+                    len(coco_results) - len(kept),
+                    len(coco_results),
+                    len(reverse),
+                )
+            coco_results[:] = kept
         for result in coco_results:
             category_id = result["category_id"]
             if category_id not in reverse:

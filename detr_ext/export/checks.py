@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from ..checkpoint.loading import load_model_weights
 from ..engine.predictor import metadata_for_config
+from ..modeling.meta_arch import DETRSegmDetectorBase
 from .runners import ExportedRunner
-from .wrapper import ExportableDetector
+from .wrapper import ExportableDetector, ExportError
 
 __all__ = ["build_model", "compare_outputs", "config_metadata", "verify_runner"]
 
@@ -33,9 +34,19 @@ def build_model(
 ) -> nn.Module:
     """``instantiate(cfg.model)`` in eval mode on ``device``, with ``weights`` loaded strictly
     (:func:`~detr_ext.checkpoint.load_model_weights`), or with the random initialisation
-    drawn after ``torch.manual_seed(seed)`` when ``weights`` is None."""
+    drawn after ``torch.manual_seed(seed)`` when ``weights`` is None.
+
+    Raises:
+        ExportError: for a model with DETR's segmentation head (its masks are not exported).
+    """
     torch.manual_seed(seed)
     model = instantiate(cfg.model)
+    if isinstance(model, DETRSegmDetectorBase):
+        raise ExportError(
+            f"cannot export {type(model).__name__}: its masks (instance and panoptic) are not "
+            "exported; detr_ext.export traces detectors that return boxes, scores and classes "
+            "only"
+        )
     if weights is not None:
         load_model_weights(model, weights, where="--weights")
     return model.to(device).eval()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,24 @@ def export_program(
         raise ExportError(
             f"torch.export could not trace {name} with a dynamic batch in [1, {max_batch}] and "
             f"height / width in [{min_size}, {max_size}] (multiples of {size_multiple}): "
-            f"{type(error).__name__}: {_summary(error)}"
+            f"{_min_size_hint(error, min_size)}{type(error).__name__}: {_summary(error)}"
         ) from error
+
+
+_SUGGESTED_MIN = re.compile(r"Dim\('(?:height|width)[^']*', min=(\d+)")
+
+
+def _min_size_hint(error: Exception, min_size: int) -> str:
+    """A sentence naming the smallest image size torch.export suggests, when the model cannot
+    handle ``min_size`` (e.g. DINO-R50 4-scale: its stride-64 level is a 1x1 map at 64 px)."""
+    suggested = [int(n) for n in _SUGGESTED_MIN.findall(str(error))]
+    if not suggested or max(suggested) <= min_size:
+        return ""
+    low = max(suggested)
+    return (
+        f"the model needs images of at least {low} px: pass min_size={low} "
+        f"(tools/export_model.py --min-size {low}). "
+    )
 
 
 def _summary(error: Exception, limit: int = 800) -> str:

@@ -44,6 +44,7 @@ from .grounding_dino_encoder_decoder import (
     grounding_decoder_layer,
 )
 from .grounding_dino_transformer import GroundingDINOTransformer
+from .mask_head import MaskHeadSmallConv, MHAttentionMap
 from .mlp import FFN, MLP
 from .multi_scale_deform_attn import MultiScaleDeformableAttention
 from .position_embedding import (
@@ -81,6 +82,8 @@ __all__ = [
     "DetrTransformerEncoder",
     "FFN",
     "MLP",
+    "MHAttentionMap",
+    "MaskHeadSmallConv",
     "BaseTransformerLayer",
     "MultiScaleDeformableAttention",
     "MultiheadAttention",

@@ -1,7 +1,13 @@
 """Detector parts shared by the DETR-family projects: matchers, criteria, losses and
 the meta-architecture base classes."""
 
-from .criterions import DeformableCriterion, DINOCriterion, GroundingCriterion, SetCriterion
+from .criterions import (
+    DeformableCriterion,
+    DINOCriterion,
+    GroundingCriterion,
+    SegmCriterion,
+    SetCriterion,
+)
 from .losses import ia_bce_loss, sigmoid_focal_loss
 from .matchers import GroundingHungarianMatcher, HungarianMatcher, ManyToOneMatcher
 from .meta_arch import (
@@ -9,11 +15,14 @@ from .meta_arch import (
     DeformableDETRDetectorBase,
     DetectorBase,
     DETRDetectorBase,
+    DETRSegmDetectorBase,
     DINODetectorBase,
+    combine_panoptic,
 )
 
 __all__ = [
     "DETRDetectorBase",
+    "DETRSegmDetectorBase",
     "DINOCriterion",
     "DINODetectorBase",
     "DeformableCriterion",
@@ -24,7 +33,9 @@ __all__ = [
     "GroundingHungarianMatcher",
     "HungarianMatcher",
     "ManyToOneMatcher",
+    "SegmCriterion",
     "SetCriterion",
+    "combine_panoptic",
     "ia_bce_loss",
     "sigmoid_focal_loss",
 ]

@@ -7,6 +7,13 @@
   names are renamed to detectron2 ResNet / detrex names, and its 92 class rows (COCO category
   ids 0-90 plus no-object at 91) are reordered into our 80 contiguous classes plus
   no-object when the target model has ``num_classes=80``.
+- ``"detr.facebookresearch_panoptic"``: the original DETR panoptic release
+  (``detr-r50-panoptic-00ce5173.pth``, ...: a ``DETRsegm`` whose detector sits under
+  ``detr.``) into our ``DETRSegm``. The ``detr.`` prefix goes, the detector's names are
+  renamed as above, ``bbox_attention.*`` and ``mask_head.*`` keep theirs, and its 251 class
+  rows (COCO panoptic category ids 0-249, no-object at 250) are reordered into the 133
+  unified contiguous classes of detectron2's COCO panoptic metadata (things then stuff, the
+  order of ``COCO_CATEGORIES``) plus no-object when the target has ``num_classes=133``.
 
 Use ``tools/convert_checkpoint.py --from detr.facebookresearch --config ... in.pth out.pth``.
 """
@@ -20,11 +27,20 @@ from torch import Tensor
 
 from detr_ext.checkpoint import Converter, register_converter
 
-__all__ = ["DETREX_CONVERTER", "FACEBOOKRESEARCH_CONVERTER", "coco91_class_rows"]
+__all__ = [
+    "DETREX_CONVERTER",
+    "FACEBOOKRESEARCH_CONVERTER",
+    "FACEBOOKRESEARCH_PANOPTIC_CONVERTER",
+    "coco91_class_rows",
+    "coco_panoptic_class_rows",
+]
 
 # facebookresearch/detr predicts num_classes=91 (COCO category ids used directly) + no-object.
 _FACEBOOK_NUM_LOGITS = 92
 _FACEBOOK_NO_OBJECT = 91
+# Its panoptic models predict num_classes=250 (panoptic category ids, at most 200) + no-object.
+_FACEBOOK_PANOPTIC_NUM_LOGITS = 251
+_FACEBOOK_PANOPTIC_NO_OBJECT = 250
 
 
 def coco91_class_rows() -> list[int]:
@@ -33,14 +49,31 @@ def coco91_class_rows() -> list[int]:
     return [c["id"] for c in COCO_CATEGORIES if c["isthing"]] + [_FACEBOOK_NO_OBJECT]
 
 
-def _select_coco_classes(value: Tensor, target: Tensor) -> Tensor:
-    """Reorder ``class_embed`` rows from COCO ids (92) to contiguous ids (81) when needed."""
-    if value.shape[0] == target.shape[0]:
+def coco_panoptic_class_rows() -> list[int]:
+    """Rows of a 251-way DETR panoptic classifier for our classes: the COCO panoptic category
+    id of each unified contiguous class 0..132 (things and stuff in detectron2's
+    ``COCO_CATEGORIES`` order, as ``register_coco_panoptic`` numbers them), then the no-object
+    row 250."""
+    return [c["id"] for c in COCO_CATEGORIES] + [_FACEBOOK_PANOPTIC_NO_OBJECT]
+
+
+def _class_row_selector(num_logits: int, rows: list[int]):
+    """A transform reordering ``class_embed`` rows from dataset ids (``num_logits``) to
+    contiguous ids (``len(rows)``) when the target has that many; otherwise the value is left
+    as is and the report lists the shape mismatch."""
+
+    def select(value: Tensor, target: Tensor) -> Tensor:
+        if value.shape[0] == num_logits and target.shape[0] == len(rows):
+            return value[rows]
         return value
-    rows = coco91_class_rows()
-    if value.shape[0] == _FACEBOOK_NUM_LOGITS and target.shape[0] == len(rows):
-        return value[rows]
-    return value  # left as is: the report lists the shape mismatch
+
+    return select
+
+
+_select_coco_classes = _class_row_selector(_FACEBOOK_NUM_LOGITS, coco91_class_rows())
+_select_coco_panoptic_classes = _class_row_selector(
+    _FACEBOOK_PANOPTIC_NUM_LOGITS, coco_panoptic_class_rows()
+)
 
 
 def _plus_one(match: re.Match) -> str:
@@ -79,6 +112,19 @@ FACEBOOKRESEARCH_CONVERTER = register_converter(
         description="facebookresearch/detr DETR checkpoints (torchvision ResNet backbone)",
         rules=FACEBOOKRESEARCH_RULES,
         transforms=((r"class_embed\.(?:weight|bias)", _select_coco_classes),),
+        fill_from_target=(r"criterion\.empty_weight",),
+    )
+)
+
+FACEBOOKRESEARCH_PANOPTIC_CONVERTER = register_converter(
+    Converter(
+        name="detr.facebookresearch_panoptic",
+        description=(
+            "facebookresearch/detr panoptic DETRsegm checkpoints (detector under 'detr.', "
+            "bbox_attention, mask_head) into DETRSegm"
+        ),
+        rules=((r"^detr\.", ""), *FACEBOOKRESEARCH_RULES),
+        transforms=((r"class_embed\.(?:weight|bias)", _select_coco_panoptic_classes),),
         fill_from_target=(r"criterion\.empty_weight",),
     )
 )

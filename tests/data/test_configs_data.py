@@ -74,3 +74,75 @@ def test_shapes_config_yields_a_batch_from_a_tiny_dataset(tmp_path, monkeypatch)
     # The test loader generated the val split, so the evaluator finds its json.
     assert isinstance(instantiate(cfg.dataloader.evaluator), COCOEvaluator)
     assert not (tmp_path / "unused").exists()
+
+
+# ------------------------------------------------------------------ segmentation data configs
+@pytest.mark.usefixtures("clean_shapes_registration")
+def test_shapes_segm_config_keeps_masks_and_scores_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETR_EXT_DATASETS", str(tmp_path / "datasets"))
+    cfg = LazyConfig.load(str(CONFIG_DIR / "shapes_segm.py"))
+    train_mapper = instantiate(cfg.dataloader.train.mapper)
+    assert train_mapper.mask_on and train_mapper.mask_format == "auto"
+    assert not instantiate(cfg.dataloader.test.mapper).mask_on
+    assert list(cfg.dataloader.evaluator.tasks) == ["bbox", "segm"]
+    assert cfg.dataloader.evaluator.dataset_name == "shapes_val"
+    assert not (tmp_path / "datasets").exists()
+
+
+@pytest.fixture
+def clean_panoptic_registration():
+    from detr_ext.data.datasets import SHAPES_PANOPTIC_DATASET_NAMES
+
+    yield
+    for name in (*SHAPES_PANOPTIC_DATASET_NAMES, *SHAPES_DATASET_NAMES):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+@pytest.mark.usefixtures("clean_panoptic_registration")
+def test_shapes_panoptic_config_yields_a_batch_and_builds_its_evaluators(tmp_path, monkeypatch):
+    from detr_ext.data import DetrPanopticDatasetMapper
+    from detr_ext.data.datasets import register_shapes_panoptic
+    from detr_ext.evaluation import COCOPanopticEvaluator
+
+    monkeypatch.setenv("DETR_EXT_DATASETS", str(tmp_path / "unused"))
+    cfg = LazyConfig.load(str(CONFIG_DIR / "shapes_panoptic.py"))
+    assert not (tmp_path / "unused").exists(), "loading the config must not generate data"
+    assert cfg.dataloader.train.dataset.names == "shapes_panoptic_train"
+    assert MetadataCatalog.get("shapes_panoptic_train").shapes_params["num_images"] == 1000
+    register_shapes_panoptic(tmp_path / "shapes", num_train=4, num_val=2, replace=True)
+    cfg.dataloader.train.num_workers = 0
+    cfg.dataloader.train.total_batch_size = 2
+    assert isinstance(instantiate(cfg.dataloader.train.mapper), DetrPanopticDatasetMapper)
+    batch = next(iter(instantiate(cfg.dataloader.train)))
+    for sample in batch:
+        instances = sample["instances"]
+        assert instances.image_size == tuple(sample["image"].shape[1:])
+        assert set(instances.gt_classes.tolist()) <= {0, 1, 2, 3}
+        assert instances.gt_masks.tensor.shape[1:] == sample["image"].shape[1:]
+
+    cfg.dataloader.test.num_workers = 0
+    sample = next(iter(instantiate(cfg.dataloader.test)))[0]
+    assert "instances" not in sample and min(sample["image"].shape[1:]) == 320
+    # The test loader generated the val split: both evaluators find their files.
+    coco, panoptic = instantiate(cfg.dataloader.evaluator)
+    assert isinstance(coco, COCOEvaluator) and list(coco._tasks) == ["bbox", "segm"]
+    assert isinstance(panoptic, COCOPanopticEvaluator)
+    assert not (tmp_path / "unused").exists()
+
+
+def test_coco_panoptic_detr_config_builds_mappers():
+    from detr_ext.data import DetrPanopticDatasetMapper
+
+    cfg = LazyConfig.load(str(CONFIG_DIR / "coco_panoptic_detr.py"))
+    coco = LazyConfig.load(str(CONFIG_DIR / "coco_detr.py"))
+    train_mapper = instantiate(cfg.dataloader.train.mapper)
+    assert isinstance(train_mapper, DetrPanopticDatasetMapper) and train_mapper.mask_on
+    assert len(train_mapper.augmentation_with_crop.augs) == 4
+    assert cfg.dataloader.train.mapper.augmentation == coco.dataloader.train.mapper.augmentation
+    assert not instantiate(cfg.dataloader.test.mapper).is_train
+    assert cfg.dataloader.train.dataset.names == "coco_2017_train_panoptic"
+    assert cfg.dataloader.test.dataset.names == "coco_2017_val_panoptic"
+    names = [e.dataset_name for e in cfg.dataloader.evaluator]
+    assert names == ["coco_2017_val_panoptic", "coco_2017_val"]

@@ -83,11 +83,13 @@ def test_coco_json_is_valid(shapes_json):
             assert x + w <= image["width"] and y + h <= image["height"]
             assert 0 < annotation["area"] <= w * h
             assert annotation["iscrowd"] == 0
-            # The box is the tight box of the visible mask, and area its pixel count.
+            # The box and area are those of the rendered visible pixels; the polygons
+            # rasterize to nearly those pixels (exactly checked in test_shapes_polygons.py).
             mask = coco.annToMask(annotation)
             ys, xs = np.nonzero(mask)
-            assert [xs.min(), ys.min(), xs.max() + 1 - x, ys.max() + 1 - y] == [x, y, w, h]
-            assert mask.sum() == annotation["area"]
+            tight = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            assert np.abs(tight - [x, y, x + w, y + h]).max() <= 1
+            assert abs(int(mask.sum()) - annotation["area"]) <= 0.1 * annotation["area"] + 4
 
 
 # Rotation- and scale-invariant second moment of a filled shape, sum |p - centroid|^2 / area^2:

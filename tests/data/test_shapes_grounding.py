@@ -70,18 +70,20 @@ def _load(root, **kwargs):
 
 
 # ------------------------------------------------------------------------ colour names
-# sha256 of the decoded pixels of the generated images and of their json without "color",
-# computed with the generator before colour names existed (Pillow 13.0, numpy 2.4): colour
-# names must not change a single draw. A Pillow upgrade that changes JPEG coding or polygon
-# rasterization changes these too; then recompute them from a checkout of the older generator.
+# sha256 of the decoded pixels of the generated images and of their json without "color" and
+# "segmentation", computed with the generator before colour names existed (Pillow 13.0, numpy
+# 2.4; the json hashes with generator version 2, whose segmentations were RLEs): colour names
+# and exact polygons must not change a single draw. A Pillow upgrade that changes JPEG coding
+# or polygon rasterization changes these too; then recompute them from a checkout of the older
+# generator.
 _REFERENCE_HASHES = {
     ("train", 4, 0, 256, 384): (
         "bbfde69874ad03a3c1924dedad713fc84e00819d523f1ed8902874e083fc4d91",
-        "bd1654d13f0eb72e16fe9e107262782ce607d39aa70339d2aa8377956b37ad86",
+        "d9479f5782c3199b86b59a3f3709afcbf3441defa9ec06a4a123eb00faaf403b",
     ),
     ("val", 3, 5, 64, 96): (
         "c4030618976cb124c44f32bb36636aa8cd96efaef2ca4e9e8238d8e16ca8eb62",
-        "91a6aa7643e88fad606657147d258166c3e546726b03bf6dd2f898b5b2081285",
+        "2b4166a928499a1fa95920c801aaf346a61da0c2d15bfe14788fdcec7f21c597",
     ),
 }
 
@@ -95,7 +97,10 @@ def test_images_and_boxes_are_unchanged(tmp_path, params):
         image = Image.open(tmp_path / split / f"{index:06d}.jpg").convert("RGB")
         pixels.update(np.asarray(image).tobytes())
     content = json.loads(Path(json_file).read_text())
-    annotations = [{k: v for k, v in a.items() if k != "color"} for a in content["annotations"]]
+    annotations = [
+        {k: v for k, v in a.items() if k not in ("color", "segmentation")}
+        for a in content["annotations"]
+    ]
     boxes = hashlib.sha256(json.dumps([content["images"], annotations], sort_keys=True).encode())
     assert (pixels.hexdigest(), boxes.hexdigest()) == _REFERENCE_HASHES[params]
 
@@ -126,10 +131,12 @@ def test_color_names_match_the_drawn_hue(tmp_path):
     json_file = generate_shapes_dataset(tmp_path, "train", 12, seed=1, min_size=96, max_size=128)
     content = json.loads(Path(json_file).read_text())
     files = {image["id"]: image["file_name"] for image in content["images"]}
+    sizes = {image["id"]: (image["height"], image["width"]) for image in content["images"]}
     checked, exact, wrong = 0, 0, []
     for annotation in content["annotations"]:
         assert annotation["color"] in SHAPES_COLORS
-        mask = mask_util.decode(annotation["segmentation"]).astype(bool)
+        polygons = mask_util.frPyObjects(annotation["segmentation"], *sizes[annotation["image_id"]])
+        mask = mask_util.decode(mask_util.merge(polygons)).astype(bool)
         mask = ndimage.binary_erosion(mask, iterations=2)
         if mask.sum() < 20:
             continue

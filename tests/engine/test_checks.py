@@ -13,7 +13,12 @@ from torch import nn
 
 from detr_ext.data.datasets import register_shapes
 from detr_ext.engine import do_test, do_train
-from detr_ext.engine.checks import NumClassesError, check_num_classes, config_dataset_names
+from detr_ext.engine.checks import (
+    NumClassesError,
+    check_num_classes,
+    config_dataset_names,
+    dataset_num_classes,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {
@@ -89,6 +94,28 @@ def test_registered_json_dataset_is_loaded_to_count_its_categories(tmp_path):
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_panoptic_datasets_count_things_and_stuff():
+    """detectron2's unified panoptic metadata (register_coco_panoptic) numbers things and stuff
+    together: 3 things + 1 stuff = 4 classes; the "separated" one keeps the things' count."""
+    unified, separated = "checks_test_panoptic", "checks_test_panoptic_separated"
+    try:
+        MetadataCatalog.get(unified).set(
+            thing_classes=["a", "b", "c"],
+            thing_dataset_id_to_contiguous_id={3: 0, 7: 1, 11: 2},
+            stuff_dataset_id_to_contiguous_id={3: 0, 7: 1, 11: 2, 20: 3},
+        )
+        MetadataCatalog.get(separated).set(
+            thing_classes=["a", "b", "c"],
+            thing_dataset_id_to_contiguous_id={3: 0, 7: 1, 11: 2},
+            stuff_dataset_id_to_contiguous_id={3: 0, 7: 0, 11: 0, 20: 1},
+        )
+        assert dataset_num_classes(unified) == 4
+        assert dataset_num_classes(separated) == 3
+    finally:
+        MetadataCatalog.remove(unified)
+        MetadataCatalog.remove(separated)
 
 
 @pytest.mark.parametrize("project", ["detr", "dino"])

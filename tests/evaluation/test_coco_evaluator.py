@@ -17,11 +17,13 @@ from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.evaluation import COCOEvaluator as D2COCOEvaluator
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.evaluation.testing import print_csv_format
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from detr_ext.engine import request_error_analysis
+from detr_ext.engine.defaults import build_evaluator
 from detr_ext.evaluation import COCOEvaluator
 from detr_ext.evaluation.analysis import TIDE_ERRORS
 from tests.tool_runs import REPO_ROOT, TINY_SHAPES_CONFIG, run_tool
@@ -215,6 +217,27 @@ def test_unmapped_class_is_an_error(dataset_name):
         evaluator.evaluate()
 
 
+def test_drop_unknown_classes_scores_only_the_dataset_classes(dataset_name):
+    """A things+stuff detector (DETR's panoptic box stage) scored on the things: extra
+    detections of an unknown class 3 are dropped and leave the metrics unchanged."""
+    expected = run_evaluator(COCOEvaluator(dataset_name, distributed=False, backend="hotcoco"))
+    evaluator = COCOEvaluator(
+        dataset_name, distributed=False, backend="hotcoco", drop_unknown_classes=True
+    )
+    evaluator.reset()
+    for image_id in PREDICTIONS:
+        inputs, outputs = model_io(image_id)
+        instances = outputs["instances"]
+        extra = Instances(instances.image_size)
+        extra.pred_boxes = Boxes(torch.tensor([[0.0, 0.0, 5.0, 5.0]]))
+        extra.scores = torch.tensor([0.99])
+        extra.pred_classes = torch.tensor([3])
+        outputs["instances"] = Instances.cat([instances, extra])
+        evaluator.process([inputs], [outputs])
+    results = evaluator.evaluate()
+    assert results["bbox"] == expected["bbox"]
+
+
 def test_evaluator_argument_errors(dataset_name):
     with pytest.raises(ValueError, match="writes its analysis to output_dir, got output_dir=None"):
         COCOEvaluator(dataset_name, distributed=False, analyze=True)
@@ -247,6 +270,31 @@ def test_request_error_analysis(shapes_config):
         request_error_analysis(shapes_config)
     del shapes_config.dataloader.evaluator
     with pytest.raises(ValueError, match="--analyze needs dataloader.evaluator"):
+        request_error_analysis(shapes_config)
+
+
+def test_evaluator_lists(shapes_config, tmp_path):
+    """A list of evaluators (box/mask AP + PQ in the panoptic configs): ``--analyze`` reaches
+    the entries that take it, and each entry that takes an output_dir writes under the run's."""
+    shapes_config.dataloader.evaluator.dataset_name = "shapes_val"
+    shapes_config.dataloader.evaluator = [
+        shapes_config.dataloader.evaluator,
+        L(D2COCOEvaluator)(dataset_name="shapes_val", output_dir="elsewhere"),
+    ]
+    request_error_analysis(shapes_config)
+    assert shapes_config.dataloader.evaluator[0].analyze is True
+    assert "analyze" not in shapes_config.dataloader.evaluator[1]
+
+    DatasetCatalog.get("shapes_val")  # generates the val split, fills the metadata
+    evaluators = build_evaluator(shapes_config, str(tmp_path / "inference"))
+    assert isinstance(evaluators, DatasetEvaluators)
+    first, second = evaluators._evaluators
+    assert isinstance(first, COCOEvaluator) and type(second) is D2COCOEvaluator
+    assert first._output_dir == second._output_dir == str(tmp_path / "inference")
+    assert shapes_config.dataloader.evaluator[1].output_dir == "elsewhere"  # config unchanged
+
+    shapes_config.dataloader.evaluator = [L(D2COCOEvaluator)(dataset_name="shapes_val")]
+    with pytest.raises(ValueError, match="or a list holding one"):
         request_error_analysis(shapes_config)
 
 

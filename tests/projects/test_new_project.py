@@ -136,7 +136,7 @@ def test_list_projects_finds_registered_models_and_configs():
     import list_projects
 
     projects = list_projects.discover()
-    assert projects["detr"]["meta_archs"] == ["DETR"]
+    assert projects["detr"]["meta_archs"] == ["DETR", "DETRSegm"]
     # DINO's network is detr_ext's (unregistered) DINODetectorBase; each project lists the
     # registered subclass it owns.
     assert projects["dino"]["meta_archs"] == ["DINO"]

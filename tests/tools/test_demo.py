@@ -152,7 +152,7 @@ def test_demo_keeps_detections_done_before_an_interruption(demo_inputs, tmp_path
     from detr_ext.engine.predictor import Predictor
 
     work_dir, weights, image_file, folder = demo_inputs
-    run_predictor = Predictor.predict
+    run_predictor = Predictor.predict_outputs
     calls = []
 
     def interrupt_second_image(self, image, prompt=None):
@@ -161,7 +161,7 @@ def test_demo_keeps_detections_done_before_an_interruption(demo_inputs, tmp_path
             raise KeyboardInterrupt
         return run_predictor(self, image, prompt)
 
-    monkeypatch.setattr(Predictor, "predict", interrupt_second_image)
+    monkeypatch.setattr(Predictor, "predict_outputs", interrupt_second_image)
     monkeypatch.setenv("DETR_EXT_DATASETS", str(work_dir / "datasets"))
     output = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):

@@ -1,4 +1,5 @@
-"""Bundled datasets and helpers to register COCO-format ones with detectron2."""
+"""Bundled datasets (shapes: instances, grounding, panoptic) and helpers to register
+COCO-format ones with detectron2."""
 
 from .coco_format import register_coco_format_dataset
 from .shapes import (
@@ -14,6 +15,12 @@ from .shapes_grounding import (
     SHAPES_GROUNDING_DATASET_NAMES,
     register_shapes_grounding,
 )
+from .shapes_panoptic import (
+    SHAPES_PANOPTIC_CATEGORIES,
+    SHAPES_PANOPTIC_DATASET_NAMES,
+    generate_shapes_panoptic,
+    register_shapes_panoptic,
+)
 
 __all__ = [
     "CATEGORY_RECORD_ID_OFFSET",
@@ -21,9 +28,13 @@ __all__ = [
     "SHAPES_COLORS",
     "SHAPES_DATASET_NAMES",
     "SHAPES_GROUNDING_DATASET_NAMES",
+    "SHAPES_PANOPTIC_CATEGORIES",
+    "SHAPES_PANOPTIC_DATASET_NAMES",
     "default_shapes_root",
     "generate_shapes_dataset",
+    "generate_shapes_panoptic",
     "register_coco_format_dataset",
     "register_shapes",
     "register_shapes_grounding",
+    "register_shapes_panoptic",
 ]

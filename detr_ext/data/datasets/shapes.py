@@ -6,7 +6,10 @@ detection hard: objects from ~12 px to ~60% of the image, overlaps, colour clutt
 ids that are neither zero-based nor contiguous (so the id -> contiguous-index mapping is always
 exercised). Every annotation also names its object's colour (``"color"``, one of
 :data:`SHAPES_COLORS`), which the grounding variant (``shapes_grounding``) turns into phrases
-such as "red circle". Layout under ``root``::
+such as "red circle". Its ``segmentation`` is exact: COCO polygons of the visible part of the
+region PIL painted for the object (:mod:`.shapes_geometry`; several pieces when the object is
+cut or pierced by those drawn over it), and ``area`` and ``bbox`` are the visible pixels'
+count and tight box. Layout under ``root``::
 
     annotations/instances_{split}.json   COCO json (images, annotations, categories)
     annotations/manifest_{split}.json    generation parameters; present => split is complete
@@ -20,20 +23,19 @@ files only when a dataset is first loaded.
 from __future__ import annotations
 
 import colorsys
-import contextlib
-import json
 import math
 import os
 import re
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import pycocotools.mask as mask_util
 from PIL import Image, ImageDraw
+from shapely.geometry.base import BaseGeometry
 
 from ...utils.file_io import atomic_write_json
+from ._generation import exclusive_lock, manifest_matches
+from .shapes_geometry import coco_polygons, painted_polygon, visible_regions
 
 __all__ = [
     "SHAPES_CATEGORIES",
@@ -58,7 +60,9 @@ SHAPES_COLORS = ("red", "yellow", "green", "cyan", "blue", "purple")
 
 # Bump when the drawing or the annotations change, so stale datasets on disk are regenerated.
 # 2: annotations carry "color" (the pixels are the same as in 1).
-_GENERATOR_VERSION = 2
+# 3: "segmentation" is exact polygons of the visible regions instead of an RLE of the visible
+#    pixels (the pixels, areas and boxes are the same as in 2).
+_GENERATOR_VERSION = 3
 _MIN_OBJECT_SIZE = 12
 _MAX_OBJECT_FRACTION = 0.6
 _MAX_OBJECTS = 6
@@ -146,16 +150,19 @@ def _shape_mask(
 
 def _place_objects(
     rng: np.random.Generator, height: int, width: int
-) -> list[tuple[int, np.ndarray, np.ndarray, str]]:
+) -> list[tuple[int, np.ndarray, np.ndarray, str, BaseGeometry]]:
     """Choose and place objects, largest first, so that every object keeps at least
-    ``_MIN_VISIBLE_FRACTION`` of its pixels visible. Returns (category index, visible mask,
-    colour RGB [3], colour name) in drawing order; later objects are drawn on top."""
+    ``_MIN_VISIBLE_FRACTION`` of its pixels visible. Returns (category index, visible mask
+    [H, W], colour RGB [3], colour name, visible region) in drawing order; later objects are
+    drawn on top. The visible region is the shapely geometry of the visible part of the
+    object's painted polygon (COCO pixel coordinates, :mod:`.shapes_geometry`)."""
     max_size = _MAX_OBJECT_FRACTION * min(height, width)
     num_objects = int(rng.integers(1, _MAX_OBJECTS + 1))
     # Log-uniform sizes give as many small objects as large ones.
     sizes = np.exp(rng.uniform(math.log(_MIN_OBJECT_SIZE), math.log(max_size), num_objects))
     placed: list[tuple[int, np.ndarray, np.ndarray, str]] = []
     visible: list[np.ndarray] = []
+    regions: list[BaseGeometry] = []
     for size in sorted(sizes, reverse=True):
         category = int(rng.integers(len(SHAPES_CATEGORIES)))
         outline = _outline(SHAPES_CATEGORIES[category]["name"], size, rng)
@@ -174,41 +181,58 @@ def _place_objects(
             ):
                 visible = [*remaining, mask]
                 placed.append((category, mask, color, color_name))
+                regions.append(painted_polygon(outline, size, center, height, width))
                 break
-    return [(c, v, rgb, name) for (c, _, rgb, name), v in zip(placed, visible, strict=True)]
+    return [
+        (c, v, rgb, name, region)
+        for (c, _, rgb, name), v, region in zip(
+            placed, visible, visible_regions(regions), strict=True
+        )
+    ]
 
 
 def _render_image(
     rng: np.random.Generator, height: int, width: int
-) -> tuple[np.ndarray, list[tuple[int, np.ndarray, str]]]:
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray, str, BaseGeometry]]]:
     """One image uint8 [H, W, 3] and its objects as (category index, visible mask [H, W],
-    colour name)."""
+    colour name, visible region), in drawing order."""
     image = _background(rng, height, width)
     objects = _place_objects(rng, height, width)
-    for _, mask, rgb, _ in objects:
+    for _, mask, rgb, _, _ in objects:
         image[mask] = rgb
     noise = rng.standard_normal(size=image.shape, dtype=np.float32)
     noise *= rng.uniform(3, 12)
     image += noise
     pixels = np.clip(image, 0, 255, out=image).astype(np.uint8)
-    return pixels, [(c, m, name) for c, m, _, name in objects]
+    return pixels, [(c, m, name, region) for c, m, _, name, region in objects]
 
 
 def _annotation(
-    mask: np.ndarray, category_index: int, color_name: str, image_id: int, annotation_id: int
+    mask: np.ndarray,
+    region: BaseGeometry,
+    category_index: int,
+    color_name: str,
+    image_id: int,
+    annotation_id: int,
 ) -> dict[str, Any]:
-    """COCO annotation of a visible mask: tight [x, y, w, h] box, pixel area, RLE, and the
-    name of the object's colour (an extra key that COCO tools ignore)."""
+    """COCO annotation of a visible object: tight [x, y, w, h] box and pixel count of its
+    visible ``mask`` [H, W], polygons of its visible ``region``, and the name of the object's
+    colour (an extra key that COCO tools ignore)."""
     ys, xs = np.nonzero(mask)
     x0, y0 = int(xs.min()), int(ys.min())
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    polygons = coco_polygons(region)
+    if not polygons:
+        raise RuntimeError(
+            f"shapes: annotation {annotation_id} of image {image_id} has {int(mask.sum())} "
+            f"visible pixels but an empty visible region {region.wkt}"
+        )
     return {
         "id": annotation_id,
         "image_id": image_id,
         "category_id": SHAPES_CATEGORIES[category_index]["id"],
         "bbox": [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0],
         "area": int(mask.sum()),
-        "segmentation": {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")},
+        "segmentation": polygons,
         "iscrowd": 0,
         "color": color_name,
     }
@@ -227,31 +251,9 @@ def _validate_generation_args(split: str, num_images: int, min_size: int, max_si
         )
 
 
-@contextlib.contextmanager
-def _exclusive_lock(path: str) -> Iterator[None]:
-    """Serialize generation of one split across processes (e.g. distributed ranks)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: generation is still correct for a single process
-        yield
-        return
-    with open(path, "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-
 def _is_complete(manifest_path: str, json_path: str, image_root: str, manifest: dict) -> bool:
-    if not (os.path.isfile(manifest_path) and os.path.isfile(json_path)):
+    if not (os.path.isfile(json_path) and manifest_matches(manifest_path, manifest)):
         return False
-    with open(manifest_path) as f:
-        try:
-            if json.load(f) != manifest:
-                return False
-        except json.JSONDecodeError:
-            return False
     expected = {f"{i:06d}.jpg" for i in range(manifest["num_images"])}
     return os.path.isdir(image_root) and expected <= set(os.listdir(image_root))
 
@@ -290,7 +292,7 @@ def generate_shapes_dataset(
     }
     os.makedirs(annotation_dir, exist_ok=True)
     os.makedirs(image_root, exist_ok=True)
-    with _exclusive_lock(os.path.join(annotation_dir, f".lock_{split}")):
+    with exclusive_lock(os.path.join(annotation_dir, f".lock_{split}")):
         if _is_complete(manifest_path, json_path, image_root, manifest):
             return json_path
         # Invalidate first, so an interrupted run can never look complete.
@@ -312,9 +314,10 @@ def generate_shapes_dataset(
             images.append(
                 {"id": image_id, "file_name": file_name, "height": height, "width": width}
             )
-            for category_index, mask, color_name in objects:
+            for category_index, mask, color_name, region in objects:
+                annotation_id = len(annotations) + 1
                 annotations.append(
-                    _annotation(mask, category_index, color_name, image_id, len(annotations) + 1)
+                    _annotation(mask, region, category_index, color_name, image_id, annotation_id)
                 )
         atomic_write_json(
             json_path,

@@ -4,5 +4,12 @@ from .base_criterion import SetCriterion
 from .deformable_criterion import DeformableCriterion
 from .dn_criterion import DINOCriterion
 from .grounding_criterion import GroundingCriterion
+from .segm_criterion import SegmCriterion
 
-__all__ = ["DINOCriterion", "DeformableCriterion", "GroundingCriterion", "SetCriterion"]
+__all__ = [
+    "DINOCriterion",
+    "DeformableCriterion",
+    "GroundingCriterion",
+    "SegmCriterion",
+    "SetCriterion",
+]

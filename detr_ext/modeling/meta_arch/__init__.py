@@ -1,5 +1,6 @@
 """Meta-architecture bases: detectron2's model I/O contract for DETR-family detectors, and the
-shared networks of the detectors (DETR's, Deformable DETR's, DINO's).
+shared networks of the detectors (DETR's, DETR's with its segmentation head, Deformable
+DETR's, DINO's), and the panoptic merging of per-query masks.
 
 None of these classes is registered with detectron2's ``META_ARCH_REGISTRY``: a project
 registers its own subclass, so that tools list every detector under the project that owns it.
@@ -8,13 +9,18 @@ registers its own subclass, so that tools list every detector under the project 
 from .base import DetectorBase
 from .deformable_base import DeformableDetectorBase
 from .deformable_detr_base import DeformableDETRDetectorBase
-from .detr_base import DETRDetectorBase
+from .detr_base import DETRDetectorBase, DETRNetworkOutputs
+from .detr_segm_base import DETRSegmDetectorBase
 from .dino_base import DINODetectorBase
+from .panoptic_inference import combine_panoptic
 
 __all__ = [
     "DETRDetectorBase",
+    "DETRNetworkOutputs",
+    "DETRSegmDetectorBase",
     "DINODetectorBase",
     "DeformableDETRDetectorBase",
     "DeformableDetectorBase",
     "DetectorBase",
+    "combine_panoptic",
 ]

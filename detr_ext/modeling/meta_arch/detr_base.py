@@ -14,7 +14,7 @@ its own subclass (``projects/detr``: ``DETR``; a project scaffolded with
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
@@ -23,7 +23,26 @@ from detr_ext.layers import MLP, DetrTransformer
 
 from .base import DetectorBase, resize_padding_mask
 
-__all__ = ["DETRDetectorBase"]
+__all__ = ["DETRDetectorBase", "DETRNetworkOutputs"]
+
+
+class DETRNetworkOutputs(NamedTuple):
+    """What DETR's network computes before its class and box heads
+    (:meth:`DETRDetectorBase.forward_network`), for ``h x w`` the last feature map's size.
+
+    Attributes:
+        backbone_features: the backbone's output dict, ``name -> [B, C_name, H_name, W_name]``.
+        features: ``[B, C, h, w]`` the last feature map projected to ``embed_dim`` channels.
+        mask: ``[B, h, w]`` bool padding mask at that resolution, True on padding.
+        hidden_states: ``[L, B, Q, C]`` decoder outputs (every layer, normalized).
+        memory: ``[B, C, h, w]`` encoder output.
+    """
+
+    backbone_features: dict[str, Tensor]
+    features: Tensor
+    mask: Tensor
+    hidden_states: Tensor
+    memory: Tensor
 
 
 class DETRDetectorBase(DetectorBase):
@@ -116,6 +135,17 @@ class DETRDetectorBase(DetectorBase):
             layer, plus ``"aux_outputs"``: a list of such dicts for the other layers (first
             to second to last) when ``aux_loss``.
         """
+        return self.head_outputs(self.forward_network(images, padding_mask).hidden_states)
+
+    def forward_network(self, images: ImageList, padding_mask: Tensor) -> DETRNetworkOutputs:
+        """Backbone, input projection and transformer: everything before the heads, kept
+        for subclasses that add heads (e.g. DETR's segmentation head reads the encoder memory
+        and the backbone's finer feature maps).
+
+        Args:
+            images: normalized, padded batch, ``images.tensor``: ``[B, 3, H, W]``.
+            padding_mask: ``[B, H, W]`` bool, True on padding.
+        """
         feature_name = self.in_features[-1]
         backbone_features = self.backbone(images.tensor)
         if feature_name not in backbone_features:
@@ -128,8 +158,12 @@ class DETRDetectorBase(DetectorBase):
         # Nearest-neighbour downsampling of the padding mask to the feature resolution.
         mask = resize_padding_mask(padding_mask, features.shape[-2:])
         pos_embed = self.position_embedding(mask)
-        hidden_states, _ = self.transformer(features, mask, self.query_embed.weight, pos_embed)
+        hidden_states, memory = self.transformer(features, mask, self.query_embed.weight, pos_embed)
+        return DETRNetworkOutputs(backbone_features, features, mask, hidden_states, memory)
 
+    def head_outputs(self, hidden_states: Tensor) -> dict[str, Any]:
+        """Class and box heads on the decoder outputs ``hidden_states``: ``[L, B, Q, C]``;
+        returns the dict of :meth:`forward_outputs`."""
         logits = self.class_embed(hidden_states)  # [L, B, Q, K + 1]
         boxes = self.bbox_embed(hidden_states).sigmoid()  # [L, B, Q, 4]
         outputs: dict[str, Any] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}

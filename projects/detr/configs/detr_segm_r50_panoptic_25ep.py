@@ -1,0 +1,42 @@
+"""Stage 2 of DETR's panoptic recipe: the mask head trained for 25 epochs on COCO panoptic with
+the stage-1 detector (``detr_r50_panoptic_box_300ep.py``) frozen.
+
+As facebookresearch/detr (``--masks --frozen_weights box_model.pth --epochs 25 --lr_drop 15``):
+``freeze_detector=True`` leaves only ``bbox_attention`` and ``mask_head`` trainable, AdamW at
+1e-4, learning rate x0.1 after 15 epochs. ``train.init_checkpoint`` is the stage-1 model;
+facebookresearch's released panoptic weights load instead through
+``tools/convert_checkpoint.py --from detr.facebookresearch_panoptic``. Evaluation: panoptic
+quality (``COCOPanopticEvaluator``, hotcoco) plus box and mask AP of the things.
+"""
+
+from configs.common.coco_schedule import default_X_scheduler
+from detr_ext.config import get_config
+
+from .models.detr_segm_r50 import model
+
+# One epoch = 7500 iterations at batch 16 (configs/common/coco_schedule.py's convention).
+ITERS_PER_EPOCH = 7500
+EPOCHS, DECAY_EPOCHS = 25, 15
+
+model.freeze_detector = True
+
+dataloader = get_config("common/data/coco_panoptic_detr.py").dataloader
+dataloader.train.total_batch_size = 16
+dataloader.train.num_workers = 8
+
+optimizer = get_config("common/optim.py").AdamW
+optimizer.lr = 1e-4
+optimizer.weight_decay = 1e-4
+
+lr_multiplier = default_X_scheduler(EPOCHS, DECAY_EPOCHS, base_steps=ITERS_PER_EPOCH)
+
+train = get_config("common/train.py").train
+train.init_checkpoint = "./output/detr_r50_panoptic_box_300ep/model_final.pth"
+train.output_dir = "./output/detr_segm_r50_panoptic_25ep"
+train.max_iter = EPOCHS * ITERS_PER_EPOCH
+train.clip_grad.enabled = True
+train.clip_grad.params.max_norm = 0.1
+train.clip_grad.params.norm_type = 2
+train.checkpointer.period = ITERS_PER_EPOCH
+train.eval_period = 5 * ITERS_PER_EPOCH
+train.device = "cuda"
