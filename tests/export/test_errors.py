@@ -154,3 +154,18 @@ def test_detect_format_refuses_what_is_not_an_export(tmp_path):
     not_zip.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="expected a .onnx file or a .pt2 archive"):
         detect_format(not_zip)
+
+
+def test_min_size_hint_names_the_size_torch_export_suggests():
+    """DINO-R50 4-scale at the default min size: torch.export's constraint violation suggests
+    a larger minimum, which the ExportError turns into an option to pass."""
+    from detr_ext.export.exporters import _min_size_hint
+
+    message = (
+        "Constraints violated (height, width)!\nSuggested fixes:\n"
+        "  height = Dim('height', min=65, max=4096)\n  width = Dim('width', min=65, max=4096)"
+    )
+    hint = _min_size_hint(RuntimeError(message), 64)
+    assert "at least 65 px" in hint and "--min-size 65" in hint
+    assert _min_size_hint(RuntimeError(message), 128) == ""
+    assert _min_size_hint(RuntimeError("some other failure"), 64) == ""

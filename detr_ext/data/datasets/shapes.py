@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw
 from shapely.geometry.base import BaseGeometry
 
 from ...utils.file_io import atomic_write_json
-from ._generation import exclusive_lock, manifest_matches
+from ._generation import exclusive_lock, manifest_matches, registration_splits
 from .shapes_geometry import coco_polygons, painted_polygon, visible_regions
 
 __all__ = [
@@ -361,13 +361,9 @@ def register_shapes(
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import load_coco_json
 
-    root = os.path.abspath(os.fspath(default_shapes_root() if root is None else root))
-    splits = {"train": num_train, "val": num_val}
-    for split, num_images in splits.items():
-        if not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(
-                f"register_shapes: num_{split} must be a positive int, got {num_images!r}"
-            )
+    root, splits = registration_splits(
+        "register_shapes", root, default_shapes_root(), num_train, num_val
+    )
 
     for name, (split, num_images) in zip(SHAPES_DATASET_NAMES, splits.items(), strict=True):
         params = {"root": root, "split": split, "num_images": num_images, "seed": seed}

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ...modeling.language.prompts import build_prompt
+from ._generation import registration_splits
 from .shapes import (
     SHAPES_CATEGORIES,
     SHAPES_COLORS,
@@ -160,13 +161,9 @@ def register_shapes_grounding(
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets import load_coco_json
 
-    root = os.path.abspath(os.fspath(default_shapes_root() if root is None else root))
-    splits = {"train": num_train, "val": num_val}
-    for split, num_images in splits.items():
-        if not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(
-                f"register_shapes_grounding: num_{split} must be a positive int, got {num_images!r}"
-            )
+    root, splits = registration_splits(
+        "register_shapes_grounding", root, default_shapes_root(), num_train, num_val
+    )
     if not isinstance(num_negative_phrases, int) or num_negative_phrases < 0:
         raise ValueError(
             "register_shapes_grounding: num_negative_phrases must be an int >= 0, got "

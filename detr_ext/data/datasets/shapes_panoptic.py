@@ -35,7 +35,7 @@ from PIL import Image
 
 from ...utils.file_io import atomic_write, atomic_write_json
 from ...utils.panoptic_ids import id2rgb
-from ._generation import exclusive_lock, manifest_matches
+from ._generation import exclusive_lock, manifest_matches, registration_splits
 from .shapes import SHAPES_CATEGORIES, default_shapes_root, generate_shapes_dataset
 
 __all__ = [
@@ -247,13 +247,9 @@ def register_shapes_panoptic(
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 
-    root = os.path.abspath(os.fspath(default_shapes_root() if root is None else root))
-    splits = {"train": num_train, "val": num_val}
-    for split, num_images in splits.items():
-        if not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(
-                f"register_shapes_panoptic: num_{split} must be a positive int, got {num_images!r}"
-            )
+    root, splits = registration_splits(
+        "register_shapes_panoptic", root, default_shapes_root(), num_train, num_val
+    )
     metadata = _panoptic_metadata()
 
     for name, (split, num_images) in zip(
