@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Pretrain a detector's backbone without labels by DINO self-distillation.
+
+The backbone is ``cfg.model.backbone`` of a detector LazyConfig; its images come from a folder
+(``--images``) or from registered detectron2 datasets (``--datasets``, default: the config's
+training datasets; labels are ignored). A k-NN probe on the object crops of ``--probe-dataset``
+(labels used only there) measures the features before, during and after training::
+
+    python tools/pretrain_backbone.py --config-file projects/dino/configs/dino_shapes.py \\
+        --output-dir output/pretrain_dino_shapes --max-iter 300 --batch-size 16
+    python tools/train_net.py --config-file projects/dino/configs/dino_shapes.py \\
+        train.init_checkpoint=output/pretrain_dino_shapes/backbone.pth
+
+Writes to ``--output-dir``: ``model_final.pth`` (student, teacher, loss center, optimizer,
+iteration; ``--resume`` continues from ``last_checkpoint``), ``backbone.pth`` (the teacher's
+backbone as ``{"model": {"backbone.*": tensor}}``), ``probe.json`` (``[{"iteration",
+"accuracy"}]``, iteration 0 = before training) and ``metrics.json``.
+
+Pretraining options are given as ``key=value`` after the flags; their defaults and meaning are
+in :class:`detr_ext.pretrain.options.PretrainOptions`: max_iter, batch_size, lr, min_lr,
+warmup_fraction, weight_decay, weight_decay_end, teacher_momentum, teacher_momentum_end,
+clip_grad, freeze_last_layer_iters, student_temp, teacher_temp, warmup_teacher_temp,
+warmup_teacher_temp_fraction, center_momentum, out_dim, hidden_dim, bottleneck_dim, in_feature,
+global_size, local_size, num_local, num_workers, checkpoint_period, log_period, probe_period,
+probe_crop_size, knn_k, knn_temperature, seed. ``--max-iter``, ``--batch-size`` and
+``--probe-period`` set the options of the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Make `detr_ext` and `projects.*` importable when run as a script from any directory.
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))
+
+import torch  # noqa: E402
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.utils.env import seed_all_rng  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from detr_ext.engine.checkpointer import SafeCheckpointer  # noqa: E402
+from detr_ext.engine.checks import config_dataset_names  # noqa: E402
+from detr_ext.pretrain import MultiCropAugmentation  # noqa: E402
+from detr_ext.pretrain.data import (  # noqa: E402
+    PretrainImageDataset,
+    build_pretrain_loader,
+    dataset_image_files,
+    folder_image_files,
+)
+from detr_ext.pretrain.export import (  # noqa: E402
+    backbone_load_report,
+    save_backbone_checkpoint,
+)
+from detr_ext.pretrain.knn import (  # noqa: E402
+    IMAGENET_PIXEL_MEAN,
+    IMAGENET_PIXEL_STD,
+    KNNProbe,
+)
+from detr_ext.pretrain.options import PretrainOptions, apply_option_overrides  # noqa: E402
+from detr_ext.pretrain.trainer import (  # noqa: E402
+    DINOPretrainer,
+    build_pretrain_hooks,
+    build_pretrain_model,
+    load_probe_history,
+    param_groups,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, help="a detector LazyConfig .py file")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--images", help="a folder of images (searched recursively)")
+    source.add_argument(
+        "--datasets", nargs="+", help="registered datasets (default: the config's train sets)"
+    )
+    parser.add_argument("--output-dir", default="./output/pretrain_backbone")
+    parser.add_argument("--max-iter", type=int, help="iterations (option max_iter)")
+    parser.add_argument("--batch-size", type=int, help="images per step (option batch_size)")
+    parser.add_argument("--resume", action="store_true", help="continue from last_checkpoint")
+    parser.add_argument(
+        "--probe-dataset",
+        default="shapes_val",
+        help="registered dataset whose object crops the k-NN probe classifies ('' for none)",
+    )
+    parser.add_argument("--probe-period", type=int, help="iterations between probes")
+    parser.add_argument("--num-threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="e.g. cpu or cuda")
+    parser.add_argument("opts", nargs="*", default=[], help="key=value pretraining options")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> PretrainOptions:
+    options = apply_option_overrides(PretrainOptions(), args.opts)
+    flags = {"max_iter": args.max_iter, "batch_size": args.batch_size}
+    flags["probe_period"] = args.probe_period
+    return apply_option_overrides(options, [f"{k}={v}" for k, v in flags.items() if v is not None])
+
+
+def _image_files(args: argparse.Namespace, cfg) -> list[str]:
+    if args.images:
+        return folder_image_files(args.images)
+    names = args.datasets or config_dataset_names(cfg, splits=("train",))
+    if not names:
+        raise ValueError(
+            f"{args.config_file}: no dataloader.train.dataset.names; give --images or --datasets"
+        )
+    return dataset_image_files(names)
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    options = _options(args)
+    os.makedirs(args.output_dir, exist_ok=True)
+    setup_logger(args.output_dir, name="detectron2")
+    logger = setup_logger(args.output_dir, name="detr_ext", abbrev_name="detr")
+    logger.info("Pretraining options: %s", options)
+    seed_all_rng(options.seed)
+
+    cfg = LazyConfig.load(args.config_file)
+    pixel_mean = list(OmegaConf.select(cfg, "model.pixel_mean", default=IMAGENET_PIXEL_MEAN))
+    pixel_std = list(OmegaConf.select(cfg, "model.pixel_std", default=IMAGENET_PIXEL_STD))
+    image_format = OmegaConf.select(cfg, "model.input_format", default="RGB")
+
+    files = _image_files(args, cfg)
+    logger.info("Pretraining on %d images", len(files))
+    crops = MultiCropAugmentation(
+        global_size=options.global_size,
+        local_size=options.local_size,
+        num_local=options.num_local,
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+    )
+    dataset = PretrainImageDataset(files, crops, image_format=image_format)
+    loader = build_pretrain_loader(dataset, options.batch_size, options.num_workers, options.seed)
+
+    model, loss = build_pretrain_model(instantiate(cfg.model.backbone), options)
+    model.to(args.device)
+    loss.to(args.device)
+    model.train()
+    optimizer = torch.optim.AdamW(param_groups(model.student), lr=options.lr)
+    trainer = DINOPretrainer(model, loss, loader, optimizer, options)
+    checkpointer = SafeCheckpointer(
+        model, args.output_dir, optimizer=optimizer, dino_loss=loss, checked_keys=("model",)
+    )
+    start = checkpointer.resume_or_load("", resume=args.resume)
+    start_iter = start.get("iteration", -1) + 1 if args.resume else 0
+    if args.resume and "iteration" not in start:
+        logger.info("--resume: no checkpoint in %s, starting from scratch", args.output_dir)
+
+    probe = None
+    if args.probe_dataset:
+        probe = KNNProbe.from_dataset(
+            args.probe_dataset,
+            size=options.probe_crop_size,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            image_format=image_format,
+            k=options.knn_k,
+            temperature=options.knn_temperature,
+        )
+    history = load_probe_history(args.output_dir) if args.resume else []
+    history[:] = [entry for entry in history if entry["iteration"] <= start_iter]
+    trainer.register_hooks(
+        build_pretrain_hooks(trainer, checkpointer, args.output_dir, probe, history)
+    )
+    trainer.train(start_iter, options.max_iter)
+
+    backbone_file = os.path.join(args.output_dir, "backbone.pth")
+    checkpoint = save_backbone_checkpoint(model, backbone_file)
+    logger.info("Saved the teacher's backbone to %s", backbone_file)
+    report = backbone_load_report(instantiate(cfg.model), checkpoint)
+    print(f"{backbone_file} into {args.config_file}'s model: {report.summary()}", flush=True)
+    if probe is not None:
+        for entry in history:
+            print(f"k-NN probe: iteration {entry['iteration']}: {entry['accuracy']:.4f}")
+    return {"backbone": backbone_file, "probe": history, "report": report}
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())
