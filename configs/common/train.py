@@ -43,6 +43,7 @@ train = dict(
         decay=0.9998,
         use_ema_weights_for_eval_only=False,
     ),
-    # < 0: a random seed per run; >= 0: seed + rank on every worker.
+    # < 0: a new seed per run, drawn at setup and written to config.yaml and the log (pass it
+    # back as train.seed=N to repeat the run); >= 0: seed + rank on every process.
     seed=-1,
 )

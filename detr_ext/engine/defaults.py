@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "request_error_analysis",
     "default_argument_parser",
     "do_test",
+    "draw_seed",
     "do_train",
     "evaluation_output_dir",
     "load_eval_checkpoint",
@@ -71,12 +73,34 @@ def share_cpu_threads(cfg: DictConfig) -> int:
     return torch.get_num_threads()
 
 
+def draw_seed(cfg: DictConfig) -> int | None:
+    """Replace a negative ``train.seed`` ("a new seed each run") by a drawn one, so that the
+    run's ``config.yaml`` (written by ``default_setup`` after this) records the seed it used and
+    ``train.seed=<that seed>`` repeats the run. A seed >= 0 is left as it is. Each process
+    draws its own (detectron2 seeds process ``rank`` with ``train.seed + rank`` anyway).
+
+    Returns:
+        the seed now in ``cfg.train.seed``, or ``None`` if the config has no ``train.seed``.
+    """
+    if "train" not in cfg or cfg.train.get("seed", None) is None:
+        return None
+    seed = int(cfg.train.seed)
+    if seed < 0:
+        # detectron2's own choice for a missing seed: pid, time and OS entropy.
+        seed = (
+            os.getpid() + int(datetime.now().strftime("%S%f")) + int.from_bytes(os.urandom(2))
+        ) % 2**31
+        cfg.train.seed = seed
+    return seed
+
+
 def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = None) -> DictConfig:
     """Load ``args.config_file``, apply the ``key=value`` overrides in ``args.opts``, then
     ``edit(cfg)`` if given (an entry point's own changes), turn on the evaluator's error
     analysis if ``args.analyze`` (:func:`request_error_analysis`), and run detectron2's
     ``default_setup`` (loggers, environment info, ``config.yaml`` saved to
-    ``train.output_dir``, seeding)."""
+    ``train.output_dir``, seeding). A negative ``train.seed`` is first replaced by a drawn one
+    (:func:`draw_seed`), so ``config.yaml`` and the log name the seed of every run."""
     if not args.config_file or not os.path.isfile(args.config_file):
         raise FileNotFoundError(
             f"--config-file: expected a LazyConfig .py file, got {args.config_file!r}"
@@ -88,11 +112,20 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
     if getattr(args, "analyze", False):
         request_error_analysis(cfg)
     share_cpu_threads(cfg)
+    requested_seed = cfg.train.get("seed", None) if "train" in cfg else None
+    seed = draw_seed(cfg)
     default_setup(cfg, args)
     # default_setup configures the "detectron2" and "fvcore" loggers; add ours.
     setup_logger(
         cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detr_ext", abbrev_name="detr"
     )
+    if seed != requested_seed:
+        logger.info(
+            "train.seed=%s: drew seed %d (train.seed=%d repeats the run)",
+            requested_seed,
+            seed,
+            seed,
+        )
     return cfg
 
 

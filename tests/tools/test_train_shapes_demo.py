@@ -33,7 +33,9 @@ def work_dir(tmp_path_factory):
 
 def test_train_evaluate_draw_then_skip_train(work_dir):
     output_dir = work_dir / "output"
-    result = run_script(work_dir, "--output-dir", str(output_dir), "--num-processes", "2")
+    result = run_script(
+        work_dir, "--output-dir", str(output_dir), "--num-processes", "2", "train.seed=-1"
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
 
@@ -48,6 +50,9 @@ def test_train_evaluate_draw_then_skip_train(work_dir):
     assert summary["train_seconds"] > 0 and summary["wall_seconds"] >= summary["train_seconds"]
     assert summary["eval_seconds"] is None  # do_train's final evaluation is reused
     assert summary["num_processes"] == 2  # gloo DDP on the CPU
+    # train.seed=-1: a seed was drawn, recorded and printed so that the run can be repeated.
+    assert isinstance(summary["seed"], int) and summary["seed"] >= 0
+    assert f"add train.seed={summary['seed']} to repeat this run" in result.stdout
     assert output.count("Evaluation results for bbox") == 1
     assert len(summary["predictions_images"]) == 3  # the whole shrunk val split
     with Image.open(output_dir / "predictions.png") as grid:
