@@ -1,6 +1,6 @@
 """Two-stage detectors (DINO, Align-DETR, two-stage Deformable DETR) on images whose feature
 maps have fewer positions than the model has proposals: a 3 x 2000 px image (and 2000 x 3) is
-resized to 1 x 384 px by the shapes test resize, i.e. ~84 positions over 3 levels for 100
+resized to 1 x 288 px by the shapes test resize, i.e. ~63 positions over 3 levels for 100
 proposals. The proposal top-k keeps every position instead of failing; real shapes models with
 random weights, through the Predictor (the demo's path)."""
 
