@@ -1,5 +1,5 @@
 """Two-stage detectors (DINO, Align-DETR, two-stage Deformable DETR) on images whose feature
-maps have fewer positions than the model has proposals: a 3 x 2000 px image (and 2000 x 3) is
+maps have fewer positions than the model has proposals: a 4 x 2000 px image (and 2000 x 4) is
 resized to 1 x 288 px by the shapes test resize, i.e. ~63 positions over 3 levels for 100
 proposals. The proposal top-k keeps every position instead of failing; real shapes models with
 random weights, through the Predictor (the demo's path)."""
@@ -44,7 +44,7 @@ def test_extreme_aspect_ratios_run_through_the_predictor(name, tmp_path):
     )
     rng = np.random.default_rng(0)
     try:
-        for height, width in ((3, 2000), (2000, 3)):
+        for height, width in ((4, 2000), (2000, 4)):
             image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
             instances = predictor(image)
             assert instances.image_size == (height, width)
