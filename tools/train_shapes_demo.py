@@ -305,8 +305,8 @@ def run(args: argparse.Namespace, start_time: float) -> dict | None:
             "eval_seconds": eval_seconds,
             "wall_seconds": round(time.time() - start_time, 1),
             "num_processes": comm.get_world_size(),
-            # The seed this run used (drawn at setup when the config's is negative).
-            "seed": cfg.train.get("seed"),
+            # The seed this run trained with (drawn at setup when the config's is negative).
+            "seed": None if args.skip_train else cfg.train.get("seed"),
             "box_AP": box_ap,
             "box_AP50": box_results.get("AP50"),
             "box_AP75": box_results.get("AP75"),
@@ -319,7 +319,7 @@ def run(args: argparse.Namespace, start_time: float) -> dict | None:
         json.dump(summary, f, indent=2)
 
     print(summary_line(box_ap, iterations, train_seconds, summary["wall_seconds"]))
-    if not args.skip_train:
+    if summary["seed"] is not None:
         print(f"seed: {summary['seed']} (add train.seed={summary['seed']} to repeat this run)")
     print(f"predictions: {grid_path}")
     print(f"summary: {output_dir / 'summary.json'}")

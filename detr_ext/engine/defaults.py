@@ -17,7 +17,6 @@ import inspect
 import logging
 import os
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import torch
@@ -76,22 +75,18 @@ def share_cpu_threads(cfg: DictConfig) -> int:
 def draw_seed(cfg: DictConfig) -> int | None:
     """Replace a negative ``train.seed`` ("a new seed each run") by a drawn one, so that the
     run's ``config.yaml`` (written by ``default_setup`` after this) records the seed it used and
-    ``train.seed=<that seed>`` repeats the run. A seed >= 0 is left as it is. Each process
-    draws its own (detectron2 seeds process ``rank`` with ``train.seed + rank`` anyway).
+    ``train.seed=<that seed>`` repeats the run. A seed >= 0 is left as it is. Every process must
+    call it: they all get rank 0's draw (detectron2's ``comm.shared_random_seed``), and
+    ``default_setup`` then seeds process ``rank`` with ``train.seed + rank``, as for a given seed.
 
     Returns:
         the seed now in ``cfg.train.seed``, or ``None`` if the config has no ``train.seed``.
     """
     if "train" not in cfg or cfg.train.get("seed", None) is None:
         return None
-    seed = int(cfg.train.seed)
-    if seed < 0:
-        # detectron2's own choice for a missing seed: pid, time and OS entropy.
-        seed = (
-            os.getpid() + int(datetime.now().strftime("%S%f")) + int.from_bytes(os.urandom(2))
-        ) % 2**31
-        cfg.train.seed = seed
-    return seed
+    if int(cfg.train.seed) < 0:
+        cfg.train.seed = int(comm.shared_random_seed())
+    return int(cfg.train.seed)
 
 
 def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = None) -> DictConfig:

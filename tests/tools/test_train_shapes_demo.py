@@ -53,6 +53,9 @@ def test_train_evaluate_draw_then_skip_train(work_dir):
     # train.seed=-1: a seed was drawn, recorded and printed so that the run can be repeated.
     assert isinstance(summary["seed"], int) and summary["seed"] >= 0
     assert f"add train.seed={summary['seed']} to repeat this run" in result.stdout
+    # Both processes drew the same seed (rank 0's), so train.seed=<seed> repeats the DDP run.
+    for log in ("log.txt", "log.txt.rank1"):
+        assert f"drew seed {summary['seed']} " in (output_dir / log).read_text(), log
     assert output.count("Evaluation results for bbox") == 1
     assert len(summary["predictions_images"]) == 3  # the whole shrunk val split
     with Image.open(output_dir / "predictions.png") as grid:
@@ -64,6 +67,7 @@ def test_train_evaluate_draw_then_skip_train(work_dir):
     assert result.returncode == 0, (result.stdout + result.stderr)[-8000:]
     assert "after 2 iterations (training skipped)" in result.stdout
     summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["seed"] is None and "to repeat this run" not in result.stdout  # not trained
     assert summary["trained"] is False and summary["train_seconds"] is None
     assert summary["eval_seconds"] > 0
 
