@@ -1,6 +1,7 @@
 """Data loading for DETR-family detectors: the dataset mappers (instances, panoptic), image
 reading and bundled datasets."""
 
+from .aug_input import ClampedAugInput, clamp_resize_transforms
 from .dataset_mapper import DetrDatasetMapper
 from .datasets import (
     generate_shapes_dataset,
@@ -14,6 +15,7 @@ from .image_io import ImageReadError, read_image_file
 from .panoptic_mapper import DetrPanopticDatasetMapper
 
 __all__ = [
+    "ClampedAugInput",
     "DetrDatasetMapper",
     "DetrPanopticDatasetMapper",
     "ImageReadError",
@@ -23,5 +25,6 @@ __all__ = [
     "register_coco_format_dataset",
     "register_shapes",
     "register_shapes_grounding",
+    "clamp_resize_transforms",
     "register_shapes_panoptic",
 ]

@@ -15,6 +15,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, BoxMode, PolygonMasks
 
+from .aug_input import ClampedAugInput
 from .image_io import read_image_file
 
 __all__ = ["DetrDatasetMapper"]
@@ -153,6 +154,7 @@ class DetrDatasetMapper:
                     "'auto'"
                 )
             annotation.pop("keypoints", None)
+            _coordinates_as_floats(annotation)
             kept.append(annotation)
         return kept
 
@@ -197,7 +199,7 @@ class DetrDatasetMapper:
                 [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations],
                 dtype=np.float32,
             )
-        aug_input = T.AugInput(image, boxes=boxes)
+        aug_input = ClampedAugInput(image, boxes=boxes)
         transforms = self._choose_augmentation()(aug_input)
         image_shape = aug_input.image.shape[:2]
         self._set_image(dataset_dict, aug_input.image)
@@ -220,6 +222,22 @@ class DetrDatasetMapper:
             # Also drops instances whose mask a crop emptied (by_mask, with mask_on).
             dataset_dict["instances"] = utils.filter_empty_instances(instances)
         return dataset_dict
+
+
+def _coordinates_as_floats(annotation: dict) -> None:
+    """Make ``bbox`` and polygon coordinates floats, in place.
+
+    detectron2's transforms scale coordinate arrays in place, so integer coordinates (json
+    integers, as most labeling tools and the bundled shapes data write them) would be truncated
+    by every resize: a box ``[11, 13, 51, 37]`` (XYWH) resized by 0.83 became ``[9, 10, 51, 41]``
+    (XYXY) instead of ``[9.14, 10.83, 51.54, 41.67]``, shifting targets up-left by up to 1 px.
+    """
+    annotation["bbox"] = [float(value) for value in annotation["bbox"]]
+    segmentation = annotation.get("segmentation")
+    if isinstance(segmentation, list):
+        annotation["segmentation"] = [
+            np.asarray(polygon, dtype=np.float64) for polygon in segmentation
+        ]
 
 
 def _describe_image(dataset_dict: dict) -> str:

@@ -12,6 +12,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, BoxMode, Instances
 
 from ..utils.panoptic_ids import rgb2id
+from .aug_input import ClampedAugInput
 from .dataset_mapper import DetrDatasetMapper, _describe_image
 from .image_io import read_image_file
 
@@ -101,7 +102,7 @@ class DetrPanopticDatasetMapper(DetrDatasetMapper):
         if not self.is_train:
             dataset_dict.pop("pan_seg_file_name", None)
             dataset_dict.pop("segments_info", None)
-            aug_input = T.AugInput(image)
+            aug_input = ClampedAugInput(image)
             self._choose_augmentation()(aug_input)
             self._set_image(dataset_dict, aug_input.image)
             return dataset_dict
@@ -114,7 +115,7 @@ class DetrPanopticDatasetMapper(DetrDatasetMapper):
                 [BoxMode.convert(s["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for s in segments],
                 dtype=np.float32,
             )
-        aug_input = T.AugInput(image, boxes=boxes, sem_seg=labels)
+        aug_input = ClampedAugInput(image, boxes=boxes, sem_seg=labels)
         self._choose_augmentation()(aug_input)
         image_shape = aug_input.image.shape[:2]
         self._set_image(dataset_dict, aug_input.image)

@@ -21,6 +21,7 @@ from detectron2.structures import Instances
 from omegaconf import DictConfig
 
 from ..checkpoint.loading import load_model_weights
+from ..data.aug_input import ClampedAugInput
 from ..data.image_io import read_image_file
 from .checks import check_num_classes
 
@@ -93,6 +94,10 @@ def _check_image(image: Any, where: str, channels: int = 3) -> np.ndarray:
         raise ValueError(f"{where}: expected an image array of shape [H, W, {channels}], got {got}")
     if image.dtype != np.uint8:
         raise ValueError(f"{where}: expected a uint8 image, got dtype {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(
+            f"{where}: expected an image of at least 1 x 1 px, got shape {image.shape}"
+        )
     return image
 
 
@@ -228,7 +233,7 @@ class Predictor:
                 "text prompts; expected a text-prompted model (e.g. GroundingDINO) or no prompt"
             )
         height, width = image.shape[:2]
-        aug_input = T.AugInput(image)
+        aug_input = ClampedAugInput(image)
         self.augmentation(aug_input)
         network_input = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
         inputs = {"image": network_input.to(self.device), "height": height, "width": width}

@@ -34,6 +34,7 @@ from torch import Tensor
 
 import detr_ext.ops  # noqa: F401  (registers detr_ext::ms_deform_attn and its kernels)
 
+from ..data.aug_input import ClampedAugInput
 from ..data.image_io import read_image_file
 from ..engine.predictor import _check_image, _config_node, metadata_for_config
 from .metadata import METADATA_KEY, ExportMetadata
@@ -379,7 +380,7 @@ class ExportedPredictor:
             )
         image = _check_image(image, "ExportedPredictor")
         height, width = image.shape[:2]
-        aug_input = T.AugInput(image)
+        aug_input = ClampedAugInput(image)
         self.augmentation(aug_input)
         network_input = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
         return self.runner.predict([network_input], [(height, width)])[0], None

@@ -238,3 +238,31 @@ def test_mask_on_keeps_polygons_as_polygons_through_a_flip(tmp_path):
     [[flipped]] = instances.gt_masks.polygons
     assert sorted(set(flipped[0::2].tolist())) == [WIDTH - 100.0, WIDTH - 40.0]
     assert instances.gt_masks.area().tolist() == [60 * 40]
+
+
+@pytest.mark.parametrize("number", [int, float], ids=["int-coordinates", "float-coordinates"])
+def test_resized_coordinates_are_exact_for_integer_json_values(tmp_path, number):
+    """Labeling tools (and the bundled shapes data) write integer boxes and polygons; a resize
+    by 0.8333 must scale them exactly, not truncate them (detectron2 scales arrays in place,
+    which floors an integer array: [11, 13, 62, 50] became [9, 10, 51, 41])."""
+    x0, y0, x1, y1 = 11, 13, 62, 50
+    polygon = [x0, y0, x1, y0, x1, y1, x0, y1]
+    dataset_dict = _dataset_dict(
+        _write_image(tmp_path / "a.png", [(x0, y0, x1, y1)]),
+        [(x0, y0, x1, y1)],
+        segmentation=[[number(value) for value in polygon]],
+    )
+    annotation = dataset_dict["annotations"][0]
+    annotation["bbox"] = [number(value) for value in annotation["bbox"]]
+    resize = [T.ResizeShortestEdge(short_edge_length=100, max_size=1000)]  # 120 x 160 -> 100 x 133
+    mapped = DetrDatasetMapper(resize, None, mask_on=True, mask_format="polygon")(dataset_dict)
+
+    scale_x, scale_y = 133 / WIDTH, 100 / HEIGHT
+    expected = torch.tensor([x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y])
+    torch.testing.assert_close(mapped["instances"].gt_boxes.tensor[0], expected, rtol=0, atol=1e-4)
+    [[resized]] = mapped["instances"].gt_masks.polygons
+    expected_polygon = [
+        value * (scale_x if index % 2 == 0 else scale_y) for index, value in enumerate(polygon)
+    ]
+    np.testing.assert_allclose(resized, expected_polygon, rtol=0, atol=1e-4)
+    assert dataset_dict["annotations"][0]["bbox"][0] == number(x0)  # the input is not modified

@@ -76,11 +76,26 @@ def test_predictor_returns_instances_at_the_image_size(predictor):
     assert network_sizes == [(3, *expected)]
 
 
+@pytest.mark.parametrize("shape", [(2, 2000), (2000, 2)])
+def test_predictor_runs_on_an_image_whose_resize_rounds_a_side_to_zero(predictor, shape):
+    """detr_shapes' test resize (288, max 400) makes 2 px of 2000 px 0.4 px, which rounds to 0;
+    that side becomes 1 px instead of PIL failing with "height and width must be > 0"."""
+    height, width = shape
+    assert 0 in T.ResizeShortestEdge.get_output_shape(height, width, TEST_SHORT_EDGE, MAX_SIZE)
+    image = np.full((height, width, 3), 90, dtype=np.uint8)
+    instances = predictor(image)
+    assert instances.image_size == shape
+    assert len(instances) == predictor.model.num_queries
+    assert torch.isfinite(instances.pred_boxes.tensor).all()
+
+
 def test_predictor_rejects_bad_inputs(predictor, tmp_path):
     with pytest.raises(ValueError, match=r"expected an image array of shape \[H, W, 3\]"):
         predictor(np.zeros((10, 10), dtype=np.uint8))
     with pytest.raises(ValueError, match="expected a uint8 image, got dtype float32"):
         predictor(np.zeros((10, 10, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"expected an image of at least 1 x 1 px, got shape"):
+        predictor(np.zeros((0, 10, 3), dtype=np.uint8))
     missing = tmp_path / "missing.pth"
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         Predictor(predictor.cfg, missing, device="cpu")
