@@ -177,3 +177,18 @@ def test_uneven_batches_train_in_step(project, ddp_runs):
     # The steps did train: rank 0's first step has objects, so a positive box loss.
     assert results[0]["losses"][0]["loss_bbox"] > 0
     assert results[1]["losses"][0]["loss_bbox"] == 0
+
+
+@pytest.mark.parametrize("project", sorted(SHAPES_CONFIGS))
+def test_a_batch_without_objects_reaches_every_trainable_parameter(project):
+    """The single-process root of the DDP condition above, with the parameter named: a batch
+    in which no image has objects (no matches, no denoising queries) must still give every
+    trainable parameter a gradient (zero is fine). Grounding DINO's phrase ``label_enc`` is a
+    ``Linear``; keeping only its weight in the graph (as DINO's ``Embedding``) left its bias
+    out, and 2-process training failed on the step after such a batch."""
+    torch.manual_seed(0)
+    model = instantiate(tiny_shapes_config(project).model).train()
+    losses = model(synthetic_batch([0, 0], seed=3))
+    sum(losses.values()).backward()
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{project}: no gradient from a batch without objects: {missing}"

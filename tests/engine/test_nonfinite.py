@@ -19,6 +19,7 @@ from torch import nn
 from detr_ext.config import get_config
 from detr_ext.engine import NonFiniteTrainingError, SafeCheckpointer, Trainer, do_train
 from tests.engine.tiny_project import IN_FEATURES, TinyModel
+from tests.projects.tiny_shapes import SHAPES_CONFIGS, synthetic_batch, tiny_shapes_config
 
 
 class _InfGradient(torch.autograd.Function):
@@ -385,15 +386,13 @@ def test_do_train_divergence_leaves_only_finite_checkpoints_and_resumes(tmp_path
     assert not torch.equal(final["model"]["linear.weight"], resumed["linear.weight"])
 
 
-@pytest.mark.parametrize("project", ["detr", "dino"])
+@pytest.mark.parametrize("project", sorted(SHAPES_CONFIGS))
 def test_a_diverged_detector_stops_with_divergence_not_a_matcher_error(project):
     """A real detector whose class head overflowed (what a far too large learning rate does):
     its logits are NaN / inf. The matcher used to stop training with "the matching cost
     contains NaN", blaming the predictions' format; now the losses come out non-finite, the
     step is skipped and training stops with the divergence message (iteration, learning rate)."""
     from detectron2.config import instantiate
-
-    from tests.projects.tiny_shapes import synthetic_batch, tiny_shapes_config
 
     torch.manual_seed(0)
     cfg = tiny_shapes_config(project)

@@ -244,8 +244,9 @@ class GroundingDINO(DeformableDetectorBase):
             attn_mask=None if dn is None else dn.attn_mask,
         )
         if self.training:
-            # Keeps label_enc in the graph when a batch has no denoising queries (DDP).
-            states = states + self.label_enc.weight[0, 0] * 0.0
+            # Keeps label_enc (weight and bias) in the graph when a batch has no denoising
+            # queries: DDP fails the next step if a parameter got no gradient on one rank.
+            states = states + (self.label_enc.weight[0, 0] + self.label_enc.bias[0]) * 0.0
 
         outputs_classes, outputs_coords = [], []
         for layer in range(states.shape[0]):
