@@ -19,7 +19,10 @@ panoptic model its panoptic segmentation, things and stuff, instead) and
 ``visualization`` and ``detections`` (``bbox_xyxy`` in pixels, ``score``, ``category_id`` as in
 the dataset's json, ``category_name``, ``segmentation`` (COCO RLE, ``counts`` a string) for a
 mask model, and for text-prompted models such as Grounding DINO ``phrase``;
-``--prompt "red circle . triangle"`` chooses the phrases, drawn next to each box). Images go
+``--prompt "red circle . triangle"`` chooses the phrases, drawn next to each box); for a
+panoptic model also ``panoptic_segments``, every segment of its panoptic segmentation, things
+and stuff (``id``, ``isthing``, ``category_id`` as in the dataset's json, ``category_name``,
+``score``, ``area`` in pixels, ``segmentation`` as COCO RLE). Images go
 through the config's test-time augmentation; ``key=value`` overrides apply to the config as in
 ``tools/train_net.py``.
 
@@ -175,7 +178,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     from detr_ext.checkpoint import CheckpointMismatchError
     from detr_ext.engine.checks import NumClassesError
-    from detr_ext.engine.predictor import Predictor, draw_predictions, instances_to_dicts
+    from detr_ext.engine.predictor import (
+        Predictor,
+        draw_predictions,
+        instances_to_dicts,
+        panoptic_to_dicts,
+    )
     from detr_ext.utils import atomic_write_json
 
     setup_logger(name="detr_ext", abbrev_name="detr")
@@ -228,15 +236,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             detections = instances_to_dicts(
                 instances, predictor.metadata, args.confidence_threshold, phrases=phrases
             )
-            records.append(
-                {
-                    "file": str(path),
-                    "height": int(image.shape[0]),
-                    "width": int(image.shape[1]),
-                    "visualization": name,
-                    "detections": detections,
-                }
-            )
+            record = {
+                "file": str(path),
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+                "visualization": name,
+                "detections": detections,
+            }
+            if outputs.get("panoptic_seg") is not None:
+                record["panoptic_segments"] = panoptic_to_dicts(
+                    outputs["panoptic_seg"], predictor.metadata
+                )
+            records.append(record)
             logger.info("%s: %d detections -> %s", path, len(detections), output_dir / name)
     finally:
         # Also on an error or Ctrl-C: keep what was done.

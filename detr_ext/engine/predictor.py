@@ -1,8 +1,9 @@
 """Inference on single images outside a data loader: :class:`Predictor` runs a detector built
 from a LazyConfig on an image array, :func:`draw_predictions` draws its detections (boxes,
-instance masks, panoptic segments) with detectron2's ``Visualizer``, :func:`instances_to_dicts`
-makes them json-ready (masks as COCO RLE). Used by ``tools/demo.py`` and
-``tools/train_shapes_demo.py``."""
+instance masks, panoptic segments) with detectron2's ``Visualizer``. The json-ready forms
+(:func:`instances_to_dicts`, :func:`panoptic_to_dicts`, :func:`mask_to_rle`) live in
+:mod:`detr_ext.engine.detections_json` and are importable from here too. Used by
+``tools/demo.py`` and ``tools/train_shapes_demo.py``."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ from ..checkpoint.loading import load_model_weights
 from ..data.aug_input import ClampedAugInput
 from ..data.image_io import read_image_file
 from .checks import check_num_classes
+from .detections_json import (
+    contiguous_to_dataset_ids,
+    instances_to_dicts,
+    mask_to_rle,
+    panoptic_to_dicts,
+)
 
 __all__ = [
     "Predictor",
@@ -32,6 +39,7 @@ __all__ = [
     "instances_to_dicts",
     "mask_to_rle",
     "metadata_for_config",
+    "panoptic_to_dicts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,15 +85,6 @@ def metadata_for_config(cfg: DictConfig) -> Metadata:
         DatasetCatalog.get(name)
         metadata = MetadataCatalog.get(name)
     return metadata
-
-
-def contiguous_to_dataset_ids(metadata: Metadata) -> dict[int, int] | None:
-    """The inverse of ``metadata.thing_dataset_id_to_contiguous_id`` (model class index ->
-    the dataset's own category id), or ``None`` when the metadata has no such mapping."""
-    mapping = metadata.get("thing_dataset_id_to_contiguous_id")
-    if not mapping:
-        return None
-    return {int(contiguous): int(dataset_id) for dataset_id, contiguous in mapping.items()}
 
 
 def _check_image(image: Any, where: str, channels: int = 3) -> np.ndarray:
@@ -245,75 +244,6 @@ class Predictor:
             segment_ids, segments_info = output["panoptic_seg"]
             output["panoptic_seg"] = (segment_ids.to("cpu"), segments_info)
         return output
-
-
-def _phrases_are_classes(phrases: Sequence[str] | None, metadata: Metadata | None) -> bool:
-    """Whether a text-prompted model's phrases are the dataset's classes (default prompt)."""
-    class_names = metadata.get("thing_classes", None) if metadata is not None else None
-    return phrases is None or (class_names is not None and list(phrases) == list(class_names))
-
-
-def mask_to_rle(mask: torch.Tensor | np.ndarray) -> dict[str, Any]:
-    """A ``[H, W]`` mask (True / nonzero = inside) as json-ready COCO RLE:
-    ``{"size": [H, W], "counts": str}`` (``pycocotools.mask.decode`` reads it back)."""
-    from pycocotools import mask as mask_utils
-
-    mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask_to_rle: expected a [H, W] mask, got shape {mask.shape}")
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(bool), dtype=np.uint8))
-    return {"size": [int(size) for size in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def instances_to_dicts(
-    instances: Instances,
-    metadata: Metadata | None = None,
-    threshold: float = 0.0,
-    phrases: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Detections with ``score >= threshold`` as json-ready dicts, best first:
-    ``{"bbox_xyxy": [x0, y0, x1, y1], "score", "category_id", "category_name"}``, plus
-    ``"segmentation"`` (COCO RLE of ``pred_masks``, see :func:`mask_to_rle`) for a mask model
-    and ``"phrase"`` when ``phrases`` (of a text-prompted model, see :meth:`Predictor.predict`)
-    are given.
-
-    ``category_id`` is the dataset's own category id when ``metadata`` has
-    ``thing_dataset_id_to_contiguous_id``, else the model's class index; ``category_name``
-    comes from ``metadata.thing_classes`` (``None`` without it). For a custom prompt (phrases
-    other than the dataset's classes) both are ``None`` and ``"phrase"`` names the detection.
-    """
-    if not _phrases_are_classes(phrases, metadata):
-        metadata = None
-    to_dataset_id = contiguous_to_dataset_ids(metadata) if metadata is not None else None
-    class_names = metadata.get("thing_classes", None) if metadata is not None else None
-    boxes = instances.pred_boxes.tensor.tolist()
-    scores = instances.scores.tolist()
-    classes = instances.pred_classes.tolist()
-    masks = instances.pred_masks if instances.has("pred_masks") else None
-    detections = []
-    for index in sorted(range(len(scores)), key=lambda i: -scores[i]):
-        box, score, label = boxes[index], scores[index], classes[index]
-        if score < threshold:
-            continue
-        name = class_names[label] if class_names and 0 <= label < len(class_names) else None
-        category_id = to_dataset_id.get(label, label) if to_dataset_id else label
-        detection = {
-            "bbox_xyxy": [round(float(value), 2) for value in box],
-            "score": round(float(score), 4),
-            "category_id": category_id if phrases is None or metadata is not None else None,
-            "category_name": name,
-        }
-        if masks is not None:
-            detection["segmentation"] = mask_to_rle(masks[index])
-        if phrases is not None:
-            if not 0 <= label < len(phrases):
-                raise ValueError(
-                    f"instances_to_dicts: pred_classes holds {label}, expected a phrase index "
-                    f"in [0, {len(phrases)}) of {list(phrases)}"
-                )
-            detection["phrase"] = phrases[label]
-        detections.append(detection)
-    return detections
 
 
 def _panoptic_metadata(metadata: Metadata | None, segments_info: list[dict]) -> Metadata:

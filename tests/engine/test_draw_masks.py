@@ -20,6 +20,7 @@ from detr_ext.engine.predictor import (
     draw_predictions,
     instances_to_dicts,
     mask_to_rle,
+    panoptic_to_dicts,
 )
 
 HEIGHT, WIDTH = 96, 128
@@ -177,3 +178,36 @@ def test_predict_outputs_returns_the_panoptic_output_on_the_cpu():
     assert outputs["instances"].pred_masks.shape == (2, HEIGHT, WIDTH)
     instances, phrases = predictor.predict(image)
     assert len(instances) == 2 and phrases is None
+
+
+def test_panoptic_to_dicts_lists_things_and_stuff_with_dataset_ids_and_rle():
+    segment_ids, segments_info = panoptic_output()
+    segments_info[0]["score"] = 0.91234
+    segments = json.loads(json.dumps(panoptic_to_dicts((segment_ids, segments_info),
+                                                       unified_metadata())))  # fmt: skip
+    summary = [
+        (s["id"], s["isthing"], s["category_id"], s["category_name"], s["score"], s["area"])
+        for s in segments
+    ]
+    assert summary == [
+        (3, True, 4, "a", 0.9123, 56 * 64),
+        (7, False, 6, "sky", None, 40 * 128),
+        (300, True, 9, "b", None, 56 * 64),
+    ]
+    for segment in segments:
+        rle = segment["segmentation"]
+        decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+        np.testing.assert_array_equal(decoded.astype(bool), (segment_ids == segment["id"]).numpy())
+    assert (
+        segments_info == [dict(panoptic_output()[1][0], score=0.91234)] + panoptic_output()[1][1:]
+    )
+
+    plain = panoptic_to_dicts((segment_ids, segments_info))  # no metadata: contiguous ids
+    assert [(s["category_id"], s["category_name"]) for s in plain] == [(0, None), (1, None),
+                                                                       (2, None)]  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"expected segment ids \[H, W\], got shape \(1, 128, 128\)"
+    ):
+        panoptic_to_dicts((segment_ids[None], segments_info))
+    with pytest.raises(ValueError, match="expected segments_info entries with 'id'"):
+        panoptic_to_dicts((segment_ids, [{"category_id": 0}]))
