@@ -23,6 +23,7 @@ __all__ = ["DetrDatasetMapper"]
 IMAGE_FORMATS = ("RGB", "BGR")
 MASK_FORMATS = ("auto", "polygon", "bitmask")
 logger = logging.getLogger(__name__)
+_LEFT_OUT_WARNINGS = 3  # annotations with degenerate polygon parts warned about, per mapper
 
 
 def _augmentation_list(value: Any, argument: str) -> T.AugmentationList:
@@ -114,6 +115,7 @@ class DetrDatasetMapper:
         self.img_format = img_format
         self.crop_probability = crop_probability
         self.mask_format = mask_format
+        self._left_out_warnings = 0
         mode = "training" if is_train else "inference"
         logger.info(f"DetrDatasetMapper ({mode}) augmentation: {self.augmentation}")
         if self.augmentation_with_crop is not None:
@@ -153,10 +155,28 @@ class DetrDatasetMapper:
                     "segmentation; expected COCO polygons (a list), or mask_format='bitmask' / "
                     "'auto'"
                 )
+            elif isinstance(segmentation, list):
+                usable = _usable_polygons(segmentation, index, dataset_dict)
+                if len(usable) < len(segmentation):
+                    self._warn_left_out(len(segmentation) - len(usable), index, dataset_dict)
+                annotation["segmentation"] = usable
             annotation.pop("keypoints", None)
             _coordinates_as_floats(annotation)
             kept.append(annotation)
         return kept
+
+    def _warn_left_out(self, count: int, index: int, dataset_dict: dict) -> None:
+        """Warn about degenerate polygon parts left out, for the first
+        ``_LEFT_OUT_WARNINGS`` annotations this mapper (each data loader worker's copy) meets."""
+        self._left_out_warnings += 1
+        if self._left_out_warnings > _LEFT_OUT_WARNINGS:
+            return
+        logger.warning(
+            f"DetrDatasetMapper: left out {count} polygon(s) with fewer than 3 points from "
+            f"annotation {index} of {_describe_image(dataset_dict)} (they cover no pixel; such "
+            f"parts are left out of every annotation, this is shown for the first "
+            f"{_LEFT_OUT_WARNINGS})"
+        )
 
     def _read_image(self, dataset_dict: dict) -> np.ndarray:
         """The image of ``dataset_dict`` [H, W, 3] in ``img_format``; fills a missing
@@ -238,6 +258,47 @@ def _coordinates_as_floats(annotation: dict) -> None:
         annotation["segmentation"] = [
             np.asarray(polygon, dtype=np.float64) for polygon in segmentation
         ]
+
+
+def _usable_polygons(polygons: list, index: int, dataset_dict: dict) -> list:
+    """The polygons of COCO polygon segmentation ``polygons`` that have at least 3 points.
+
+    Labeling tools export degenerate parts (a point or a line: fewer than 6 numbers, or an
+    empty list); they cover no pixel, and detectron2's ``PolygonMasks`` refuses them with an
+    error that names neither the image nor the annotation. They are left out here, with a
+    warning. A segmentation with no usable polygon left, or not a list of coordinate lists,
+    is an error naming the image and the annotation. The caller warns about what was left out.
+    """
+    where = f"annotation {index} of {_describe_image(dataset_dict)}"
+    usable = []
+    for polygon in polygons:
+        if isinstance(polygon, str | bytes | dict) or not isinstance(
+            polygon, Sequence | np.ndarray
+        ):
+            raise ValueError(
+                f"DetrDatasetMapper(mask_on=True): {where} has a segmentation that is not a list "
+                f"of polygons; expected [[x0, y0, x1, y1, ...], ...], got an element of type "
+                f"{type(polygon).__name__} ({_short(polygons)})"
+            )
+        if len(polygon) % 2:
+            raise ValueError(
+                f"DetrDatasetMapper(mask_on=True): {where} has a polygon with an odd number of "
+                f"coordinates ({len(polygon)}); expected x, y pairs"
+            )
+        if len(polygon) >= 6:
+            usable.append(polygon)
+    if not usable:
+        raise ValueError(
+            f"DetrDatasetMapper(mask_on=True): {where} has no polygon with at least 3 points "
+            f"(segmentation {_short(polygons)}); expected a mask for every non-crowd annotation: "
+            "fix or remove the annotation, or set mask_on=False"
+        )
+    return usable
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe_image(dataset_dict: dict) -> str:

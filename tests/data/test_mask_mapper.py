@@ -174,6 +174,44 @@ def test_mask_on_without_segmentation_names_the_image_and_annotation(tmp_path):
     assert len(instances) == 2 and not instances.has("gt_masks")
 
 
+@pytest.mark.parametrize("mask_format", ["auto", "polygon", "bitmask"])
+def test_degenerate_polygon_parts_are_left_out_with_a_warning(tmp_path, caplog, mask_format):
+    """Labeling tools export stray parts (a point, a line, an empty list) next to the real
+    polygon; they cover no pixel, and detectron2 refused the whole image with "Failed to use
+    mask_format=='polygon'", naming neither image nor annotation."""
+    dataset_dict = _instance_dict(tmp_path, "polygon")
+    annotation = dataset_dict["annotations"][1]
+    annotation["segmentation"] = [[5.0, 5.0], annotation["segmentation"][0], [], [1, 2, 3, 4]]
+    mapper = DetrDatasetMapper([T.NoOpTransform()], None, mask_on=True, mask_format=mask_format)
+    with caplog.at_level("WARNING", logger="detr_ext.data.dataset_mapper"):
+        instances = mapper(dataset_dict)["instances"]
+    masks = _dense(instances.gt_masks, HEIGHT, WIDTH)
+    assert masks[1].sum() == _rect_mask().sum()  # the real polygon alone, as before
+    assert (
+        "left out 3 polygon(s) with fewer than 3 points from annotation 1 of image" in caplog.text
+    )
+
+
+@pytest.mark.parametrize(
+    "segmentation, message",
+    [
+        ([], r"annotation 1 of image .*\(image_id=7\) has no polygon with at least 3 points"),
+        ([[10, 10, 20, 10]], r"has no polygon with at least 3 points \(segmentation \[\[10, 10"),
+        ([10, 10, 20, 10, 20, 20], r"not a list of polygons; expected \[\[x0, y0, x1, y1"),
+        ([[10, 10, 20, 10, 20]], r"a polygon with an odd number of coordinates \(5\)"),
+    ],
+    ids=["empty", "a-line", "flat-list", "odd"],
+)
+def test_unusable_polygon_segmentations_name_the_annotation(tmp_path, segmentation, message):
+    dataset_dict = _instance_dict(tmp_path, "polygon")
+    dataset_dict["annotations"][1]["segmentation"] = segmentation
+    mapper = DetrDatasetMapper([T.NoOpTransform()], None, mask_on=True)
+    with pytest.raises(ValueError, match=message):
+        mapper(dataset_dict)
+    # Without masks the segmentation does not matter.
+    assert len(DetrDatasetMapper([T.NoOpTransform()], None)(dataset_dict)["instances"]) == 2
+
+
 def test_polygon_format_rejects_rle_and_bad_formats_are_refused(tmp_path):
     dataset_dict = _instance_dict(tmp_path, "rle")
     mapper = DetrDatasetMapper([T.NoOpTransform()], None, mask_on=True, mask_format="polygon")
