@@ -11,13 +11,14 @@ from .datasets import (
     register_shapes_grounding,
     register_shapes_panoptic,
 )
-from .image_io import ImageReadError, read_image_file
+from .image_io import HighBitDepthError, ImageReadError, read_image_file
 from .panoptic_mapper import DetrPanopticDatasetMapper
 
 __all__ = [
     "ClampedAugInput",
     "DetrDatasetMapper",
     "DetrPanopticDatasetMapper",
+    "HighBitDepthError",
     "ImageReadError",
     "generate_shapes_dataset",
     "generate_shapes_panoptic",

@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 from detectron2.data import detection_utils as utils
+from detectron2.utils.file_io import PathManager
+from PIL import Image
 
-__all__ = ["ImageReadError", "read_image_file"]
+__all__ = ["HighBitDepthError", "ImageReadError", "read_image_file"]
 
 
 class ImageReadError(OSError):
@@ -18,10 +20,22 @@ class ImageReadError(OSError):
     when known, and the underlying cause (also chained as ``__cause__``)."""
 
 
+class HighBitDepthError(ImageReadError):
+    """A 32-bit integer or floating-point image whose values are not 16-bit intensities."""
+
+
+# PIL modes of 16-bit (and 32-bit integer / float) single-channel images. PIL's own
+# ``convert("RGB")`` / ``convert("L")`` clips their values at 255 instead of scaling them, so a
+# 16-bit PNG (thermal, medical, microscopy, depth) became nearly all white, silently.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
 def read_image_file(
     file_name: str | os.PathLike, format: str | None = None, *, image_id: Any = None
 ) -> np.ndarray:
-    """Read an image file with detectron2's ``read_image`` (EXIF orientation applied).
+    """Read an image file as detectron2's ``read_image`` does (EXIF orientation applied),
+    except that a 16-bit single-channel image (PIL modes ``I;16*``, or ``I`` / ``F`` with values
+    in 0-65535) is scaled to 8 bit (``value * 255 / 65535``) instead of clipped at 255.
 
     Args:
         file_name: path of the image file.
@@ -35,13 +49,39 @@ def read_image_file(
     Raises:
         ImageReadError: the file is missing, unreadable, truncated or not an image. The whole
             file is decoded here, so a truncated file fails now rather than later.
+        HighBitDepthError: (an ``ImageReadError``) a 32-bit integer or float image whose values
+            are not 16-bit intensities (negative, above 65535, NaN or infinite).
     """
     path = os.fspath(file_name)
     try:
-        return utils.read_image(path, format=format)
+        with PathManager.open(path, "rb") as file:
+            image = Image.open(file)
+            image = utils._apply_exif_orientation(image)  # what detectron2's read_image does
+            if image.mode in HIGH_BIT_DEPTH_MODES:
+                image = _to_8_bit(image)
+            return utils.convert_PIL_to_numpy(image, format)
     except Exception as error:  # any failure to decode this one file: say which file it was
         where = f"image file {path!r}" + ("" if image_id is None else f" (image_id={image_id!r})")
+        if isinstance(error, HighBitDepthError):
+            raise HighBitDepthError(f"{where}: {error}") from error
         raise ImageReadError(
             f"could not read {where}: {type(error).__name__}: {error}. Expected a readable, "
             "complete image file; re-export or remove this image"
         ) from error
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit image (``I;16*``, or ``I`` / ``F`` holding values in [0, 65535]) as an 8-bit
+    ``L`` image, ``value * 255 / 65535`` rounded: the full 16-bit range maps onto 0-255, the
+    same for every image (no per-image stretching). Other 32-bit images are refused."""
+    values = np.asarray(image)
+    if image.mode in ("I", "F"):
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if not (np.isfinite(low) and np.isfinite(high) and low >= 0 and high <= 65535):
+            raise HighBitDepthError(
+                f"could not read a {image.mode}-mode image with values from {low:g} to "
+                f"{high:g}: expected 8-bit or 16-bit intensities (0-65535); convert it to an "
+                "8-bit image first"
+            )
+    scaled = np.rint(values.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    return Image.fromarray(scaled)  # 2-D uint8: mode "L"

@@ -11,7 +11,7 @@ from detectron2.structures import BoxMode
 from PIL import Image
 
 from detr_ext.data import DetrDatasetMapper
-from detr_ext.data.image_io import ImageReadError, read_image_file
+from detr_ext.data.image_io import HighBitDepthError, ImageReadError, read_image_file
 
 
 def _truncated_image(path, file_format):
@@ -87,3 +87,44 @@ def test_loader_worker_error_names_the_file(tmp_path):
         for _ in loader:
             pass
     assert "broken.jpg" in str(error.value) and "truncated" in str(error.value)
+
+
+def _ramp_16_bit(height=64, width=80):
+    """uint16 [height, width]: 0 to 65535 across the image."""
+    return np.linspace(0, 65535, height * width).round().astype(np.uint16).reshape(height, width)
+
+
+def test_a_16_bit_png_is_scaled_to_8_bit_not_clipped(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values at 255: a 0-65535 ramp came out 255 almost
+    everywhere (13 distinct values). Scaled, it keeps its gradient."""
+    values = _ramp_16_bit()
+    path = tmp_path / "thermal.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I;16")  # what the test is about
+
+    image = read_image_file(path, "RGB")
+    expected = np.rint(values * (255 / 65535)).astype(np.uint8)
+    assert image.dtype == np.uint8 and image.shape == (64, 80, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(image[..., channel], expected)
+    assert len(np.unique(image)) == 256
+    # The mapper reads it the same way (BGR: the same grey in every channel).
+    mapped = DetrDatasetMapper([T.NoOpTransform()], is_train=False, img_format="BGR")(
+        {"file_name": str(path), "image_id": 1, "height": 64, "width": 80}
+    )
+    np.testing.assert_array_equal(mapped["image"][0].numpy(), expected)
+
+
+def test_32_bit_images_in_16_bit_range_are_scaled_others_refused(tmp_path):
+    values = _ramp_16_bit().astype(np.float32)
+    good = tmp_path / "depth_in_range.tiff"
+    Image.fromarray(values).save(good)  # mode "F"
+    image = read_image_file(good, "RGB")
+    np.testing.assert_array_equal(image[..., 0], np.rint(values * (255 / 65535)).astype(np.uint8))
+
+    bad = tmp_path / "depth_metres.tiff"
+    Image.fromarray(values - 1000.0).save(bad)  # negative values: not intensities
+    with pytest.raises(HighBitDepthError, match=r"depth_metres\.tiff.* \(image_id=5\).*from -1000"):
+        read_image_file(bad, "RGB", image_id=5)
+    with pytest.raises(ImageReadError):  # HighBitDepthError is an ImageReadError (an OSError)
+        read_image_file(bad, "RGB")
