@@ -13,6 +13,8 @@ embedding is ``ref_point_head(get_sine_pos_embed(reference box))`` and, after ev
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
@@ -70,8 +72,8 @@ class DINOTransformerDecoder(TransformerLayerSequence):
         look_forward_twice: bool = True,
     ) -> None:
         if embed_dim % 2 != 0:
-            raise ValueError(f"DINOTransformerDecoder: expected an even embed_dim, got {embed_dim}")
-        layer = deformable_transformer_layer(
+            raise ValueError(f"{type(self).__name__}: expected an even embed_dim, got {embed_dim}")
+        layer = self.build_layer(
             embed_dim,
             num_heads,
             feedforward_dim,
@@ -79,7 +81,6 @@ class DINOTransformerDecoder(TransformerLayerSequence):
             ffn_dropout,
             num_feature_levels,
             num_points,
-            decoder=True,
         )
         super().__init__(transformer_layers=layer, num_layers=num_layers)
         self.embed_dim = embed_dim
@@ -91,6 +92,15 @@ class DINOTransformerDecoder(TransformerLayerSequence):
         self.class_embed: nn.ModuleList | None = None
         self.bbox_embed: nn.ModuleList | None = None
 
+    # What a subclass with other layers changes: the layer builder (same arguments), its
+    # number of attentions (the self-attention comes first and takes ``attn_mask``; the others
+    # get None) and the check of the extra keyword inputs :meth:`forward` passes to each layer.
+    build_layer = staticmethod(partial(deformable_transformer_layer, decoder=True))
+    num_attentions = 2  # self-attention, deformable cross-attention
+
+    def check_layer_inputs(self, query: Tensor) -> None:
+        """Check the extra keyword inputs of a subclass's layers (DINO's take none)."""
+
     def forward(
         self,
         query: Tensor,
@@ -101,6 +111,7 @@ class DINOTransformerDecoder(TransformerLayerSequence):
         spatial_shapes: Tensor,
         level_start_index: Tensor,
         attn_mask: Tensor | None = None,
+        **layer_inputs: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """Decode the queries, refining their reference boxes layer by layer.
 
@@ -113,21 +124,26 @@ class DINOTransformerDecoder(TransformerLayerSequence):
             spatial_shapes: ``[L, 2]`` (H_l, W_l).
             level_start_index: ``[L]``.
             attn_mask: ``[T, T]`` bool self-attention mask (True = blocked), or None.
+            layer_inputs: a subclass's extra inputs to every layer (none here), checked by
+                :meth:`check_layer_inputs`.
 
         Returns:
             ``(states, references)``: ``[num_layers, B, T, C]`` outputs after the final
             ``norm``, and ``[num_layers, B, T, 4]`` refined boxes (sigmoid space).
         """
+        name = type(self).__name__
         if self.bbox_embed is None:
             raise RuntimeError(
-                "DINOTransformerDecoder: bbox_embed is not set; the detector must assign its "
-                "box heads (decoder.bbox_embed = ...) before the decoder runs"
+                f"{name}: bbox_embed is not set; the detector must assign its box heads "
+                "(decoder.bbox_embed = ...) before the decoder runs"
             )
         if reference_points.dim() != 3 or reference_points.shape[-1] != 4:
             raise ValueError(
-                "DINOTransformerDecoder: expected reference_points [B, T, 4] (cxcywh), got "
+                f"{name}: expected reference_points [B, T, 4] (cxcywh), got "
                 f"{tuple(reference_points.shape)}"
             )
+        self.check_layer_inputs(query, **layer_inputs)
+        attn_masks = [attn_mask] + [None] * (self.num_attentions - 1)
         output = query
         states, references = [], []
         box_ratios = torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # [B, 1, L, 4]
@@ -143,11 +159,12 @@ class DINOTransformerDecoder(TransformerLayerSequence):
                 value,
                 value,
                 query_pos=query_pos,
-                attn_masks=[attn_mask, None],
+                attn_masks=attn_masks,
                 key_padding_mask=key_padding_mask,
                 reference_points=reference_points_input,
                 spatial_shapes=spatial_shapes,
                 level_start_index=level_start_index,
+                **layer_inputs,
             )
             delta = self.bbox_embed[layer_index](output)
             new_reference_points = (delta + inverse_sigmoid(reference_points)).sigmoid()

@@ -26,13 +26,13 @@ import torch
 from torch import Tensor, nn
 
 from .attention import MultiheadAttention
-from .box_ops import inverse_sigmoid
 from .deformable_transformer import DeformableTransformerEncoder
-from .mlp import FFN, MLP
+from .dino_encoder_decoder import DINOTransformerDecoder
+from .mlp import FFN
 from .multi_scale_deform_attn import MultiScaleDeformableAttention
 from .position_embedding import get_sine_pos_embed
 from .text_attention import TextCrossAttention, TextEnhancerLayer, check_text
-from .transformer import BaseTransformerLayer, TransformerLayerSequence
+from .transformer import BaseTransformerLayer
 from .vl_fusion import BiAttentionBlock
 
 __all__ = ["GroundingDINODecoder", "GroundingDINOEncoder", "grounding_decoder_layer"]
@@ -218,49 +218,31 @@ class GroundingDINOEncoder(DeformableTransformerEncoder):
         return query, text
 
 
-class GroundingDINODecoder(TransformerLayerSequence):
+class GroundingDINODecoder(DINOTransformerDecoder):
     """DINO's box-refining decoder with a text cross-attention in every layer.
 
-    As :class:`~detr_ext.layers.DINOTransformerDecoder` (same arguments, ``ref_point_head``,
-    final ``norm``, look forward twice); the detector assigns ``class_embed`` (``num_layers +
-    1`` :class:`~detr_ext.layers.TokenAlignmentHead`, the last one scoring the encoder
-    proposals) and ``bbox_embed`` after construction. Layers: :func:`grounding_decoder_layer`.
+    :class:`~detr_ext.layers.DINOTransformerDecoder` (same arguments, ``ref_point_head``, final
+    ``norm``, look forward twice, the same layer loop) with :func:`grounding_decoder_layer`
+    layers; the detector assigns ``class_embed`` (``num_layers + 1``
+    :class:`~detr_ext.layers.TokenAlignmentHead`, the last one scoring the encoder proposals)
+    and ``bbox_embed`` after construction.
+
+    ``forward`` takes DINO's decoder inputs plus, for every layer, ``text`` (``[B, T, C]`` text
+    memory from the encoder) and ``text_padding_mask`` (``[B, T]`` bool, True on padded tokens,
+    or None), after ``level_start_index`` or as keywords; it returns ``(states [num_layers, B,
+    Q, C], references [num_layers, B, Q, 4])``.
     """
 
-    def __init__(
-        self,
-        embed_dim: int = 256,
-        num_heads: int = 8,
-        feedforward_dim: int = 1024,
-        attn_dropout: float = 0.1,
-        ffn_dropout: float = 0.1,
-        num_layers: int = 6,
-        num_feature_levels: int = 4,
-        num_points: int = 4,
-        look_forward_twice: bool = True,
-    ) -> None:
-        if embed_dim % 2 != 0:
-            raise ValueError(f"GroundingDINODecoder: expected an even embed_dim, got {embed_dim}")
-        layer = grounding_decoder_layer(
-            embed_dim,
-            num_heads,
-            feedforward_dim,
-            attn_dropout,
-            ffn_dropout,
-            num_feature_levels,
-            num_points,
-        )
-        super().__init__(transformer_layers=layer, num_layers=num_layers)
-        self.embed_dim = embed_dim
-        self.num_feature_levels = num_feature_levels
-        self.look_forward_twice = look_forward_twice
-        # The sine embedding of a (cx, cy, w, h) box has 4 * (C / 2) = 2C channels.
-        self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
-        self.norm = nn.LayerNorm(embed_dim)
-        self.class_embed: nn.ModuleList | None = None
-        self.bbox_embed: nn.ModuleList | None = None
+    build_layer = staticmethod(grounding_decoder_layer)
+    num_attentions = 3  # self-attention, text cross-attention, deformable cross-attention
 
-    def forward(
+    def check_layer_inputs(  # type: ignore[override]
+        self, query: Tensor, text: Tensor, text_padding_mask: Tensor | None
+    ) -> None:
+        """``text`` must be ``[B, T, embed_dim]`` and ``text_padding_mask`` ``[B, T]``."""
+        check_text(text, text_padding_mask, self.embed_dim, query.shape[0], type(self).__name__)
+
+    def forward(  # type: ignore[override]
         self,
         query: Tensor,
         value: Tensor,
@@ -273,61 +255,13 @@ class GroundingDINODecoder(TransformerLayerSequence):
         text_padding_mask: Tensor | None,
         attn_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Decode the queries against image memory and text, refining their boxes.
-
-        Args:
-            query: ``[B, Q, C]`` content queries (denoising queries first, if any).
-            value: ``[B, N, C]`` encoder memory.
-            key_padding_mask: ``[B, N]`` bool, True on padded image positions.
-            reference_points: ``[B, Q, 4]`` initial boxes, normalized ``cxcywh``.
-            valid_ratios: ``[B, L, 2]``.
-            spatial_shapes: ``[L, 2]``.
-            level_start_index: ``[L]``.
-            text: ``[B, T, C]`` text memory from the encoder.
-            text_padding_mask: ``[B, T]`` bool, True on padded tokens, or None.
-            attn_mask: ``[Q, Q]`` bool self-attention mask (True = blocked), or None.
-
-        Returns:
-            ``(states [num_layers, B, Q, C], references [num_layers, B, Q, 4])`` as
-            :class:`~detr_ext.layers.DINOTransformerDecoder`.
-        """
-        if self.bbox_embed is None:
-            raise RuntimeError(
-                "GroundingDINODecoder: bbox_embed is not set; the detector must assign its "
-                "box heads (decoder.bbox_embed = ...) before the decoder runs"
-            )
-        if reference_points.dim() != 3 or reference_points.shape[-1] != 4:
-            raise ValueError(
-                "GroundingDINODecoder: expected reference_points [B, Q, 4] (cxcywh), got "
-                f"{tuple(reference_points.shape)}"
-            )
-        check_text(text, text_padding_mask, self.embed_dim, query.shape[0], "GroundingDINODecoder")
-        output = query
-        states, references = [], []
-        box_ratios = torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # [B, 1, L, 4]
-        for layer_index, layer in enumerate(self.layers):
-            # Boxes in the frame of each level's valid (unpadded) area: [B, Q, L, 4].
-            reference_points_input = reference_points[:, :, None] * box_ratios
-            query_sine_embed = get_sine_pos_embed(
-                reference_points_input[:, :, 0, :], num_pos_feats=self.embed_dim // 2
-            )
-            query_pos = self.ref_point_head(query_sine_embed)
-            output = layer(
-                output,
-                value,
-                value,
-                query_pos=query_pos,
-                attn_masks=[attn_mask, None, None],
-                key_padding_mask=key_padding_mask,
-                reference_points=reference_points_input,
-                spatial_shapes=spatial_shapes,
-                level_start_index=level_start_index,
-                text=text,
-                text_padding_mask=text_padding_mask,
-            )
-            delta = self.bbox_embed[layer_index](output)
-            new_reference_points = (delta + inverse_sigmoid(reference_points)).sigmoid()
-            reference_points = new_reference_points.detach()
-            states.append(self.norm(output))
-            references.append(new_reference_points if self.look_forward_twice else reference_points)
-        return torch.stack(states), torch.stack(references)
+        """:meth:`DINOTransformerDecoder.forward` with the text inputs (class docs)."""
+        image_inputs = (query, value, key_padding_mask, reference_points, valid_ratios)
+        return super().forward(
+            *image_inputs,
+            spatial_shapes,
+            level_start_index,
+            attn_mask,
+            text=text,
+            text_padding_mask=text_padding_mask,
+        )
