@@ -19,6 +19,7 @@ batch-first.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -292,14 +293,17 @@ class DeformableTransformerBase(nn.Module):
         multi_level_feats: Sequence[Tensor],
         multi_level_masks: Sequence[Tensor],
         multi_level_pos_embeds: Sequence[Tensor],
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        **encoder_inputs: Tensor | None,
+    ) -> tuple[Any, Tensor, Tensor, Tensor, Tensor]:
         """Flatten the levels and run the encoder.
 
-        Args: as :meth:`flatten_levels`.
+        Args: as :meth:`flatten_levels`; ``encoder_inputs`` go to the encoder as keywords
+        (e.g. Grounding DINO's ``text`` and ``text_padding_mask``).
 
         Returns:
-            ``(memory [B, N, C], mask_flatten [B, N] bool, spatial_shapes [L, 2],
-            level_start_index [L], valid_ratios [B, L, 2])``.
+            ``(memory, mask_flatten [B, N] bool, spatial_shapes [L, 2], level_start_index
+            [L], valid_ratios [B, L, 2])``; ``memory`` is what the encoder returns: ``[B, N,
+            C]`` (Grounding DINO's encoder: ``(memory, text_memory)``).
         """
         feat_flatten, mask_flatten, pos_flatten, spatial_shapes, level_start_index = (
             self.flatten_levels(multi_level_feats, multi_level_masks, multi_level_pos_embeds)
@@ -317,5 +321,6 @@ class DeformableTransformerBase(nn.Module):
             reference_points=reference_points,
             spatial_shapes=spatial_shapes,
             level_start_index=level_start_index,
+            **encoder_inputs,
         )
         return memory, mask_flatten, spatial_shapes, level_start_index, valid_ratios

@@ -19,6 +19,8 @@ Flow of :meth:`DINOTransformer.forward`:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -56,7 +58,7 @@ class DINOTransformer(DeformableTransformerBase):
         ):
             if levels != num_feature_levels:
                 raise ValueError(
-                    f"DINOTransformer: expected the {part} to have num_feature_levels="
+                    f"{type(self).__name__}: expected the {part} to have num_feature_levels="
                     f"{num_feature_levels}, got {levels}"
                 )
         super().__init__(encoder, decoder, num_feature_levels)
@@ -95,19 +97,41 @@ class DINOTransformer(DeformableTransformerBase):
             their boxes (sigmoid, with gradient), where ``Q = min(two_stage_num_proposals, N)``
             for the ``N`` positions of the feature maps.
         """
+        num_proposals, attn_mask = self.proposal_budget(
+            multi_level_feats, dn_query_label, dn_query_bbox, attn_mask
+        )
+        encoded = self.encode(multi_level_feats, multi_level_masks, multi_level_pos_embeds)
+        return self.select_and_decode(
+            multi_level_feats, *encoded, num_proposals, dn_query_label, dn_query_bbox, attn_mask
+        )
+
+    def proposal_budget(
+        self,
+        multi_level_feats: Sequence[Tensor],
+        dn_query_label: Tensor | None,
+        dn_query_bbox: Tensor | None,
+        attn_mask: Tensor | None,
+    ) -> tuple[int, Tensor | None]:
+        """Check the inputs of :meth:`forward`; the number of proposals ``Q`` and the
+        self-attention mask cut to ``P + Q`` queries.
+
+        A tiny or extremely elongated image (e.g. 3 x 2000 px) has fewer feature positions
+        ``N`` than ``two_stage_num_proposals``: all ``N`` are kept rather than fail.
+        """
+        name = type(self).__name__
         decoder = self.decoder
         if decoder.class_embed is None or decoder.bbox_embed is None:
             raise RuntimeError(
-                "DINOTransformer: decoder.class_embed / decoder.bbox_embed are not set; the "
-                "detector must assign its heads (num_layers + 1 each) to the decoder"
+                f"{name}: decoder.class_embed / decoder.bbox_embed are not set; the detector "
+                "must assign its heads (num_layers + 1 each) to the decoder"
             )
         if (dn_query_label is None) != (dn_query_bbox is None):
             raise ValueError(
-                "DINOTransformer: expected dn_query_label and dn_query_bbox both given or both None"
+                f"{name}: expected dn_query_label and dn_query_bbox both given or both None"
             )
+        if not multi_level_feats:
+            raise ValueError(f"{name}: expected at least one feature map, got 0")
         num_tokens = sum(feat.shape[-2] * feat.shape[-1] for feat in multi_level_feats)
-        # A tiny or extremely elongated image (e.g. 3 x 2000 px) has fewer feature positions
-        # than proposals: keep them all rather than fail.
         num_proposals = min(self.two_stage_num_proposals, num_tokens)
         if attn_mask is not None and num_proposals < self.two_stage_num_proposals:
             # The mask is [P + Q, P + Q] with the Q matching queries last; dropping the last
@@ -115,19 +139,38 @@ class DINOTransformer(DeformableTransformerBase):
             num_dn = 0 if dn_query_label is None else dn_query_label.shape[1]
             num_queries = num_dn + num_proposals
             attn_mask = attn_mask[:num_queries, :num_queries]
-        memory, mask_flatten, spatial_shapes, level_start_index, valid_ratios = self.encode(
-            multi_level_feats, multi_level_masks, multi_level_pos_embeds
-        )
-        batch_size = memory.shape[0]
+        return num_proposals, attn_mask
 
+    def select_and_decode(
+        self,
+        multi_level_feats: Sequence[Tensor],
+        memory: Tensor,
+        mask_flatten: Tensor,
+        spatial_shapes: Tensor,
+        level_start_index: Tensor,
+        valid_ratios: Tensor,
+        num_proposals: int,
+        dn_query_label: Tensor | None,
+        dn_query_bbox: Tensor | None,
+        attn_mask: Tensor | None,
+        head_inputs: tuple[Tensor | None, ...] = (),
+        decoder_inputs: dict[str, Tensor | None] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Steps 2-4 of the module docs on the encoder output (:meth:`encode`); returns what
+        :meth:`forward` does. A subclass's extra inputs go to the encoder-proposal class head
+        after the tokens (``head_inputs``) and to the decoder as keywords
+        (``decoder_inputs``), e.g. Grounding DINO's text memory."""
+        decoder = self.decoder
+        batch_size = memory.shape[0]
         output_memory, output_proposals = gen_encoder_output_proposals(
             memory, mask_flatten, level_sizes(multi_level_feats)
         )
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
-        enc_outputs_class = decoder.class_embed[decoder.num_layers](output_memory)
+        enc_outputs_class = decoder.class_embed[decoder.num_layers](output_memory, *head_inputs)
         enc_outputs_coord_unact = (
             decoder.bbox_embed[decoder.num_layers](output_memory) + output_proposals
         )
+        # The tokens whose best class (Grounding DINO: best text token) logit is highest.
         topk_index = torch.topk(enc_outputs_class.max(-1)[0], num_proposals, dim=1)[1]
         topk_coords_unact = torch.gather(
             enc_outputs_coord_unact, 1, topk_index.unsqueeze(-1).repeat(1, 1, 4)
@@ -154,5 +197,6 @@ class DINOTransformer(DeformableTransformerBase):
             spatial_shapes=spatial_shapes,
             level_start_index=level_start_index,
             attn_mask=attn_mask,
+            **(decoder_inputs or {}),
         )
         return states, init_reference, references, enc_states, topk_coords_unact.sigmoid()

@@ -174,8 +174,8 @@ def test_denoising_queries_and_fewer_positions_than_proposals():
 def test_encoder_and_decoder_shapes():
     transformer = _transformer()
     feats, masks, pos_embeds, text, text_padding_mask = _inputs()
-    memory, text_memory, mask_flatten, spatial_shapes, level_start_index, valid_ratios = (
-        transformer.encode_with_text(feats, masks, pos_embeds, text, text_padding_mask)
+    (memory, text_memory), mask_flatten, spatial_shapes, level_start_index, valid_ratios = (
+        transformer.encode(feats, masks, pos_embeds, text=text, text_padding_mask=text_padding_mask)
     )
     assert memory.shape == (BATCH, NUM_IMAGE, C) and text_memory.shape == (BATCH, NUM_TEXT, C)
     queries = torch.randn(BATCH, 3, C)
@@ -336,12 +336,14 @@ def test_encoder_adds_a_sine_embedding_of_token_positions():
     encoder = transformer.encoder
     feats, masks, pos_embeds, text, text_padding_mask = _inputs()
     with torch.no_grad():
-        with_positions = transformer.encode_with_text(
-            feats, masks, pos_embeds, text, text_padding_mask
-        )[1]
+        with_positions = transformer.encode(
+            feats, masks, pos_embeds, text=text, text_padding_mask=text_padding_mask
+        )[0][1]
         without = copy.deepcopy(transformer)
         without.encoder.text_pos_embed = False
-        plain = without.encode_with_text(feats, masks, pos_embeds, text, text_padding_mask)[1]
+        plain = without.encode(
+            feats, masks, pos_embeds, text=text, text_padding_mask=text_padding_mask
+        )[0][1]
     assert encoder.text_pos_embed and not torch.allclose(with_positions, plain, atol=1e-3)
 
 
