@@ -16,7 +16,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, BoxMode, PolygonMasks
 
 from .aug_input import ClampedAugInput
-from .image_io import read_image_file
+from .image_io import TRANSPOSING_ORIENTATIONS, exif_orientation, read_image_file
 
 __all__ = ["DetrDatasetMapper"]
 
@@ -80,6 +80,10 @@ class DetrDatasetMapper:
         mask_format: type of ``gt_masks``: ``"polygon"`` (``PolygonMasks``; every
             segmentation must be polygons), ``"bitmask"`` (``BitMasks``, [N, H', W'] bool) or
             ``"auto"``: polygons unless an annotation of the image has an RLE / array mask.
+        apply_exif_orientation: rotate images as their EXIF orientation says (detectron2's
+            default). Set False when the annotations were made on the stored pixels (labeling
+            tools that ignore EXIF); an image whose EXIF rotation makes its size differ from
+            the dataset's ``width`` / ``height`` is an error that says so.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class DetrDatasetMapper:
         img_format: str = "RGB",
         crop_probability: float = 0.5,
         mask_format: str = "auto",
+        apply_exif_orientation: bool = True,
     ) -> None:
         if img_format not in IMAGE_FORMATS:
             raise ValueError(
@@ -115,6 +120,7 @@ class DetrDatasetMapper:
         self.img_format = img_format
         self.crop_probability = crop_probability
         self.mask_format = mask_format
+        self.apply_exif_orientation = bool(apply_exif_orientation)
         self._left_out_warnings = 0
         mode = "training" if is_train else "inference"
         logger.info(f"DetrDatasetMapper ({mode}) augmentation: {self.augmentation}")
@@ -182,9 +188,15 @@ class DetrDatasetMapper:
         """The image of ``dataset_dict`` [H, W, 3] in ``img_format``; fills a missing
         ``height`` / ``width`` and checks a given one."""
         image = read_image_file(
-            dataset_dict["file_name"], self.img_format, image_id=dataset_dict.get("image_id")
+            dataset_dict["file_name"],
+            self.img_format,
+            image_id=dataset_dict.get("image_id"),
+            apply_exif_orientation=self.apply_exif_orientation,
         )
-        utils.check_image_size(dataset_dict, image)
+        try:
+            utils.check_image_size(dataset_dict, image)
+        except utils.SizeMismatchError as error:
+            raise _size_mismatch(dataset_dict, image, self.apply_exif_orientation) from error
         return image
 
     def _set_image(self, dataset_dict: dict, image: np.ndarray) -> None:
@@ -299,6 +311,33 @@ def _usable_polygons(polygons: list, index: int, dataset_dict: dict) -> list:
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _size_mismatch(
+    dataset_dict: dict, image: np.ndarray, exif_applied: bool
+) -> utils.SizeMismatchError:
+    """The error for an image whose size is not the dataset's ``width`` / ``height``; it says
+    when an EXIF rotation explains the difference (labels made on the stored pixels)."""
+    height, width = image.shape[:2]
+    expected = (dataset_dict.get("width"), dataset_dict.get("height"))
+    where = _describe_image(dataset_dict)
+    orientation = exif_orientation(dataset_dict["file_name"]) if exif_applied else None
+    if orientation in TRANSPOSING_ORIENTATIONS and expected == (height, width):
+        return utils.SizeMismatchError(
+            f"DetrDatasetMapper: {where} is {width} x {height} px (width x height) once its "
+            f"EXIF orientation ({orientation}, a 90-degree rotation) is applied, but the dataset "
+            f"says {expected[0]} x {expected[1]}, the stored, unrotated size: its annotations "
+            "were probably made on the stored pixels (many labeling tools ignore EXIF). Set "
+            "apply_exif_orientation=False on the mappers (e.g. "
+            "dataloader.train.mapper.apply_exif_orientation=False and the same for "
+            "dataloader.test) to train on the stored pixels, or re-export the images with the "
+            "rotation applied and the labels redrawn"
+        )
+    return utils.SizeMismatchError(
+        f"DetrDatasetMapper: {where} is {width} x {height} px (width x height), but the "
+        f"dataset says {expected[0]} x {expected[1]}; expected the json's width / height to be "
+        "the image file's size"
+    )
 
 
 def _describe_image(dataset_dict: dict) -> str:

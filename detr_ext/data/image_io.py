@@ -12,7 +12,12 @@ from detectron2.data import detection_utils as utils
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-__all__ = ["HighBitDepthError", "ImageReadError", "read_image_file"]
+__all__ = [
+    "HighBitDepthError",
+    "ImageReadError",
+    "exif_orientation",
+    "read_image_file",
+]
 
 
 class ImageReadError(OSError):
@@ -30,8 +35,27 @@ class HighBitDepthError(ImageReadError):
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
+EXIF_ORIENTATION_TAG = 274
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def exif_orientation(file_name: str | os.PathLike) -> int | None:
+    """The EXIF orientation (1-8) recorded in an image file, or None (no EXIF, no tag, or a
+    file PIL cannot open); reads the header only."""
+    try:
+        with PathManager.open(os.fspath(file_name), "rb") as file:
+            value = Image.open(file).getexif().get(EXIF_ORIENTATION_TAG)
+    except Exception:  # not a question this function answers: read_image_file reports it
+        return None
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
+
+
 def read_image_file(
-    file_name: str | os.PathLike, format: str | None = None, *, image_id: Any = None
+    file_name: str | os.PathLike,
+    format: str | None = None,
+    *,
+    image_id: Any = None,
+    apply_exif_orientation: bool = True,
 ) -> np.ndarray:
     """Read an image file as detectron2's ``read_image`` does (EXIF orientation applied),
     except that a 16-bit single-channel image (PIL modes ``I;16*``, or ``I`` / ``F`` with values
@@ -42,6 +66,8 @@ def read_image_file(
         format: channel order / PIL mode of the result, e.g. ``"RGB"`` or ``"BGR"``; ``None``
             keeps the file's own mode.
         image_id: the dataset's id of the image, quoted in the error message when given.
+        apply_exif_orientation: rotate / flip the pixels as the file's EXIF orientation says
+            (what viewers show, detectron2's default); False keeps the stored pixels.
 
     Returns:
         the image, uint8 [H, W, C] (or [H, W] for single-channel modes without ``format``).
@@ -56,7 +82,8 @@ def read_image_file(
     try:
         with PathManager.open(path, "rb") as file:
             image = Image.open(file)
-            image = utils._apply_exif_orientation(image)  # what detectron2's read_image does
+            if apply_exif_orientation:  # what detectron2's read_image does
+                image = utils._apply_exif_orientation(image)
             if image.mode in HIGH_BIT_DEPTH_MODES:
                 image = _to_8_bit(image)
             return utils.convert_PIL_to_numpy(image, format)

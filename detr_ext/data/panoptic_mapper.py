@@ -51,6 +51,7 @@ class DetrPanopticDatasetMapper(DetrDatasetMapper):
         img_format: str = "RGB",
         crop_probability: float = 0.5,
         mask_format: str = "auto",
+        apply_exif_orientation: bool = True,
     ) -> None:
         super().__init__(
             augmentation,
@@ -60,6 +61,7 @@ class DetrPanopticDatasetMapper(DetrDatasetMapper):
             img_format=img_format,
             crop_probability=crop_probability,
             mask_format=mask_format,
+            apply_exif_orientation=apply_exif_orientation,
         )
         if mask_format == "polygon":
             raise ValueError(

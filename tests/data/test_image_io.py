@@ -1,5 +1,7 @@
 """Unreadable or truncated image files raise an error naming the file (and image id), from the
-reading helper, from DetrDatasetMapper in training and test mode, and through a loader worker."""
+reading helper, from DetrDatasetMapper in training and test mode, and through a loader worker;
+16-bit images are scaled, not clipped; a size that differs from the json says whether an EXIF
+rotation explains it."""
 
 import io
 
@@ -7,11 +9,17 @@ import numpy as np
 import pytest
 from detectron2.data import build_detection_test_loader
 from detectron2.data import transforms as T
+from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.structures import BoxMode
 from PIL import Image
 
 from detr_ext.data import DetrDatasetMapper
-from detr_ext.data.image_io import HighBitDepthError, ImageReadError, read_image_file
+from detr_ext.data.image_io import (
+    HighBitDepthError,
+    ImageReadError,
+    exif_orientation,
+    read_image_file,
+)
 
 
 def _truncated_image(path, file_format):
@@ -128,3 +136,45 @@ def test_32_bit_images_in_16_bit_range_are_scaled_others_refused(tmp_path):
         read_image_file(bad, "RGB", image_id=5)
     with pytest.raises(ImageReadError):  # HighBitDepthError is an ImageReadError (an OSError)
         read_image_file(bad, "RGB")
+
+
+def _phone_photo(path, orientation=6):
+    """A 100 x 60 px (width x height) JPEG stored unrotated, with an EXIF orientation tag
+    (6: viewers rotate it 90 degrees clockwise, to 60 x 100 px). Left half bright."""
+    pixels = np.zeros((60, 100, 3), dtype=np.uint8)
+    pixels[:, :50] = 255
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif, quality=95)
+    return str(path)
+
+
+def test_exif_rotation_that_explains_a_size_mismatch_is_named(tmp_path):
+    """Labels drawn on the stored pixels by a tool that ignores EXIF: the json says 100 x 60,
+    detectron2's EXIF-rotated image is 60 x 100. The error says why and what to set."""
+    path = _phone_photo(tmp_path / "phone.jpg")
+    assert exif_orientation(path) == 6
+    record = {**_dataset_dict(path), "height": 60, "width": 100, "image_id": 9}
+    mapper = DetrDatasetMapper([T.NoOpTransform()])
+    with pytest.raises(
+        SizeMismatchError,
+        match=r"phone\.jpg' \(image_id=9\) is 60 x 100 px .* EXIF orientation \(6, .*"
+        r"apply_exif_orientation=False",
+    ):
+        mapper(record)
+
+    stored = DetrDatasetMapper([T.NoOpTransform()], apply_exif_orientation=False)(record)
+    assert tuple(stored["image"].shape) == (3, 60, 100)
+    assert stored["image"][0, :, :45].float().mean() > 200  # the stored left half is bright
+    rotated = read_image_file(path, "RGB")
+    assert rotated.shape == (100, 60, 3)
+
+
+def test_a_plain_size_mismatch_says_both_sizes(tmp_path):
+    path = tmp_path / "plain.png"
+    Image.fromarray(np.zeros((64, 80, 3), dtype=np.uint8)).save(path)
+    assert exif_orientation(path) is None
+    record = {**_dataset_dict(str(path)), "height": 70, "width": 80}
+    with pytest.raises(SizeMismatchError, match=r"is 80 x 64 px .* the dataset says 80 x 70"):
+        DetrDatasetMapper([T.NoOpTransform()])(record)
