@@ -4,7 +4,7 @@
 need only torch; ``TextEncoder`` imports transformers when it is built.
 """
 
-from .positive_map import positive_map_from_spans
+from .positive_map import phrase_token_weights, positive_map_from_spans
 from .prompts import PHRASE_SEPARATOR, build_prompt, parse_prompt, split_phrases_into_chunks
 from .text_encoder import TEXT_MODEL_TYPES, TextEncoder, default_text_encoder_path
 from .tokenization import TokenizedPrompts, tokenize_prompts
@@ -17,6 +17,7 @@ __all__ = [
     "build_prompt",
     "default_text_encoder_path",
     "parse_prompt",
+    "phrase_token_weights",
     "positive_map_from_spans",
     "split_phrases_into_chunks",
     "tokenize_prompts",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["positive_map_from_spans"]
+__all__ = ["phrase_token_weights", "positive_map_from_spans"]
 
 
 def positive_map_from_spans(
@@ -63,3 +63,15 @@ def positive_map_from_spans(
     if special_tokens_mask is not None:
         positive &= ~special_tokens_mask.to(device=device, dtype=torch.bool)[None, :]
     return positive.float()
+
+
+def phrase_token_weights(positive_maps: Tensor) -> Tensor:
+    """Each phrase's tokens weighted by ``1 / (number of its tokens)``: ``[K, T]`` maps
+    (nonzero = the token belongs to the phrase) -> ``[K, T]`` rows that sum to 1 (a phrase
+    without tokens stays all 0). ``weights @ token_values`` averages a per-token quantity
+    (probability, cost, feature) over each phrase's tokens."""
+    if positive_maps.dim() != 2:
+        raise ValueError(
+            f"phrase_token_weights: expected positive maps [K, T], got {tuple(positive_maps.shape)}"
+        )
+    return positive_maps / positive_maps.sum(-1, keepdim=True).clamp(min=1)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from ..language.positive_map import phrase_token_weights
 from .hungarian_matcher import HungarianMatcher
 
 __all__ = ["GroundingHungarianMatcher", "check_positive_maps"]
@@ -68,5 +69,5 @@ class GroundingHungarianMatcher(HungarianMatcher):
         """``[P, sum(n_i)]`` phrase costs from ``logits [P, T]`` and the targets' token maps."""
         check_positive_maps(targets, logits.shape[-1], type(self).__name__)
         positive_maps = torch.cat([target["positive_map"] for target in targets]).to(logits)
-        weights = positive_maps / positive_maps.sum(-1, keepdim=True).clamp(min=1)
+        weights = phrase_token_weights(positive_maps)
         return self.focal_cost(logits) @ weights.T

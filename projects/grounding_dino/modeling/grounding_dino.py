@@ -45,6 +45,7 @@ from detr_ext.modeling.language import (
     TokenizedPrompts,
     build_prompt,
     parse_prompt,
+    phrase_token_weights,
     split_phrases_into_chunks,
 )
 
@@ -284,8 +285,7 @@ class GroundingDINO(DeformableDetectorBase):
         phrase_features, offsets = [], []
         num_phrases = 0
         for image_index, maps in enumerate(tokenized.positive_maps):
-            maps = maps.to(text)
-            weights = maps / maps.sum(-1, keepdim=True).clamp(min=1)
+            weights = phrase_token_weights(maps.to(text))
             phrase_features.append(weights @ text[image_index, : maps.shape[1]])
             offsets.append(num_phrases)
             num_phrases += maps.shape[0]
@@ -355,8 +355,7 @@ class GroundingDINO(DeformableDetectorBase):
         num_phrases = max(maps.shape[0] for maps in tokenized.positive_maps)
         scores = token_prob.new_zeros(*token_prob.shape[:2], num_phrases)
         for index, maps in enumerate(tokenized.positive_maps):
-            maps = maps.to(token_prob)
-            weights = maps / maps.sum(-1, keepdim=True).clamp(min=1)  # [K_i, T]
+            weights = phrase_token_weights(maps.to(token_prob))  # [K_i, T]
             scores[index, :, : maps.shape[0]] = token_prob[index] @ weights.T
         return scores, outputs["pred_boxes"]
 
