@@ -204,6 +204,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             f"--prompt: {type(predictor.model).__name__} does not read text prompts; expected "
             "a text-prompted model such as GroundingDINO, or no --prompt"
         )
+    if args.prompt is not None:
+        from detr_ext.modeling.language import parse_prompt
+
+        try:
+            parse_prompt(args.prompt)  # before any image: a prompt without phrases is an error
+        except ValueError as error:
+            raise DemoError(f"--prompt: {error}") from error
     output_dir = Path(args.output)
     output_dir.mkdir(parents=True, exist_ok=True)
 

@@ -105,6 +105,18 @@ def test_gt_classes_must_index_the_prompt_phrases(model):
         model(batch(prompts=("red circle . blue square .",), labels=((2,),)))
 
 
+@pytest.mark.parametrize("prompt", ["", " . ", "  "])
+def test_a_prompt_without_phrases_is_an_error_not_the_default(model, prompt):
+    """An empty prompt used to fall back to the default one (every category) silently."""
+    model.eval()
+    image = {"image": torch.randint(0, 255, (3, 64, 80), dtype=torch.uint8), "prompt": prompt}
+    with torch.no_grad(), pytest.raises(ValueError, match="has no phrase"):
+        model([image])
+    model.train()
+    with pytest.raises(ValueError, match="has no phrase"):
+        model(batch(prompts=(prompt, None), labels=((), (1,))))
+
+
 def test_truncated_phrase_with_ground_truth_is_an_error():
     cfg = tiny_model_config()
     cfg.model.text_encoder.max_text_len = 6

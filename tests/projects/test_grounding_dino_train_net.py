@@ -95,3 +95,21 @@ def test_demo_with_a_prompt_writes_phrases(trained):
     assert detections and {d["phrase"] for d in detections} <= {"red circle", "triangle"}
     # A custom prompt's phrases are not the dataset's categories.
     assert all(d["category_id"] is None and d["category_name"] is None for d in detections)
+
+
+def test_demo_refuses_a_prompt_without_phrases_before_any_image(trained):
+    work_dir, config, output_dir, _ = trained
+    demo_dir = work_dir / "demo_empty_prompt"
+    result = run_tool(
+        "demo.py",
+        [
+            "--config-file", str(config), "--weights", str(output_dir / "model_final.pth"),
+            "--input", str(work_dir / "datasets" / "shapes" / "val"),
+            "--output", str(demo_dir), "--prompt", " . ",
+        ],
+        cwd=work_dir,
+        datasets=work_dir / "datasets",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "--prompt: parse_prompt: the prompt ' . ' has no phrase" in result.stderr
+    assert not (demo_dir / "detections.json").exists()  # stopped before the first image

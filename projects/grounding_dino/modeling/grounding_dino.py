@@ -139,10 +139,14 @@ class GroundingDINO(DeformableDetectorBase):
     # ------------------------------------------------------------------ text
 
     def prompts(self, batched_inputs: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Each image's ``"prompt"``, or the default prompt of the category names."""
+        """Each image's ``"prompt"``, or the default prompt of the category names when it has
+        none (no key, or None). A given prompt without phrases (``""``, ``" . "``) is an error
+        when it is parsed, not the default: that would detect every category unasked."""
         prompts = []
         for index, item in enumerate(batched_inputs):
-            prompt = item.get("prompt") or self.default_prompt
+            prompt = item.get("prompt")
+            if prompt is None:
+                prompt = self.default_prompt
             if not isinstance(prompt, str):
                 raise ValueError(
                     f"GroundingDINO: batched_inputs[{index}]['prompt'] must be a str such as "
