@@ -14,7 +14,9 @@ dropped from the registered data, with a warning that counts them and names the 
     height <= 0 (detectron2 would flip a negative width into a different box, and crash a
     worker on null);
   - annotations whose ``image_id`` is not an image of the file (ignored by detectron2's
-    loader and by COCOeval alike; warned because it usually means a mismatched export).
+    loader and by COCOeval alike; warned because it usually means a mismatched export);
+  - annotations whose box lies entirely outside its image (the mapper clips it to nothing, so
+    it is never trained on, while COCOeval would count it as a missed object forever).
 
 repaired in the registered copy, with a warning:
   - annotation ids that are not unique positive ints (an id of 0 makes COCOeval count the
@@ -22,7 +24,11 @@ repaired in the registered copy, with a warning:
     truth id and reads 0 as "unmatched"; duplicates trip detectron2's loader): all ids are
     renumbered 1..n in file order;
   - a missing or non-numeric ``area`` (COCOeval reads it for every ground truth and raises
-    ``KeyError`` without it): filled from the mask, or from the box when there is none.
+    ``KeyError`` without it): filled from the mask, or from the box when there is none;
+  - boxes that extend more than :data:`BOX_OUTSIDE_TOLERANCE` px past their image (drawn over
+    the border in a labeling tool): clipped to the image, as the mapper clips them for
+    training, so that evaluation scores the same box (the unclipped one lowers the IoU of a
+    perfect detection). Their ``area`` is kept.
 
 only warned:
   - an ``area`` that does not fit the box: <= 0, larger than the box, or (without a mask)
@@ -43,6 +49,8 @@ _MAX_EXAMPLES = 5
 # polygon's exact area never exceeds its box, and exports round both to a pixel or so.
 _AREA_RELATIVE_SLACK = 0.05
 _AREA_ABSOLUTE_SLACK = 1.0
+BOX_OUTSIDE_TOLERANCE = 1.0
+"""Pixels a box may extend past its image before it is clipped (exports round coordinates)."""
 
 
 class _Findings:
@@ -92,6 +100,10 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _image_size(image: dict) -> str:
+    return f"{_short(image.get('width'))}x{_short(image.get('height'))}"
+
+
 def _where(annotation: dict) -> str:
     """How a message names an annotation (built only for the ones reported)."""
     return f"id={_short(annotation.get('id'))} (image_id={_short(annotation.get('image_id'))})"
@@ -119,6 +131,29 @@ def _box_size(box: Any) -> tuple[float, float] | None:
     except OverflowError:  # an int too large for a float
         return None
     return (width, height) if finite and width > 0 and height > 0 else None
+
+
+def _clip_to_image(box: list, image: dict) -> list | None:
+    """``box`` (a valid ``[x, y, w, h]``) clipped to its image; the same list when it extends at
+    most :data:`BOX_OUTSIDE_TOLERANCE` px past every border, None when it lies entirely outside
+    (no overlap of positive area)."""
+    width, height = image.get("width"), image.get("height")
+    if not (_is_number(width) and _is_number(height)):
+        return box
+    x0, y0 = box[0], box[1]
+    x1, y1 = x0 + box[2], y0 + box[3]
+    if x0 >= width or y0 >= height or x1 <= 0 or y1 <= 0:
+        return None
+    tolerance = BOX_OUTSIDE_TOLERANCE
+    if (
+        x0 >= -tolerance
+        and y0 >= -tolerance
+        and x1 <= width + tolerance
+        and y1 <= height + tolerance
+    ):
+        return box
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    return [x0, y0, x1 - x0, y1 - y0]
 
 
 def _is_number(value: Any) -> bool:
@@ -221,8 +256,10 @@ def check_coco_instances(
 
     not_dicts, unknown_category, orphans, bad_boxes = (_Findings() for _ in range(4))
     bad_ids, duplicate_ids, filled_areas, odd_areas = (_Findings() for _ in range(4))
+    outside, clipped_boxes = _Findings(), _Findings()
     kept: list[dict] = []
     filled: dict[int, float] = {}  # position in ``kept`` -> area to fill in
+    clipped: dict[int, list] = {}  # position in ``kept`` -> the box clipped to its image
     seen_ids: set[int] = set()
     for index, annotation in enumerate(content["annotations"]):
         if not isinstance(annotation, dict):
@@ -245,6 +282,15 @@ def check_coco_instances(
         if size is None:
             bad_boxes.add(f"{_where(annotation)}: bbox={_short(box)}")
             continue
+        inside = _clip_to_image(box, image)
+        if inside is None:
+            outside.add(f"{_where(annotation)}: bbox={_short(box)}, image {_image_size(image)}")
+            continue
+        if inside is not box:
+            clipped[len(kept)] = inside
+            clipped_boxes.add(
+                f"{_where(annotation)}: bbox={_short(box)}, image {_image_size(image)}"
+            )
 
         if type(annotation_id) is not int or annotation_id <= 0:
             bad_ids.add(_where(annotation))
@@ -256,10 +302,12 @@ def check_coco_instances(
         box_area = size[0] * size[1]
         area, segmentation = annotation.get("area"), annotation.get("segmentation")
         if not _is_number(area):
-            mask_area = None
+            fill = None
             if segmentation:
-                mask_area = _mask_area(segmentation, image.get("height"), image.get("width"))
-            filled[len(kept)] = box_area if mask_area is None else mask_area
+                fill = _mask_area(segmentation, image.get("height"), image.get("width"))
+            if fill is None:  # the box's area (the clipped box's, when it was clipped)
+                fill = inside[2] * inside[3]
+            filled[len(kept)] = fill
             filled_areas.add(f"{_where(annotation)}: area={_short(area)}")
         elif (
             area <= 0
@@ -299,6 +347,17 @@ def check_coco_instances(
         warnings.append(
             f"ignored annotations whose image_id is not an image of the file {orphans.describe()}"
         )
+    if outside:
+        warnings.append(
+            "dropped annotations whose box lies entirely outside its image (never trained on; "
+            f"evaluation would count them as missed) {outside.describe()}"
+        )
+    if clipped_boxes:
+        warnings.append(
+            f"clipped to their image the boxes that extend more than {BOX_OUTSIDE_TOLERANCE:g} "
+            "px past it (training clips them too; evaluation now scores the same box) "
+            + clipped_boxes.describe()
+        )
     renumber = bool(bad_ids or duplicate_ids)
     if renumber:
         problems = []
@@ -324,17 +383,19 @@ def check_coco_instances(
         )
 
     # Orphans alone need no copy: detectron2's loader and COCOeval both ignore them already.
-    changed = renumber or bool(filled) or bool(bad_boxes)
+    changed = renumber or bool(filled) or bool(bad_boxes) or bool(outside) or bool(clipped)
     if not changed:
         return CocoCheckResult(content=content, changed=False, warnings=warnings)
     annotations = []
     for position, annotation in enumerate(kept):
-        if renumber or position in filled:
+        if renumber or position in filled or position in clipped:
             annotation = dict(annotation)
             if renumber:
                 annotation["id"] = position + 1
             if position in filled:
                 annotation["area"] = filled[position]
+            if position in clipped:
+                annotation["bbox"] = clipped[position]
         annotations.append(annotation)
     return CocoCheckResult(
         content={**content, "annotations": annotations}, changed=True, warnings=warnings

@@ -228,6 +228,53 @@ def test_annotation_id_zero_evaluates_to_ap_100(tmp_path):
     assert _evaluate_ground_truth_as_predictions(NAME + "_raw") < 99.0
 
 
+def test_boxes_past_the_image_are_clipped_and_boxes_outside_it_dropped(tmp_path, warnings_log):
+    """Boxes drawn over the image border: training clips them (the mapper), so evaluation must
+    score the same clipped box, else a perfect detector misses them (IoU 0.16 here)."""
+    annotations = [
+        _annotation(1, 1, [50.0, 30.0, 40.0, 40.0]),  # 64 x 48 image: past the right and bottom
+        _annotation(2, 1, [-8.0, 2.0, 20.0, 10.0], category_id=9),  # past the left border
+        _annotation(3, 1, [70.0, 10.0, 5.0, 5.0]),  # entirely right of the image
+        _annotation(4, 2, [0.0, 0.0, 64.5, 48.0]),  # 0.5 px past: export rounding, kept
+        _annotation(5, 2, [10.0, 10.0, 20.0, 20.0], area="?"),
+        _annotation(6, 2, [40.0, -30.0, 20.0, 40.0], area="?"),  # filled from the clipped box
+    ]
+    json_file, image_root = _write(tmp_path, [_image(1), _image(2)], annotations)
+    register_coco_format_dataset(NAME, json_file, image_root)
+
+    [clipped] = [m for m in warnings_log if "clipped to their image" in m]
+    assert "3: id=1 (image_id=1): bbox=[50.0, 30.0, 40.0, 40.0], image 64x48" in clipped
+    [dropped] = [m for m in warnings_log if "entirely outside its image" in m]
+    assert "1: id=3 (image_id=1): bbox=[70.0, 10.0, 5.0, 5.0], image 64x48" in dropped
+    with open(MetadataCatalog.get(NAME).json_file) as f:
+        cleaned = {a["id"]: a for a in json.load(f)["annotations"]}
+    assert sorted(cleaned) == [1, 2, 4, 5, 6]
+    assert cleaned[1]["bbox"] == [50.0, 30.0, 14.0, 18.0] and cleaned[1]["area"] == 1600.0
+    assert cleaned[2]["bbox"] == [0.0, 2.0, 12.0, 10.0]
+    assert cleaned[4]["bbox"] == [0.0, 0.0, 64.5, 48.0]
+    assert cleaned[6]["bbox"] == [40.0, 0.0, 20.0, 10.0] and cleaned[6]["area"] == 200.0
+    assert _evaluate_ground_truth_as_predictions(NAME) == pytest.approx(100.0)
+
+    # Against the boxes as exported, the same (clipped) detections miss boxes 1, 2 and 6
+    # (numeric areas there, which COCOeval needs).
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    raw_annotations = [{**a, "area": a["bbox"][2] * a["bbox"][3]} for a in annotations]
+    raw_json, raw_root = _write(raw_dir, [_image(1), _image(2)], raw_annotations)
+    register_coco_instances(NAME + "_raw", {}, raw_json, raw_root)
+    raw = COCOEvaluator(NAME + "_raw", tasks=("bbox",), distributed=False)
+    raw.reset()
+    for record in DatasetCatalog.get(NAME):
+        instances = Instances((record["height"], record["width"]))
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                 for a in record["annotations"]]  # fmt: skip
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        instances.scores = torch.ones(len(boxes))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]])
+        raw.process([{"image_id": record["image_id"]}], [{"instances": instances}])
+    assert raw.evaluate()["bbox"]["AP"] < 75.0
+
+
 def test_area_missing_is_filled_and_inconsistent_area_warned(tmp_path, warnings_log):
     square = [[10, 10, 30, 10, 30, 30, 10, 30]]  # a 20x20 polygon, area 400
     triangle = [[10, 10, 30, 10, 10, 30]]  # area 200 in a 20x20 box: consistent
