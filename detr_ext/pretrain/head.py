@@ -28,6 +28,9 @@ class DINOHead(nn.Module):
         bottleneck_dim: width of the normalized embedding fed to ``last_layer``.
         num_layers: Linear layers in the MLP, >= 1 (1: a single ``in_dim -> bottleneck_dim``).
         norm_last_layer: keep ``g`` fixed at 1.
+        use_bn: BatchNorm1d before each GELU of the MLP (DINO's ``use_bn_in_head``): the
+            hidden activations are normalized over the batch, so differences between images
+            are kept even when the backbone's pooled features are nearly alike.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 128,
         num_layers: int = 3,
         norm_last_layer: bool = True,
+        use_bn: bool = False,
     ) -> None:
         super().__init__()
         for name, dim in (
@@ -58,6 +62,8 @@ class DINOHead(nn.Module):
         layers: list[nn.Module] = []
         for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
             if index > 0:
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(width_in))
                 layers.append(nn.GELU())
             layers.append(nn.Linear(width_in, width_out))
         self.mlp = nn.Sequential(*layers)

@@ -28,6 +28,7 @@ class PretrainOptions:
             center_momentum: ``DINOLoss``'s temperatures (teacher warm-up over the given
             fraction of the run) and centering momentum.
         out_dim, hidden_dim, bottleneck_dim: ``DINOHead`` sizes.
+        head_bn: 1 puts BatchNorm1d in the head's MLP (``DINOHead(use_bn=True)``), 0 not.
         in_feature: the backbone output that is pooled and fed to the head.
         global_size, local_size, num_local: multi-crop sizes and number of local crops.
         num_workers: data-loader processes.
@@ -56,6 +57,7 @@ class PretrainOptions:
     out_dim: int = 1024
     hidden_dim: int = 512
     bottleneck_dim: int = 128
+    head_bn: int = 0
     in_feature: str = "res5"
     global_size: int = 128
     local_size: int = 64

@@ -54,6 +54,7 @@ def build_pretrain_model(
         out_dim=options.out_dim,
         hidden_dim=options.hidden_dim,
         bottleneck_dim=options.bottleneck_dim,
+        use_bn=bool(options.head_bn),
     )
     student = BackboneEmbedder(backbone, in_feature=options.in_feature, head=head)
     model = SelfDistillation(student, teacher_momentum=options.teacher_momentum)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.config import instantiate
 from torch import nn
 
@@ -186,3 +187,20 @@ def test_cosine_schedule_points():
         cosine_schedule(1.0, 0.0, total_iters=5, warmup_iters=6)
     with pytest.raises(ValueError, match="iteration"):
         lr(-1)
+
+
+def test_head_batch_norm_keeps_nearly_alike_inputs_apart():
+    """``use_bn`` (DINO's use_bn_in_head) puts BatchNorm1d before each GELU: inputs that differ
+    by 1e-3 (pooled features of a random backbone are nearly alike) give embeddings far apart,
+    where the plain head's stay almost identical."""
+    torch.manual_seed(0)
+    inputs = torch.randn(1, 16).repeat(8, 1) + 1e-3 * torch.randn(8, 16)
+    spreads = {}
+    for use_bn in (False, True):
+        torch.manual_seed(1)
+        head = DINOHead(16, out_dim=K, hidden_dim=32, bottleneck_dim=8, use_bn=use_bn).train()
+        assert sum(isinstance(m, nn.BatchNorm1d) for m in head.mlp) == (2 if use_bn else 0)
+        embeddings = F.normalize(head.mlp(inputs), dim=-1)
+        spreads[use_bn] = (embeddings - embeddings.mean(0)).norm(dim=-1).mean().item()
+        assert head(inputs).shape == (8, K)
+    assert spreads[False] < 1e-2 < 0.3 < spreads[True]
