@@ -277,9 +277,9 @@ def _usable_polygons(polygons: list, index: int, dataset_dict: dict) -> list:
 
     Labeling tools export degenerate parts (a point or a line: fewer than 6 numbers, or an
     empty list); they cover no pixel, and detectron2's ``PolygonMasks`` refuses them with an
-    error that names neither the image nor the annotation. They are left out here, with a
-    warning. A segmentation with no usable polygon left, or not a list of coordinate lists,
-    is an error naming the image and the annotation. The caller warns about what was left out.
+    error that names neither the image nor the annotation. They are left out here (the caller
+    warns about them). A segmentation with no usable polygon left, or not a list of coordinate
+    lists, is an error naming the image and the annotation.
     """
     where = f"annotation {index} of {_describe_image(dataset_dict)}"
     usable = []
