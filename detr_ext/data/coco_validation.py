@@ -25,7 +25,7 @@ repaired in the registered copy, with a warning:
     renumbered 1..n in file order;
   - a missing or non-numeric ``area`` (COCOeval reads it for every ground truth and raises
     ``KeyError`` without it): filled from the mask, or from the box when there is none;
-  - boxes that extend more than :data:`BOX_OUTSIDE_TOLERANCE` px past their image (drawn over
+  - boxes that extend more than ``BOX_OUTSIDE_TOLERANCE`` (1) px past their image (drawn over
     the border in a labeling tool): clipped to the image, as the mapper clips them for
     training, so that evaluation scores the same box (the unclipped one lowers the IoU of a
     perfect detection). Their ``area`` is kept.
@@ -37,10 +37,17 @@ only warned:
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from .annotation_geometry import (
+    BOX_OUTSIDE_TOLERANCE,
+    box_size,
+    clip_box_to_image,
+    is_number,
+    mask_area,
+)
 
 __all__ = ["CocoCheckResult", "check_coco_instances"]
 
@@ -49,8 +56,6 @@ _MAX_EXAMPLES = 5
 # polygon's exact area never exceeds its box, and exports round both to a pixel or so.
 _AREA_RELATIVE_SLACK = 0.05
 _AREA_ABSOLUTE_SLACK = 1.0
-BOX_OUTSIDE_TOLERANCE = 1.0
-"""Pixels a box may extend past its image before it is clipped (exports round coordinates)."""
 
 
 class _Findings:
@@ -109,77 +114,6 @@ def _where(annotation: dict) -> str:
     return f"id={_short(annotation.get('id'))} (image_id={_short(annotation.get('image_id'))})"
 
 
-_NUMBER_TYPES = frozenset((int, float))  # what json numbers parse to; bool is not one
-
-
-def _box_size(box: Any) -> tuple[float, float] | None:
-    """(width, height) of a valid COCO ``[x, y, w, h]``: 4 finite numbers (not bools) with
-    w > 0 and h > 0; None otherwise."""
-    if type(box) is not list or len(box) != 4:
-        return None
-    x, y, width, height = box
-    if not (
-        type(x) in _NUMBER_TYPES
-        and type(y) in _NUMBER_TYPES
-        and type(width) in _NUMBER_TYPES
-        and type(height) in _NUMBER_TYPES
-    ):
-        return None
-    try:
-        # NaN and inf propagate through the sum: one test for all four (hot loop).
-        finite = math.isfinite(x + y + width + height)
-    except OverflowError:  # an int too large for a float
-        return None
-    return (width, height) if finite and width > 0 and height > 0 else None
-
-
-def _clip_to_image(box: list, image: dict) -> list | None:
-    """``box`` (a valid ``[x, y, w, h]``) clipped to its image; the same list when it extends at
-    most :data:`BOX_OUTSIDE_TOLERANCE` px past every border, None when it lies entirely outside
-    (no overlap of positive area)."""
-    width, height = image.get("width"), image.get("height")
-    if not (_is_number(width) and _is_number(height)):
-        return box
-    x0, y0 = box[0], box[1]
-    x1, y1 = x0 + box[2], y0 + box[3]
-    if x0 >= width or y0 >= height or x1 <= 0 or y1 <= 0:
-        return None
-    tolerance = BOX_OUTSIDE_TOLERANCE
-    if (
-        x0 >= -tolerance
-        and y0 >= -tolerance
-        and x1 <= width + tolerance
-        and y1 <= height + tolerance
-    ):
-        return box
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    return [x0, y0, x1 - x0, y1 - y0]
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        return type(value) in _NUMBER_TYPES and math.isfinite(value)
-    except OverflowError:
-        return False
-
-
-def _mask_area(segmentation: Any, height: Any, width: Any) -> float | None:
-    """Pixel area of a COCO polygon list or RLE, the way COCO's ``annToRLE`` rasterizes it;
-    None when it cannot be decoded."""
-    import pycocotools.mask as mask_util
-
-    try:
-        if isinstance(segmentation, list):
-            rle = mask_util.merge(mask_util.frPyObjects(segmentation, int(height), int(width)))
-        elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-            rle = mask_util.frPyObjects(segmentation, int(height), int(width))
-        else:
-            rle = segmentation
-        return float(mask_util.area(rle))
-    except Exception:  # a malformed mask: the caller falls back to the box
-        return None
-
-
 def _check_categories(categories: list, errors: list[str]) -> set[int]:
     ids: set[int] = set()
     bad, duplicates = _Findings(), _Findings()
@@ -214,7 +148,7 @@ def _check_images(images: list, image_root: str, errors: list[str]) -> dict[Any,
         if type(image_id) not in (int, str) or not isinstance(file_name, str) or not file_name:
             bad.add(f"images[{index}]: id={_short(image_id)}, file_name={_short(file_name)}")
             continue
-        if not (_is_number(height) and _is_number(width) and height > 0 and width > 0):
+        if not (is_number(height) and is_number(width) and height > 0 and width > 0):
             bad.add(
                 f"id={image_id!r} ({file_name}): height={_short(height)}, width={_short(width)}"
             )
@@ -278,11 +212,11 @@ def check_coco_instances(
             unknown_category.add(f"{_where(annotation)}: category_id={_short(category_id)}")
             continue
         box = annotation.get("bbox")
-        size = _box_size(box)
+        size = box_size(box)
         if size is None:
             bad_boxes.add(f"{_where(annotation)}: bbox={_short(box)}")
             continue
-        inside = _clip_to_image(box, image)
+        inside = clip_box_to_image(box, image)
         if inside is None:
             outside.add(f"{_where(annotation)}: bbox={_short(box)}, image {_image_size(image)}")
             continue
@@ -301,10 +235,10 @@ def check_coco_instances(
 
         box_area = size[0] * size[1]
         area, segmentation = annotation.get("area"), annotation.get("segmentation")
-        if not _is_number(area):
+        if not is_number(area):
             fill = None
             if segmentation:
-                fill = _mask_area(segmentation, image.get("height"), image.get("width"))
+                fill = mask_area(segmentation, image.get("height"), image.get("width"))
             if fill is None:  # the box's area (the clipped box's, when it was clipped)
                 fill = inside[2] * inside[3]
             filled[len(kept)] = fill
