@@ -32,6 +32,7 @@ from .denoising import (
     build_dn_attn_mask,
     denoising_indices,
     dn_post_process,
+    keep_parameters_in_graph,
     num_denoising_groups,
     prepare_for_cdn,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "get_sine_pos_embed",
     "get_valid_ratio",
     "inverse_sigmoid",
+    "keep_parameters_in_graph",
     "matched_box_iou",
     "matched_generalized_box_iou",
     "num_denoising_groups",

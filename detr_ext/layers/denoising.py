@@ -39,6 +39,7 @@ __all__ = [
     "build_dn_attn_mask",
     "denoising_indices",
     "dn_post_process",
+    "keep_parameters_in_graph",
     "num_denoising_groups",
     "prepare_for_cdn",
 ]
@@ -327,3 +328,16 @@ def denoising_indices(
         ).flatten()
         indices.append((query_index, target_index))
     return indices
+
+
+def keep_parameters_in_graph(tensor: Tensor, module: nn.Module) -> Tensor:
+    """``tensor`` plus 0 times one element of each trainable parameter of ``module``: the same
+    values, with every parameter in the autograd graph (its gradient 0).
+
+    For the label embedding that only denoising queries use: a batch without objects on one
+    rank has no denoising queries, the embedding would get no gradient there, and DDP
+    (``find_unused_parameters=False``) fails the next step. Every parameter counts, whatever
+    the module (an ``nn.Embedding`` has a weight, an ``nn.Linear`` a weight and a bias).
+    """
+    anchor = sum(param.reshape(-1)[0] for param in module.parameters() if param.requires_grad)
+    return tensor + anchor * 0.0

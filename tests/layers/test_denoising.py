@@ -11,6 +11,7 @@ from detr_ext.layers import (
     denoising_indices,
     dn_post_process,
     inverse_sigmoid,
+    keep_parameters_in_graph,
     num_denoising_groups,
     prepare_for_cdn,
 )
@@ -286,3 +287,18 @@ def test_argument_errors_name_function_and_values():
             prepare_for_cdn(targets, label_enc, 5, **{"num_classes": 2, **kwargs})
     with pytest.raises(ValueError, match="prepare_for_cdn: expected one target dict per image"):
         prepare_for_cdn([], label_enc, 5, 2)
+
+
+@pytest.mark.parametrize(
+    "module", [nn.Embedding(4, 3), nn.Linear(3, 3)], ids=["embedding", "linear"]
+)
+def test_keep_parameters_in_graph_reaches_every_parameter_and_changes_nothing(module):
+    """Grounding DINO's label_enc is a Linear: keeping only its weight in the graph left its
+    bias without a gradient, and DDP failed on the step after a batch without objects."""
+    states = torch.randn(2, 5, 3, requires_grad=True)
+    kept = keep_parameters_in_graph(states, module)
+    torch.testing.assert_close(kept, states, rtol=0, atol=0)
+    kept.sum().backward()
+    for name, param in module.named_parameters():
+        assert param.grad is not None and not param.grad.any(), name
+    torch.testing.assert_close(states.grad, torch.ones_like(states))

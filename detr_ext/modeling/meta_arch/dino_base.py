@@ -21,7 +21,12 @@ import torch
 from detectron2.structures import ImageList
 from torch import Tensor, nn
 
-from detr_ext.layers import CdnQueryGenerator, DINOTransformer, dn_post_process
+from detr_ext.layers import (
+    CdnQueryGenerator,
+    DINOTransformer,
+    dn_post_process,
+    keep_parameters_in_graph,
+)
 
 from .deformable_base import DeformableDetectorBase
 
@@ -129,8 +134,8 @@ class DINODetectorBase(DeformableDetectorBase):
             attn_mask=None if dn is None else dn.attn_mask,
         )
         if self.training:
-            # Keeps label_enc in the graph when a batch has no denoising queries (DDP).
-            states = states + self.label_enc.weight[0, 0] * 0.0
+            # label_enc is used by denoising queries only: none when a batch has no objects.
+            states = keep_parameters_in_graph(states, self.label_enc)
 
         outputs_classes, outputs_coords = self.layer_predictions(states, init_reference, references)
         outputs_class, outputs_coord, dn_class, dn_coord = dn_post_process(

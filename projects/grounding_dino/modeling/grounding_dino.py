@@ -36,6 +36,7 @@ from detr_ext.layers import (
     GroundingDINOTransformer,
     TokenAlignmentHead,
     dn_post_process,
+    keep_parameters_in_graph,
     prepare_for_cdn,
 )
 from detr_ext.layers.box_ops import inverse_sigmoid
@@ -249,9 +250,9 @@ class GroundingDINO(DeformableDetectorBase):
             attn_mask=None if dn is None else dn.attn_mask,
         )
         if self.training:
-            # Keeps label_enc (weight and bias) in the graph when a batch has no denoising
-            # queries: DDP fails the next step if a parameter got no gradient on one rank.
-            states = states + (self.label_enc.weight[0, 0] + self.label_enc.bias[0]) * 0.0
+            # label_enc (a Linear: weight and bias) is used by denoising queries only: none
+            # when a batch has no objects.
+            states = keep_parameters_in_graph(states, self.label_enc)
 
         outputs_classes, outputs_coords = [], []
         for layer in range(states.shape[0]):
