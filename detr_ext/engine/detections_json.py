@@ -1,7 +1,7 @@
 """Model outputs as json-ready records: :func:`instances_to_dicts` (detections, masks as COCO
 RLE), :func:`panoptic_to_dicts` (the segments of a panoptic segmentation, things and stuff),
 :func:`mask_to_rle`. Category ids are mapped back to the dataset's own. Used by
-``tools/demo.py`` and ``tools/train_shapes_demo.py``."""
+``tools/demo.py``."""
 
 from __future__ import annotations
 

@@ -256,9 +256,12 @@ class GroundingDINODecoder(DINOTransformerDecoder):
         attn_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """:meth:`DINOTransformerDecoder.forward` with the text inputs (class docs)."""
-        image_inputs = (query, value, key_padding_mask, reference_points, valid_ratios)
         return super().forward(
-            *image_inputs,
+            query,
+            value,
+            key_padding_mask,
+            reference_points,
+            valid_ratios,
             spatial_shapes,
             level_start_index,
             attn_mask,
