@@ -105,8 +105,10 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _image_size(image: dict) -> str:
-    return f"{_short(image.get('width'))}x{_short(image.get('height'))}"
+def _where_box(annotation: dict, box: Any, image: dict) -> str:
+    """How a message names an annotation whose box does not fit its image."""
+    size = f"{_short(image.get('width'))}x{_short(image.get('height'))}"
+    return f"{_where(annotation)}: bbox={_short(box)}, image {size}"
 
 
 def _where(annotation: dict) -> str:
@@ -218,13 +220,11 @@ def check_coco_instances(
             continue
         inside = clip_box_to_image(box, image)
         if inside is None:
-            outside.add(f"{_where(annotation)}: bbox={_short(box)}, image {_image_size(image)}")
+            outside.add(_where_box(annotation, box, image))
             continue
         if inside is not box:
             clipped[len(kept)] = inside
-            clipped_boxes.add(
-                f"{_where(annotation)}: bbox={_short(box)}, image {_image_size(image)}"
-            )
+            clipped_boxes.add(_where_box(annotation, box, image))
 
         if type(annotation_id) is not int or annotation_id <= 0:
             bad_ids.add(_where(annotation))
