@@ -7,13 +7,16 @@ an installed, non-editable ``detr_ext`` finds them without the repository.
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
+from typing import Any
 
 from detectron2.config import LazyConfig
+from detectron2.utils.registry import locate
 from omegaconf import DictConfig
 
-__all__ = ["configs_dir", "get_config"]
+__all__ = ["accepts_argument", "configs_dir", "get_config"]
 
 CONFIGS_ENV_VAR = "DETR_EXT_CONFIGS"
 # Where setup.py puts the copy of configs/ in a built package: next to this file.
@@ -61,3 +64,16 @@ def get_config(config_path: str) -> DictConfig:
             f"(configs directory {root}; set ${CONFIGS_ENV_VAR} to use another)"
         )
     return LazyConfig.load(str(path))
+
+
+def accepts_argument(target: Any, argument: str) -> bool:
+    """Whether the callable ``target`` (or the dotted name of one, as a LazyConfig's
+    ``_target_`` may hold) has a parameter named ``argument``; ``False`` for callables without
+    a signature (builtins, C functions)."""
+    if isinstance(target, str):
+        target = locate(target)
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return argument in parameters

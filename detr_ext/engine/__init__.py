@@ -3,22 +3,28 @@ skipped), weight EMA, :class:`SafeCheckpointer` (finite weights only, atomic fil
 config-driven loops used by ``tools/train_net.py``."""
 
 from .checkpointer import NonFiniteCheckpointError, SafeCheckpointer
+from .data_stream import DataStreamState, build_train_loader
 from .defaults import (
-    build_ema,
     default_argument_parser,
-    do_test,
     do_train,
     draw_seed,
-    load_eval_checkpoint,
-    request_error_analysis,
     setup,
     share_cpu_threads,
     wrap_ddp,
 )
 from .ema import EMAHook, ModelEMA, apply_ema, unwrap_model
+from .evaluation import (
+    build_ema,
+    build_evaluator,
+    do_test,
+    evaluation_output_dir,
+    load_eval_checkpoint,
+    request_error_analysis,
+)
 from .trainer import NonFiniteTrainingError, Trainer
 
 __all__ = [
+    "DataStreamState",
     "EMAHook",
     "ModelEMA",
     "NonFiniteCheckpointError",
@@ -27,10 +33,13 @@ __all__ = [
     "Trainer",
     "apply_ema",
     "build_ema",
+    "build_evaluator",
+    "build_train_loader",
     "default_argument_parser",
     "do_test",
     "do_train",
     "draw_seed",
+    "evaluation_output_dir",
     "load_eval_checkpoint",
     "request_error_analysis",
     "setup",

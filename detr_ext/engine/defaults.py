@@ -1,4 +1,5 @@
-"""The train / evaluate loops behind ``tools/train_net.py``, built from a LazyConfig.
+"""The training loop behind ``tools/train_net.py``, built from a LazyConfig, and the setup of
+a run (config, overrides, seed, loggers); the evaluation is in :mod:`.evaluation`.
 
 The config is expected to define (see ``configs/common/``):
 
@@ -13,7 +14,6 @@ The config is expected to define (see ``configs/common/``):
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -23,29 +23,22 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.registry import locate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..checkpoint.loading import load_model_weights
 from .checkpointer import SafeCheckpointer
 from .checks import check_num_classes
-from .ema import EMAHook, ModelEMA, apply_ema
+from .data_stream import DataStreamState, build_train_loader
+from .ema import EMAHook
+from .evaluation import build_ema, do_test, request_error_analysis
 from .trainer import Trainer
 
 __all__ = [
-    "build_ema",
-    "build_evaluator",
-    "request_error_analysis",
     "default_argument_parser",
-    "do_test",
-    "draw_seed",
     "do_train",
-    "evaluation_output_dir",
-    "load_eval_checkpoint",
+    "draw_seed",
     "setup",
     "share_cpu_threads",
     "wrap_ddp",
@@ -124,233 +117,11 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
     return cfg
 
 
-def _ema_cfg(cfg: DictConfig) -> DictConfig | dict:
-    return cfg.train.get("ema", None) or {}
-
-
-def build_ema(cfg: DictConfig, model: nn.Module) -> ModelEMA | None:
-    """A :class:`ModelEMA` of ``model`` if ``cfg.train.ema.enabled``, else ``None``."""
-    ema_cfg = _ema_cfg(cfg)
-    if not ema_cfg.get("enabled", False):
-        return None
-    return ModelEMA(model, decay=ema_cfg.get("decay", 0.9998), device=ema_cfg.get("device"))
-
-
 def wrap_ddp(model: nn.Module, cfg: DictConfig, **ddp_kwargs: Any) -> nn.Module:
     """``create_ddp_model`` that also works for CPU training (no ``device_ids`` there)."""
     if comm.get_world_size() > 1 and torch.device(cfg.train.device).type == "cpu":
         ddp_kwargs.setdefault("device_ids", None)
     return create_ddp_model(model, **ddp_kwargs)
-
-
-def evaluation_output_dir(cfg: DictConfig, ema: bool = False) -> str | None:
-    """Where the evaluator writes its files (e.g. ``coco_instances_results.json``):
-    ``<train.output_dir>/inference``, and ``<train.output_dir>/inference/ema`` for the EMA
-    weights; None when ``train.output_dir`` is empty.
-
-    It follows ``train.output_dir`` however that was set (config file or command line), so
-    runs with different output folders never overwrite each other's results; a config's own
-    ``dataloader.evaluator.output_dir`` is replaced (it is usually a copy of the base
-    config's ``train.output_dir``, taken when the base config loaded)."""
-    output_dir = cfg.train.get("output_dir", None)
-    if not output_dir:
-        return None
-    folder = os.path.join(str(output_dir), "inference")
-    return os.path.join(folder, "ema") if ema else folder
-
-
-def _accepts(target: Any, argument: str) -> bool:
-    if isinstance(target, str):
-        target = locate(target)
-    try:
-        parameters = inspect.signature(target).parameters
-    except (TypeError, ValueError):  # a builtin or C callable without a signature
-        return False
-    return argument in parameters
-
-
-def request_error_analysis(cfg: DictConfig) -> None:
-    """Set ``dataloader.evaluator.analyze = True`` (``--analyze`` of the tools): the evaluator
-    then writes TIDE errors and a confusion matrix next to its results (see
-    :class:`detr_ext.evaluation.COCOEvaluator`).
-
-    A list of evaluators (e.g. box/mask AP plus panoptic quality) gets ``analyze = True`` on
-    each entry that takes it.
-
-    Raises:
-        ValueError: the config has no evaluator, or none that takes an ``analyze`` argument.
-    """
-    node = cfg.dataloader.get("evaluator", None)
-    nodes = list(node) if isinstance(node, ListConfig) else [node]
-    targets = [n.get("_target_", None) if isinstance(n, DictConfig) else None for n in nodes]
-    accepting = [n for n, t in zip(nodes, targets, strict=True) if t and _accepts(t, "analyze")]
-    if not accepting:
-        raise ValueError(
-            "--analyze needs dataloader.evaluator to be detr_ext.evaluation.COCOEvaluator (or "
-            "another evaluator with an 'analyze' argument, or a list holding one), got "
-            f"{targets[0] if len(targets) == 1 else targets!r}"
-        )
-    for entry in accepting:
-        entry.analyze = True
-
-
-def build_evaluator(cfg: DictConfig, output_dir: str | None, node: Any = None) -> Any:
-    """``instantiate(node)`` (default ``cfg.dataloader.evaluator``) with its ``output_dir`` set
-    to ``output_dir`` when the evaluator takes one (``COCOEvaluator`` does); the config itself
-    is left unchanged. A list of evaluators becomes detectron2's ``DatasetEvaluators``, each
-    entry built this way (their files share ``output_dir``; detectron2's evaluators use
-    distinct file names)."""
-    if node is None:
-        node = cfg.dataloader.evaluator
-    if isinstance(node, ListConfig):
-        return DatasetEvaluators([build_evaluator(cfg, output_dir, entry) for entry in node])
-    if output_dir is None or not isinstance(node, DictConfig) or "_target_" not in node:
-        return instantiate(node)
-    if not _accepts(node._target_, "output_dir"):
-        return instantiate(node)
-    configured = node.get("output_dir", None)
-    if configured is not None and os.path.normpath(str(configured)) != os.path.normpath(output_dir):
-        logger.info(
-            "dataloader.evaluator.output_dir=%r is replaced by %r (evaluation files follow "
-            "train.output_dir).",
-            configured,
-            output_dir,
-        )
-    # Resolved while `node` still hangs in `cfg`, so interpolations such as
-    # "${..test.dataset.names}" find their targets.
-    evaluator_cfg = OmegaConf.to_container(node, resolve=True)
-    evaluator_cfg["output_dir"] = output_dir
-    return instantiate(evaluator_cfg)
-
-
-def _evaluate(cfg: DictConfig, model: nn.Module, weights: str, ema: bool = False) -> dict:
-    output_dir = evaluation_output_dir(cfg, ema=ema)
-    logger.info("Evaluating the %s; evaluation files go to %s.", weights, output_dir)
-    test_loader = instantiate(cfg.dataloader.test)
-    # After building the loader, which loads the test datasets and so fills their metadata.
-    check_num_classes(cfg, model, splits=("test",))
-    results = dict(inference_on_dataset(model, test_loader, build_evaluator(cfg, output_dir)))
-    print_csv_format(results)
-    for name, entry in (cfg.dataloader.get("extra_tests") or {}).items():
-        results.update(_evaluate_extra_test(cfg, model, str(name), entry, output_dir, results))
-    return results
-
-
-def _evaluate_extra_test(
-    cfg: DictConfig,
-    model: nn.Module,
-    name: str,
-    entry: Any,
-    output_dir: str | None,
-    results: dict,
-) -> dict:
-    """One entry of ``cfg.dataloader.extra_tests`` (``{"loader": ..., "evaluator": ...}``),
-    evaluated like the main test; its files go to ``<output_dir>/<name>``."""
-    missing = [key for key in ("loader", "evaluator") if key not in entry]
-    if missing:
-        raise ValueError(
-            f"cfg.dataloader.extra_tests.{name}: expected keys 'loader' and 'evaluator', "
-            f"missing {missing}"
-        )
-    logger.info("Evaluating extra test %r.", name)
-    folder = None if output_dir is None else os.path.join(output_dir, name)
-    extra = dict(
-        inference_on_dataset(
-            model, instantiate(entry.loader), build_evaluator(cfg, folder, entry.evaluator)
-        )
-    )
-    clash = sorted(set(extra) & set(results))
-    if clash:
-        raise ValueError(
-            f"cfg.dataloader.extra_tests.{name}: its evaluator reports {clash}, which an earlier "
-            "evaluator of this run already reported; expected distinct result names"
-        )
-    print_csv_format(extra)
-    return extra
-
-
-def do_test(
-    cfg: DictConfig, model: nn.Module, eval_only: bool = False, ema: ModelEMA | None = None
-) -> dict:
-    """Evaluate ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``, then on
-    every entry of the optional ``cfg.dataloader.extra_tests`` (``{name: {"loader": ...,
-    "evaluator": ...}}``, e.g. a grounding test set next to the COCO one), whose results are
-    merged into the same dict.
-
-    With an ``ema``, the EMA weights are evaluated too and reported under ``results["ema"]``;
-    with ``eval_only`` and ``train.ema.use_ema_weights_for_eval_only``, only the EMA weights are.
-    The evaluator writes its files to :func:`evaluation_output_dir` (``<train.output_dir>/
-    inference``, ``.../inference/ema`` for the EMA weights), whatever the config's evaluator
-    says.
-
-    Raises:
-        ValueError: the model has fewer classes than a test dataset has categories
-            (see :func:`~detr_ext.engine.checks.check_num_classes`).
-
-    Returns:
-        the evaluator's nested results dict, e.g. ``{"bbox": {"AP": ...}}``; ``{}`` when the
-        config has no evaluator.
-    """
-    if "evaluator" not in cfg.dataloader:
-        logger.warning("cfg.dataloader has no 'evaluator'; skipping evaluation.")
-        return {}
-    if ema is not None and eval_only and _ema_cfg(cfg).get("use_ema_weights_for_eval_only"):
-        with apply_ema(model, ema):
-            return _evaluate(cfg, model, "EMA weights", ema=True)
-    results = _evaluate(cfg, model, "model weights")
-    if ema is not None:
-        with apply_ema(model, ema):
-            results["ema"] = _evaluate(cfg, model, "EMA weights", ema=True)
-    return results
-
-
-def load_eval_checkpoint(
-    cfg: DictConfig, model: nn.Module, allow_random_weights: bool = False
-) -> ModelEMA | None:
-    """Load ``cfg.train.init_checkpoint`` into ``model`` for evaluation.
-
-    Loading is strict about what would otherwise leave parts of the model random: a tensor
-    whose shape differs from the model's (e.g. a class head trained with another
-    ``model.num_classes``) or a checkpoint with none of the model's keys is an error.
-
-    Args:
-        cfg: the run's config.
-        model: the model built from ``cfg.model``.
-        allow_random_weights: with an empty ``train.init_checkpoint``, evaluate the model as
-            initialised (a smoke test of the evaluation itself) instead of raising.
-
-    Returns:
-        the checkpoint's EMA weights as a :class:`ModelEMA` when ``train.ema.enabled`` and
-        the checkpoint has them, else ``None``.
-
-    Raises:
-        ValueError: ``train.init_checkpoint`` is empty and ``allow_random_weights`` is False.
-        FileNotFoundError: ``train.init_checkpoint`` is a local path that is not a file.
-        CheckpointMismatchError: the checkpoint does not fit the model.
-    """
-    path = cfg.train.get("init_checkpoint", "") or ""
-    if not path:
-        if not allow_random_weights:
-            raise ValueError(
-                "evaluation needs trained weights, but train.init_checkpoint is empty; expected "
-                "train.init_checkpoint=<path to a checkpoint, e.g. model_final.pth> (to "
-                "evaluate a randomly initialised model on purpose, pass --allow-random-weights)"
-            )
-        logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights.")
-        return None
-    extra = load_model_weights(model, path, where="train.init_checkpoint")
-    ema = build_ema(cfg, model)
-    if ema is None:
-        return None
-    if "ema" not in extra:
-        logger.warning(
-            "train.ema.enabled but checkpoint %r has no 'ema' state; evaluating the model "
-            "weights only.",
-            path,
-        )
-        return None
-    ema.load_state_dict(extra["ema"])
-    return ema
 
 
 def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
@@ -368,7 +139,7 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
 
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader, sampler = build_train_loader(cfg)
     check_num_classes(cfg, model)  # after the train loader: it loaded the train datasets
     ema = build_ema(cfg, model)
 
@@ -386,7 +157,11 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
         clip_grad_params=clip_grad_params,
         max_consecutive_nonfinite=cfg.train.get("max_consecutive_nonfinite", 5),
     )
-    checkpointables = {"ema": ema} if ema is not None else {}
+    checkpointables: dict[str, Any] = {"ema": ema} if ema is not None else {}
+    data_stream = None
+    if sampler is not None:  # checkpoints record the stream position; --resume continues it
+        data_stream = DataStreamState(sampler, cfg.dataloader.train.total_batch_size, trainer)
+        checkpointables["data_stream"] = data_stream
     # Refuses non-finite weights and writes files atomically (a killed run leaves no
     # partial .pth); the trainer names its last checkpoint when it stops on divergence.
     checkpointer = SafeCheckpointer(model, cfg.train.output_dir, trainer=trainer, **checkpointables)
@@ -421,6 +196,13 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
     if args.resume and checkpointer.has_checkpoint():
         # The checkpoint stores the iteration that just finished.
         start_iter = trainer.iter + 1
+        if data_stream is not None and not data_stream.loaded:
+            logger.warning(
+                "%s has no usable training data-stream position (see the warning above, or a "
+                "checkpoint written before detr_ext recorded it): the train loader's stream "
+                "starts from its beginning again.",
+                checkpointer.get_checkpoint_file(),
+            )
     else:
         start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)

@@ -22,8 +22,7 @@ from detectron2.evaluation.testing import print_csv_format
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
-from detr_ext.engine import request_error_analysis
-from detr_ext.engine.defaults import build_evaluator
+from detr_ext.engine import build_evaluator, request_error_analysis
 from detr_ext.evaluation import COCOEvaluator
 from detr_ext.evaluation.analysis import TIDE_ERRORS
 from tests.tool_runs import REPO_ROOT, TINY_SHAPES_CONFIG, run_tool
