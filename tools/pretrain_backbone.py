@@ -44,6 +44,7 @@ from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from detr_ext.engine import DataStreamState  # noqa: E402
 from detr_ext.engine.checkpointer import SafeCheckpointer  # noqa: E402
 from detr_ext.engine.checks import config_dataset_names  # noqa: E402
 from detr_ext.pretrain import MultiCropAugmentation  # noqa: E402
@@ -149,13 +150,25 @@ def main(args: argparse.Namespace) -> dict:
     model.train()
     optimizer = torch.optim.AdamW(param_groups(model.student), lr=options.lr)
     trainer = DINOPretrainer(model, loss, loader, optimizer, options)
+    # Checkpoints record the loader's place in its image stream; --resume continues it.
+    data_stream = DataStreamState(loader.sampler, options.batch_size, trainer)
     checkpointer = SafeCheckpointer(
-        model, args.output_dir, optimizer=optimizer, dino_loss=loss, checked_keys=("model",)
+        model,
+        args.output_dir,
+        optimizer=optimizer,
+        dino_loss=loss,
+        data_stream=data_stream,
+        checked_keys=("model",),
     )
     start = checkpointer.resume_or_load("", resume=args.resume)
     start_iter = start.get("iteration", -1) + 1 if args.resume else 0
     if args.resume and "iteration" not in start:
         logger.info("--resume: no checkpoint in %s, starting from scratch", args.output_dir)
+    elif args.resume and not data_stream.loaded:
+        logger.warning(
+            "--resume: the checkpoint has no usable image-stream position; the loader's "
+            "stream starts from its beginning again."
+        )
 
     probe = None
     if args.probe_dataset:

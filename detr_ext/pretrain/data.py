@@ -122,16 +122,18 @@ def collate_crops(batch: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]
 def build_pretrain_loader(
     dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int | None = None
 ) -> DataLoader:
-    """An endless loader of shuffled batches (detectron2's ``TrainingSampler``), each a list
-    of ``[batch_size, 3, s, s]`` crop tensors (:func:`collate_crops`)."""
-    from detectron2.data.samplers import TrainingSampler
+    """An endless loader of shuffled batches (detectron2's ``TrainingSampler`` stream, from a
+    :class:`~detr_ext.data.samplers.ResumableTrainingSampler`, ``loader.sampler``, so that a
+    resumed run can continue it), each a list of ``[batch_size, 3, s, s]`` crop tensors
+    (:func:`collate_crops`)."""
+    from ..data.samplers import ResumableTrainingSampler
 
     if batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=TrainingSampler(len(dataset), shuffle=True, seed=seed),
+        sampler=ResumableTrainingSampler(len(dataset), shuffle=True, seed=seed),
         num_workers=num_workers,
         collate_fn=collate_crops,
         drop_last=True,

@@ -107,7 +107,7 @@ class DINOPretrainer(TrainerBase):
         super().__init__()
         self.model, self.loss, self.optimizer, self.options = model, loss, optimizer, options
         self.data_loader = data_loader
-        self._data_iter = None
+        self._data_loader_iter_obj = None  # SimpleTrainer's name: DataStreamState checks it
         total = options.max_iter
         self.lr_schedule = cosine_schedule(
             options.lr, options.min_lr, total, warmup_iters=options.warmup_iters
@@ -124,10 +124,10 @@ class DINOPretrainer(TrainerBase):
 
     def run_step(self) -> None:
         assert self.model.training, "DINOPretrainer: the model is in eval mode"
-        if self._data_iter is None:
-            self._data_iter = iter(self.data_loader)
+        if self._data_loader_iter_obj is None:
+            self._data_loader_iter_obj = iter(self.data_loader)
         start = time.perf_counter()
-        crops = next(self._data_iter)
+        crops = next(self._data_loader_iter_obj)
         data_time = time.perf_counter() - start
 
         iteration = self.iter

@@ -83,8 +83,11 @@ def test_pretrain_resume_and_load_into_dino_and_detr(tmp_path):
         tmp_path, tiny_dino, output, "--max-iter", "4", "--probe-period", "2", "--resume"
     )
     assert "Starting training from iteration 2" in second.stdout + second.stderr
+    # ... and the image stream after the 2 x 2 images the first run read, not from its start.
+    assert "Continuing the training data stream of the checkpoint: index 4 " in second.stdout
     state = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
     assert state["iteration"] == 3
+    assert state["data_stream"]["position"] == 8  # 4 iterations of 2 images
     assert {"model", "optimizer", "dino_loss"} <= state.keys()
     assert state["dino_loss"]["center"].abs().sum() > 0  # the loss center is saved
     steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
