@@ -125,20 +125,28 @@ def test_resume_continues_from_last_iteration_then_eval_only(trained_run):
     assert "'ema': {'tiny':" in result.stdout
 
 
-def test_resumed_run_continues_the_data_stream(trained_run, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_resumed_run_continues_the_data_stream(trained_run, tmp_path, processes):
     """A run stopped after 4 iterations and resumed to 7 ends with the weights, EMA and
     optimizer state of the same run done in one go: iterations 4-6 read the images the
     uninterrupted run reads there (the second and third epochs of tiny_train's 16 items), not
     those of iterations 0-2 again, as detectron2's TrainingSampler would have them. The resumed
-    run's own train.seed=5 does not change the stream: the checkpoint's seed continues."""
+    run's own train.seed=5 does not change the stream: the checkpoint's seed continues. With 2
+    processes (gloo DDP), each reads its share of the stream from the checkpoint's position."""
     config, _ = trained_run
+    launch = ["--num-gpus", str(processes)]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_train_net(config, f"train.output_dir={straight}", "train.max_iter=7")
-    run_train_net(config, f"train.output_dir={resumed}", "train.max_iter=4")
+    run_train_net(config, *launch, f"train.output_dir={straight}", "train.max_iter=7")
+    run_train_net(config, *launch, f"train.output_dir={resumed}", "train.max_iter=4")
     first = torch.load(resumed / "model_final.pth", weights_only=False)["data_stream"]
     assert first["position"] == 16 and first["size"] == 16 and first["total_batch_size"] == 4
     result = run_train_net(
-        config, "--resume", f"train.output_dir={resumed}", "train.max_iter=7", "train.seed=5"
+        config,
+        *launch,
+        "--resume",
+        f"train.output_dir={resumed}",
+        "train.max_iter=7",
+        "train.seed=5",
     )
     assert "Continuing the training data stream of the checkpoint: index 16" in result.stdout
 
