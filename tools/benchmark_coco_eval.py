@@ -39,9 +39,7 @@ import json
 import multiprocessing
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +59,12 @@ from detr_ext.evaluation.coco_backend import (  # noqa: E402
 )
 from detr_ext.evaluation.synthetic import describe, generate_coco_set  # noqa: E402
 from detr_ext.utils import atomic_write, atomic_write_json  # noqa: E402
+from detr_ext.utils.run_info import (  # noqa: E402
+    cpu_name,
+    git_commit,
+    proc_status_bytes,
+    reset_peak_rss,
+)
 
 BACKENDS = ("pycocotools", "hotcoco")
 IOU_TYPES = ("bbox", "segm")
@@ -70,26 +74,6 @@ DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "coco_eval_cpu.json"
 
 
 # ------------------------------------------------------------------ measurement
-def _proc_status_bytes(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as status:
-            match = re.search(rf"{field}:\s+(\d+) kB", status.read())
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None
-
-
-def _reset_peak_rss() -> int | None:
-    """Reset this process's RSS high-water mark; returns the RSS now (None where Linux's
-    /proc interface is missing)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        return None
-    return _proc_status_bytes("VmRSS")
-
-
 def _implementation(coco_eval: object) -> str:
     """Where ``coco_eval``'s class comes from, e.g. ``hotcoco.COCOeval`` (a compiled class whose
     ``__module__`` says only ``builtins``) or ``pycocotools.cocoeval.COCOeval``."""
@@ -110,7 +94,7 @@ def measure(backend: str, iou_type: str, gt_json: str, results_json: str, repeat
     with open(results_json) as file:
         results = json.load(file)
     gc.collect()
-    baseline = _reset_peak_rss()
+    baseline = reset_peak_rss()
     load_s, evaluate_s = [], []
     for _ in range(repeats):
         coco_gt = coco_eval = None  # the previous run's objects go before the next run
@@ -120,7 +104,7 @@ def measure(backend: str, iou_type: str, gt_json: str, results_json: str, repeat
         coco_eval = evaluate_on_coco(coco_gt, results, iou_type, backend, print_summary=False)
         evaluate_s.append(time.perf_counter() - loaded)
         load_s.append(loaded - begin)
-    peak = _proc_status_bytes("VmHWM")
+    peak = proc_status_bytes("VmHWM")
     return {
         "load_s": load_s,
         "evaluate_s": evaluate_s,
@@ -185,27 +169,9 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _commit() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
 def environment(hotcoco_threads: int | None) -> dict:
     """Machine, package versions, commit and date of this run."""
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        cpu = match.group(1).strip() if match else cpu
+    cpu = cpu_name()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpu": cpu,
@@ -216,7 +182,7 @@ def environment(hotcoco_threads: int | None) -> dict:
         "pycocotools": _version("pycocotools"),
         "hotcoco": _version("hotcoco"),
         "hotcoco_threads": hotcoco_threads or f"default (all {cores} cores)",
-        "commit": _commit(),
+        "commit": git_commit(REPO),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

@@ -21,15 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import re
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -37,6 +32,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from detr_ext.ops.benchmark import environment as msda_environment  # noqa: E402
+from detr_ext.ops.benchmark import median_time  # noqa: E402
 
 FORMATS = ("torch_export", "aoti", "onnx")
 # name -> (config file, overrides, input (H, W)): the shapes sizes are the configs' test
@@ -62,53 +60,16 @@ CASES: dict[str, tuple[str, tuple[str, ...], tuple[int, int]]] = {
 MIN_SIZES = {"dino_r50_4scale": 128}
 
 
-def median_seconds(run: Callable[[], object], warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        begin = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
 def environment() -> dict:
-    """Device, threads, versions and commit of this run."""
-    from detr_ext.ops import build_info
-
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        commit += "-dirty" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    name = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        name = match.group(1).strip() if match else name
+    """Device, threads, versions (torch, ONNX packages), commit and extension build of this
+    run."""
     versions = {}
     for package in ("onnx", "onnxruntime", "onnxscript"):
         try:
             versions[package] = __import__(package).__version__
         except ImportError:
             versions[package] = None
-    return {
-        "device": "cpu",
-        "device_name": name,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": commit,
-        "build": build_info(),
-        **versions,
-    }
+    return {**msda_environment("cpu"), **versions}
 
 
 def measure_case(name: str, formats: Sequence[str], args, work_dir: Path) -> list[dict]:
@@ -149,7 +110,9 @@ def measure_case(name: str, formats: Sequence[str], args, work_dir: Path) -> lis
 
     with torch.no_grad():
         expected = eager(images, image_sizes)
-        eager_seconds = median_seconds(lambda: eager(images, image_sizes), args.warmup, args.runs)
+        eager_seconds = median_time(
+            lambda: eager(images, image_sizes), "cpu", args.warmup, args.runs
+        )
         reference = ExportableDetector(copy.deepcopy(model).double())(images.double(), image_sizes)
     eager_row = row("eager", eager_seconds, None, compare_outputs(reference, expected))
     eager_row["note"] = "differences: eager float32 vs eager float64 (rounding sensitivity)"
@@ -176,8 +139,8 @@ def measure_case(name: str, formats: Sequence[str], args, work_dir: Path) -> lis
             run = load_exported(path, **options)
         with torch.no_grad():
             actual = run(images, image_sizes)
-            seconds = median_seconds(
-                lambda run=run: run(images, image_sizes), args.warmup, args.runs
+            seconds = median_time(
+                lambda run=run: run(images, image_sizes), "cpu", args.warmup, args.runs
             )
         rows.append(row(fmt, seconds, build, compare_outputs(expected, actual)))
         print(

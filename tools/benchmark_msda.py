@@ -23,13 +23,9 @@ import argparse
 import itertools
 import json
 import os
-import platform
-import re
-import statistics
 import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -39,97 +35,18 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from detr_ext.ops import build_info, ms_deform_attn, ms_deform_attn_pytorch  # noqa: E402
+from detr_ext.ops.benchmark import (  # noqa: E402
+    DTYPES,
+    PRESETS,
+    Problem,
+    environment,
+    make_inputs,
+    median_time,
+)
+from detr_ext.utils.run_info import proc_status_bytes, reset_peak_rss  # noqa: E402
 
-DINO_4SCALE_800x1333 = ((100, 167), (50, 84), (25, 42), (13, 21))
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One MSDA problem size. ``queries=None`` means one query per value position (encoder)."""
-
-    name: str
-    shapes: tuple[tuple[int, int], ...]
-    queries: int | None
-    heads: int = 8
-    channels: int = 32
-    points: int = 4
-
-    @property
-    def num_values(self) -> int:
-        return sum(h * w for h, w in self.shapes)
-
-    @property
-    def num_queries(self) -> int:
-        return self.num_values if self.queries is None else self.queries
-
-
-PRESETS = {
-    "encoder": Problem("encoder", DINO_4SCALE_800x1333, None),
-    "decoder": Problem("decoder", DINO_4SCALE_800x1333, 900),
-}
-DTYPES = {
-    "float64": torch.float64,
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 BACKENDS = ("compiled", "pytorch")
 MODES = ("forward", "forward_backward")
-
-
-# ------------------------------------------------------------------ inputs
-def reference_points(problem: Problem, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """``[B, Q, 2]`` normalized points: pixel centres of all positions (encoder), else random."""
-    if problem.queries is not None:
-        return torch.rand(batch, problem.queries, 2, generator=generator)
-    points = []
-    for height, width in problem.shapes:
-        ys, xs = torch.meshgrid(
-            (torch.arange(height) + 0.5) / height,
-            (torch.arange(width) + 0.5) / width,
-            indexing="ij",
-        )
-        points.append(torch.stack([xs.flatten(), ys.flatten()], -1))
-    return torch.cat(points).expand(batch, -1, -1)
-
-
-def make_inputs(problem, batch, dtype, device, locations, seed=0, requires_grad=False):
-    """value, spatial_shapes, level_start_index, sampling_locations, attention_weights.
-
-    Realistic locations are what a trained deformable encoder/decoder produces: each query's
-    reference point plus offsets of a few pixels on every level. Uniform ones are spread over
-    the whole map (worst case for cache locality).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    levels, heads, points = len(problem.shapes), problem.heads, problem.points
-    queries = problem.num_queries
-    spatial_shapes = torch.tensor(problem.shapes, dtype=torch.long)
-    sizes = spatial_shapes.prod(1)
-    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
-    value = torch.randn(batch, problem.num_values, heads, problem.channels, generator=generator)
-    loc_size = (batch, queries, heads, levels, points, 2)
-    if locations == "uniform":
-        sampling_locations = torch.rand(loc_size, generator=generator)
-    elif locations == "realistic":
-        centres = reference_points(problem, batch, generator)[:, :, None, None, None, :]
-        pixel_offsets = torch.randn(loc_size, generator=generator) * 2.0
-        level_size = spatial_shapes.flip(-1).float()[None, None, None, :, None, :]
-        sampling_locations = centres + pixel_offsets / level_size
-    else:
-        raise ValueError(f"locations must be 'realistic' or 'uniform', got {locations!r}")
-    logits = torch.randn(batch, queries, heads, levels * points, generator=generator)
-    attention_weights = logits.softmax(-1).view(batch, queries, heads, levels, points)
-    coord_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    tensors = [
-        value.to(device, dtype),
-        spatial_shapes.to(device),
-        level_start_index.to(device),
-        sampling_locations.to(device, coord_dtype),
-        attention_weights.to(device, coord_dtype),
-    ]
-    for index in (0, 3, 4):
-        tensors[index].requires_grad_(requires_grad)
-    return tensors
 
 
 def step_function(backend: str, mode: str, inputs):
@@ -164,38 +81,7 @@ def step_function(backend: str, mode: str, inputs):
     return run_with_backward
 
 
-# ------------------------------------------------------------------ measurement
-def _synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_time(run, device: str, warmup: int, repeat: int) -> float:
-    """Median seconds of ``run`` after ``warmup`` calls (CUDA events on a GPU)."""
-    for _ in range(warmup):
-        run()
-    _synchronize(device)
-    times = []
-    for _ in range(repeat):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            begin = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times)
-
-
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return int(re.search(rf"{field}:\s+(\d+)", status.read()).group(1))
-
-
+# ------------------------------------------------------------------ memory
 def cpu_peak_memory_probe(spec: dict) -> int:
     """Runs in a fresh process: bytes of RSS high-water above the RSS with inputs built."""
     problem = Problem(**{**spec["problem"], "shapes": tuple(map(tuple, spec["problem"]["shapes"]))})
@@ -209,11 +95,9 @@ def cpu_peak_memory_probe(spec: dict) -> int:
         requires_grad=spec["mode"] != "forward",
     )
     run = step_function(spec["backend"], spec["mode"], inputs)
-    baseline = _proc_status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # reset the high-water mark to the current RSS
+    baseline = reset_peak_rss()  # the high-water mark is now the current RSS
     run()
-    return (_proc_status_kib("VmHWM") - baseline) * 1024
+    return proc_status_bytes("VmHWM") - baseline
 
 
 def peak_memory(
@@ -259,42 +143,6 @@ def peak_memory(
 
 
 # ------------------------------------------------------------------ reporting
-def environment(device: str) -> dict:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        commit += "-dirty" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-    else:
-        name = platform.processor() or platform.machine()
-        if os.path.exists("/proc/cpuinfo"):
-            match = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-            name = match.group(1).strip() if match else name
-    return {
-        "device": device,
-        "device_name": name,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "commit": commit,
-        "build": build_info(),
-    }
-
-
 def _mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:.1f}"
 

@@ -30,8 +30,7 @@ if str(REPO) not in sys.path:
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
-sys.path.insert(0, str(REPO / "tools"))
-from benchmark_msda import environment  # noqa: E402
+from detr_ext.ops.benchmark import environment  # noqa: E402
 
 BACKEND_ENV = "DETR_EXT_MSDA_BACKEND"
 

@@ -39,19 +39,6 @@ def test_tiny_custom_run_writes_json_markdown_and_plot(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 0
 
 
-def test_realistic_locations_stay_near_their_reference_points():
-    import torch
-
-    problem = benchmark_msda.Problem("small", ((10, 12), (5, 6)), None, 2, 4, 2)
-    _, shapes, _, locations, _ = benchmark_msda.make_inputs(
-        problem, 1, torch.float32, "cpu", "realistic"
-    )
-    centres = benchmark_msda.reference_points(problem, 1, torch.Generator())
-    level_size = shapes.flip(-1).float()[None, None, None, :, None, :]  # (width, height)
-    pixels = (locations - centres[:, :, None, None, None, :]).abs() * level_size
-    assert 0.5 < pixels.mean() < 3.0 and pixels.max() < 15.0
-
-
 def test_bad_shapes_argument_is_rejected():
     with pytest.raises(SystemExit):
         benchmark_msda.main(["--shapes", "8by8"])

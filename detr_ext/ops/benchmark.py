@@ -1,0 +1,161 @@
+"""Inputs, timing and run facts of the MSDA benchmark (``tools/benchmark_msda.py``), importable
+with torch alone: the problem presets of a DINO-R50 4-scale model at 800 x 1333 (its encoder:
+one query per value position; its decoder: 900 queries), realistic or uniform sampling
+locations, median timing (CUDA events on a GPU) and the environment a result records. Tests,
+the GPU check and other benchmarks use the same inputs."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..utils.run_info import cpu_name, git_commit
+from ._extension import build_info
+
+__all__ = [
+    "DINO_4SCALE_800x1333",
+    "DTYPES",
+    "PRESETS",
+    "Problem",
+    "environment",
+    "make_inputs",
+    "median_time",
+    "reference_points",
+]
+
+_REPO = Path(__file__).resolve().parents[2]
+
+DINO_4SCALE_800x1333 = ((100, 167), (50, 84), (25, 42), (13, 21))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One MSDA problem size. ``queries=None`` means one query per value position (encoder)."""
+
+    name: str
+    shapes: tuple[tuple[int, int], ...]
+    queries: int | None
+    heads: int = 8
+    channels: int = 32
+    points: int = 4
+
+    @property
+    def num_values(self) -> int:
+        return sum(h * w for h, w in self.shapes)
+
+    @property
+    def num_queries(self) -> int:
+        return self.num_values if self.queries is None else self.queries
+
+
+PRESETS = {
+    "encoder": Problem("encoder", DINO_4SCALE_800x1333, None),
+    "decoder": Problem("decoder", DINO_4SCALE_800x1333, 900),
+}
+DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+def reference_points(problem: Problem, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """``[B, Q, 2]`` normalized points: pixel centres of all positions (encoder), else random."""
+    if problem.queries is not None:
+        return torch.rand(batch, problem.queries, 2, generator=generator)
+    points = []
+    for height, width in problem.shapes:
+        ys, xs = torch.meshgrid(
+            (torch.arange(height) + 0.5) / height,
+            (torch.arange(width) + 0.5) / width,
+            indexing="ij",
+        )
+        points.append(torch.stack([xs.flatten(), ys.flatten()], -1))
+    return torch.cat(points).expand(batch, -1, -1)
+
+
+def make_inputs(problem, batch, dtype, device, locations, seed=0, requires_grad=False):
+    """value, spatial_shapes, level_start_index, sampling_locations, attention_weights.
+
+    Realistic locations are what a trained deformable encoder/decoder produces: each query's
+    reference point plus offsets of a few pixels on every level. Uniform ones are spread over
+    the whole map (worst case for cache locality).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    levels, heads, points = len(problem.shapes), problem.heads, problem.points
+    queries = problem.num_queries
+    spatial_shapes = torch.tensor(problem.shapes, dtype=torch.long)
+    sizes = spatial_shapes.prod(1)
+    level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+    value = torch.randn(batch, problem.num_values, heads, problem.channels, generator=generator)
+    loc_size = (batch, queries, heads, levels, points, 2)
+    if locations == "uniform":
+        sampling_locations = torch.rand(loc_size, generator=generator)
+    elif locations == "realistic":
+        centres = reference_points(problem, batch, generator)[:, :, None, None, None, :]
+        pixel_offsets = torch.randn(loc_size, generator=generator) * 2.0
+        level_size = spatial_shapes.flip(-1).float()[None, None, None, :, None, :]
+        sampling_locations = centres + pixel_offsets / level_size
+    else:
+        raise ValueError(f"locations must be 'realistic' or 'uniform', got {locations!r}")
+    logits = torch.randn(batch, queries, heads, levels * points, generator=generator)
+    attention_weights = logits.softmax(-1).view(batch, queries, heads, levels, points)
+    coord_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    tensors = [
+        value.to(device, dtype),
+        spatial_shapes.to(device),
+        level_start_index.to(device),
+        sampling_locations.to(device, coord_dtype),
+        attention_weights.to(device, coord_dtype),
+    ]
+    for index in (0, 3, 4):
+        tensors[index].requires_grad_(requires_grad)
+    return tensors
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(run: Callable[[], object], device: str, warmup: int, repeat: int) -> float:
+    """Median seconds of ``run`` after ``warmup`` calls (CUDA events on a GPU)."""
+    for _ in range(warmup):
+        run()
+    _synchronize(device)
+    times = []
+    for _ in range(repeat):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            begin = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def environment(device: str) -> dict:
+    """Device (GPU or CPU model name), threads, torch / CUDA / Python versions, the checkout's
+    commit and what the extension was built with."""
+    return {
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "commit": git_commit(_REPO),
+        "build": build_info(),
+    }

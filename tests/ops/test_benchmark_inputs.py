@@ -1,0 +1,62 @@
+"""detr_ext.ops.benchmark (the MSDA benchmark's inputs, timing and run facts) and
+detr_ext.utils.run_info."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detr_ext.ops.benchmark import (
+    PRESETS,
+    Problem,
+    environment,
+    make_inputs,
+    median_time,
+    reference_points,
+)
+from detr_ext.utils.run_info import cpu_name, git_commit, proc_status_bytes, reset_peak_rss
+
+
+def test_realistic_locations_stay_near_their_reference_points():
+    problem = Problem("small", ((10, 12), (5, 6)), None, 2, 4, 2)
+    _, shapes, _, locations, _ = make_inputs(problem, 1, torch.float32, "cpu", "realistic")
+    centres = reference_points(problem, 1, torch.Generator())
+    level_size = shapes.flip(-1).float()[None, None, None, :, None, :]  # (width, height)
+    pixels = (locations - centres[:, :, None, None, None, :]).abs() * level_size
+    assert 0.5 < pixels.mean() < 3.0 and pixels.max() < 15.0
+
+
+def test_inputs_have_the_operators_layout_and_dtypes():
+    problem = Problem("small", ((4, 6), (2, 3)), 7, heads=2, channels=4, points=3)
+    value, shapes, starts, locations, weights = make_inputs(
+        problem, 2, torch.bfloat16, "cpu", "uniform", requires_grad=True
+    )
+    assert value.shape == (2, 30, 2, 4) and value.dtype == torch.bfloat16
+    assert shapes.tolist() == [[4, 6], [2, 3]] and starts.tolist() == [0, 24]
+    assert locations.shape == (2, 7, 2, 2, 3, 2) and locations.dtype == torch.float32
+    assert 0 <= locations.min() and locations.max() <= 1
+    torch.testing.assert_close(weights.sum((-2, -1)), torch.ones(2, 7, 2))
+    assert value.requires_grad and locations.requires_grad and weights.requires_grad
+    with pytest.raises(ValueError, match="'realistic' or 'uniform', got 'grid'"):
+        make_inputs(problem, 1, torch.float32, "cpu", "grid")
+
+
+def test_encoder_preset_has_a_query_per_value_position():
+    encoder, decoder = PRESETS["encoder"], PRESETS["decoder"]
+    assert encoder.num_queries == encoder.num_values == 100 * 167 + 50 * 84 + 25 * 42 + 13 * 21
+    assert decoder.num_queries == 900
+
+
+def test_median_time_and_run_facts(tmp_path):
+    calls = []
+    assert median_time(lambda: calls.append(1), "cpu", warmup=2, repeat=3) >= 0
+    assert len(calls) == 5
+    env = environment("cpu")
+    assert env["torch"] == torch.__version__ and env["device_name"] == cpu_name() != ""
+    assert env["commit"] != "unknown"  # the tests run in a checkout
+    assert git_commit(tmp_path) == "unknown"  # not a checkout
+    if proc_status_bytes("VmRSS") is not None:  # Linux
+        baseline = reset_peak_rss()
+        block = bytearray(64 * 2**20)  # noqa: F841 (64 MiB resident while measured)
+        block[::4096] = b"x" * len(block[::4096])
+        assert proc_status_bytes("VmHWM") - baseline >= 60 * 2**20
