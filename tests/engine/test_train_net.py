@@ -221,6 +221,48 @@ def test_eval_only_writes_results_under_train_output_dir(project, tmp_path):
     assert not (tmp_path / "output").exists()
 
 
+def test_evaluation_with_two_processes_equals_one_process(tmp_path):
+    """--eval-only on 2 gloo processes: the 3 val images split 2 + 1 between the ranks, and
+    the main process must evaluate the detections of all of them, once each (the ranks'
+    predictions gathered, none duplicated), to the same AP as 1 process."""
+    weights = tmp_path / "random.pth"
+    save_random_weights("dino", weights)
+    config = tiny_shapes_config("dino", tmp_path)
+    outputs = {}
+    for processes in (1, 2):
+        output_dir = tmp_path / f"eval_{processes}"
+        result = run_tool(
+            "train_net.py",
+            [
+                "--config-file", str(config), "--eval-only", "--num-gpus", str(processes),
+                f"train.init_checkpoint={weights}", f"train.output_dir={output_dir}",
+            ],
+            cwd=tmp_path,
+            datasets=tmp_path / "datasets",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr[-6000:]
+        detections = json.loads(
+            (output_dir / "inference" / "coco_instances_results.json").read_text()
+        )
+        lines = [
+            line.split("copypaste: ")[1]
+            for line in result.stdout.splitlines()
+            if "copypaste: " in line
+        ]
+        outputs[processes] = (detections, lines)
+    (single, single_lines), (double, double_lines) = outputs[1], outputs[2]
+    assert {d["image_id"] for d in single} == {d["image_id"] for d in double} and len(
+        {d["image_id"] for d in single}
+    ) == 3
+    assert len(single) == len(double)
+    key = lambda d: (d["image_id"], d["category_id"], -d["score"], d["bbox"])  # noqa: E731
+    for one, two in zip(sorted(single, key=key), sorted(double, key=key), strict=True):
+        assert (one["image_id"], one["category_id"]) == (two["image_id"], two["category_id"])
+        assert one["score"] == pytest.approx(two["score"], abs=1e-5)
+        assert one["bbox"] == pytest.approx(two["bbox"], abs=1e-3)
+    assert len(single_lines) == 3 and single_lines == double_lines  # the AP table's numbers
+
+
 def test_eval_only_without_weights_is_refused(tmp_path):
     config = tiny_shapes_config("detr", tmp_path)
     output_dir = tmp_path / "run"
