@@ -17,7 +17,12 @@ from .convert import (
     register_converter,
     rename_key,
 )
-from .loading import CheckpointMismatchError, ShapeCheckingCheckpointer, load_model_weights
+from .loading import (
+    CheckpointMismatchError,
+    ShapeCheckingCheckpointer,
+    UnreadableCheckpointError,
+    load_model_weights,
+)
 
 __all__ = [
     "CheckpointMismatchError",
@@ -31,4 +36,5 @@ __all__ = [
     "register_converter",
     "rename_key",
     "ShapeCheckingCheckpointer",
+    "UnreadableCheckpointError",
 ]

@@ -18,7 +18,14 @@ from typing import Any
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-__all__ = ["CheckpointMismatchError", "ShapeCheckingCheckpointer", "load_model_weights"]
+from .reading import NamedReadErrorsMixin, UnreadableCheckpointError
+
+__all__ = [
+    "CheckpointMismatchError",
+    "ShapeCheckingCheckpointer",
+    "UnreadableCheckpointError",
+    "load_model_weights",
+]
 
 # Mismatched / missing keys quoted in an error message; the rest are counted.
 MAX_KEYS_IN_MESSAGE = 8
@@ -50,9 +57,10 @@ def _mismatch_message(
     return "\n".join(lines)
 
 
-class ShapeCheckingCheckpointer(DetectionCheckpointer):
+class ShapeCheckingCheckpointer(NamedReadErrorsMixin, DetectionCheckpointer):
     """A ``DetectionCheckpointer`` whose loading fails on tensors of the wrong shape and on a
-    checkpoint that matches none of the model's keys, instead of leaving them random.
+    checkpoint that matches none of the model's keys, instead of leaving them random, and on a
+    file it cannot read with an :class:`UnreadableCheckpointError` naming it.
 
     Args:
         model, save_dir, checkpointables: as for ``DetectionCheckpointer``.
@@ -124,6 +132,7 @@ def load_model_weights(
         FileNotFoundError: ``path`` is a local path that is not a file.
         CheckpointMismatchError: a tensor's shape differs from the model's, or the
             checkpoint matches none of the model's keys.
+        UnreadableCheckpointError: the file cannot be read (truncated, corrupt).
     """
     path = os.fspath(path)
     if not path:

@@ -32,6 +32,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import Checkpointer
 
+from ..checkpoint.reading import NamedReadErrorsMixin
 from ..utils.file_io import atomic_write
 
 __all__ = [
@@ -105,11 +106,13 @@ def _is_local_dir(path: str) -> bool:
     return "://" not in path
 
 
-class SafeCheckpointer(DetectionCheckpointer):
+class SafeCheckpointer(NamedReadErrorsMixin, DetectionCheckpointer):
     """``DetectionCheckpointer`` that refuses non-finite weights and writes files atomically.
 
     Loading (``load``, ``resume_or_load``, detectron2 / pycls / Detectron1 formats) is
-    detectron2's, unchanged.
+    detectron2's, except that a file it cannot read (truncated, corrupt) raises
+    :class:`~detr_ext.checkpoint.UnreadableCheckpointError`, which names the file, the other
+    checkpoints next to it and how to resume from one.
 
     Args:
         model, save_dir, save_to_disk, checkpointables: as in ``DetectionCheckpointer``.

@@ -1,5 +1,5 @@
 """SafeCheckpointer: refuses non-finite weights, writes checkpoints and last_checkpoint
-atomically, and loads like detectron2's DetectionCheckpointer."""
+atomically, loads like detectron2's DetectionCheckpointer, and names a file it cannot read."""
 
 import os
 
@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from detr_ext.checkpoint import UnreadableCheckpointError, load_model_weights
+from detr_ext.checkpoint.reading import other_checkpoints
 from detr_ext.engine import ModelEMA, NonFiniteCheckpointError, SafeCheckpointer
 from detr_ext.engine.checkpointer import nonfinite_keys
 
@@ -108,3 +110,45 @@ def test_a_crash_while_tagging_keeps_the_previous_last_checkpoint(tmp_path, monk
     monkeypatch.undo()
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     assert files(tmp_path) == {"model_0000001.pth", "last_checkpoint"}
+
+
+def test_a_truncated_last_checkpoint_is_named_with_the_ones_to_resume_from(tmp_path):
+    """A checkpoint cut short fails inside torch.load with a bare OSError; the error names
+    the file and the other checkpoints, and following its advice resumes from the newest."""
+    model = tiny_model()
+    checkpointer = SafeCheckpointer(model, str(tmp_path))
+    for iteration in (1, 3):
+        checkpointer.save(f"model_{iteration:07d}", iteration=iteration)
+    checkpointer.save("model_final", iteration=4)
+    final = tmp_path / "model_final.pth"
+    final.write_bytes(final.read_bytes()[:200])
+
+    with pytest.raises(UnreadableCheckpointError) as info:
+        SafeCheckpointer(tiny_model(), str(tmp_path)).resume_or_load("", resume=True)
+    message = str(info.value)
+    assert f"Cannot read checkpoint {final}" in message
+    assert "Other checkpoints in" in message and "model_0000003.pth, model_0000001.pth" in message
+    assert f"`echo model_0000003.pth > {tmp_path / 'last_checkpoint'}`" in message
+    assert info.value.__cause__ is not None  # torch's own error, chained
+
+    (tmp_path / "last_checkpoint").write_text("model_0000003.pth")
+    extra = SafeCheckpointer(tiny_model(), str(tmp_path)).resume_or_load("", resume=True)
+    assert extra["iteration"] == 3
+
+
+def test_other_checkpoints_are_listed_newest_first(tmp_path):
+    for name in ("model_0000009.pth", "model_0000010.pth", "model_final.pth", "log.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert other_checkpoints(str(tmp_path / "model_0000009.pth")) == [
+        "model_final.pth",
+        "model_0000010.pth",
+    ]
+
+
+def test_load_model_weights_names_a_file_that_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_text("not a checkpoint")
+    with pytest.raises(UnreadableCheckpointError, match=r"Cannot read checkpoint .*weights\.pth"):
+        load_model_weights(tiny_model(), path, where="train.init_checkpoint")
+    with pytest.raises(UnreadableCheckpointError, match="There is no other checkpoint"):
+        load_model_weights(tiny_model(), path, where="train.init_checkpoint")
