@@ -46,11 +46,16 @@ def other_checkpoints(filename: str) -> list[str]:
 
 
 def describe_unreadable(filename: str, error: BaseException) -> str:
-    directory = os.path.dirname(os.path.abspath(filename))
-    message = (
+    return _with_alternatives(
+        filename,
         f"Cannot read checkpoint {filename} ({type(error).__name__}: {error}). The file is "
-        "probably truncated or corrupt (a copy cut short, a full disk) or not a checkpoint."
+        "probably truncated or corrupt (a copy cut short, a full disk) or not a checkpoint.",
     )
+
+
+def _with_alternatives(filename: str, message: str) -> str:
+    """``message`` plus the other checkpoints next to ``filename`` and how to use one."""
+    directory = os.path.dirname(os.path.abspath(filename))
     others = other_checkpoints(filename)
     if not others:
         return message + f" There is no other checkpoint (*.pth) in {directory}."
@@ -67,7 +72,16 @@ def describe_unreadable(filename: str, error: BaseException) -> str:
 class NamedReadErrorsMixin:
     """For a detectron2 / fvcore ``Checkpointer`` subclass (put it first among the bases):
     reading a checkpoint file that fails raises :class:`UnreadableCheckpointError`, naming the
-    file and the other checkpoints next to it, with the original error as its cause."""
+    file and the other checkpoints next to it, with the original error as its cause; a local
+    file that is missing (``last_checkpoint`` naming a deleted file) raises
+    ``FileNotFoundError`` with the same list, instead of fvcore's bare assertion."""
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        if path and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(
+                _with_alternatives(path, f"Checkpoint {path} does not exist (deleted or moved?).")
+            )
+        return super().load(path, *args, **kwargs)  # type: ignore[misc]
 
     def _load_file(self, filename: str) -> Any:
         try:

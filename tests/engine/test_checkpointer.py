@@ -152,3 +152,13 @@ def test_load_model_weights_names_a_file_that_is_not_a_checkpoint(tmp_path):
         load_model_weights(tiny_model(), path, where="train.init_checkpoint")
     with pytest.raises(UnreadableCheckpointError, match="There is no other checkpoint"):
         load_model_weights(tiny_model(), path, where="train.init_checkpoint")
+
+
+def test_last_checkpoint_naming_a_deleted_file_lists_the_others(tmp_path):
+    checkpointer = SafeCheckpointer(tiny_model(), str(tmp_path))
+    checkpointer.save("model_0000001", iteration=1)
+    checkpointer.save("model_0000002", iteration=2)
+    (tmp_path / "model_0000002.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="model_0000002.pth does not exist") as info:
+        SafeCheckpointer(tiny_model(), str(tmp_path)).resume_or_load("", resume=True)
+    assert "Other checkpoints in" in str(info.value) and "model_0000001.pth" in str(info.value)
