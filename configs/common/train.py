@@ -35,6 +35,11 @@ train = dict(
     # training with an error naming the last good checkpoint (1 = stop at the first one).
     # Float16 GradScaler overflows are the scaler's business and are not counted.
     max_consecutive_nonfinite=5,
+    # Gradient accumulation: each optimizer step (iteration) runs this many batches of
+    # dataloader.train.total_batch_size images, each loss scaled by 1/N, so that fewer or
+    # smaller GPUs train with the recipe's total batch (e.g. 8 GPUs x 2 images = 16 as
+    # 4 GPUs x 2 images x 2 steps). Under DDP the gradients are all-reduced once per step.
+    grad_accumulation_steps=1,
     # EMA of the weights; evaluation then reports both the raw and the EMA weights (the latter
     # under the "ema" key). With use_ema_weights_for_eval_only, --eval-only evaluates the EMA
     # weights alone.

@@ -156,11 +156,13 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
         bf16=cfg.train.get("bf16", False),
         clip_grad_params=clip_grad_params,
         max_consecutive_nonfinite=cfg.train.get("max_consecutive_nonfinite", 5),
+        accumulation_steps=cfg.train.get("grad_accumulation_steps", 1),
     )
     checkpointables: dict[str, Any] = {"ema": ema} if ema is not None else {}
     data_stream = None
     if sampler is not None:  # checkpoints record the stream position; --resume continues it
-        data_stream = DataStreamState(sampler, cfg.dataloader.train.total_batch_size, trainer)
+        images_per_step = cfg.dataloader.train.total_batch_size * trainer.accumulation_steps
+        data_stream = DataStreamState(sampler, images_per_step, trainer)
         checkpointables["data_stream"] = data_stream
     # Refuses non-finite weights and writes files atomically (a killed run leaves no
     # partial .pth); the trainer names its last checkpoint when it stops on divergence.

@@ -2,68 +2,29 @@
 logging over detectron2's :class:`~detectron2.engine.SimpleTrainer` (hooks, metric writing and
 state handling come from there).
 
-Non-finite losses and gradients never reach the weights
--------------------------------------------------------
-Before each optimizer step the trainer checks the total loss and the total gradient norm. A
-step whose loss or gradient holds NaN / inf is **skipped**: the optimizer does not step (its
-state, e.g. Adam's moments, is untouched), the gradients are zeroed, a warning names the
-iteration, what was non-finite (which loss terms, or which parameters' gradients), the learning
-rate and the running count of skipped steps, and ``nonfinite_skipped_steps`` is written to the
-event storage (so to ``metrics.json`` / TensorBoard). A skipped step still counts as an
-iteration (the LR schedule, EMA and checkpoint periods advance), so an isolated bad batch costs
-one step.
-After ``max_consecutive_nonfinite`` skipped steps in a row the run is treated as diverged and
-stops with :class:`NonFiniteTrainingError` (a ``FloatingPointError``), whose message names the
-iteration, what was non-finite, the learning rate, and the last good checkpoint to resume from.
-
-Skipping (rather than stopping at the first bad step) because a single overflowing batch is
-common in long DETR runs and harmless once it is kept out of the weights; stopping after K in a
-row because a diverged run never recovers and only burns compute.
-
-Float16 with a GradScaler: a non-finite *gradient* there is the scaler's normal overflow
-signal. The scaler skips that step itself and lowers its scale; the trainer leaves it at that
-and does not count it. A non-finite *loss* is not an overflow of the scaled backward pass and
-is counted as above.
-
-Distributed training: the loss can be non-finite on one rank only, so the loss decision is
-all-reduced (one scalar per step) and every rank skips the same steps. Gradients are already
-identical on all ranks after DDP's all-reduce, so the gradient decision agrees by construction.
-
-Order inside a step: zero_grad, forward, backward, (GradScaler ``unscale_``), gradient norm and
-non-finite check, clip, optimizer step. The norm is computed once and reused for clipping, so
-an inf norm is never used to scale gradients (``clip_grad_norm_`` would turn them into NaN).
+Non-finite losses and gradients are kept out of the weights (:mod:`.nonfinite`): such a step
+is skipped, with a warning; training stops after ``max_consecutive_nonfinite`` in a row.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from detectron2.engine import SimpleTrainer
-from detectron2.utils import comm
 from fvcore.common.checkpoint import Checkpointer
 from torch import nn
 
-from .checkpointer import describe_last_checkpoint, nonfinite_keys
 from .ema import unwrap_model
+from .nonfinite import NonFiniteStepGuard, NonFiniteTrainingError
 
 __all__ = ["NonFiniteTrainingError", "Trainer"]
 
-logger = logging.getLogger(__name__)
-
 _CLIP_GRAD_KEYS = {"max_norm", "norm_type", "error_if_nonfinite", "foreach"}
-# How many offending names (loss terms, parameters, buffers) a message lists.
-_MAX_NAMES = 5
-
-
-class NonFiniteTrainingError(FloatingPointError):
-    """Training stopped because of non-finite losses / gradients (probable divergence)."""
 
 
 def _model_device_type(model: nn.Module) -> str:
@@ -92,12 +53,23 @@ def _check_clip_grad_params(params: Mapping[str, Any] | None) -> dict[str, Any] 
     return params
 
 
-def _names(names: list[str]) -> str:
-    shown = ", ".join(names[:_MAX_NAMES])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > _MAX_NAMES else "")
+def _mean_loss_dict(loss_dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The loss terms averaged over the accumulated batches (the dict itself for one)."""
+    if len(loss_dicts) == 1:
+        return loss_dicts[0]
+    names = list(loss_dicts[0])
+    for loss_dict in loss_dicts[1:]:
+        if list(loss_dict) != names:
+            raise ValueError(
+                "Trainer: with gradient accumulation every batch must give the same loss terms; "
+                f"got {names} and {list(loss_dict)}"
+            )
+    return {
+        name: torch.stack([d[name].detach().float() for d in loss_dicts]).mean() for name in names
+    }
 
 
-class Trainer(SimpleTrainer):
+class Trainer(NonFiniteStepGuard, SimpleTrainer):
     """Single-optimizer trainer with autocast, gradient clipping, a GradScaler, and steps with a
     non-finite loss or gradient skipped (see the module docstring).
 
@@ -126,6 +98,12 @@ class Trainer(SimpleTrainer):
         grad_scaler: a GradScaler to use instead of the one ``amp`` would create.
         max_consecutive_nonfinite: stop with :class:`NonFiniteTrainingError` when this many
             steps in a row had a non-finite loss or gradient (1: stop at the first one).
+        accumulation_steps: batches whose gradients one optimizer step accumulates (gradient
+            accumulation; 1 = one batch per step). Each batch's losses are scaled by
+            ``1 / accumulation_steps``, so a step's gradient is the mean of its batches' and,
+            when their losses are means of equally weighted parts (equal object counts for
+            the DETR losses), that of one batch of them all. Under DDP the gradient all-reduce
+            runs once per step (``no_sync`` for the other batches).
         gather_metric_period, zero_grad_before_forward, async_write_metrics: as in
             :class:`~detectron2.engine.SimpleTrainer`.
 
@@ -147,6 +125,7 @@ class Trainer(SimpleTrainer):
         clip_grad_params: Mapping[str, Any] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
         max_consecutive_nonfinite: int = 5,
+        accumulation_steps: int = 1,
         gather_metric_period: int = 1,
         zero_grad_before_forward: bool = False,
         async_write_metrics: bool = False,
@@ -167,6 +146,17 @@ class Trainer(SimpleTrainer):
                 f">= 1, got {max_consecutive_nonfinite!r}"
             )
         self.max_consecutive_nonfinite = int(max_consecutive_nonfinite)
+        if isinstance(accumulation_steps, bool) or int(accumulation_steps) != accumulation_steps:
+            raise ValueError(
+                "Trainer: accumulation_steps (train.grad_accumulation_steps) must be an int "
+                f">= 1, got {accumulation_steps!r}"
+            )
+        if accumulation_steps < 1:
+            raise ValueError(
+                "Trainer: accumulation_steps (train.grad_accumulation_steps) must be >= 1, got "
+                f"{accumulation_steps!r}"
+            )
+        self.accumulation_steps = int(accumulation_steps)
         self.nonfinite_skipped_steps = 0
         self._consecutive_nonfinite = 0
         self.checkpointer: Checkpointer | None = None
@@ -195,34 +185,46 @@ class Trainer(SimpleTrainer):
         return torch.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
 
     def run_step(self) -> None:
-        """One iteration: forward under autocast, backward, (unscale), non-finite check, clip,
-        optimizer step, log losses. A step with a non-finite loss or gradient is skipped."""
+        """One iteration: forward under autocast and backward for each of the
+        ``accumulation_steps`` batches, (unscale), non-finite check, clip, optimizer step, log
+        losses. A step with a non-finite loss or gradient is skipped."""
         assert self.model.training, "[Trainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-
+        data_time = 0.0
+        loss_dicts: list[dict[str, torch.Tensor]] = []
+        totals: list[torch.Tensor] = []
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
-        with self._autocast():
-            loss_dict = self.model(data)
-            if isinstance(loss_dict, torch.Tensor):
-                losses = loss_dict
-                loss_dict = {"total_loss": loss_dict}
-            else:
-                losses = sum(loss_dict.values())
-        if not self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-
-        # Backward even for a non-finite loss: under DDP every rank must join the gradient
-        # all-reduce, whatever its own loss.
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(losses).backward()
-        else:
-            losses.backward()
+        for index in range(self.accumulation_steps):
+            start = time.perf_counter()
+            data = next(self._data_loader_iter)
+            data_time += time.perf_counter() - start
+            last = index == self.accumulation_steps - 1
+            # DDP all-reduces the gradients in the last batch's backward only.
+            no_sync = getattr(self.model, "no_sync", None)
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                with self._autocast():
+                    loss_dict = self.model(data)
+                    if isinstance(loss_dict, torch.Tensor):
+                        losses = loss_dict
+                        loss_dict = {"total_loss": loss_dict}
+                    else:
+                        losses = sum(loss_dict.values())
+                if index == 0 and not self.zero_grad_before_forward:
+                    self.optimizer.zero_grad()
+                if self.accumulation_steps > 1:
+                    losses = losses / self.accumulation_steps
+                # Backward even for a non-finite loss: under DDP every rank must join the
+                # gradient all-reduce, whatever its own loss.
+                if self.grad_scaler is not None:
+                    self.grad_scaler.scale(losses).backward()
+                else:
+                    losses.backward()
+            loss_dicts.append(loss_dict)
+            totals.append(losses.detach())
         self.after_backward()
+        loss_dict = _mean_loss_dict(loss_dicts)
 
-        if not self._finite_on_all_ranks(losses):
+        if not self._finite_on_all_ranks(torch.stack(totals)):
             # Before unscale_: the GradScaler has seen nothing of this step, so skipping it
             # leaves the scaler as it was (no scale backoff for a loss problem).
             self._skip_step(self._describe_nonfinite_loss(loss_dict))
@@ -297,106 +299,6 @@ class Trainer(SimpleTrainer):
                 foreach=self.clip_grad_params.get("foreach"),
             )
         return total_norm
-
-    def _finite_on_all_ranks(self, value: torch.Tensor) -> bool:
-        """Whether ``value`` is finite on every rank (one all-reduce under DDP)."""
-        finite = torch.isfinite(value.detach()).all()
-        if comm.get_world_size() > 1:
-            nonfinite = (~finite).to(torch.float32)
-            dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
-            return not bool(nonfinite.item())
-        return bool(finite)
-
-    def _describe_nonfinite_loss(self, loss_dict: Mapping[str, torch.Tensor]) -> str:
-        terms = [
-            f"{name}={value.detach().float().sum().item()}"
-            for name, value in loss_dict.items()
-            if not torch.isfinite(value.detach()).all()
-        ]
-        if not terms:
-            return "loss on another rank (all loss terms are finite on this one)"
-        return f"loss ({_names(terms)})"
-
-    def _describe_nonfinite_gradient(self, grad_norm: torch.Tensor) -> str:
-        names = {param: name for name, param in unwrap_model(self.model).named_parameters()}
-        bad = [
-            names.get(param, "<unnamed parameter>")
-            for param in self._grads()[0]
-            if not torch.isfinite(param.grad).all()
-        ]
-        where = f" in {_names(bad)}" if bad else ""
-        return f"gradient (total norm {grad_norm.item()}{where}) with a finite loss"
-
-    def _learning_rate(self) -> str:
-        rates = sorted({float(group["lr"]) for group in self.optimizer.param_groups})
-        if len(rates) == 1:
-            return f"{rates[0]:.6g}"
-        return f"{rates[-1]:.6g} (largest of the param groups' {[f'{r:.3g}' for r in rates]})"
-
-    def _last_checkpoint(self) -> str:
-        checkpointer = self.checkpointer
-        if checkpointer is None:
-            for hook in self._hooks:
-                if isinstance(getattr(hook, "checkpointer", None), Checkpointer):
-                    checkpointer = hook.checkpointer
-                    break
-        return describe_last_checkpoint(checkpointer)
-
-    def _skip_step(self, what: str) -> None:
-        """Drop this step's gradients instead of stepping, warn, and stop after
-        ``max_consecutive_nonfinite`` skipped steps in a row."""
-        self.optimizer.zero_grad()
-        self.nonfinite_skipped_steps += 1
-        self._consecutive_nonfinite += 1
-        self.storage.put_scalar(
-            "nonfinite_skipped_steps", self.nonfinite_skipped_steps, smoothing_hint=False
-        )
-        lr = self._learning_rate()
-        logger.warning(
-            "Non-finite %s at iteration %d: optimizer step skipped (%d in a row, %d skipped in "
-            "this run; training stops at %d in a row). Learning rate: %s.",
-            what,
-            self.iter,
-            self._consecutive_nonfinite,
-            self.nonfinite_skipped_steps,
-            self.max_consecutive_nonfinite,
-            lr,
-        )
-        model = unwrap_model(self.model)
-        # The forward pass may have written NaN into buffers (e.g. BatchNorm running stats);
-        # skipping the step cannot undo that, so such a model cannot train on.
-        bad_buffers = nonfinite_keys(dict(model.named_buffers()))
-        if bad_buffers:
-            raise NonFiniteTrainingError(
-                f"Non-finite {what} at iteration {self.iter}, and the forward pass wrote "
-                f"NaN/inf into the model's buffers ({_names(bad_buffers)}), which skipping the "
-                f"step cannot undo: probable divergence. Learning rate in use: {lr}. "
-                f"{self._resume_hint()}"
-            )
-        if self._consecutive_nonfinite < self.max_consecutive_nonfinite:
-            return
-        bad_params = nonfinite_keys(dict(model.named_parameters()))
-        weights = (
-            f" The weights themselves are already non-finite ({_names(bad_params)}): an "
-            "earlier optimizer step with a finite gradient overflowed them, a sign of a "
-            "learning rate that is too large."
-            if bad_params
-            else " The skipped steps did not change the weights."
-        )
-        raise NonFiniteTrainingError(
-            f"Non-finite {what} at iteration {self.iter}; the last "
-            f"{self._consecutive_nonfinite} steps in a row were non-finite "
-            f"(train.max_consecutive_nonfinite={self.max_consecutive_nonfinite}; "
-            f"{self.nonfinite_skipped_steps} steps skipped in this run): probable divergence. "
-            f"Learning rate in use: {lr}.{weights} {self._resume_hint()}"
-        )
-
-    def _resume_hint(self) -> str:
-        return (
-            f"Last good checkpoint: {self._last_checkpoint()}. To continue from it, rerun with "
-            "--resume and the same train.output_dir, e.g. with a lower optimizer.lr, "
-            "train.clip_grad.enabled=True, or a longer warm-up."
-        )
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -221,6 +221,32 @@ def test_eval_only_writes_results_under_train_output_dir(project, tmp_path):
     assert not (tmp_path / "output").exists()
 
 
+def test_gradient_accumulation_on_two_processes_equals_one_large_batch(trained_run, tmp_path):
+    """2 gloo processes x 2 images x 2 accumulated batches per step train like 1 process with
+    batches of 8: the same 8 images per step (the data stream counts the accumulated
+    batches), one gradient all-reduce per step, the same weights after 3 steps."""
+    config, _ = trained_run
+    common = ["train.max_iter=3", "model.norm=False"]
+    accumulated, large = tmp_path / "accumulated", tmp_path / "large"
+    run_train_net(
+        config,
+        "--num-gpus",
+        "2",
+        f"train.output_dir={accumulated}",
+        "train.grad_accumulation_steps=2",
+        *common,
+    )
+    run_train_net(
+        config, f"train.output_dir={large}", "dataloader.train.total_batch_size=8", *common
+    )
+    expected = torch.load(large / "model_final.pth", weights_only=False)
+    got = torch.load(accumulated / "model_final.pth", weights_only=False)
+    assert expected["data_stream"]["position"] == got["data_stream"]["position"] == 24
+    for part in ("model", "ema"):
+        for key, value in expected[part].items():
+            torch.testing.assert_close(got[part][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_evaluation_with_two_processes_equals_one_process(tmp_path):
     """--eval-only on 2 gloo processes: the 3 val images split 2 + 1 between the ranks, and
     the main process must evaluate the detections of all of them, once each (the ranks'

@@ -42,10 +42,12 @@ class TinyMapper:
 class TinyModel(nn.Module):
     """Linear regressor: ``{"loss_mse"}`` in training, ``[{"pred": []}]`` in inference."""
 
-    def __init__(self, in_features: int = IN_FEATURES) -> None:
+    def __init__(self, in_features: int = IN_FEATURES, norm: bool = True) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, 1)
-        self.norm = nn.BatchNorm1d(in_features)  # gives the model buffers for EMA to track
+        # Gives the model buffers for EMA to track; off where batches of different sizes
+        # must give the same gradient (its statistics depend on how the batch is split).
+        self.norm = nn.BatchNorm1d(in_features) if norm else nn.Identity()
 
     def forward(self, batched_inputs: list[dict]):
         device = self.linear.weight.device
