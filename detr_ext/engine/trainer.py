@@ -219,6 +219,8 @@ class Trainer(NonFiniteStepGuard, SimpleTrainer):
                     self.grad_scaler.scale(losses).backward()
                 else:
                     losses.backward()
+            if self.accumulation_steps > 1:  # keep no graph of earlier batches alive
+                loss_dict = {name: value.detach() for name, value in loss_dict.items()}
             loss_dicts.append(loss_dict)
             totals.append(losses.detach())
         self.after_backward()
