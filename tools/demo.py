@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     from detectron2.utils.logger import setup_logger
     from PIL import Image
 
-    from detr_ext.checkpoint import CheckpointMismatchError
+    from detr_ext.checkpoint import CheckpointMismatchError, UnreadableCheckpointError
     from detr_ext.engine.checks import NumClassesError
     from detr_ext.engine.predictor import (
         Predictor,
@@ -197,7 +197,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             predictor = ExportedPredictor(args.exported, cfg)
         else:
             predictor = Predictor(cfg, args.weights, device=args.device)
-    except (CheckpointMismatchError, NumClassesError, ValueError) as error:
+    except (
+        CheckpointMismatchError,
+        UnreadableCheckpointError,
+        FileNotFoundError,
+        NumClassesError,
+        ValueError,
+    ) as error:  # weights missing, unreadable or of another model: one line, no traceback
         raise DemoError(str(error)) from error
     if args.prompt is not None and not hasattr(predictor.model, "default_prompt"):
         raise DemoError(

@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from detectron2.config import LazyConfig
     from detectron2.utils.logger import setup_logger
 
+    from detr_ext.checkpoint import CheckpointMismatchError, UnreadableCheckpointError
     from detr_ext.export import (
         ExportError,
         build_model,
@@ -136,7 +137,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = LazyConfig.apply_overrides(LazyConfig.load(str(config_file)), list(args.opts))
     try:
         model = build_model(cfg, None if args.random_weights else args.weights, args.device)
-    except ExportError as error:  # a model that detr_ext.export does not handle
+    # A model that detr_ext.export does not handle, or weights that are missing, unreadable or
+    # of another model: a one-line error, not a traceback.
+    except (
+        ExportError,
+        CheckpointMismatchError,
+        UnreadableCheckpointError,
+        FileNotFoundError,
+    ) as error:
         raise ExportToolError(str(error)) from error
 
     sizes = {

@@ -169,3 +169,43 @@ def test_min_size_hint_names_the_size_torch_export_suggests():
     assert "at least 65 px" in hint and "--min-size 65" in hint
     assert _min_size_hint(RuntimeError(message), 128) == ""
     assert _min_size_hint(RuntimeError("some other failure"), 64) == ""
+
+
+def _export_tool():
+    """``tools/export_model.py`` as a module (tools/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "export_model.py"
+    spec = importlib.util.spec_from_file_location("export_model_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("problem", ["truncated", "missing", "other_classes"])
+def test_export_tool_names_weights_it_cannot_use(tmp_path, problem):
+    """Weights cut short, missing, or of another class head stop tools/export_model.py with a
+    one-line error (ExportToolError) naming the file, before anything is traced."""
+    from detectron2.config import LazyConfig
+
+    tool = _export_tool()
+    config = tool._REPO_ROOT / "projects" / "detr" / "configs" / "detr_shapes.py"
+    weights = tmp_path / "model_final.pth"
+    if problem != "missing":
+        cfg = LazyConfig.load(str(config))
+        if problem == "other_classes":
+            cfg.model.num_classes = 5
+        torch.save({"model": instantiate(cfg.model).state_dict()}, weights)
+    if problem == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    argv = ["--config-file", str(config), "--weights", str(weights), "--format", "onnx"]
+    with pytest.raises(tool.ExportToolError) as info:
+        tool.main([*argv, "--output", str(tmp_path / "model.onnx"), "--device", "cpu"])
+    expected = {
+        "truncated": "Cannot read checkpoint",
+        "missing": "missing path",
+        "other_classes": "does not fit the model",
+    }[problem]
+    assert expected in str(info.value) and str(weights) in str(info.value)
+    assert not (tmp_path / "model.onnx").exists()

@@ -188,3 +188,20 @@ def test_demo_rejects_a_checkpoint_with_another_class_head(demo_inputs, tmp_path
     assert result.returncode != 0
     assert "class_embed.weight: [6, " in result.stderr and "model.num_classes" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("problem", ["truncated", "missing"])
+def test_demo_names_weights_it_cannot_read_without_a_traceback(demo_inputs, tmp_path, problem):
+    work_dir, _, image_file, _ = demo_inputs
+    weights = tmp_path / "model_final.pth"
+    if problem == "truncated":  # a copy cut short
+        torch.save({"model": instantiate(LazyConfig.load(str(CONFIG)).model).state_dict()}, weights)
+        weights.write_bytes(weights.read_bytes()[:1000])
+    result = run_demo(
+        work_dir, "--weights", str(weights), "--input", str(image_file),
+        "--output", str(tmp_path / "out"), "--device", "cpu",
+    )  # fmt: skip
+    assert result.returncode != 0
+    expected = "Cannot read checkpoint" if problem == "truncated" else "missing path"
+    assert expected in result.stderr and str(weights) in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
