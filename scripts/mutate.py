@@ -51,9 +51,21 @@ DEFAULT_TESTS: dict[str, list[str]] = {
     "detr_ext/engine": ["tests/engine"],
     "detr_ext/engine/trainer.py": [
         "tests/engine/test_trainer.py",
+        "tests/engine/test_grad_accumulation.py",
         "tests/engine/test_nonfinite.py",
         "tests/engine/test_checks.py",
     ],
+    "detr_ext/engine/nonfinite.py": [
+        "tests/engine/test_nonfinite.py",
+        "tests/engine/test_grad_accumulation.py",
+    ],
+    # The resumed data stream: unit tests, then the end-to-end resume (train_net runs).
+    "detr_ext/engine/data_stream.py": [
+        "tests/engine/test_data_stream.py",
+        "tests/engine/test_train_net.py",
+    ],
+    "detr_ext/data/samplers.py": ["tests/data/test_samplers.py"],
+    "detr_ext/checkpoint/reading.py": ["tests/engine/test_checkpointer.py"],
     "detr_ext/engine/ema.py": ["tests/engine/test_ema.py"],
     "detr_ext/data": ["tests/data"],
     "detr_ext/data/dataset_mapper.py": [
@@ -85,7 +97,10 @@ DEFAULT_PATHS = [
     "detr_ext/layers/denoising.py",
     "detr_ext/ops",
     "detr_ext/engine/trainer.py",
+    "detr_ext/engine/nonfinite.py",
     "detr_ext/engine/ema.py",
+    "detr_ext/engine/data_stream.py",
+    "detr_ext/data/samplers.py",
     "detr_ext/data/dataset_mapper.py",
     "detr_ext/checkpoint/convert.py",
     "detr_ext/checkpoint/loading.py",
