@@ -1,0 +1,152 @@
+"""check_image_files and tools/check_dataset.py: every image readable to its end and of its
+annotated size (EXIF orientation included), found before training instead of hours in."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detr_ext.data.image_check import check_image_files
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_image(path: Path, size=(40, 30), orientation: int | None = None) -> None:
+    pixels = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    if orientation is None:
+        image.save(path)
+    else:
+        exif = Image.Exif()
+        exif[274] = orientation
+        image.save(path, exif=exif)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Images and COCO records: (file, annotated width, height) -> expected problem kind."""
+    root = tmp_path / "images"
+    root.mkdir()
+    write_image(root / "good.png")
+    write_image(root / "truncated.jpg")
+    data = (root / "truncated.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])  # a copy cut short
+    write_image(root / "phone.jpg", orientation=6)  # turned 90 degrees when shown
+    write_image(root / "phone_upright.jpg", orientation=6)
+    write_image(root / "wrong_size.png")
+    expected = {
+        ("good.png", 40, 30): None,
+        ("truncated.jpg", 40, 30): "unreadable",
+        ("phone.jpg", 40, 30): "exif_orientation",  # labels drawn on the stored pixels
+        ("phone_upright.jpg", 30, 40): None,  # labels drawn on the turned image
+        ("wrong_size.png", 50, 30): "size_mismatch",
+    }
+    return root, expected
+
+
+def records_of(root: Path, expected: dict) -> list[dict]:
+    return [
+        {"file_name": str(root / name), "image_id": index + 1, "width": width, "height": height}
+        for index, (name, width, height) in enumerate(expected)
+    ]
+
+
+def test_each_kind_of_problem_is_found_and_named(image_folder):
+    root, expected = image_folder
+    missing = {"file_name": str(root / "gone.png"), "image_id": 9, "width": 4, "height": 4}
+    problems = check_image_files([*records_of(root, expected), missing], workers=2)
+    found = {(Path(p.file_name).name, p.kind) for p in problems}
+    assert found == {
+        *((name, kind) for (name, _, _), kind in expected.items() if kind),
+        ("gone.png", "unreadable"),
+    }
+    details = {Path(p.file_name).name: p.detail for p in problems}
+    assert "truncated" in details["truncated.jpg"]
+    assert "EXIF orientation 6" in details["phone.jpg"]
+    assert "apply_exif_orientation=False" in details["phone.jpg"]
+    assert "annotated as 50x30 (width x height), the file is 40x30" in details["wrong_size.png"]
+
+
+def test_headers_only_and_stored_pixels(image_folder):
+    root, expected = image_folder
+    records = records_of(root, expected)
+    fast = {Path(p.file_name).name for p in check_image_files(records, decode=False)}
+    assert fast == {"phone.jpg", "wrong_size.png"}  # the truncated file's header is intact
+    # With apply_exif_orientation=False the stored pixels count: now the upright-labelled
+    # phone image is the one that does not fit.
+    stored = {
+        (Path(p.file_name).name, p.kind)
+        for p in check_image_files(records, apply_exif_orientation=False)
+    }
+    assert stored == {
+        ("truncated.jpg", "unreadable"),
+        ("phone_upright.jpg", "size_mismatch"),
+        ("wrong_size.png", "size_mismatch"),
+    }
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location(
+        "check_dataset_tool", REPO_ROOT / "tools" / "check_dataset.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_coco(path: Path, expected: dict) -> None:
+    images = [
+        {"id": index + 1, "file_name": name, "width": width, "height": height}
+        for index, (name, width, height) in enumerate(expected)
+    ]
+    annotations = [
+        {"id": index + 1, "image_id": index + 1, "category_id": 1, "bbox": [1, 1, 10, 10],
+         "area": 100, "iscrowd": 0}
+        for index in range(len(images))
+    ]  # fmt: skip
+    categories = [{"id": 1, "name": "thing"}]
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+
+
+def test_tool_lists_the_problems_writes_a_report_and_sets_the_exit_status(
+    image_folder, tmp_path, capsys
+):
+    root, expected = image_folder
+    tool = load_tool()
+    broken = tmp_path / "broken.json"
+    write_coco(broken, expected)
+    report = tmp_path / "report.json"
+    status = tool.main(
+        [
+            "--json",
+            str(broken),
+            "--image-root",
+            str(root),
+            "--report",
+            str(report),
+            "--workers",
+            "2",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "5 images checked" in out and "3 with problems" in out
+    assert "1 unreadable, 1 exif_orientation, 1 size_mismatch" in out
+    assert f"unreadable: {root / 'truncated.jpg'} (image_id=2)" in out
+    saved = json.loads(report.read_text())["datasets"][str(broken)]
+    assert saved["images"] == 5 and len(saved["problems"]) == 3
+
+    clean = tmp_path / "clean.json"
+    write_coco(clean, {key: kind for key, kind in expected.items() if kind is None})
+    assert tool.main(["--json", str(clean), "--image-root", str(root)]) == 0
+    assert "2 images checked" in capsys.readouterr().out
+
+    with pytest.raises(tool.UsageError, match="--json needs --image-root"):
+        tool.main(["--json", str(clean)])

@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Check a dataset's image files before training: every image readable to its end and of the
+size its annotations were drawn for (EXIF orientation included). Training meets a broken image
+only when the data stream reaches it, hours in; this finds all of them in one pass.
+
+    python tools/check_dataset.py --json my_data/train.json --image-root my_data/images
+    python tools/check_dataset.py --config-file my_dino.py          # its train and test sets
+    python tools/check_dataset.py --dataset coco_2017_val --headers-only --report report.json
+
+A COCO json given with ``--json`` goes through ``register_coco_format_dataset`` first, so its
+annotation problems are reported (logged) too. Exit status: 0 when every image is fine, 1 when
+some are not (listed by kind), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+class UsageError(Exception):
+    """Bad arguments, reported without a traceback (exit status 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--json", help="a COCO instances json (with --image-root)")
+    source.add_argument("--dataset", nargs="+", help="registered detectron2 dataset name(s)")
+    source.add_argument("--config-file", help="a LazyConfig: its train and test datasets")
+    parser.add_argument("--image-root", help="folder the json's file_name values are under")
+    parser.add_argument(
+        "--headers-only",
+        action="store_true",
+        help="read image headers only (fast; sizes and EXIF, but truncated files go unnoticed)",
+    )
+    parser.add_argument(
+        "--no-exif",
+        action="store_true",
+        help="check against the stored pixels, as a mapper with apply_exif_orientation=False",
+    )
+    parser.add_argument("--workers", type=int, default=8, help="threads reading images")
+    parser.add_argument("--report", help="write every problem to this JSON file")
+    parser.add_argument("--max-listed", type=int, default=10, help="problems printed per kind")
+    return parser
+
+
+def dataset_names(args: argparse.Namespace) -> list[str]:
+    """The names to check, registering the json or loading the config as needed."""
+    if args.json:
+        from detr_ext.data import register_coco_format_dataset
+
+        if not args.image_root:
+            raise UsageError("--json needs --image-root (the folder of its images)")
+        name = f"check_dataset:{Path(args.json).resolve()}"
+        try:
+            register_coco_format_dataset(name, args.json, args.image_root)
+        except (FileNotFoundError, ValueError) as error:
+            raise UsageError(str(error)) from error
+        return [name]
+    if args.image_root:
+        raise UsageError("--image-root goes with --json")
+    if args.dataset:
+        return list(args.dataset)
+    from detectron2.config import LazyConfig
+
+    from detr_ext.engine.checks import config_dataset_names
+
+    if not Path(args.config_file).is_file():
+        raise UsageError(f"--config-file: expected a LazyConfig .py file, got {args.config_file}")
+    names = config_dataset_names(LazyConfig.load(args.config_file))
+    if not names:
+        raise UsageError(f"{args.config_file}: no dataloader.<split>.dataset.names to check")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from detectron2.data import DatasetCatalog
+    from detectron2.utils.logger import setup_logger
+
+    from detr_ext.data.image_check import PROBLEM_KINDS, check_image_files
+
+    setup_logger(name="detr_ext", abbrev_name="detr")  # the json's annotation warnings
+    if args.workers < 1 or args.max_listed < 0:
+        raise UsageError("--workers must be >= 1 and --max-listed >= 0")
+    report: dict = {"datasets": {}, "decode": not args.headers_only, "exif": not args.no_exif}
+    total_problems = 0
+    for name in dataset_names(args):
+        if name not in DatasetCatalog.list():
+            raise UsageError(f"dataset {name!r} is not registered (known: {DatasetCatalog.list()})")
+        records = DatasetCatalog.get(name)
+        begin = time.perf_counter()
+        problems = check_image_files(
+            records,
+            decode=not args.headers_only,
+            apply_exif_orientation=not args.no_exif,
+            workers=args.workers,
+        )
+        seconds = time.perf_counter() - begin
+        counts = Counter(problem.kind for problem in problems)
+        label = args.json if args.json else name
+        print(
+            f"{label}: {len(records)} images checked in {seconds:.1f} s, "
+            f"{len(problems)} with problems"
+            + "".join(f", {counts[kind]} {kind}" for kind in PROBLEM_KINDS if counts[kind])
+        )
+        for kind in PROBLEM_KINDS:
+            listed = [problem for problem in problems if problem.kind == kind]
+            for problem in listed[: args.max_listed]:
+                where = f"{problem.file_name} (image_id={problem.image_id!r})"
+                print(f"  {kind}: {where}: {problem.detail}")
+            if len(listed) > args.max_listed:
+                print(f"  ... and {len(listed) - args.max_listed} more {kind}")
+        report["datasets"][label] = {
+            "images": len(records),
+            "seconds": round(seconds, 3),
+            "problems": [problem.to_dict() for problem in problems],
+        }
+        total_problems += len(problems)
+    if args.report:
+        from detr_ext.utils import atomic_write_json
+
+        atomic_write_json(args.report, report, indent=2, default=str)
+        print(f"wrote {args.report}")
+    return 1 if total_problems else 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        sys.exit(main())
+    except UsageError as error:
+        print(f"tools/check_dataset.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
