@@ -16,7 +16,13 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, BoxMode, PolygonMasks
 
 from .aug_input import ClampedAugInput
-from .image_io import TRANSPOSING_ORIENTATIONS, exif_orientation, read_image_file
+from .image_io import (
+    TRANSPOSING_ORIENTATIONS,
+    HighBitDepthError,
+    ImageReadError,
+    exif_orientation,
+    read_image_file,
+)
 
 __all__ = ["DetrDatasetMapper"]
 
@@ -84,6 +90,12 @@ class DetrDatasetMapper:
             default). Set False when the annotations were made on the stored pixels (labeling
             tools that ignore EXIF); an image whose EXIF rotation makes its size differ from
             the dataset's ``width`` / ``height`` is an error that says so.
+        skip_unreadable_images: training only. An image file that cannot be read (missing,
+            truncated, corrupt: :class:`~detr_ext.data.ImageReadError`) is left out with a
+            warning naming it, and the loader takes another image in its place (detectron2's
+            ``MapDataset`` retries when a mapper returns ``None``), instead of stopping the
+            run. Off by default: ``tools/check_dataset.py`` finds such files before training.
+            An evaluation mapper never skips (the scores would silently cover fewer images).
     """
 
     def __init__(
@@ -96,7 +108,13 @@ class DetrDatasetMapper:
         crop_probability: float = 0.5,
         mask_format: str = "auto",
         apply_exif_orientation: bool = True,
+        skip_unreadable_images: bool = False,
     ) -> None:
+        if skip_unreadable_images and not is_train:
+            raise ValueError(
+                "DetrDatasetMapper: skip_unreadable_images is for training (is_train=True); an "
+                "evaluation that skipped images would score fewer images without saying so"
+            )
         if img_format not in IMAGE_FORMATS:
             raise ValueError(
                 f"DetrDatasetMapper: img_format must be one of {IMAGE_FORMATS}, got {img_format!r}"
@@ -121,6 +139,8 @@ class DetrDatasetMapper:
         self.crop_probability = crop_probability
         self.mask_format = mask_format
         self.apply_exif_orientation = bool(apply_exif_orientation)
+        self.skip_unreadable_images = bool(skip_unreadable_images)
+        self.skipped_images = 0  # in this process (each data-loader worker has its own copy)
         self._left_out_warnings = 0
         mode = "training" if is_train else "inference"
         logger.info(f"DetrDatasetMapper ({mode}) augmentation: {self.augmentation}")
@@ -199,6 +219,24 @@ class DetrDatasetMapper:
             raise _size_mismatch(dataset_dict, image, self.apply_exif_orientation) from error
         return image
 
+    def _read_image_or_skip(self, dataset_dict: dict) -> np.ndarray | None:
+        """:meth:`_read_image`, or ``None`` (with a warning) for an unreadable file when
+        ``skip_unreadable_images``; the caller then returns ``None`` for the whole dict."""
+        try:
+            return self._read_image(dataset_dict)
+        except HighBitDepthError:
+            raise  # a format to convert, not a broken file: every such image would be skipped
+        except ImageReadError as error:
+            if not self.skip_unreadable_images:
+                raise
+            self.skipped_images += 1
+            logger.warning(
+                f"DetrDatasetMapper: skipped an unreadable image, another one takes its place "
+                f"(skip_unreadable_images=True; {self.skipped_images} skipped in this "
+                f"process): {error}"
+            )
+            return None
+
     def _set_image(self, dataset_dict: dict, image: np.ndarray) -> None:
         """Store the augmented image [H', W', C] as the uint8 tensor [C, H', W']."""
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -212,10 +250,13 @@ class DetrDatasetMapper:
             return "bitmask"
         return "polygon"
 
-    def __call__(self, dataset_dict: dict) -> dict:
-        """Map one dataset dict (not modified) to a model input dict (see the class docs)."""
+    def __call__(self, dataset_dict: dict) -> dict | None:
+        """Map one dataset dict (not modified) to a model input dict (see the class docs);
+        ``None`` for an unreadable image with ``skip_unreadable_images``."""
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = self._read_image(dataset_dict)
+        image = self._read_image_or_skip(dataset_dict)
+        if image is None:
+            return None
 
         annotations = dataset_dict.pop("annotations", None)
         dataset_dict.pop("sem_seg_file_name", None)

@@ -52,6 +52,7 @@ class DetrPanopticDatasetMapper(DetrDatasetMapper):
         crop_probability: float = 0.5,
         mask_format: str = "auto",
         apply_exif_orientation: bool = True,
+        skip_unreadable_images: bool = False,
     ) -> None:
         super().__init__(
             augmentation,
@@ -62,6 +63,7 @@ class DetrPanopticDatasetMapper(DetrDatasetMapper):
             crop_probability=crop_probability,
             mask_format=mask_format,
             apply_exif_orientation=apply_exif_orientation,
+            skip_unreadable_images=skip_unreadable_images,
         )
         if mask_format == "polygon":
             raise ValueError(
@@ -95,10 +97,13 @@ class DetrPanopticDatasetMapper(DetrDatasetMapper):
         lookup = np.array([label_of_id.get(int(i), 0) for i in ids], dtype=dtype)
         return segments, lookup[inverse.reshape(color.shape[:2])]
 
-    def __call__(self, dataset_dict: dict) -> dict:
-        """Map one panoptic dataset dict (not modified) to a model input dict (class docs)."""
+    def __call__(self, dataset_dict: dict) -> dict | None:
+        """Map one panoptic dataset dict (not modified) to a model input dict (class docs);
+        ``None`` for an unreadable image with ``skip_unreadable_images``."""
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = self._read_image(dataset_dict)
+        image = self._read_image_or_skip(dataset_dict)
+        if image is None:
+            return None
         dataset_dict.pop("annotations", None)
         dataset_dict.pop("sem_seg_file_name", None)
         if not self.is_train:

@@ -266,3 +266,40 @@ def test_resized_coordinates_are_exact_for_integer_json_values(tmp_path, number)
     ]
     np.testing.assert_allclose(resized, expected_polygon, rtol=0, atol=1e-4)
     assert dataset_dict["annotations"][0]["bbox"][0] == number(x0)  # the input is not modified
+
+
+def test_skip_unreadable_images_lets_the_loader_take_another_image(tmp_path, caplog):
+    """One truncated file among four: by default the first batch that meets it fails naming
+    it; with skip_unreadable_images the loader (detectron2's MapDataset) takes another image in
+    its place, with a warning, and training never sees the broken one."""
+    import logging
+
+    from detectron2.data import build_detection_train_loader
+
+    from detr_ext.data import ImageReadError
+
+    dicts = []
+    for index in range(4):
+        path = _write_image(tmp_path / f"{index}.png", [(10, 10, 50, 40)])
+        dicts.append({**_dataset_dict(path, [(10, 10, 50, 40)]), "image_id": index})
+    broken = tmp_path / "2.png"
+    broken.write_bytes(broken.read_bytes()[:-40])  # cut short: the last image data is lost
+
+    def batches(mapper, count):
+        loader = build_detection_train_loader(
+            dicts, mapper=mapper, total_batch_size=2, aspect_ratio_grouping=False, num_workers=0
+        )
+        stream = iter(loader)
+        return [item["image_id"] for _ in range(count) for item in next(stream)]
+
+    with pytest.raises(ImageReadError, match=r"2\.png.*image_id=2"):
+        batches(DetrDatasetMapper([T.NoOpTransform()]), 4)  # 8 draws from 4 images
+    mapper = DetrDatasetMapper([T.NoOpTransform()], skip_unreadable_images=True)
+    with caplog.at_level(logging.WARNING, logger="detr_ext.data.dataset_mapper"):
+        seen = batches(mapper, 4)
+    assert len(seen) == 8 and 2 not in seen and {0, 1, 3} <= set(seen)
+    assert "skipped an unreadable image" in caplog.text and "2.png" in caplog.text
+    assert mapper.skipped_images >= 1
+
+    with pytest.raises(ValueError, match="skip_unreadable_images is for training"):
+        DetrDatasetMapper([T.NoOpTransform()], is_train=False, skip_unreadable_images=True)
