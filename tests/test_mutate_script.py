@@ -2,17 +2,16 @@
 test file split must not leave the mutation run pointing at nothing (it would report no
 killed mutants for that module, or fail only when someone runs it by hand)."""
 
-import importlib.util
 from pathlib import Path
+
+from tests.tool_runs import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_mutate_script():
-    spec = importlib.util.spec_from_file_location("mutate_script", REPO_ROOT / "scripts/mutate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``scripts/mutate.py`` as a module."""
+    return load_script("scripts/mutate.py")
 
 
 def test_default_modules_and_their_tests_exist():

@@ -3,10 +3,12 @@ images under a temporary ``$DETR_EXT_DATASETS``."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +53,14 @@ def run_tool(
         text=True,
         timeout=300,
     )
+
+
+def load_script(relative_path: str) -> ModuleType:
+    """A script of the repository (``tools/*.py``, ``scripts/*.py``: not a package) loaded as
+    a module, e.g. to call its ``main(argv)`` or build its parser in-process."""
+    path = REPO_ROOT / relative_path
+    name = "script_" + relative_path.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

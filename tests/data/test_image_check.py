@@ -3,7 +3,6 @@ annotated size (EXIF orientation included), found before training instead of hou
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import pytest
 from PIL import Image
 
 from detr_ext.data.image_check import check_image_files
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.tool_runs import load_script
 
 
 def write_image(path: Path, size=(40, 30), orientation: int | None = None) -> None:
@@ -91,12 +89,8 @@ def test_headers_only_and_stored_pixels(image_folder):
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "check_dataset_tool", REPO_ROOT / "tools" / "check_dataset.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``tools/check_dataset.py`` as a module."""
+    return load_script("tools/check_dataset.py")
 
 
 def write_coco(path: Path, expected: dict) -> None:

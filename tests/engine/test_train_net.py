@@ -1,7 +1,6 @@
 """tools/train_net.py end to end on CPU: train, resume, evaluate (in subprocesses); where the
 evaluation files go, and --eval-only's refusal of missing or unfitting weights."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ from detectron2.config import LazyConfig, instantiate
 
 from detr_ext.checkpoint import CheckpointMismatchError
 from detr_ext.engine import load_eval_checkpoint
-from tests.tool_runs import TINY_SHAPES_CONFIG, run_tool
+from tests.tool_runs import TINY_SHAPES_CONFIG, load_script, run_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HELPERS_DIR = Path(__file__).resolve().parent
@@ -174,11 +173,8 @@ SHAPES_CONFIGS = {
 
 
 def load_train_net():
-    """``tools/train_net.py`` as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("train_net", REPO_ROOT / "tools" / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``tools/train_net.py`` as a module."""
+    return load_script("tools/train_net.py")
 
 
 def save_random_weights(project: str, path: Path, **overrides) -> dict:

@@ -18,6 +18,7 @@ from detr_ext.layers import MultiScaleDeformableAttention
 from detr_ext.modeling.meta_arch import DetectorBase
 from detr_ext.ops.ms_deform_attn import BACKEND_ENV
 from projects.detr.modeling import DETR
+from tests.tool_runs import load_script
 
 from .models import detections_per_image, tiny_config, tiny_model
 
@@ -172,15 +173,8 @@ def test_min_size_hint_names_the_size_torch_export_suggests():
 
 
 def _export_tool():
-    """``tools/export_model.py`` as a module (tools/ is not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "tools" / "export_model.py"
-    spec = importlib.util.spec_from_file_location("export_model_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``tools/export_model.py`` as a module."""
+    return load_script("tools/export_model.py")
 
 
 @pytest.mark.parametrize("problem", ["truncated", "missing", "other_classes"])

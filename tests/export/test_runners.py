@@ -3,9 +3,7 @@ tools/demo.py --exported drawing the detections of --weights."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ import torch
 from PIL import Image
 
 from detr_ext.export import TorchExportRunner, export_model, load_exported
+from tests.tool_runs import load_script
 
 from .models import (
     EXAMPLE_SIZE,
@@ -23,8 +22,6 @@ from .models import (
     eager_outputs,
     make_batch,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pt2_file_round_trip_keeps_the_operator_and_the_detections(exported_dino, tmp_path):
@@ -90,10 +87,8 @@ def test_predict_gives_the_instances_of_the_eager_model(exported_dino):
 
 
 def load_demo():
-    spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``tools/demo.py`` as a module."""
+    return load_script("tools/demo.py")
 
 
 TINY_DINO_CONFIG = """

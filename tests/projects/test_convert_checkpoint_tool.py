@@ -2,12 +2,13 @@
 alone, --config found from the repository root, and a short report that points to the config
 of the right variant when a checkpoint does not fit."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
+
+from tests.tool_runs import load_script
 
 from .key_lists import read_key_list, synthetic_state_dict
 
@@ -16,13 +17,8 @@ DETR_SHAPES = "projects/detr/configs/detr_shapes.py"
 
 
 def load_tool():
-    """``tools/convert_checkpoint.py`` as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", REPO_ROOT / "tools" / "convert_checkpoint.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``tools/convert_checkpoint.py`` as a module."""
+    return load_script("tools/convert_checkpoint.py")
 
 
 def test_from_a_source_alone_lists_its_converters(capsys, tmp_path):

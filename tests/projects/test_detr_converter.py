@@ -2,7 +2,6 @@
 detrex and facebookresearch/detr R50 checkpoints (tests/fixtures/state_dict_keys) must load
 into our DETR-R50 with strict=True, and tensors must land at the expected keys."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from detectron2.config import LazyConfig, instantiate
 import projects.detr.checkpoint  # noqa: F401  (registers the converters)
 from detr_ext.checkpoint import get_converter
 from projects.detr.checkpoint import coco91_class_rows
+from tests.tool_runs import load_script
 
 from .key_lists import read_key_list, synthetic_state_dict
 
@@ -22,13 +22,8 @@ SHAPES_CONFIG = REPO_ROOT / "projects" / "detr" / "configs" / "detr_shapes.py"
 
 
 def load_tool():
-    """``tools/convert_checkpoint.py`` as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "convert_checkpoint", REPO_ROOT / "tools" / "convert_checkpoint.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``tools/convert_checkpoint.py`` as a module."""
+    return load_script("tools/convert_checkpoint.py")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ images (one given as a file, one through its folder), the error for a missing pa
 images (skipped and listed), an interrupted run (detections kept) and a checkpoint whose
 class head does not fit the config."""
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 from PIL import Image
 
-from tests.tool_runs import run_tool
+from tests.tool_runs import load_script, run_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = REPO_ROOT / "projects" / "detr" / "configs" / "detr_shapes.py"
@@ -139,11 +138,8 @@ def test_demo_without_any_readable_image_fails(demo_inputs, tmp_path):
 
 
 def load_demo():
-    """``tools/demo.py`` as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``tools/demo.py`` as a module."""
+    return load_script("tools/demo.py")
 
 
 def test_demo_keeps_detections_done_before_an_interruption(demo_inputs, tmp_path, monkeypatch):
