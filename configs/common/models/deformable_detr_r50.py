@@ -17,44 +17,21 @@ its own registered class (``projects/deformable_detr``: ``DeformableDETR``)::
 """
 
 from detectron2.config import LazyCall as L
-from detectron2.layers import ShapeSpec
-from torch import nn
 
+from detr_ext.config import get_config
 from detr_ext.layers import (
     DeformableDetrTransformer,
     DeformableDetrTransformerDecoder,
     DeformableDetrTransformerEncoder,
-    PositionEmbeddingSine,
 )
 from detr_ext.modeling import DeformableCriterion, DeformableDETRDetectorBase, HungarianMatcher
-from detr_ext.modeling.backbones import build_resnet_backbone
-from detr_ext.modeling.necks import ChannelMapper
+
+_r50 = get_config("common/models/resnet50_4scale.py")
 
 model = L(DeformableDETRDetectorBase)(
-    # torchvision-style ResNet-50 (stride in the 3x3 conv), frozen BN, stem frozen.
-    backbone=L(build_resnet_backbone)(
-        depth=50,
-        out_features=("res3", "res4", "res5"),
-        norm="FrozenBN",
-        freeze_at=1,
-        stride_in_1x1=False,
-    ),
-    position_embedding=L(PositionEmbeddingSine)(
-        num_pos_feats=128, temperature=10000, normalize=True, offset=-0.5
-    ),
-    neck=L(ChannelMapper)(
-        input_shapes={
-            "res3": ShapeSpec(channels=512, stride=8),
-            "res4": ShapeSpec(channels=1024, stride=16),
-            "res5": ShapeSpec(channels=2048, stride=32),
-        },
-        in_features=["res3", "res4", "res5"],
-        out_channels=256,
-        kernel_size=1,
-        norm_layer=L(nn.GroupNorm)(num_groups=32, num_channels=256),
-        # res3, res4, res5 and a stride-2 3x3 conv on res5.
-        num_outs=4,
-    ),
+    backbone=_r50.backbone,
+    position_embedding=_r50.position_embedding,
+    neck=_r50.neck,
     transformer=L(DeformableDetrTransformer)(
         encoder=L(DeformableDetrTransformerEncoder)(
             embed_dim=256,
@@ -103,9 +80,6 @@ model = L(DeformableDETRDetectorBase)(
         alpha=0.25,
         gamma=2.0,
     ),
-    # ImageNet statistics, RGB input in [0, 255] (torchvision R-50 weights).
-    pixel_mean=[123.675, 116.280, 103.530],
-    pixel_std=[58.395, 57.120, 57.375],
-    input_format="RGB",
+    **_r50.pixels,
     select_box_nums_for_evaluation=300,
 )

@@ -10,37 +10,20 @@ everywhere but the last decoder layer), ``tau = 1.5``, IA-BCE ``alpha = 0.25``,
 denoising queries. Parameter names and shapes equal detrex's.
 """
 
-from detectron2.config import LazyCall as L
-
 from detr_ext.config import get_config
 from detr_ext.modeling import ManyToOneMatcher
 from projects.align_detr.modeling import AlignDETR, AlignDETRCriterion
 
 model = get_config("common/models/dino_r50.py").model
 model._target_ = AlignDETR
-model.criterion = L(AlignDETRCriterion)(
-    num_classes="${..num_classes}",
-    matcher=L(ManyToOneMatcher)(
-        cost_class=2.0,
-        cost_bbox=5.0,
-        cost_giou=2.0,
-        cost_class_type="focal_loss_cost",
-        alpha=0.25,
-        gamma=2.0,
-    ),
-    # The auxiliary (``_0`` .. ``_4``), encoder (``_enc``) and denoising auxiliary
-    # (``_dn_0`` ..) losses are weighted by their longest base name in this dict.
-    weight_dict={
-        "loss_class": 1.0,
-        "loss_bbox": 5.0,
-        "loss_giou": 2.0,
-        "loss_class_dn": 1.0,
-        "loss_bbox_dn": 5.0,
-        "loss_giou_dn": 2.0,
-    },
+# DINO's criterion (weights class 1 / L1 5 / GIoU 2 for every layer, the encoder and the
+# denoising queries; matching costs 2 / 5 / 2) with Align-DETR's loss and matcher.
+model.criterion._target_ = AlignDETRCriterion
+model.criterion.matcher._target_ = ManyToOneMatcher
+# IA-BCE takes the place of the focal loss; alpha and gamma (0.25, 2) stay.
+model.criterion.pop("loss_class_type")
+model.criterion.update(
     # Matches per target for [encoder proposals, decoder layer 0, ..., decoder layer 5].
     match_num=[2, 2, 2, 2, 2, 2, 1],
     tau=1.5,
-    alpha=0.25,
-    gamma=2.0,
 )

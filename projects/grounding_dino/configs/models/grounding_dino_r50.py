@@ -38,35 +38,9 @@ model = L(GroundingDINO)(
         max_text_len=256,
     ),
     category_names=[c["name"] for c in COCO_CATEGORIES if c["isthing"]],
-    transformer=L(GroundingDINOTransformer)(
-        encoder=L(GroundingDINOEncoder)(
-            embed_dim=256,
-            num_heads=8,
-            feedforward_dim=2048,
-            attn_dropout=0.0,
-            ffn_dropout=0.0,
-            num_layers=6,
-            num_feature_levels="${..num_feature_levels}",
-            text_num_heads=4,
-            text_feedforward_dim=1024,
-            text_dropout=0.0,
-            fusion_embed_dim=1024,
-            fusion_num_heads=4,
-            fusion_dropout=0.0,
-            fusion_drop_path=0.1,
-        ),
-        decoder=L(GroundingDINODecoder)(
-            embed_dim=256,
-            num_heads=8,
-            feedforward_dim=2048,
-            attn_dropout=0.0,
-            ffn_dropout=0.0,
-            num_layers=6,
-            num_feature_levels="${..num_feature_levels}",
-        ),
-        num_feature_levels=4,
-        two_stage_num_proposals="${..num_queries}",
-    ),
+    # DINO's transformer (widths, 6 + 6 layers, no dropout, 4 levels), its encoder layers with
+    # GLIP's text-image fusion and its decoder layers with text cross-attention (set below).
+    transformer=_dino.transformer,
     embed_dim=256,
     num_queries=900,
     aux_loss=True,
@@ -80,6 +54,18 @@ model = L(GroundingDINO)(
     pixel_std=_dino.pixel_std,
     input_format=_dino.input_format,
 )
+model.transformer._target_ = GroundingDINOTransformer
+model.transformer.encoder._target_ = GroundingDINOEncoder
+model.transformer.encoder.update(
+    text_num_heads=4,
+    text_feedforward_dim=1024,
+    text_dropout=0.0,
+    fusion_embed_dim=1024,
+    fusion_num_heads=4,
+    fusion_dropout=0.0,
+    fusion_drop_path=0.1,
+)
+model.transformer.decoder._target_ = GroundingDINODecoder
 model.criterion._target_ = GroundingCriterion
 # Not used by the token loss; the text length keeps the printed config meaningful.
 model.criterion.num_classes = "${..text_encoder.max_text_len}"
