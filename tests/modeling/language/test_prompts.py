@@ -104,3 +104,36 @@ def test_chunks_edge_cases(minilm_tokenizer):
         split_phrases_into_chunks(["red"], minilm_tokenizer, 0)
     with pytest.raises(ValueError, match="phrase 1"):
         split_phrases_into_chunks(["red", "a.b"], minilm_tokenizer, 10)
+
+
+class _CountingTokenizer:
+    """A tokenizer that counts its calls (inference runs the chunking for every image)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tokenizer(*args, **kwargs)
+
+
+def test_chunking_tokenizes_a_fitting_vocabulary_once(minilm_tokenizer):
+    names = [f"category {index}" for index in range(80)]
+    tokenizer = _CountingTokenizer(minilm_tokenizer)
+    assert split_phrases_into_chunks(names, tokenizer, 256) == [list(range(80))]
+    assert tokenizer.calls == 1
+
+
+def test_chunking_a_long_vocabulary_takes_logarithmic_tokenizations(minilm_tokenizer):
+    names = [f"category {index}" for index in range(240)]
+    tokenizer = _CountingTokenizer(minilm_tokenizer)
+    chunks = split_phrases_into_chunks(names, tokenizer, 256)
+    assert [index for chunk in chunks for index in chunk] == list(range(240))
+    assert len(chunks) >= 3
+    # Bisection: one try of the whole rest plus about log2(240) = 8 per chunk, where growing
+    # one phrase at a time would tokenize once per phrase (240 times).
+    assert tokenizer.calls <= 10 * len(chunks)
+    for position, chunk in enumerate(chunks[:-1]):
+        grown = [names[i] for i in chunk + [chunks[position + 1][0]]]
+        assert _num_tokens(minilm_tokenizer, grown) > 256
