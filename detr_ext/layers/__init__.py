@@ -48,6 +48,7 @@ from .grounding_dino_transformer import GroundingDINOTransformer
 from .mask_head import MaskHeadSmallConv, MHAttentionMap
 from .mlp import FFN, MLP
 from .multi_scale_deform_attn import MultiScaleDeformableAttention
+from .padding_mask import resize_padding_mask
 from .position_embedding import (
     PositionEmbeddingLearned,
     PositionEmbeddingSine,
@@ -109,4 +110,5 @@ __all__ = [
     "matched_generalized_box_iou",
     "num_denoising_groups",
     "prepare_for_cdn",
+    "resize_padding_mask",
 ]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from detr_ext.export import padding_mask_from_sizes
-from detr_ext.modeling.meta_arch.base import resize_padding_mask
+from detr_ext.layers import resize_padding_mask
 
 from .models import tiny_model
 

@@ -22,10 +22,10 @@ import torch
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
-from detr_ext.layers import MLP
+from detr_ext.layers import MLP, resize_padding_mask
 from detr_ext.layers.box_ops import inverse_sigmoid
 
-from .base import DetectorBase, resize_padding_mask
+from .base import DetectorBase
 
 __all__ = ["DeformableDetectorBase"]
 

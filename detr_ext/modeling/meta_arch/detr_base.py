@@ -19,9 +19,9 @@ from typing import Any, NamedTuple
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
-from detr_ext.layers import MLP, DetrTransformer
+from detr_ext.layers import MLP, DetrTransformer, resize_padding_mask
 
-from .base import DetectorBase, resize_padding_mask
+from .base import DetectorBase
 
 __all__ = ["DETRDetectorBase", "DETRNetworkOutputs"]
 
