@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 
 from detr_ext.export import ExportError, build_model
 from detr_ext.modeling import DETRSegmDetectorBase
+from detr_ext.modeling.meta_arch import detr_segm_base
 from projects.detr.modeling import DETRSegm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -215,6 +217,26 @@ def test_masks_are_cropped_to_the_image_before_resizing(segm_cfg):
     )
 
 
+def test_logits_and_masks_at_output_size_match_separate_resizes(segm_cfg, monkeypatch):
+    # Overlapping, unsorted query sets over several chunks: each output row is the query's own
+    # resize, in the order asked for.
+    monkeypatch.setattr(detr_segm_base, "_MASK_CHUNK", 3)
+    model = _build(segm_cfg.model).eval()
+    mask_logits = torch.randn(10, 16, 20, generator=torch.Generator().manual_seed(0)) * 5
+    frame = ((64, 80), (48, 64), (96, 128))
+    logit_queries, mask_queries = torch.tensor([7, 2, 5]), torch.tensor([0, 2, 3, 5, 8, 9])
+    logits, masks = model.logits_and_masks_at_output_size(
+        mask_logits, logit_queries, mask_queries, *frame
+    )
+    resized = model.mask_logits_at_output_size(mask_logits, *frame)
+    assert logits.dtype == torch.float32 and torch.equal(logits, resized[logit_queries])
+    assert torch.equal(masks, resized[mask_queries].sigmoid() > model.mask_threshold)
+    with pytest.raises(ValueError, match="distinct"):
+        model.logits_and_masks_at_output_size(
+            mask_logits, torch.tensor([1, 1]), mask_queries, *frame
+        )
+
+
 @pytest.fixture(scope="module")
 def panoptic_cfg():
     cfg = tiny_config(PANOPTIC_CONFIG)
@@ -257,6 +279,31 @@ def test_panoptic_outputs_follow_detectron2_format(panoptic_cfg):
     assert output["instances"].pred_masks.shape == (0, 32, 40)
     assert [(s["id"], s["isthing"], s["category_id"]) for s in segments] == [(1, False, 3)]
     assert segments[0]["area"] == int((panoptic == 1).sum()) > 0
+
+
+def test_panoptic_and_instances_resize_each_query_mask_once(panoptic_cfg, monkeypatch):
+    # Every query passes the panoptic threshold (0): the thing instances reuse those resizes.
+    model = _build(panoptic_cfg.model).eval()
+    batch = [
+        {"image": torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8), "height": 48, "width": 60}
+    ]
+    with torch.no_grad():
+        images, padding_mask = model.preprocess_image(batch)
+        outputs = model.forward_outputs(images, padding_mask, None)
+        results = model.inference(outputs, images.image_sizes)
+    resized_planes = []
+    interpolate = F.interpolate
+
+    def counting_interpolate(input, *args, **kwargs):
+        resized_planes.append(input.shape[0])
+        return interpolate(input, *args, **kwargs)
+
+    monkeypatch.setattr(detr_segm_base.F, "interpolate", counting_interpolate)
+    with torch.no_grad():
+        (output,) = model.postprocess(results, batch, images.image_sizes)
+    assert len(output["instances"]) > 0 and output["panoptic_seg"][1]
+    # Each query once to the padded input and once to the output size.
+    assert sum(resized_planes) == 2 * NUM_QUERIES
 
 
 def test_bfloat16_autocast_forward(segm_cfg):

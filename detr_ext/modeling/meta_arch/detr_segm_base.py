@@ -30,9 +30,14 @@ from .panoptic_inference import combine_panoptic
 __all__ = ["DETRSegmDetectorBase"]
 
 # Queries upsampled at once at inference: bounds the float32 buffers to
-# _MASK_CHUNK x (padded input) + _MASK_CHUNK x (original size) per image.
+# _MASK_CHUNK x (padded input) + _MASK_CHUNK x (original size) per image, besides the
+# panoptic queries' logits at the original size that combine_panoptic needs.
 _MASK_CHUNK = 16
 _MASK_MODULES = ("bbox_attention", "mask_head")
+
+
+# (padded input size, image size in it, original size) of one image at inference.
+_Frame = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
 
 def _in_mask_modules(name: str) -> bool:
@@ -267,46 +272,61 @@ class DETRSegmDetectorBase(DETRDetectorBase):
     ) -> list[dict[str, Any]]:
         """Per image: boxes through ``detector_postprocess`` as DETR, masks resized here
         (``detector_postprocess`` would paste ``pred_masks`` as box-relative ROI masks), and
-        the panoptic segmentation with ``panoptic_on``."""
+        the panoptic segmentation with ``panoptic_on``. Each query's mask logits are resized
+        to the original size at most once, for both outputs
+        (:meth:`logits_and_masks_at_output_size`)."""
         padded_size = self.padded_batch_size(image_sizes)
         processed = []
         for result, item, image_size in zip(results, batched_inputs, image_sizes, strict=True):
             height = int(item.get("height", image_size[0]))
             width = int(item.get("width", image_size[1]))
             frame = (padded_size, tuple(image_size), (height, width))
-            output: dict[str, Any] = {}
-            if self.panoptic_on:
-                output["panoptic_seg"] = self._panoptic(result, frame)
-            if self.instance_on:
-                output["instances"] = self._instances(result, frame)
-            processed.append(output)
+            processed.append(self._postprocess_image(result, frame))
         return processed
 
-    def _instances(self, result: Instances, frame: tuple) -> Instances:
-        _, _, (height, width) = frame
-        instances = detector_postprocess(result, height, width)
-        mask_logits = instances.pred_mask_logits
-        instances.remove("pred_mask_logits")
+    def _postprocess_image(self, result: Instances, frame: _Frame) -> dict[str, Any]:
+        # combine_panoptic applies this threshold again; filtering here first bounds the float
+        # logits held at the output size to the queries that can take part.
+        panoptic_queries = torch.nonzero(result.scores > self.panoptic_score_threshold)[:, 0]
+        panoptic_queries = panoptic_queries if self.panoptic_on else panoptic_queries[:0]
+        instances, instance_queries = None, panoptic_queries[:0]
+        if self.instance_on:
+            instances, instance_queries = self._instances(result, frame[2])
+        panoptic_logits, instance_masks = self.logits_and_masks_at_output_size(
+            result.pred_mask_logits, panoptic_queries, instance_queries, *frame
+        )
+        output: dict[str, Any] = {}
+        if self.panoptic_on:
+            output["panoptic_seg"] = combine_panoptic(
+                panoptic_logits,
+                result.scores[panoptic_queries],
+                result.pred_classes[panoptic_queries],
+                self.is_thing,
+                score_threshold=self.panoptic_score_threshold,
+                overlap_threshold=self.panoptic_overlap_threshold,
+                min_area=self.panoptic_min_area,
+                mask_threshold=self.mask_threshold,
+            )
+        if instances is not None:
+            instances.pred_masks = instance_masks
+            output["instances"] = instances
+        return output
+
+    def _instances(
+        self, result: Instances, output_size: tuple[int, int]
+    ) -> tuple[Instances, Tensor]:
+        """``detector_postprocess`` of ``result`` without its mask logits (only the thing
+        classes with ``panoptic_on``), and the query index of each instance kept."""
+        fields = {k: v for k, v in result.get_fields().items() if k != "pred_mask_logits"}
+        indexed = Instances(result.image_size, **fields)
+        indexed.query_index = torch.arange(len(result), device=result.scores.device)
+        instances = detector_postprocess(indexed, *output_size)
         if self.panoptic_on:
             is_thing = torch.as_tensor(self.is_thing, device=instances.pred_classes.device)
-            keep = is_thing[instances.pred_classes]
-            instances, mask_logits = instances[keep], mask_logits[keep]
-        instances.pred_masks = self.masks_at_output_size(mask_logits, *frame)
-        return instances
-
-    def _panoptic(self, result: Instances, frame: tuple) -> tuple[Tensor, list[dict]]:
-        keep = result.scores > self.panoptic_score_threshold
-        mask_logits = self.mask_logits_at_output_size(result.pred_mask_logits[keep], *frame)
-        return combine_panoptic(
-            mask_logits,
-            result.scores[keep],
-            result.pred_classes[keep],
-            self.is_thing,
-            score_threshold=self.panoptic_score_threshold,
-            overlap_threshold=self.panoptic_overlap_threshold,
-            min_area=self.panoptic_min_area,
-            mask_threshold=self.mask_threshold,
-        )
+            instances = instances[is_thing[instances.pred_classes]]
+        query_index = instances.query_index
+        instances.remove("query_index")
+        return instances, query_index
 
     @staticmethod
     def mask_logits_at_output_size(
@@ -336,6 +356,47 @@ class DETRSegmDetectorBase(DETRDetectorBase):
         logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
         return logits[:, 0]
 
+    def logits_and_masks_at_output_size(
+        self,
+        mask_logits: Tensor,
+        logit_queries: Tensor,
+        mask_queries: Tensor,
+        padded_size: tuple[int, int],
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+    ) -> tuple[Tensor, Tensor]:
+        """``(logits [N_l, height, width] float32, masks [N_m, height, width] bool)`` at the
+        original size: the logits of the queries ``logit_queries`` (``[N_l]`` int64, distinct
+        indices into ``mask_logits [Q, H_2, W_2]``) and the masks (``sigmoid >
+        mask_threshold``) of ``mask_queries`` (``[N_m]``, likewise), in their order. The sets
+        may overlap: each query of either is resized once (:meth:`mask_logits_at_output_size`,
+        same frame arguments), ``_MASK_CHUNK`` queries at a time."""
+        device = mask_logits.device
+        # Per query, its row in the logits (0) and in the masks (1) returned; -1 for none.
+        rows = torch.full((2, mask_logits.shape[0]), -1, dtype=torch.int64, device=device)
+        for output_rows, queries in zip(rows, (logit_queries, mask_queries), strict=True):
+            output_rows[queries] = torch.arange(len(queries), device=device)
+        if int((rows >= 0).sum()) != len(logit_queries) + len(mask_queries):
+            raise ValueError(
+                f"{type(self).__name__}: expected distinct indices in logit_queries and in "
+                f"mask_queries, got {logit_queries.tolist()} and {mask_queries.tolist()}"
+            )
+        logit_rows, mask_rows = rows
+        logits_out = torch.empty(
+            (len(logit_queries), *output_size), dtype=torch.float32, device=device
+        )
+        masks_out = torch.zeros((len(mask_queries), *output_size), dtype=torch.bool, device=device)
+        queries = torch.nonzero((rows >= 0).any(0))[:, 0]
+        for start in range(0, len(queries), _MASK_CHUNK):
+            chunk = queries[start : start + _MASK_CHUNK]
+            logits = self.mask_logits_at_output_size(
+                mask_logits[chunk], padded_size, image_size, output_size
+            )
+            to_logits, to_masks = logit_rows[chunk] >= 0, mask_rows[chunk] >= 0
+            logits_out[logit_rows[chunk][to_logits]] = logits[to_logits]
+            masks_out[mask_rows[chunk][to_masks]] = logits[to_masks].sigmoid() > self.mask_threshold
+        return logits_out, masks_out
+
     def masks_at_output_size(
         self,
         mask_logits: Tensor,
@@ -343,13 +404,9 @@ class DETRSegmDetectorBase(DETRDetectorBase):
         image_size: tuple[int, int],
         output_size: tuple[int, int],
     ) -> Tensor:
-        """``[N, height, width]`` bool masks: :meth:`mask_logits_at_output_size` then
-        ``sigmoid > mask_threshold``, ``_MASK_CHUNK`` queries at a time to bound memory."""
-        masks = torch.zeros(
-            (mask_logits.shape[0], *output_size), dtype=torch.bool, device=mask_logits.device
-        )
-        for start in range(0, mask_logits.shape[0], _MASK_CHUNK):
-            chunk = mask_logits[start : start + _MASK_CHUNK]
-            logits = self.mask_logits_at_output_size(chunk, padded_size, image_size, output_size)
-            masks[start : start + _MASK_CHUNK] = logits.sigmoid() > self.mask_threshold
-        return masks
+        """``[N, height, width]`` bool masks of all ``N`` queries of ``mask_logits``:
+        :meth:`logits_and_masks_at_output_size` without logits."""
+        all_queries = torch.arange(mask_logits.shape[0], device=mask_logits.device)
+        return self.logits_and_masks_at_output_size(
+            mask_logits, all_queries[:0], all_queries, padded_size, image_size, output_size
+        )[1]
