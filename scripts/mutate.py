@@ -67,6 +67,8 @@ DEFAULT_TESTS: dict[str, list[str]] = {
     "detr_ext/data/samplers.py": ["tests/data/test_samplers.py"],
     "detr_ext/checkpoint/reading.py": ["tests/engine/test_checkpointer.py"],
     "detr_ext/engine/ema.py": ["tests/engine/test_ema.py"],
+    "detr_ext/utils/flop_count.py": ["tests/tools/test_analyze_model.py"],
+    "detr_ext/modeling/language/prompts.py": ["tests/modeling/language/test_prompts.py"],
     "detr_ext/data": ["tests/data"],
     "detr_ext/data/dataset_mapper.py": [
         "tests/data/test_dataset_mapper.py",
