@@ -143,15 +143,13 @@ def predict_outputs(predictor, image, prompt: str | None) -> dict:
 
 
 def load_config(config_file: str, opts: Sequence[str]):
-    from detectron2.config import LazyConfig
+    from detr_ext.config import ConfigUsageError
+    from detr_ext.config import load_config as load_with_overrides
 
-    if not os.path.isfile(config_file):
-        raise DemoError(f"--config-file: expected a LazyConfig .py file, got {config_file!r}")
-    malformed = [opt for opt in opts if "=" not in opt]
-    if malformed:
-        raise DemoError(f"expected config overrides as key=value, got {malformed}")
-    cfg = LazyConfig.load(config_file)
-    return LazyConfig.apply_overrides(cfg, list(opts))
+    try:
+        return load_with_overrides(config_file, opts)
+    except ConfigUsageError as error:
+        raise DemoError(str(error)) from error
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:

@@ -112,10 +112,10 @@ def _differs(result: dict, tolerance: float) -> bool:
 def main(argv: Sequence[str] | None = None) -> dict:
     """Export; returns ``{format: {"path", "verification"}}``."""
     args = build_parser().parse_args(argv)
-    from detectron2.config import LazyConfig
     from detectron2.utils.logger import setup_logger
 
     from detr_ext.checkpoint import CheckpointMismatchError, UnreadableCheckpointError
+    from detr_ext.config import ConfigUsageError, load_config
     from detr_ext.export import (
         ExportError,
         build_model,
@@ -129,12 +129,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     setup_logger(name="detr_ext", abbrev_name="detr")
     config_file = Path(args.config_file)
-    if not config_file.is_file():
-        raise ExportToolError(f"--config-file: expected a LazyConfig .py file, got {config_file}")
-    malformed = [opt for opt in args.opts if "=" not in opt]
-    if malformed:
-        raise ExportToolError(f"expected config overrides as key=value, got {malformed}")
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(config_file)), list(args.opts))
+    try:
+        cfg = load_config(config_file, args.opts)
+    except ConfigUsageError as error:
+        raise ExportToolError(str(error)) from error
     try:
         model = build_model(cfg, None if args.random_weights else args.weights, args.device)
     # A model that detr_ext.export does not handle, or weights that are missing, unreadable or

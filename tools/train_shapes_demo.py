@@ -113,11 +113,13 @@ def setup(args: argparse.Namespace):
     """:func:`detr_ext.engine.setup` with, unless the overrides set them, ``--output-dir`` as
     ``train.output_dir`` (evaluation files then go to its ``inference/``) and a
     ``train.log_period`` of at most ``PROGRESS_LOG_PERIOD``."""
+    from detr_ext.config import ConfigUsageError, check_overrides
     from detr_ext.engine import setup as engine_setup
 
-    malformed = [opt for opt in args.opts if "=" not in opt]
-    if malformed:
-        raise UsageError(f"expected config overrides as key=value, got {malformed}")
+    try:
+        check_overrides(args.opts)
+    except ConfigUsageError as error:
+        raise UsageError(str(error)) from error
 
     def edit(cfg) -> None:
         if not _overridden(args.opts, "train.output_dir"):

@@ -1,5 +1,19 @@
 """Config helpers: :func:`get_config` loads the shared LazyConfig files under ``configs/``."""
 
-from .config import accepts_argument, configs_dir, get_config
+from .config import (
+    ConfigUsageError,
+    accepts_argument,
+    check_overrides,
+    configs_dir,
+    get_config,
+    load_config,
+)
 
-__all__ = ["accepts_argument", "configs_dir", "get_config"]
+__all__ = [
+    "ConfigUsageError",
+    "accepts_argument",
+    "check_overrides",
+    "configs_dir",
+    "get_config",
+    "load_config",
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,14 @@ from detectron2.config import LazyConfig
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig
 
-__all__ = ["accepts_argument", "configs_dir", "get_config"]
+__all__ = [
+    "ConfigUsageError",
+    "accepts_argument",
+    "check_overrides",
+    "configs_dir",
+    "get_config",
+    "load_config",
+]
 
 CONFIGS_ENV_VAR = "DETR_EXT_CONFIGS"
 # Where setup.py puts the copy of configs/ in a built package: next to this file.
@@ -64,6 +72,37 @@ def get_config(config_path: str) -> DictConfig:
             f"(configs directory {root}; set ${CONFIGS_ENV_VAR} to use another)"
         )
     return LazyConfig.load(str(path))
+
+
+class ConfigUsageError(ValueError):
+    """A command line's config file or ``key=value`` overrides are not usable; the message
+    names what was expected and what was given, for a tool to print without a traceback."""
+
+
+def check_overrides(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` as a list, after checking each is ``key=value``.
+
+    Raises:
+        ConfigUsageError: naming the ones that are not.
+    """
+    malformed = [opt for opt in overrides if "=" not in opt]
+    if malformed:
+        raise ConfigUsageError(f"expected config overrides as key=value, got {malformed}")
+    return list(overrides)
+
+
+def load_config(config_file: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+    """A tool's ``--config-file`` loaded with its ``key=value`` overrides applied.
+
+    Raises:
+        ConfigUsageError: no such file, or an override without ``=``.
+    """
+    if not Path(config_file).is_file():
+        raise ConfigUsageError(
+            f"--config-file: expected a LazyConfig .py file, got {str(config_file)!r}"
+        )
+    overrides = check_overrides(overrides)
+    return LazyConfig.apply_overrides(LazyConfig.load(str(config_file)), overrides)
 
 
 def accepts_argument(target: Any, argument: str) -> bool:

@@ -100,3 +100,16 @@ def test_checkout_reads_the_repository_configs(monkeypatch):
     repo_root = Path(__file__).resolve().parents[2]
     assert configs_dir() == repo_root / "configs"
     assert not (repo_root / "detr_ext" / "config" / "configs").exists()
+
+
+def test_load_config_applies_overrides_and_names_bad_input(tmp_path):
+    from detr_ext.config import ConfigUsageError, load_config
+
+    config = tmp_path / "cfg.py"
+    config.write_text("train = dict(max_iter=10, output_dir='a')\n")
+    cfg = load_config(config, ["train.max_iter=3"])
+    assert cfg.train.max_iter == 3 and cfg.train.output_dir == "a"
+    with pytest.raises(ConfigUsageError, match=r"LazyConfig \.py file, got .*missing\.py"):
+        load_config(tmp_path / "missing.py")
+    with pytest.raises(ConfigUsageError, match=r"key=value, got \['max_iter'\]"):
+        load_config(config, ["train.max_iter=3", "max_iter"])
