@@ -1,0 +1,91 @@
+"""tools/visualize_data.py: the dataset as annotated and as the mapper hands it to the model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.structures import Boxes, Instances
+from PIL import Image
+
+from tests.tool_runs import REPO_ROOT, TINY_SHAPES_CONFIG, load_script
+
+
+@pytest.fixture()
+def tiny_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETR_EXT_DATASETS", str(tmp_path / "datasets"))
+    base = REPO_ROOT / "projects/detr/configs/detr_segm_shapes.py"
+    config = tmp_path / "tiny_detr_segm_shapes.py"
+    config.write_text(TINY_SHAPES_CONFIG.format(base=str(base)))
+    return config
+
+
+def _val_images(tmp_path) -> dict[int, tuple[int, int]]:
+    annotations = json.loads((tmp_path / "datasets/shapes/annotations/instances_val.json").read_text())
+    return {image["id"]: (image["height"], image["width"]) for image in annotations["images"]}
+
+
+def test_annotations_are_drawn_in_the_original_frame(tiny_config, tmp_path):
+    tool = load_script("tools/visualize_data.py")
+    out = tmp_path / "vis"
+    written = tool.main(
+        ["--config-file", str(tiny_config), "--source", "annotation", "--split", "test"]
+        + ["--output-dir", str(out), "--num-images", "2"]
+    )
+    sizes = _val_images(tmp_path)
+    assert len(written) == 2
+    for path in written:
+        height, width = sizes[int(path.stem)]
+        assert Image.open(path).size == (width, height)
+
+
+def test_dataloader_images_are_what_the_mapper_returns(tiny_config, tmp_path):
+    from detectron2.config import LazyConfig, instantiate
+
+    tool = load_script("tools/visualize_data.py")
+    out = tmp_path / "vis"
+    written = tool.main(
+        ["--config-file", str(tiny_config), "--source", "dataloader", "--split", "test"]
+        + ["--output-dir", str(out), "--num-images", "3"]
+    )
+    assert len(written) == 3
+    test_loader = LazyConfig.load(str(tiny_config)).dataloader.test
+    records, mapper = instantiate(test_loader.dataset), instantiate(test_loader.mapper)
+    for path, record in zip(written, records, strict=False):
+        mapped = mapper(dict(record))
+        assert Image.open(path).size == tuple(mapped["image"].shape[-1:-3:-1])  # (W, H)
+
+
+def test_mapped_boxes_are_drawn_where_they_are():
+    image = torch.full((3, 60, 80), 30, dtype=torch.uint8)
+    instances = Instances((60, 80))
+    instances.gt_boxes = Boxes(torch.tensor([[10.0, 10.0, 50.0, 40.0]]))
+    instances.gt_classes = torch.tensor([0])
+    metadata = MetadataCatalog.get("_visualize_data_test")
+    metadata.set(thing_classes=["thing"])
+    drawing = load_script("tools/visualize_data.py").draw_mapped(
+        {"image": image, "instances": instances}, metadata
+    )
+    assert drawing.shape == (60, 80, 3)
+    changed = np.abs(drawing.astype(int) - 30).sum(-1) > 30
+    assert changed[10:41, 10].any() and changed[10:41, 50].any()  # the box's left / right edges
+    assert not changed[55:, 60:].any()  # far from the box and its label
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--num-images", "0"], "positive count"),
+        (["--split", "test", "not_an_override"], "key=value"),
+    ],
+)
+def test_usage_errors(tiny_config, tmp_path, argv, match):
+    tool = load_script("tools/visualize_data.py")
+    with pytest.raises(tool.VisualizeError, match=match):
+        tool.main(
+            ["--config-file", str(tiny_config), "--source", "annotation"]
+            + ["--output-dir", str(tmp_path / "vis"), *argv]
+        )
