@@ -4,6 +4,12 @@ A model with fewer classes than the dataset has categories cannot learn the extr
 DETR would silently train the last category as "no object", while the sigmoid-based
 detectors (Deformable DETR, DINO) fail deep inside their criterion with a bare IndexError.
 :func:`check_num_classes` turns both into one early error that names the config key.
+
+A model's class k is the k-th category of its training set, and evaluation maps it back with
+the test set's numbering. When the two jsons list different categories (a category without
+objects left out of the validation json, another order of ids), every prediction past the
+difference is scored as another category, and nothing fails.
+:func:`check_category_consistency` refuses that before training.
 """
 
 from __future__ import annotations
@@ -15,13 +21,24 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-__all__ = ["NumClassesError", "check_num_classes", "config_dataset_names", "dataset_num_classes"]
+__all__ = [
+    "CategoryMismatchError",
+    "NumClassesError",
+    "check_category_consistency",
+    "check_num_classes",
+    "config_dataset_names",
+    "dataset_num_classes",
+]
 
 logger = logging.getLogger(__name__)
 
 
 class NumClassesError(ValueError):
     """``model.num_classes`` is smaller than a dataset's number of categories."""
+
+
+class CategoryMismatchError(ValueError):
+    """A closed-set model's training and test datasets number their categories differently."""
 
 
 # The loaders whose datasets a run uses, as config keys.
@@ -124,5 +141,99 @@ def check_num_classes(
                 "extra classes are never trained.",
                 num_classes,
                 categories,
+                name,
+            )
+
+
+def _category_numbering(name: str) -> dict[int, tuple[int, str]] | None:
+    """Dataset category id -> (contiguous class index, name) of a loaded dataset, or None when
+    its metadata has no such mapping (a dataset registered without category ids)."""
+    metadata = MetadataCatalog.get(name)
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None)
+    classes = metadata.get("thing_classes", None)
+    if mapping is None or classes is None:
+        return None
+    return {
+        int(dataset_id): (int(index), str(classes[index]) if index < len(classes) else "?")
+        for dataset_id, index in mapping.items()
+    }
+
+
+def _describe_difference(
+    reference: dict[int, tuple[int, str]], other: dict[int, tuple[int, str]]
+) -> str:
+    only_reference = sorted(set(reference) - set(other))
+    only_other = sorted(set(other) - set(reference))
+    parts = []
+    if only_reference:
+        parts.append(f"category ids only in the first: {only_reference[:10]}")
+    if only_other:
+        parts.append(f"category ids only in the second: {only_other[:10]}")
+    moved = [
+        f"id {i} ({reference[i][1]!r}) is class {reference[i][0]} vs {other[i][0]}"
+        for i in sorted(set(reference) & set(other))
+        if reference[i][0] != other[i][0]
+    ]
+    if moved:
+        parts.append(
+            "; ".join(moved[:5]) + (f" (+{len(moved) - 5} more)" if len(moved) > 5 else "")
+        )
+    return "; ".join(parts)
+
+
+def check_category_consistency(cfg: DictConfig, model: nn.Module | None = None) -> None:
+    """Raise if the train and test datasets of ``cfg`` number their categories differently.
+
+    Compares each dataset's category id -> contiguous class index mapping
+    (``thing_dataset_id_to_contiguous_id``) with the first training dataset's. Run after the
+    train loader is built (the datasets are then loaded). Models without ``num_classes``
+    (text-prompted ones such as Grounding DINO, whose classes are prompts) are not checked:
+    their test set may well have other categories. A category with the same id and index but
+    another name only gets a warning (evaluation matches ids; the demo shows the test set's
+    names).
+
+    Raises:
+        CategoryMismatchError: (a ``ValueError``) naming both datasets and the categories
+            that differ.
+    """
+    num_classes = _model_num_classes(model) if model is not None else None
+    if num_classes is None and OmegaConf.select(cfg, "model.num_classes", default=None) is None:
+        return
+    names = config_dataset_names(cfg)
+    train_names = config_dataset_names(cfg, ["train"])
+    if not train_names:
+        return
+    reference_name = train_names[0]
+    reference = _category_numbering(reference_name)
+    if reference is None:
+        return
+    for name in names:
+        if name == reference_name:
+            continue
+        numbering = _category_numbering(name)
+        if numbering is None:
+            continue
+        if {i: index for i, (index, _) in numbering.items()} != {
+            i: index for i, (index, _) in reference.items()
+        }:
+            raise CategoryMismatchError(
+                f"datasets {reference_name!r} and {name!r} number their categories "
+                f"differently ({_describe_difference(reference, numbering)}), so the model's "
+                f"classes, learned with the numbering of {reference_name!r}, would be scored "
+                f"and named as other categories of {name!r}; expected the same 'categories' "
+                "list (the same ids, categories without objects included) in both jsons"
+            )
+        renamed = [
+            f"id {i}: {reference[i][1]!r} vs {numbering[i][1]!r}"
+            for i in sorted(reference)
+            if reference[i][1] != numbering[i][1]
+        ]
+        if renamed:
+            logger.warning(
+                "Datasets %r and %r give categories other names (%s); evaluation matches ids, "
+                "the demo shows the names of %r.",
+                reference_name,
+                name,
+                "; ".join(renamed[:5]),
                 name,
             )

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .checkpointer import SafeCheckpointer
-from .checks import check_num_classes
+from .checks import check_category_consistency, check_num_classes
 from .data_stream import DataStreamState, build_train_loader
 from .ema import EMAHook
 from .evaluation import build_ema, do_test, request_error_analysis
@@ -141,6 +141,7 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
     optimizer = instantiate(cfg.optimizer)
     train_loader, sampler = build_train_loader(cfg)
     check_num_classes(cfg, model)  # after the train loader: it loaded the train datasets
+    check_category_consistency(cfg, model)
     ema = build_ema(cfg, model)
 
     model = wrap_ddp(model, cfg, **cfg.train.ddp)

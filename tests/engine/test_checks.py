@@ -14,7 +14,9 @@ from torch import nn
 from detr_ext.data.datasets import register_shapes
 from detr_ext.engine import do_test, do_train
 from detr_ext.engine.checks import (
+    CategoryMismatchError,
     NumClassesError,
+    check_category_consistency,
     check_num_classes,
     config_dataset_names,
     dataset_num_classes,
@@ -132,3 +134,98 @@ def test_do_test_checks_the_test_datasets(load_shapes_config):
     model = instantiate(cfg.model).eval()
     with pytest.raises(NumClassesError, match=r"model\.num_classes=2 .* 'shapes_val'"):
         do_test(cfg, model, eval_only=True)
+
+
+def _register_parts(tmp_path, name: str, category_ids, names=None) -> None:
+    """A one-image COCO json with the given categories (one box of the first)."""
+    from PIL import Image
+
+    from detr_ext.data.datasets import register_coco_format_dataset
+
+    names = names or [f"part{i}" for i in category_ids]
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    Image.new("RGB", (32, 24)).save(images / "a.png")
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 24, "width": 32}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": category_ids[0], "bbox": [2, 2, 10, 8]}
+        ],
+        "categories": [{"id": i, "name": n} for i, n in zip(category_ids, names, strict=True)],
+    }
+    json_file = tmp_path / f"{name}.json"
+    json_file.write_text(json.dumps(data))
+    register_coco_format_dataset(name, str(json_file), str(images))
+    DatasetCatalog.get(name)  # loading sets the category mapping
+
+
+@pytest.fixture
+def parts_datasets(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETR_EXT_CACHE", str(tmp_path / "cache"))
+    registered = []
+
+    def register(name, category_ids, names=None):
+        _register_parts(tmp_path, name, category_ids, names)
+        registered.append(name)
+        return name
+
+    yield register
+    for name in registered:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def _parts_config(train: str, test: str):
+    cfg = LazyConfig.load(str(CONFIGS["dino"]))
+    cfg.dataloader.train.dataset.names = train
+    cfg.dataloader.test.dataset.names = test
+    cfg.model.num_classes = 4
+    return cfg
+
+
+def test_test_set_numbering_categories_differently_is_an_error(parts_datasets):
+    # The validation json leaves out category 3, which has no objects there: its class 1
+    # would be scored as category 7, class 2 as 9.
+    train = parts_datasets("checks_parts_train", [0, 3, 7, 9])
+    val = parts_datasets("checks_parts_val", [0, 7, 9])
+    cfg = _parts_config(train, val)
+    with pytest.raises(
+        CategoryMismatchError,
+        match=r"'checks_parts_train' and 'checks_parts_val' number their categories "
+        r"differently \(category ids only in the first: \[3\]; id 7 \('part7'\) is class 2 vs 1",
+    ):
+        check_category_consistency(cfg, instantiate(cfg.model))
+
+
+def test_same_numbering_passes_and_other_names_warn(parts_datasets, caplog):
+    train = parts_datasets("checks_parts_train", [0, 3, 7, 9])
+    val = parts_datasets("checks_parts_val", [0, 3, 7, 9], ["a", "b", "c", "dd"])
+    train_names = ["part0", "part3", "part7", "part9"]
+    assert MetadataCatalog.get(train).thing_classes == train_names
+    cfg = _parts_config(train, val)
+    with caplog.at_level("WARNING", logger="detr_ext.engine.checks"):
+        check_category_consistency(cfg, instantiate(cfg.model))
+    assert "give categories other names (id 0: 'part0' vs 'a'" in caplog.text
+
+
+def test_text_prompted_models_are_not_checked(parts_datasets):
+    train = parts_datasets("checks_parts_train", [0, 3, 7, 9])
+    val = parts_datasets("checks_parts_val", [5, 6])
+    cfg = _parts_config(train, val)
+    del cfg.model.num_classes
+    check_category_consistency(cfg, nn.Linear(2, 2))  # no num_classes: open vocabulary
+
+
+def test_do_train_checks_the_numbering_before_training(parts_datasets, tmp_path):
+    train = parts_datasets("checks_parts_train", [0, 3, 7, 9])
+    val = parts_datasets("checks_parts_val", [0, 7, 9])
+    cfg = _parts_config(train, val)
+    cfg.dataloader.train.total_batch_size = 1
+    cfg.dataloader.train.num_workers = 0
+    cfg.train.output_dir = str(tmp_path / "output")
+    cfg.train.max_iter = 1
+    cfg.train.device = "cpu"
+    args = argparse.Namespace(resume=False, eval_only=False, num_gpus=1)
+    with pytest.raises(CategoryMismatchError):
+        do_train(args, cfg)
+    assert not list((tmp_path / "output").glob("*.pth"))
