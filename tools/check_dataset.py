@@ -70,13 +70,15 @@ def dataset_names(args: argparse.Namespace) -> list[str]:
         raise UsageError("--image-root goes with --json")
     if args.dataset:
         return list(args.dataset)
-    from detectron2.config import LazyConfig
-
+    from detr_ext.config import ConfigUsageError, load_config
     from detr_ext.engine.checks import config_dataset_names
 
-    if not Path(args.config_file).is_file():
-        raise UsageError(f"--config-file: expected a LazyConfig .py file, got {args.config_file}")
-    names = config_dataset_names(LazyConfig.load(args.config_file))
+    try:
+        # Loading the config registers its datasets: a missing json or image fails here.
+        cfg = load_config(args.config_file)
+    except (ConfigUsageError, FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from error
+    names = config_dataset_names(cfg)
     if not names:
         raise UsageError(f"{args.config_file}: no dataloader.<split>.dataset.names to check")
     return names
@@ -97,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in dataset_names(args):
         if name not in DatasetCatalog.list():
             raise UsageError(f"dataset {name!r} is not registered (known: {DatasetCatalog.list()})")
-        records = DatasetCatalog.get(name)
+        try:
+            records = DatasetCatalog.get(name)
+        except (FileNotFoundError, ValueError) as error:  # registration's refusals
+            raise UsageError(f"dataset {name!r}: {error}") from error
         begin = time.perf_counter()
         problems = check_image_files(
             records,

@@ -144,3 +144,23 @@ def test_tool_lists_the_problems_writes_a_report_and_sets_the_exit_status(
 
     with pytest.raises(tool.UsageError, match="--json needs --image-root"):
         tool.main(["--json", str(clean)])
+
+
+def test_tool_names_a_config_whose_dataset_cannot_be_registered(
+    image_folder, tmp_path, monkeypatch
+):
+    """A config registers its datasets when loaded: a missing image file is a usage error
+    naming it, as with --json, not a traceback."""
+    root, expected = image_folder
+    monkeypatch.setenv("DETR_EXT_CACHE", str(tmp_path / "cache"))
+    missing = tmp_path / "missing.json"
+    write_coco(missing, {**expected, ("gone.jpg", 40, 30): None})
+    config = tmp_path / "my_config.py"
+    config.write_text(
+        "from detr_ext.data.datasets import register_coco_format_dataset\n"
+        f"register_coco_format_dataset('check_tool_missing', {str(missing)!r}, {str(root)!r})\n"
+        "dataloader = dict(train=dict(dataset=dict(names='check_tool_missing')))\n"
+    )
+    tool = load_tool()
+    with pytest.raises(tool.UsageError, match="image files missing under .*gone.jpg"):
+        tool.main(["--config-file", str(config)])
