@@ -144,16 +144,14 @@ class _AttentionProducts(torch.nn.Module):
     """The two forms attention products take in a trace, both unknown to fvcore."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        logits = torch.baddbmm(
-            torch.zeros(6, 5, 7), q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2)
-        )
+        logits = torch.baddbmm(torch.zeros(6, 5, 7), q, k.transpose(1, 2))
         fused = torch.nn.functional.scaled_dot_product_attention(q, k, v)
         return logits.sum() + fused.sum()
 
 
 def test_attention_products_are_counted():
-    # q [2, 3, 5, 8], k [2, 3, 7, 8], v [2, 3, 7, 4]: batch 6, L 5, S 7.
-    inputs = (torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 4))
+    # q [6, 5, 8], k [6, 7, 8], v [6, 7, 4]: batch 6, L 5, S 7, E 8, E_v 4.
+    inputs = (torch.randn(6, 5, 8), torch.randn(6, 7, 8), torch.randn(6, 7, 4))
     analysis = FlopCountAnalysis(_AttentionProducts().eval(), inputs)
     analysis.set_op_handle(**flop_count_handles())
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)

@@ -89,6 +89,10 @@ def test_chunks_cover_all_phrases_in_order_and_fit(minilm_tokenizer):
 def test_chunks_single_prompt_when_it_fits(minilm_tokenizer):
     phrases = ["red circle", "triangle", "blue square"]
     assert split_phrases_into_chunks(phrases, minilm_tokenizer, 256) == [[0, 1, 2]]
+    # The budget is inclusive: a prompt of exactly max_text_len tokens fits.
+    exact = _num_tokens(minilm_tokenizer, phrases)
+    assert split_phrases_into_chunks(phrases, minilm_tokenizer, exact) == [[0, 1, 2]]
+    assert len(split_phrases_into_chunks(phrases, minilm_tokenizer, exact - 1)) == 2
 
 
 def test_chunk_too_long_phrase_is_alone(minilm_tokenizer):
