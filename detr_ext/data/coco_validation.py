@@ -2,12 +2,17 @@
 wrong and what detectron2 / pycocotools would otherwise mishandle silently or far too late:
 
 refused (``ValueError`` naming the file and the offending ids):
-  - images that are not dicts or lack a usable ``id``, ``file_name``, ``height`` or ``width``;
+  - images whose ``id`` is not a non-negative int (a string or negative id passes detectron2's
+    loader and training, then hotcoco refuses the file at the final evaluation), or that are
+    not dicts or lack a usable ``file_name``, ``height`` or ``width``;
   - duplicate image ids (pycocotools keeps one image and gives it the other's boxes);
   - image files missing under ``image_root`` (otherwise found at the first batch, or after all
     of training at the final evaluation);
-  - categories without an int ``id`` and a ``name``, or with duplicate ids;
-  - annotations that are not dicts, or whose ``category_id`` is not among ``categories``.
+  - categories without a non-negative int ``id`` (0 is fine, as for images) and a ``name``, or
+    with duplicate ids;
+  - annotations that are not dicts, whose ``category_id`` is not among ``categories``, or whose
+    ``iscrowd`` is neither 0 nor 1 (a string ``"0"`` reads as a crowd region to detectron2 and
+    pycocotools, so the box is never trained on nor scored, and hotcoco refuses it).
 
 dropped from the registered data, with a warning that counts them and names the first few:
   - annotations whose ``bbox`` is missing, null, not 4 finite numbers, or has width or
@@ -16,7 +21,12 @@ dropped from the registered data, with a warning that counts them and names the 
   - annotations whose ``image_id`` is not an image of the file (ignored by detectron2's
     loader and by COCOeval alike; warned because it usually means a mismatched export);
   - annotations whose box lies entirely outside its image (the mapper clips it to nothing, so
-    it is never trained on, while COCOeval would count it as a missed object forever).
+    it is never trained on, while COCOeval would count it as a missed object forever);
+  - exact duplicates: annotations identical to an earlier one in every field but ``id`` (the
+    same ``image_id``, ``category_id``, ``bbox``, ``iscrowd``, ``segmentation``, ``area`` ...),
+    whatever their ids: a second ground-truth object that no detection can match (a perfect
+    detector scored AP 93.4 on a file with such copies). The first is kept. Annotations that
+    merely overlap, or share an id but differ in any field, are distinct objects and stay.
 
 repaired in the registered copy, with a warning:
   - annotation ids that are not unique positive ints (an id of 0 makes COCOeval count the
@@ -25,6 +35,8 @@ repaired in the registered copy, with a warning:
     renumbered 1..n in file order;
   - a missing or non-numeric ``area`` (COCOeval reads it for every ground truth and raises
     ``KeyError`` without it): filled from the mask, or from the box when there is none;
+  - a missing or null ``iscrowd`` (converters often leave it out; pycocotools' COCOeval raises
+    ``KeyError`` without it): filled with 0;
   - boxes that extend more than ``BOX_OUTSIDE_TOLERANCE`` (1) px past their image (drawn over
     the border in a labeling tool): clipped to the image, as the mapper clips them for
     training, so that evaluation scores the same box (the unclipped one lowers the IoU of a
@@ -37,7 +49,6 @@ only warned:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,38 +59,14 @@ from .annotation_geometry import (
     is_number,
     mask_area,
 )
+from .coco_tables import Findings, check_categories, check_images, id_key, short
 
 __all__ = ["CocoCheckResult", "check_coco_instances"]
 
-_MAX_EXAMPLES = 5
 # Tolerances for ``area`` against the box: a mask's pixel area never exceeds its tight box, a
 # polygon's exact area never exceeds its box, and exports round both to a pixel or so.
 _AREA_RELATIVE_SLACK = 0.05
 _AREA_ABSOLUTE_SLACK = 1.0
-
-
-class _Findings:
-    """A count of one kind of problem and its first few examples."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.examples: list[str] = []
-
-    def add(self, example: str) -> None:
-        self.count += 1
-        if len(self.examples) < _MAX_EXAMPLES:
-            self.examples.append(example)
-
-    def __bool__(self) -> bool:
-        return self.count > 0
-
-    def describe(self) -> str:
-        more = (
-            f", ... ({self.count - len(self.examples)} more)"
-            if self.count > len(self.examples)
-            else ""
-        )
-        return f"{self.count}: " + "; ".join(self.examples) + more
 
 
 @dataclass
@@ -89,7 +76,7 @@ class CocoCheckResult:
     Attributes:
         content: the json content to register: the input itself when nothing had to change,
             else a copy with ``annotations`` cleaned (dropped ones removed, ids renumbered,
-            missing areas filled) and every other key unchanged.
+            missing areas and iscrowd filled, boxes clipped) and every other key unchanged.
         changed: whether ``content`` differs from the input (so a copy must be written for
             detectron2's loader and COCOEvaluator to read).
         warnings: one message per kind of problem that was dropped, repaired or only warned.
@@ -100,79 +87,22 @@ class CocoCheckResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _where_box(annotation: dict, box: Any, image: dict) -> str:
     """How a message names an annotation whose box does not fit its image."""
-    size = f"{_short(image.get('width'))}x{_short(image.get('height'))}"
-    return f"{_where(annotation)}: bbox={_short(box)}, image {size}"
+    size = f"{short(image.get('width'))}x{short(image.get('height'))}"
+    return f"{_where(annotation)}: bbox={short(box)}, image {size}"
 
 
 def _where(annotation: dict) -> str:
     """How a message names an annotation (built only for the ones reported)."""
-    return f"id={_short(annotation.get('id'))} (image_id={_short(annotation.get('image_id'))})"
+    return f"id={short(annotation.get('id'))} (image_id={short(annotation.get('image_id'))})"
 
 
-def _check_categories(categories: list, errors: list[str]) -> set[int]:
-    ids: set[int] = set()
-    bad, duplicates = _Findings(), _Findings()
-    for index, category in enumerate(categories):
-        if not isinstance(category, dict):
-            bad.add(f"categories[{index}] is {type(category).__name__}")
-            continue
-        category_id, name = category.get("id"), category.get("name")
-        if type(category_id) is not int or not isinstance(name, str):
-            bad.add(f"categories[{index}]: id={_short(category_id)}, name={_short(name)}")
-            continue
-        if category_id in ids:
-            duplicates.add(f"id={category_id} ({name!r})")
-        ids.add(category_id)
-    if bad:
-        errors.append(f"categories without an int 'id' and a str 'name' {bad.describe()}")
-    if duplicates:
-        errors.append(f"duplicate category ids {duplicates.describe()}")
-    return ids
-
-
-def _check_images(images: list, image_root: str, errors: list[str]) -> dict[Any, dict]:
-    """Map image id -> image dict; report bad entries, duplicate ids and missing files."""
-    by_id: dict[Any, dict] = {}
-    bad, duplicates, missing = _Findings(), _Findings(), _Findings()
-    for index, image in enumerate(images):
-        if not isinstance(image, dict):
-            bad.add(f"images[{index}] is {type(image).__name__}")
-            continue
-        image_id, file_name = image.get("id"), image.get("file_name")
-        height, width = image.get("height"), image.get("width")
-        if type(image_id) not in (int, str) or not isinstance(file_name, str) or not file_name:
-            bad.add(f"images[{index}]: id={_short(image_id)}, file_name={_short(file_name)}")
-            continue
-        if not (is_number(height) and is_number(width) and height > 0 and width > 0):
-            bad.add(
-                f"id={image_id!r} ({file_name}): height={_short(height)}, width={_short(width)}"
-            )
-        if image_id in by_id:
-            duplicates.add(f"id={image_id!r} ({by_id[image_id]['file_name']} and {file_name})")
-            continue
-        by_id[image_id] = image
-        if not os.path.isfile(os.path.join(image_root, file_name)):
-            missing.add(file_name)
-    if bad:
-        errors.append(
-            "images without an int or str 'id', a 'file_name' and positive 'height' and "
-            f"'width' {bad.describe()}"
-        )
-    if duplicates:
-        errors.append(
-            "duplicate image ids (one image would silently get the other's boxes) "
-            f"{duplicates.describe()}"
-        )
-    if missing:
-        errors.append(f"image files missing under {image_root} {missing.describe()}")
-    return by_id
+def _same_but_id(first: dict, other: dict) -> bool:
+    """Whether two annotations are the same record in every field but ``id``."""
+    return first.keys() - {"id"} == other.keys() - {"id"} and all(
+        first[key] == other[key] for key in first if key != "id"
+    )
 
 
 def check_coco_instances(
@@ -187,15 +117,21 @@ def check_coco_instances(
         ValueError: listing every refused problem with its count and first few ids.
     """
     errors: list[str] = []
-    category_ids = _check_categories(content["categories"], errors)
-    images = _check_images(content["images"], image_root, errors)
+    category_ids, refused_categories = check_categories(content["categories"], errors)
+    images = check_images(content["images"], image_root, errors)
 
-    not_dicts, unknown_category, orphans, bad_boxes = (_Findings() for _ in range(4))
-    bad_ids, duplicate_ids, filled_areas, odd_areas = (_Findings() for _ in range(4))
-    outside, clipped_boxes = _Findings(), _Findings()
+    not_dicts, unknown_category, bad_crowds, orphans = (Findings() for _ in range(4))
+    bad_boxes, outside, clipped_boxes, duplicates = (Findings() for _ in range(4))
+    bad_ids, duplicate_ids, filled_areas, odd_areas = (Findings() for _ in range(4))
+    filled_crowds = Findings()
     kept: list[dict] = []
     filled: dict[int, float] = {}  # position in ``kept`` -> area to fill in
     clipped: dict[int, list] = {}  # position in ``kept`` -> the box clipped to its image
+    crowd_filled: set[int] = set()  # positions in ``kept`` whose missing iscrowd becomes 0
+    # hash of (image_id, bbox) -> the first kept annotation, and the others kept under the
+    # same hash (annotations that differ in another field)
+    first_of: dict[int, dict] = {}
+    more_of: dict[int, list[dict]] = {}
     seen_ids: set[int] = set()
     for index, annotation in enumerate(content["annotations"]):
         if not isinstance(annotation, dict):
@@ -211,20 +147,46 @@ def check_coco_instances(
             continue
         category_id = annotation.get("category_id")
         if type(category_id) is not int or category_id not in category_ids:
-            unknown_category.add(f"{_where(annotation)}: category_id={_short(category_id)}")
+            if id_key(category_id) not in refused_categories:  # else reported with it
+                unknown_category.add(f"{_where(annotation)}: category_id={short(category_id)}")
+            continue
+        iscrowd = annotation.get("iscrowd")  # None is filled with 0 below
+        if iscrowd is not None and iscrowd not in (0, 1):  # json's "0", [0], {} equal neither
+            bad_crowds.add(f"{_where(annotation)}: iscrowd={short(iscrowd)}")
             continue
         box = annotation.get("bbox")
         size = box_size(box)
         if size is None:
-            bad_boxes.add(f"{_where(annotation)}: bbox={_short(box)}")
+            bad_boxes.add(f"{_where(annotation)}: bbox={short(box)}")
             continue
         inside = clip_box_to_image(box, image)
         if inside is None:
             outside.add(_where_box(annotation, box, image))
             continue
+
+        # An exact copy is one more ground-truth object that no detection can match twice.
+        # Boxes rarely repeat in an image, so whole records (masks included) are compared only
+        # when they do. The key is an int: a tuple or list kept per annotation made the garbage
+        # collector walk the whole parsed json again and again (2-3x slower on 300k boxes).
+        key = hash((image["id"], *box))
+        first = first_of.setdefault(key, annotation)
+        if first is not annotation:
+            candidates = (first, *more_of.get(key, ()))
+            original = next((a for a in candidates if _same_but_id(a, annotation)), None)
+            if original is not None:
+                duplicates.add(
+                    f"image_id={image['id']}: id={short(annotation_id)} repeats "
+                    f"id={short(original.get('id'))}"
+                )
+                continue
+            more_of.setdefault(key, []).append(annotation)
+
         if inside is not box:
             clipped[len(kept)] = inside
             clipped_boxes.add(_where_box(annotation, box, image))
+        if iscrowd is None:  # pycocotools' COCOeval reads it for every ground truth
+            crowd_filled.add(len(kept))
+            filled_crowds.add(_where(annotation))
 
         if type(annotation_id) is not int or annotation_id <= 0:
             bad_ids.add(_where(annotation))
@@ -242,7 +204,7 @@ def check_coco_instances(
             if fill is None:  # the box's area (the clipped box's, when it was clipped)
                 fill = inside[2] * inside[3]
             filled[len(kept)] = fill
-            filled_areas.add(f"{_where(annotation)}: area={_short(area)}")
+            filled_areas.add(f"{_where(annotation)}: area={short(area)}")
         elif (
             area <= 0
             or area > box_area * (1 + _AREA_RELATIVE_SLACK) + _AREA_ABSOLUTE_SLACK
@@ -264,6 +226,12 @@ def check_coco_instances(
         errors.append(
             f"annotations whose category_id is not in 'categories' ({known}) "
             f"{unknown_category.describe()}"
+        )
+    if bad_crowds:
+        errors.append(
+            "annotations whose 'iscrowd' is not 0 or 1 (false or true; detectron2 trains only on "
+            "boxes whose iscrowd == 0, pycocotools reads a string as a crowd region and hotcoco "
+            f"refuses it at the evaluation after training) {bad_crowds.describe()}"
         )
     if errors:
         raise ValueError(
@@ -292,6 +260,13 @@ def check_coco_instances(
             "px past it (training clips them too; evaluation now scores the same box) "
             + clipped_boxes.describe()
         )
+    if duplicates:
+        warnings.append(
+            "dropped exact duplicate annotations, keeping the first of each (identical to an "
+            "earlier one in image_id, category_id, bbox, iscrowd, segmentation and every other "
+            "field but 'id': each copy is one more ground-truth object, which lowers the AP of "
+            "even a perfect detector) " + duplicates.describe()
+        )
     renumber = bool(bad_ids or duplicate_ids)
     if renumber:
         problems = []
@@ -309,6 +284,11 @@ def check_coco_instances(
             "filled a missing or non-numeric 'area' (COCOeval needs it) from the mask, or the "
             f"box without a mask, for annotations {filled_areas.describe()}"
         )
+    if filled_crowds:
+        warnings.append(
+            "filled a missing or null 'iscrowd' with 0 (not a crowd region; pycocotools' "
+            f"COCOeval needs it) for annotations {filled_crowds.describe()}"
+        )
     if odd_areas:
         warnings.append(
             "annotations whose 'area' does not fit their box (COCO's small/medium/large "
@@ -317,12 +297,13 @@ def check_coco_instances(
         )
 
     # Orphans alone need no copy: detectron2's loader and COCOeval both ignore them already.
-    changed = renumber or bool(filled) or bool(bad_boxes) or bool(outside) or bool(clipped)
+    dropped = bool(bad_boxes or outside or duplicates)
+    changed = renumber or dropped or bool(filled or clipped or crowd_filled)
     if not changed:
         return CocoCheckResult(content=content, changed=False, warnings=warnings)
     annotations = []
     for position, annotation in enumerate(kept):
-        if renumber or position in filled or position in clipped:
+        if renumber or position in filled or position in clipped or position in crowd_filled:
             annotation = dict(annotation)
             if renumber:
                 annotation["id"] = position + 1
@@ -330,6 +311,8 @@ def check_coco_instances(
                 annotation["area"] = filled[position]
             if position in clipped:
                 annotation["bbox"] = clipped[position]
+            if position in crowd_filled:
+                annotation["iscrowd"] = 0
         annotations.append(annotation)
     return CocoCheckResult(
         content={**content, "annotations": annotations}, changed=True, warnings=warnings

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 _REQUIRED_KEYS = ("images", "annotations", "categories")
 # Part of the cached copy's name: bump when the cleaning changes, so old copies are not reused.
-_CLEANING_VERSION = 1
+_CLEANING_VERSION = 2
 
 
 def coco_format_cache_directory() -> str:
@@ -67,13 +67,17 @@ def register_coco_format_dataset(
     is read once here and checked in one pass (``detr_ext.data.coco_validation``):
 
     - refused with a ``ValueError`` naming the file and the offending ids / file names:
+      image or category ids that are not non-negative ints (strings, negative numbers),
       duplicate image ids, image files missing under ``image_root``, annotations whose
-      ``category_id`` is not in ``categories``, malformed images or categories;
+      ``category_id`` is not in ``categories`` or whose ``iscrowd`` is not 0 / 1, malformed
+      images or categories;
     - dropped with a warning counting and naming them: annotations whose ``bbox`` is missing,
-      null, not 4 finite numbers or has width / height <= 0 (never reinterpreted);
+      null, not 4 finite numbers or has width / height <= 0 (never reinterpreted), boxes
+      entirely outside their image, exact duplicate annotations (the first is kept);
     - repaired with a warning: annotation ids that are not unique positive ints (pycocotools
       reads id 0 as "unmatched", which lowers AP) are renumbered 1..n; a missing ``area`` is
-      filled from the mask or box;
+      filled from the mask or box, a missing ``iscrowd`` with 0; boxes past the image border
+      are clipped;
     - warned: ``area`` inconsistent with the box, annotations of unknown images.
 
     When anything was dropped or repaired, the cleaned json is written to
