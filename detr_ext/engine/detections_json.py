@@ -58,7 +58,9 @@ def instances_to_dicts(
     are given.
 
     ``category_id`` is the dataset's own category id when ``metadata`` has
-    ``thing_dataset_id_to_contiguous_id``, else the model's class index; ``category_name``
+    ``thing_dataset_id_to_contiguous_id`` (``None`` for a class it does not map: an extra
+    class of a model with more classes than the dataset), else the model's class index;
+    ``category_name``
     comes from ``metadata.thing_classes`` (``None`` without it). For a custom prompt (phrases
     other than the dataset's classes) both are ``None`` and ``"phrase"`` names the detection.
     """
@@ -76,7 +78,9 @@ def instances_to_dicts(
         if score < threshold:
             continue
         name = class_names[label] if class_names and 0 <= label < len(class_names) else None
-        category_id = to_dataset_id.get(label, label) if to_dataset_id else label
+        # A class past the dataset's categories (model.num_classes larger) has no id: None,
+        # not its index, which may be another category's id.
+        category_id = to_dataset_id.get(label) if to_dataset_id else label
         detection = {
             "bbox_xyxy": [round(float(value), 2) for value in box],
             "score": round(float(score), 4),
@@ -141,7 +145,7 @@ def panoptic_to_dicts(
             {
                 "id": int(info["id"]),
                 "isthing": isthing,
-                "category_id": to_dataset_id.get(label, label) if to_dataset_id else label,
+                "category_id": to_dataset_id.get(label) if to_dataset_id else label,
                 "category_name": names[label] if 0 <= label < len(names) else None,
                 "score": round(float(info["score"]), 4) if "score" in info else None,
                 "area": int(mask.sum()),

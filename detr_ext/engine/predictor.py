@@ -7,6 +7,7 @@ instance masks, panoptic segments) with detectron2's ``Visualizer``. The json-re
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
+from detectron2.utils.registry import locate
 from omegaconf import DictConfig
 
 from ..checkpoint.loading import load_model_weights
@@ -38,6 +40,7 @@ __all__ = [
     "draw_predictions",
     "instances_to_dicts",
     "mask_to_rle",
+    "mapper_image_options",
     "metadata_for_config",
     "panoptic_to_dicts",
 ]
@@ -69,6 +72,45 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
             "is False; use device 'cpu'"
         )
     return device
+
+
+def _mapper_argument(mapper: DictConfig, name: str, fallback: Any) -> Any:
+    """``mapper.<name>`` as the mapper built from the LazyCall node ``mapper`` gets it: the
+    value set in the config, else the default of its ``_target_``'s parameter ``name``, else
+    ``fallback`` (no such parameter, or a target that cannot be resolved or inspected)."""
+    if name in mapper:
+        return mapper[name]
+    target = mapper.get("_target_", None)
+    try:
+        target = locate(target) if isinstance(target, str) else target
+        parameter = inspect.signature(target).parameters.get(name)
+    except Exception:  # an unresolvable target fails where the loader is built, not here
+        return fallback
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return fallback
+    return parameter.default
+
+
+def mapper_image_options(cfg: DictConfig, default_format: str = "RGB") -> tuple[str, bool]:
+    """How the config's test mapper, ``cfg.dataloader.test.mapper``, reads image files:
+    ``(img_format, apply_exif_orientation)``, each as set in the config, else the default of
+    the mapper class (:class:`~detr_ext.data.DetrDatasetMapper`: ``"RGB"``, True), else
+    ``default_format`` / True. Reading a file with
+    ``read_image_file(path, img_format, apply_exif_orientation=...)`` then gives the pixels
+    the mapper gives the model in evaluation.
+
+    Raises:
+        KeyError: the config has no ``dataloader.test.mapper``.
+        ValueError: ``img_format`` is not ``"RGB"`` or ``"BGR"``.
+    """
+    mapper = _config_node(cfg, "dataloader.test.mapper")
+    img_format = _mapper_argument(mapper, "img_format", default_format)
+    if img_format not in IMAGE_FORMATS:
+        raise ValueError(
+            f"expected cfg.dataloader.test.mapper.img_format in {IMAGE_FORMATS}, got {img_format!r}"
+        )
+    # bool() as DetrDatasetMapper takes it.
+    return str(img_format), bool(_mapper_argument(mapper, "apply_exif_orientation", True))
 
 
 def metadata_for_config(cfg: DictConfig) -> Metadata:
@@ -125,6 +167,8 @@ class Predictor:
     Attributes:
         input_format: ``"RGB"`` or ``"BGR"``, the channel order images must be given in
             (the test mapper's ``img_format``).
+        apply_exif_orientation: whether :meth:`read_image` rotates an image as its EXIF
+            orientation says (the test mapper's ``apply_exif_orientation``, default True).
         metadata: the test dataset's metadata (``thing_classes``, id mapping).
 
     Example::
@@ -157,13 +201,10 @@ class Predictor:
         self.cfg = cfg
         self.device = _resolve_device(device)
 
-        mapper = _config_node(cfg, "dataloader.test.mapper")
-        self.input_format = str(mapper.get("img_format", "RGB"))
-        if self.input_format not in IMAGE_FORMATS:
-            raise ValueError(
-                f"Predictor: expected cfg.dataloader.test.mapper.img_format in {IMAGE_FORMATS}, "
-                f"got {self.input_format!r}"
-            )
+        try:
+            self.input_format, self.apply_exif_orientation = mapper_image_options(cfg)
+        except ValueError as error:
+            raise ValueError(f"Predictor: {error}") from error
         augmentation = _config_node(cfg, "dataloader.test.mapper.augmentation")
         self.augmentation = T.AugmentationList(list(instantiate(augmentation)))
         self.metadata = metadata_for_config(cfg)
@@ -177,10 +218,14 @@ class Predictor:
         check_num_classes(cfg, self.model, splits=("test",))
 
     def read_image(self, path: str | os.PathLike) -> np.ndarray:
-        """Read an image file (EXIF orientation applied) as ``[H, W, 3]`` uint8 in
-        :attr:`input_format`; an unreadable or truncated file raises
-        :class:`~detr_ext.data.ImageReadError` (an ``OSError``) naming it."""
-        return read_image_file(path, format=self.input_format)
+        """Read an image file as the config's test mapper does, as ``[H, W, 3]`` uint8 in
+        :attr:`input_format`: its EXIF orientation applied unless the mapper has
+        ``apply_exif_orientation=False`` (:attr:`apply_exif_orientation`), so that the
+        detections are in the frame the evaluation scores. An unreadable or truncated file
+        raises :class:`~detr_ext.data.ImageReadError` (an ``OSError``) naming it."""
+        return read_image_file(
+            path, format=self.input_format, apply_exif_orientation=self.apply_exif_orientation
+        )
 
     def to_rgb(self, image: np.ndarray) -> np.ndarray:
         """An image in :attr:`input_format` as RGB, for drawing."""
@@ -265,6 +310,21 @@ def _panoptic_metadata(metadata: Metadata | None, segments_info: list[dict]) -> 
     return drawing
 
 
+def _metadata_naming_every_class(
+    metadata: Metadata | None, classes: torch.Tensor
+) -> Metadata | None:
+    """``metadata``, or for classes past its ``thing_classes`` (a model with more classes than
+    the dataset has categories, see :func:`~detr_ext.engine.checks.check_num_classes`) a copy
+    that names them ``"class <k>"``: the ``Visualizer`` looks every class up in
+    ``thing_classes`` and fails with an IndexError on one it lacks."""
+    names = list(metadata.get("thing_classes", None) or []) if metadata is not None else []
+    largest = int(classes.max()) if len(classes) else -1
+    if not names or largest < len(names):
+        return metadata
+    names += [f"class {index}" for index in range(len(names), largest + 1)]
+    return Metadata(name=f"{metadata.name}+extra_classes", thing_classes=names)
+
+
 def draw_predictions(
     image: np.ndarray,
     instances: Instances,
@@ -282,7 +342,8 @@ def draw_predictions(
         instances: predictions for ``image`` (``pred_boxes``, ``scores``, ``pred_classes``,
             optional ``pred_masks`` bool ``[N, H, W]``), e.g. from :class:`Predictor`.
         metadata: gives the class names (``thing_classes``; ``stuff_classes`` for panoptic);
-            class indices are shown without it.
+            class indices are shown without it, and ``"class <k>"`` for a class past its
+            names (a model with more classes than the dataset has categories).
         threshold: minimum score of a drawn detection.
         phrases: the phrases ``pred_classes`` index (text-prompted models); drawn instead of
             the class names.
@@ -312,5 +373,7 @@ def draw_predictions(
     kept = instances[instances.scores >= threshold]
     if phrases is not None:
         metadata = Metadata(name="prompt", thing_classes=list(phrases))
+    else:
+        metadata = _metadata_naming_every_class(metadata, kept.pred_classes)
     visualizer = Visualizer(image, metadata, scale=1.0, instance_mode=ColorMode.IMAGE)
     return visualizer.draw_instance_predictions(kept).get_image()

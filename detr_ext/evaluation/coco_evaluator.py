@@ -17,6 +17,8 @@ import itertools
 import json
 import logging
 import os
+from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 from detectron2.evaluation import COCOEvaluator as _D2COCOEvaluator
@@ -28,6 +30,8 @@ from .analysis import write_error_analysis
 from .coco_backend import evaluate_on_coco, hotcoco_available, load_coco_gt, resolve_backend
 
 logger = logging.getLogger(__name__)
+
+_SHOWN_CLASSES = 20  # class indices named in the warning about predictions left out
 
 __all__ = ["COCOEvaluator"]
 
@@ -42,10 +46,11 @@ class COCOEvaluator(_D2COCOEvaluator):
             detectron2's fast C++ evaluator lives in its compiled ``_C``; hotcoco replaces it).
         backend: ``"auto"``, ``"hotcoco"`` or ``"pycocotools"``.
         analyze: write TIDE errors and a confusion matrix (needs hotcoco and ``output_dir``).
-        drop_unknown_classes: drop predictions of classes the dataset does not have (counted
-            and logged) instead of raising. For a detector that predicts more classes than it
-            is scored on, e.g. DETR's panoptic box stage (things and stuff) scored on the
-            things of COCO's instances json.
+        drop_unknown_classes: predictions of classes the dataset does not have (a model with
+            more classes than the dataset has categories) are always left out of the scoring
+            and counted; by default a warning reports them, with True an info line (a
+            detector meant to predict more classes than it is scored on, e.g. DETR's panoptic
+            box stage, things and stuff, scored on the things of COCO's instances json).
 
     Raises:
         ValueError: unknown ``backend``; ``analyze`` without an ``output_dir``.
@@ -105,32 +110,65 @@ class COCOEvaluator(_D2COCOEvaluator):
         return self._hotcoco_gt
 
     def _unmap_category_ids(self, coco_results: list[dict]) -> None:
-        """Contiguous class ids (model outputs) back to the dataset's category ids, in place
-        (with ``drop_unknown_classes``, predictions of other classes are removed first)."""
-        mapping = getattr(self._metadata, "thing_dataset_id_to_contiguous_id", None)
-        if mapping is None:
+        """Contiguous class ids (model outputs) back to the dataset's category ids, in place.
+
+        Predictions of a class the dataset does not have are removed first: with
+        ``model.num_classes`` larger than the dataset's number of categories (allowed, see
+        :func:`~detr_ext.engine.checks.check_num_classes`), a query may still pick an extra
+        class. Such a prediction cannot match any ground truth, so leaving it out changes no
+        metric. They are counted and reported once per evaluation (a warning, or an info line
+        with ``drop_unknown_classes=True``). Called on the gathered predictions of all
+        processes, so the count covers the whole test set.
+        """
+        reverse = self._contiguous_to_dataset_ids()
+        if reverse is None:
             return
-        reverse = {v: k for k, v in mapping.items()}
-        if self._drop_unknown_classes:
-            kept = [r for r in coco_results if r["category_id"] in reverse]
-            if len(kept) < len(coco_results):
-                logger.info(
-                    "COCOEvaluator: dropped %d of %d predictions whose class is not one of the "
-                    "dataset's %d classes (drop_unknown_classes=True)",
-                    len(coco_results) - len(kept),
-                    len(coco_results),
-                    len(reverse),
-                )
+        kept = [r for r in coco_results if r["category_id"] in reverse]
+        if len(kept) < len(coco_results):
+            self._report_unknown_classes(coco_results, reverse.keys())
             coco_results[:] = kept
         for result in coco_results:
-            category_id = result["category_id"]
-            if category_id not in reverse:
-                raise ValueError(
-                    f"a prediction has class {category_id}, but the dataset "
-                    f"{self._metadata.name!r} has {len(reverse)} classes: predicted classes "
-                    f"must be in [0, {len(reverse) - 1}]"
-                )
-            result["category_id"] = reverse[category_id]
+            result["category_id"] = reverse[result["category_id"]]
+
+    def _contiguous_to_dataset_ids(self) -> dict[int, int] | None:
+        """Model class index -> the dataset's category id: the inverse of the metadata's
+        ``thing_dataset_id_to_contiguous_id``; without one, the identity over the indices of
+        ``thing_classes`` (detectron2 then writes the ground truth with these ids); None when
+        the metadata has neither (nothing is mapped or dropped)."""
+        mapping = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
+        if mapping is not None:
+            return {int(contiguous): dataset_id for dataset_id, contiguous in mapping.items()}
+        classes = self._metadata.get("thing_classes", None)
+        if classes is None:
+            return None
+        return {index: index for index in range(len(classes))}
+
+    def _report_unknown_classes(self, coco_results: list[dict], known: Collection[int]) -> None:
+        """One log line about the predictions of :meth:`_unmap_category_ids` whose class is
+        not in ``known`` (the dataset's class indices): how many, which classes."""
+        counts = Counter(r["category_id"] for r in coco_results if r["category_id"] not in known)
+        classes = sorted(counts)
+        shown = ", ".join(str(c) for c in classes[:_SHOWN_CLASSES])
+        if len(classes) > _SHOWN_CLASSES:
+            shown += f", ... ({len(classes)} classes)"
+        num_categories = len(known)
+        message = (
+            f"COCOEvaluator: left out {sum(counts.values())} of {len(coco_results)} predictions "
+            f"on {self._metadata.name!r} whose class ({shown}) is not one of the dataset's "
+            f"{num_categories} categories"
+        )
+        if self._drop_unknown_classes:
+            logger.info("%s (drop_unknown_classes=True).", message)
+            return
+        logger.warning(
+            "%s: model.num_classes is larger than the dataset's number of categories and the "
+            "model predicted some of its extra classes. These predictions match no ground "
+            "truth, so the metrics are the same without them (they are not written to "
+            "coco_instances_results.json). model.num_classes=%d gives a model of the dataset's "
+            "categories only.",
+            message,
+            num_categories,
+        )
 
     def _eval_predictions(self, predictions: list[dict], img_ids: list[int] | None = None):
         """Fill ``self._results[task]`` for each task, with :attr:`backend`."""

@@ -37,6 +37,10 @@ from .coco_backend import hotcoco_available
 
 logger = logging.getLogger(__name__)
 
+# A prediction's count of segments of classes the dataset does not have, by class; popped
+# before the predictions are written as the COCO panoptic json.
+_LEFT_OUT_KEY = "_left_out_segments"
+
 __all__ = ["COCOPanopticEvaluator", "id2rgb"]
 
 _MISSING_HOTCOCO = (
@@ -87,6 +91,9 @@ class COCOPanopticEvaluator(_D2COCOPanopticEvaluator):
                     if label != -1
                 ]
                 panoptic_img = panoptic_img + 1  # the COCO format's void is 0
+            segments_info, panoptic_img, left_out = self._leave_out_unknown_classes(
+                segments_info, panoptic_img
+            )
             file_name = os.path.splitext(os.path.basename(input["file_name"]))[0] + ".png"
             with io.BytesIO() as out:
                 Image.fromarray(id2rgb(panoptic_img)).save(out, format="PNG")
@@ -98,14 +105,70 @@ class COCOPanopticEvaluator(_D2COCOPanopticEvaluator):
                     "png_string": png,
                     # Copies: the conversion pops "isthing", the model's output stays as it was.
                     "segments_info": [self._convert_category_id(dict(s)) for s in segments_info],
+                    _LEFT_OUT_KEY: left_out,
                 }
             )
+
+    def _leave_out_unknown_classes(
+        self, segments_info: list[dict], panoptic_img: np.ndarray
+    ) -> tuple[list[dict], np.ndarray, dict[int, int]]:
+        """The segments whose class the dataset has, the segment ids with the others' pixels
+        made void (0), and the count of segments left out per class.
+
+        With ``model.num_classes`` larger than the dataset's categories (allowed, see
+        :func:`~detr_ext.engine.checks.check_num_classes`) a segment may have an extra class,
+        which has no dataset id. Such a segment matches no ground truth and belongs to no
+        category's PQ, so voiding it changes no metric (``pq_compute`` refuses unknown ids).
+        Segments without ``isthing`` (a model giving dataset ids itself) are kept as they are.
+        """
+        left_out: dict[int, int] = {}
+        kept = []
+        for info in segments_info:
+            isthing = info.get("isthing", None)
+            known = (
+                self._thing_contiguous_id_to_dataset_id
+                if isthing
+                else self._stuff_contiguous_id_to_dataset_id
+            )
+            if isthing is None or info["category_id"] in known:
+                kept.append(info)
+                continue
+            category = int(info["category_id"])
+            left_out[category] = left_out.get(category, 0) + 1
+            panoptic_img = np.where(panoptic_img == info["id"], 0, panoptic_img)
+        return kept, panoptic_img, left_out
+
+    def _report_unknown_classes(self) -> None:
+        """Pop each prediction's count of segments left out (:meth:`_leave_out_unknown_classes`)
+        and warn once, for all processes' predictions together, when there were any."""
+        counts: dict[int, int] = {}
+        for prediction in self._predictions:
+            for category, count in prediction.pop(_LEFT_OUT_KEY, {}).items():
+                counts[category] = counts.get(category, 0) + count
+        if not counts:
+            return
+        num_categories = len(
+            set(self._thing_contiguous_id_to_dataset_id)
+            | set(self._stuff_contiguous_id_to_dataset_id)
+        )
+        logger.warning(
+            "COCOPanopticEvaluator: left out %d predicted segments on %r whose class (%s) is not "
+            "one of the dataset's %d categories: model.num_classes is larger than the dataset's "
+            "number of categories and the model predicted some of its extra classes. Their "
+            "pixels count as void; they match no ground truth, so the metrics are the same "
+            "without them.",
+            sum(counts.values()),
+            self._metadata.name,
+            ", ".join(str(category) for category in sorted(counts)),
+            num_categories,
+        )
 
     def evaluate(self) -> OrderedDict | None:
         comm.synchronize()
         self._predictions = list(itertools.chain(*comm.gather(self._predictions)))
         if not comm.is_main_process():
             return None
+        self._report_unknown_classes()
         try:
             from hotcoco.panoptic import pq_compute
         except ImportError as error:

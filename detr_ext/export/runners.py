@@ -36,7 +36,12 @@ import detr_ext.ops  # noqa: F401  (registers detr_ext::ms_deform_attn and its k
 
 from ..data.aug_input import ClampedAugInput
 from ..data.image_io import read_image_file
-from ..engine.predictor import _check_image, _config_node, metadata_for_config
+from ..engine.predictor import (
+    _check_image,
+    _config_node,
+    mapper_image_options,
+    metadata_for_config,
+)
 from .metadata import METADATA_KEY, ExportMetadata
 from .wrapper import ExportError
 
@@ -321,12 +326,13 @@ class ExportedPredictor:
 
     Args:
         path: an exported model (``.pt2`` or ``.onnx``).
-        cfg: optional LazyConfig (or its path) for the test augmentation, ``img_format`` and
-            class names.
+        cfg: optional LazyConfig (or its path) for the test augmentation, ``img_format``,
+            ``apply_exif_orientation`` (of ``dataloader.test.mapper``) and class names.
         **options: for :func:`load_exported`.
 
     Attributes:
-        runner, input_format, metadata (detectron2 ``Metadata`` with ``thing_classes``).
+        runner, input_format, apply_exif_orientation (whether :meth:`read_image` applies
+        the EXIF orientation), metadata (detectron2 ``Metadata`` with ``thing_classes``).
     """
 
     def __init__(
@@ -344,14 +350,19 @@ class ExportedPredictor:
         if cfg is not None:
             from detectron2.config import instantiate
 
-            mapper = _config_node(cfg, "dataloader.test.mapper")
-            self.input_format = str(mapper.get("img_format", exported.input_format))
+            try:
+                self.input_format, self.apply_exif_orientation = mapper_image_options(
+                    cfg, default_format=exported.input_format
+                )
+            except ValueError as error:
+                raise ValueError(f"ExportedPredictor: {error}") from error
             augmentation = list(
                 instantiate(_config_node(cfg, "dataloader.test.mapper.augmentation"))
             )
             self.metadata = metadata_for_config(cfg)
         else:
             self.input_format = exported.input_format
+            self.apply_exif_orientation = True  # the mappers' default; not recorded at export
             augmentation = []
             if exported.test_resize:
                 augmentation = [T.ResizeShortestEdge(**exported.test_resize)]
@@ -359,8 +370,13 @@ class ExportedPredictor:
         self.augmentation = T.AugmentationList(augmentation)
 
     def read_image(self, path: str | os.PathLike) -> np.ndarray:
-        """An image file as ``[H, W, 3]`` uint8 in :attr:`input_format`."""
-        return read_image_file(path, format=self.input_format)
+        """An image file as ``[H, W, 3]`` uint8 in :attr:`input_format`, read as the config's
+        test mapper reads it (see :meth:`Predictor.read_image
+        <detr_ext.engine.predictor.Predictor.read_image>`): EXIF orientation applied unless the mapper
+        has ``apply_exif_orientation=False``; without a config, applied."""
+        return read_image_file(
+            path, format=self.input_format, apply_exif_orientation=self.apply_exif_orientation
+        )
 
     def to_rgb(self, image: np.ndarray) -> np.ndarray:
         """An image in :attr:`input_format` as RGB, for drawing."""

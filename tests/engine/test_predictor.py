@@ -11,14 +11,17 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.data import Metadata
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
+from PIL import Image
 
 from detr_ext.checkpoint import CheckpointMismatchError
+from detr_ext.data import DetrDatasetMapper
 from detr_ext.engine.checks import NumClassesError
 from detr_ext.engine.predictor import (
     Predictor,
     contiguous_to_dataset_ids,
     draw_predictions,
     instances_to_dicts,
+    mapper_image_options,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -136,6 +139,23 @@ def test_instances_to_dicts_maps_back_to_dataset_ids():
     assert [(d["category_id"], d["category_name"]) for d in plain] == [(1, None), (2, None)]
 
 
+def test_instances_to_dicts_gives_extra_classes_no_category_id():
+    """A model with more classes than the dataset: class 3 is no category of ids {1, 3, 7};
+    its index must not pass for category 3."""
+    metadata = Metadata(
+        thing_classes=["a", "b", "c"], thing_dataset_id_to_contiguous_id={1: 0, 3: 1, 7: 2}
+    )
+    instances = Instances((50, 60))
+    instances.pred_boxes = Boxes(torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]))
+    instances.scores = torch.tensor([0.9, 0.8])
+    instances.pred_classes = torch.tensor([3, 1])
+    detections = instances_to_dicts(instances, metadata)
+    assert [(d["category_id"], d["category_name"]) for d in detections] == [
+        (None, None),
+        (3, "b"),
+    ]
+
+
 def test_instances_to_dicts_names_the_phrases_of_a_prompt():
     metadata = Metadata(
         thing_classes=["circle", "square", "triangle"],
@@ -211,3 +231,96 @@ def test_predictor_rejects_weights_of_another_model(tmp_path):
     torch.save({"model": {"encoder.weight": torch.zeros(2, 2)}}, path)
     with pytest.raises(CheckpointMismatchError, match="has none of the model's parameter names"):
         Predictor(str(CONFIG), path, device="cpu")
+
+
+STORED_HEIGHT, STORED_WIDTH = 24, 40  # the pixels of write_rotated_photo's file
+
+
+def write_rotated_photo(path: Path) -> Path:
+    """A JPEG of 40 x 24 stored pixels whose EXIF orientation 6 says "turn 90 degrees": a
+    viewer (and ``apply_exif_orientation=True``) shows it 24 wide and 40 tall."""
+    pixels = np.random.default_rng(1).integers(0, 256, (STORED_HEIGHT, STORED_WIDTH, 3))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels.astype(np.uint8)).save(path, exif=exif)
+    return path
+
+
+class StoredPixelsMapper(DetrDatasetMapper):
+    """A project's mapper whose default is ``apply_exif_orientation=False``."""
+
+    def __init__(self, *args, apply_exif_orientation: bool = False, **kwargs) -> None:
+        super().__init__(*args, apply_exif_orientation=apply_exif_orientation, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "apply_exif_orientation, expected_size",
+    [
+        ("unset", (STORED_WIDTH, STORED_HEIGHT)),  # DetrDatasetMapper's default: True
+        (True, (STORED_WIDTH, STORED_HEIGHT)),
+        (False, (STORED_HEIGHT, STORED_WIDTH)),
+        ("mapper default False", (STORED_HEIGHT, STORED_WIDTH)),
+    ],
+)
+def test_predictor_reads_images_as_the_test_mapper_does(
+    checkpoint, tmp_path, apply_exif_orientation, expected_size
+):
+    """The image the model sees is the one the config's test mapper gives it in evaluation:
+    with ``apply_exif_orientation=False`` the stored pixels, not the EXIF-rotated ones (which
+    the Predictor read whatever the config said), so the boxes are in the frame the
+    annotations were made in."""
+    cfg = LazyConfig.load(str(CONFIG))
+    mapper_node = cfg.dataloader.test.mapper
+    if apply_exif_orientation == "mapper default False":
+        mapper_node._target_ = StoredPixelsMapper
+    elif apply_exif_orientation != "unset":
+        mapper_node.apply_exif_orientation = apply_exif_orientation
+    path = write_rotated_photo(tmp_path / "photo.jpg")
+    predictor = Predictor(cfg, checkpoint[0], device="cpu")
+    network_inputs = []
+    hook = predictor.model.register_forward_pre_hook(
+        lambda _, inputs: network_inputs.append(inputs[0][0]["image"])
+    )
+    try:
+        image = predictor.read_image(path)
+        instances = predictor(image)
+    finally:
+        hook.remove()
+
+    assert image.shape == (*expected_size, 3)
+    assert instances.image_size == expected_size
+    mapped = instantiate(cfg.dataloader.test.mapper)({"file_name": str(path), "image_id": 0})
+    assert (mapped["height"], mapped["width"]) == expected_size
+    assert torch.equal(network_inputs[0], mapped["image"])  # the very same network input
+
+
+def test_mapper_image_options_follow_the_config_then_the_mapper_class():
+    cfg = LazyConfig.load(str(CONFIG))
+    assert mapper_image_options(cfg) == ("RGB", True)
+    cfg.dataloader.test.mapper.apply_exif_orientation = False
+    cfg.dataloader.test.mapper.img_format = "BGR"
+    assert mapper_image_options(cfg) == ("BGR", False)
+    del cfg.dataloader.test.mapper.apply_exif_orientation
+    cfg.dataloader.test.mapper._target_ = "tests.engine.test_predictor.StoredPixelsMapper"
+    assert mapper_image_options(cfg) == ("BGR", False)
+    cfg.dataloader.test.mapper.img_format = "RGBA"
+    with pytest.raises(ValueError, match=r"img_format in \('RGB', 'BGR'\), got 'RGBA'"):
+        mapper_image_options(cfg)
+
+
+def test_draw_predictions_names_classes_past_the_dataset_categories():
+    """A model with more classes than the dataset has categories (check_num_classes allows
+    it) may predict an extra class; the Visualizer looked it up in thing_classes and raised
+    an IndexError."""
+    metadata = Metadata(
+        name="parts", thing_classes=["circle", "square", "triangle"],
+        thing_dataset_id_to_contiguous_id={3: 0, 7: 1, 11: 2},
+    )  # fmt: skip
+    instances = Instances((60, 80))
+    instances.pred_boxes = Boxes(torch.tensor([[5.0, 5.0, 40.0, 30.0], [10.0, 20.0, 70.0, 50.0]]))
+    instances.scores = torch.tensor([0.9, 0.8])
+    instances.pred_classes = torch.tensor([1, 5])
+    image = np.full((60, 80, 3), 128, dtype=np.uint8)
+    drawn = draw_predictions(image, instances, metadata, threshold=0.0)
+    assert drawn.shape == image.shape and not np.array_equal(drawn, image)
+    assert list(metadata.thing_classes) == ["circle", "square", "triangle"]  # not modified

@@ -206,19 +206,99 @@ def test_analysis_files(backend, dataset_name, tmp_path):
         image.verify()
 
 
-def test_unmapped_class_is_an_error(dataset_name):
-    evaluator = COCOEvaluator(dataset_name, distributed=False, backend="hotcoco")
+# Detections of classes the dataset lacks (it has classes 0, 1, 2), as a model with
+# model.num_classes=6 gives: exact copies of ground-truth boxes, an overlapping and a
+# background one, all scored above every real detection.
+EXTRA_DETECTIONS = {
+    1: [(3, [10, 10, 20, 20], 0.99), (5, [60, 60, 50, 50], 0.98)],
+    2: [(4, [20, 20, 120, 100], 0.97), (3, [25, 25, 100, 90], 0.96)],
+    3: [(3, [30, 30, 50, 50], 0.99)],
+    4: [(5, [0, 0, 5, 5], 0.99)],
+}
+
+
+def model_io_with_extra_classes(image_id: int) -> tuple[dict, dict]:
+    """:func:`model_io` plus the detections of :data:`EXTRA_DETECTIONS` for ``image_id``."""
+    inputs, outputs = model_io(image_id)
+    extra = Instances((SIZE, SIZE))
+    detections = EXTRA_DETECTIONS[image_id]
+    boxes = [[x, y, x + w, y + h] for _, (x, y, w, h), _ in detections]
+    extra.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+    extra.scores = torch.tensor([score for *_, score in detections], dtype=torch.float32)
+    extra.pred_classes = torch.tensor([c for c, *_ in detections], dtype=torch.int64)
+    outputs["instances"] = Instances.cat([outputs["instances"], extra])
+    return inputs, outputs
+
+
+@pytest.mark.parametrize("backend", ["hotcoco", "pycocotools"])
+def test_predictions_of_classes_the_dataset_lacks_are_left_out_with_a_warning(
+    backend, dataset_name, tmp_path, caplog
+):
+    """model.num_classes may exceed the dataset's categories (check_num_classes allows it):
+    predictions of the extra classes leave the metrics, the error analysis and the results
+    file as they are without them, and one warning says how many there were, of which
+    classes. (This raised "a prediction has class 3, but the dataset ... has 3 classes".)"""
+    expected_dir, extra_dir = tmp_path / "expected", tmp_path / "extra"
+    expected = run_evaluator(
+        COCOEvaluator(dataset_name, distributed=False, output_dir=str(expected_dir),
+                      backend=backend, analyze=True)
+    )  # fmt: skip
+    evaluator = COCOEvaluator(
+        dataset_name, distributed=False, output_dir=str(extra_dir), backend=backend, analyze=True
+    )
     evaluator.reset()
-    inputs, outputs = model_io(1)
-    outputs["instances"].pred_classes[0] = 3  # the dataset has classes 0, 1, 2
-    evaluator.process([inputs], [outputs])
-    with pytest.raises(ValueError, match=r"has class 3.*has 3 classes.*must be in \[0, 2\]"):
-        evaluator.evaluate()
+    for image_id in PREDICTIONS:
+        inputs, outputs = model_io_with_extra_classes(image_id)
+        evaluator.process([inputs], [outputs])
+    with caplog.at_level(logging.INFO, logger="detr_ext.evaluation.coco_evaluator"):
+        results = evaluator.evaluate()
+
+    assert results == expected
+    for name in ("coco_instances_results.json", "analysis/bbox_tide.json",
+                 "analysis/bbox_confusion.json"):  # fmt: skip
+        assert json.loads((extra_dir / name).read_text()) == json.loads(
+            (expected_dir / name).read_text()
+        ), name
+    warnings = [
+        r for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "detr_ext.evaluation.coco_evaluator"
+    ]  # fmt: skip
+    assert len(warnings) == 1
+    message = warnings[0].getMessage()
+    total = sum(len(d) for d in PREDICTIONS.values()) + 6
+    assert f"left out 6 of {total} predictions on {dataset_name!r}" in message
+    assert "whose class (3, 4, 5) is not one of the dataset's 3 categories" in message
+    assert "model.num_classes is larger than the dataset's number of categories" in message
 
 
-def test_drop_unknown_classes_scores_only_the_dataset_classes(dataset_name):
+def test_extra_classes_are_counted_over_all_processes(dataset_name, monkeypatch, caplog):
+    """Distributed evaluation: the predictions of every process are gathered to the main one
+    before they are mapped, so the warning counts those of the whole test set (here two
+    "processes" with 3 and 3 such predictions, gathered by a stand-in for ``comm.gather``)."""
+    from detectron2.evaluation import coco_evaluation
+
+    per_rank = []
+    for images in ((1, 2), (3, 4)):
+        evaluator = COCOEvaluator(dataset_name, distributed=True, backend="hotcoco")
+        evaluator.reset()
+        for image_id in images:
+            inputs, outputs = model_io_with_extra_classes(image_id)
+            evaluator.process([inputs], [outputs])
+        per_rank.append(evaluator._predictions)
+    monkeypatch.setattr(coco_evaluation.comm, "gather", lambda data, dst=0: per_rank)
+    monkeypatch.setattr(coco_evaluation.comm, "is_main_process", lambda: True)
+    expected = run_evaluator(COCOEvaluator(dataset_name, distributed=False, backend="hotcoco"))
+    with caplog.at_level(logging.WARNING, logger="detr_ext.evaluation.coco_evaluator"):
+        results = evaluator.evaluate()
+    assert results == expected
+    assert len(caplog.records) == 1
+    assert "left out 6 of" in caplog.records[0].getMessage()
+
+
+def test_drop_unknown_classes_scores_only_the_dataset_classes(dataset_name, caplog):
     """A things+stuff detector (DETR's panoptic box stage) scored on the things: extra
-    detections of an unknown class 3 are dropped and leave the metrics unchanged."""
+    detections of an unknown class 3 are dropped and leave the metrics unchanged; expected
+    there (drop_unknown_classes=True), so an info line reports them, not a warning."""
     expected = run_evaluator(COCOEvaluator(dataset_name, distributed=False, backend="hotcoco"))
     evaluator = COCOEvaluator(
         dataset_name, distributed=False, backend="hotcoco", drop_unknown_classes=True
@@ -233,8 +313,13 @@ def test_drop_unknown_classes_scores_only_the_dataset_classes(dataset_name):
         extra.pred_classes = torch.tensor([3])
         outputs["instances"] = Instances.cat([instances, extra])
         evaluator.process([inputs], [outputs])
-    results = evaluator.evaluate()
+    with caplog.at_level(logging.INFO, logger="detr_ext.evaluation.coco_evaluator"):
+        results = evaluator.evaluate()
     assert results["bbox"] == expected["bbox"]
+    reports = [r for r in caplog.records if "left out" in r.getMessage()]
+    assert [r.levelno for r in reports] == [logging.INFO]
+    assert "left out 4 of 8 predictions" in reports[0].getMessage()
+    assert "(drop_unknown_classes=True)" in reports[0].getMessage()
 
 
 def test_evaluator_argument_errors(dataset_name):

@@ -293,3 +293,46 @@ def test_shapes_panoptic_ground_truth_scores_100(shapes_panoptic_val):
         output = {"panoptic_seg": (torch.from_numpy(segment_ids).int(), segments_info)}
         evaluator.process([record], [output])
     assert evaluator.evaluate()["panoptic_seg"] == {key: 100.0 for key in EXPECTED}
+
+
+# Segments of classes the dataset lacks (it has 0, 1, 2), as a model with model.num_classes=6
+# gives, on pixels the predictions above leave void: a "thing" of class 3 on gt a's column 3
+# in image 1, a "stuff" of class 5 on gt b's row 0 in image 2.
+EXTRA_SEGMENTS = {
+    1: [(77, 3, True, rectangle((0, 4), (3, 4)))],
+    2: [(88, 5, False, rectangle((0, 1), (4, 8)))],
+}
+
+
+def predictions_with_extra_classes() -> dict:
+    for image_id, segments in EXTRA_SEGMENTS.items():
+        covered = np.logical_or.reduce([mask for *_, mask in PREDICTIONS[image_id]])
+        assert not any((mask & covered).any() for *_, mask in segments)
+    return {image_id: PREDICTIONS[image_id] + EXTRA_SEGMENTS[image_id] for image_id in PREDICTIONS}
+
+
+@pytest.mark.parametrize("form", ["segments_info", "label_divisor"])
+def test_segments_of_classes_the_dataset_lacks_are_left_out_with_a_warning(
+    dataset_name, tmp_path, caplog, form
+):
+    """model.num_classes may exceed the dataset's categories (check_num_classes allows it):
+    segments of the extra classes become void, which leaves PQ / SQ / RQ as they are without
+    them, and one warning reports them (this was a KeyError in detectron2's conversion of
+    category ids)."""
+    predictions = predictions_with_extra_classes()
+    if form == "segments_info":
+        outputs = model_outputs(predictions)
+    else:
+        outputs = divisor_outputs(predictions, MetadataCatalog.get(dataset_name).label_divisor)
+    with caplog.at_level(logging.WARNING, logger="detr_ext.evaluation.panoptic"):
+        results = evaluate(dataset_name, outputs, output_dir=str(tmp_path))
+    assert results["panoptic_seg"] == pytest.approx(EXPECTED, abs=1e-9)
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert f"left out 2 predicted segments on {dataset_name!r} whose class (3, 5)" in message
+    assert "not one of the dataset's 3 categories" in message
+    assert "model.num_classes is larger" in message
+    written = json.loads((tmp_path / "predictions.json").read_text())
+    for annotation in written["annotations"]:
+        assert set(annotation) == {"image_id", "file_name", "segments_info"}
+        assert {s["category_id"] for s in annotation["segments_info"]} <= {4, 6, 9}

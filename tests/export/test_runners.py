@@ -149,3 +149,40 @@ def test_demo_wants_one_of_weights_and_exported(exported_dino, demo_files, tmp_p
         demo.main(common)
     with pytest.raises(demo.DemoError, match="--exported: expected a .pt2 or .onnx file"):
         demo.main([*common, "--exported", str(tmp_path / "missing.onnx")])
+
+
+def write_rotated_photo(path) -> None:
+    """A JPEG of 40 x 24 stored pixels with EXIF orientation 6 (shown 24 wide, 40 tall)."""
+    pixels = np.random.default_rng(2).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(path, exif=exif)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected_size",
+    [
+        ([], (40, 24)),  # EXIF orientation applied, the mappers' default
+        (["dataloader.test.mapper.apply_exif_orientation=False"], (24, 40)),  # stored pixels
+    ],
+)
+def test_demo_reads_images_as_the_test_mapper_does(
+    exported_dino, demo_files, tmp_path, overrides, expected_size
+):
+    """With --weights and with --exported, the demo reads an image as the config's test
+    mapper does: ``apply_exif_orientation=False`` gives the stored pixels (it was ignored,
+    and the image was turned by its EXIF orientation whatever the config said)."""
+    config, weights, _ = demo_files
+    photo = tmp_path / "photo.jpg"
+    write_rotated_photo(photo)
+    demo = load_demo()
+    common = ["--config-file", str(config), "--input", str(photo), "--confidence-threshold", "0"]
+    eager = demo.main([*common, "--weights", str(weights), "--output", str(tmp_path / "eager"),
+                       "--device", "cpu", *overrides])  # fmt: skip
+    exported = demo.main([*common, "--exported", str(exported_dino.onnx_path),
+                          "--output", str(tmp_path / "onnx"), *overrides])  # fmt: skip
+    for records in (eager, exported):
+        assert [(r["height"], r["width"]) for r in records] == [expected_size]
+    assert [d["category_id"] for d in exported[0]["detections"]] == [
+        d["category_id"] for d in eager[0]["detections"]
+    ]
