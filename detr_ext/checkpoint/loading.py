@@ -6,8 +6,8 @@ initialisation, and an empty path loads nothing. When weights are loaded to *use
 (evaluation, the demo), either means a silently random model. :func:`load_model_weights`
 loads through detectron2's checkpointer (same file formats, URL handlers, heuristics) but
 raises :class:`CheckpointMismatchError` when a tensor's shape does not fit the model (e.g. a
-class head trained with another ``model.num_classes``) or when the checkpoint fits none of
-the model's parameters.
+class head trained with another ``model.num_classes``), when the checkpoint fits none of
+the model's parameters, or when it lacks some of them (they would stay random).
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ def _mismatch_message(
 
 
 class ShapeCheckingCheckpointer(NamedReadErrorsMixin, DetectionCheckpointer):
-    """A ``DetectionCheckpointer`` whose loading fails on tensors of the wrong shape and on a
-    checkpoint that matches none of the model's keys, instead of leaving them random, and on a
-    file it cannot read with an :class:`UnreadableCheckpointError` naming it.
+    """A ``DetectionCheckpointer`` whose loading fails on tensors of the wrong shape, on a
+    checkpoint that matches none of the model's keys and on one that lacks some of them,
+    instead of leaving them random, and on a file it cannot read with an
+    :class:`UnreadableCheckpointError` naming it.
 
     Args:
         model, save_dir, checkpointables: as for ``DetectionCheckpointer``.
@@ -87,7 +88,7 @@ class ShapeCheckingCheckpointer(NamedReadErrorsMixin, DetectionCheckpointer):
                     self.where, self._path, list(incompatible.incorrect_shapes), self.model
                 )
             )
-        missing = set(incompatible.missing_keys)
+        missing = set(incompatible.missing_keys) - _non_checkpoint_keys(self.model)
         if model_keys and missing >= model_keys - _non_checkpoint_keys(self.model):
             examples = sorted(incompatible.unexpected_keys)[:MAX_KEYS_IN_MESSAGE]
             raise CheckpointMismatchError(
@@ -97,7 +98,25 @@ class ShapeCheckingCheckpointer(NamedReadErrorsMixin, DetectionCheckpointer):
                 "weights of this model; a checkpoint from another codebase needs "
                 "tools/convert_checkpoint.py first."
             )
+        if missing:
+            raise CheckpointMismatchError(_missing_message(self.where, self._path, missing))
         return incompatible
+
+
+def _missing_message(where: str, path: str, missing: set[str]) -> str:
+    keys = sorted(missing)
+    shown = ", ".join(keys[:MAX_KEYS_IN_MESSAGE])
+    extra = len(keys) - MAX_KEYS_IN_MESSAGE
+    more = f" ... and {extra} more" if extra > 0 else ""
+    modules = sorted({key.split(".", 1)[0] for key in keys})
+    return (
+        f"{where}: checkpoint {path!r} lacks {len(keys)} of the model's tensors, which would "
+        f"keep their random initialisation: {shown}{more} (in {', '.join(modules)}). Expected "
+        "the weights of the model this config builds, e.g. the model_final.pth of a run with "
+        "it; a checkpoint of another variant (another number of feature levels or decoder "
+        "layers, without a mask head, ...) or of a backbone only is for train.init_checkpoint "
+        "when training, which loads what fits."
+    )
 
 
 def _non_checkpoint_keys(model: nn.Module) -> set[str]:
@@ -131,7 +150,7 @@ def load_model_weights(
         ValueError: ``path`` is empty.
         FileNotFoundError: ``path`` is a local path that is not a file.
         CheckpointMismatchError: a tensor's shape differs from the model's, or the
-            checkpoint matches none of the model's keys.
+            checkpoint matches none of the model's keys, or lacks some of them.
         UnreadableCheckpointError: the file cannot be read (truncated, corrupt).
     """
     path = os.fspath(path)

@@ -21,6 +21,7 @@ from .evaluation import (
     load_eval_checkpoint,
     request_error_analysis,
 )
+from .resume import ResumeError
 from .trainer import NonFiniteTrainingError, Trainer
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "ModelEMA",
     "NonFiniteCheckpointError",
     "NonFiniteTrainingError",
+    "ResumeError",
     "SafeCheckpointer",
     "Trainer",
     "apply_ema",

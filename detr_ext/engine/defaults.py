@@ -33,6 +33,11 @@ from .checks import check_category_consistency, check_num_classes
 from .data_stream import DataStreamState, build_train_loader
 from .ema import EMAHook
 from .evaluation import build_ema, do_test, request_error_analysis
+from .resume import (
+    check_resume_iteration,
+    configured_hyperparameters,
+    restore_configured_hyperparameters,
+)
 from .trainer import Trainer
 
 __all__ = [
@@ -195,10 +200,19 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
         ]
     )
 
+    configured = configured_hyperparameters(optimizer)
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
     if args.resume and checkpointer.has_checkpoint():
         # The checkpoint stores the iteration that just finished.
         start_iter = trainer.iter + 1
+        check_resume_iteration(checkpointer.get_checkpoint_file(), start_iter, cfg.train.max_iter)
+        changes = restore_configured_hyperparameters(optimizer, configured)
+        if changes:
+            logger.warning(
+                "Resuming with the config's optimizer settings, not the checkpoint's (its "
+                "optimizer state is kept): %s",
+                "; ".join(changes),
+            )
         if data_stream is not None and not data_stream.loaded:
             logger.warning(
                 "%s has no usable training data-stream position (see the warning above, or a "

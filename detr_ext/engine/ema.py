@@ -79,7 +79,9 @@ class ModelEMA:
         return {"decay": self.decay, "num_updates": self.num_updates, "state": self.state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state produced by :meth:`state_dict`, onto this EMA's devices."""
+        """Load a state produced by :meth:`state_dict`, onto this EMA's devices. The averaged
+        tensors and the update count are loaded; the decay stays this EMA's own (the
+        configured one), with a warning if the state's differs."""
         if "state" not in state_dict:
             raise KeyError(
                 "ModelEMA.load_state_dict: expected keys {'state', 'decay', 'num_updates'}, "
@@ -89,7 +91,16 @@ class ModelEMA:
         self._check_keys(loaded.keys(), "load_state_dict")
         for name, ema_tensor in self.state.items():
             ema_tensor.copy_(loaded[name].to(ema_tensor.device))
-        self.decay = float(state_dict.get("decay", self.decay))
+        # The decay is a hyperparameter: the configured one stays (a resumed run may change it).
+        saved_decay = state_dict.get("decay")
+        if saved_decay is not None and float(saved_decay) != self.decay:
+            logger.warning(
+                "EMA decay: the checkpoint's is %s, this EMA's (the config's) %s; continuing "
+                "the average with %s.",
+                saved_decay,
+                self.decay,
+                self.decay,
+            )
         self.num_updates = int(state_dict.get("num_updates", 0))
 
     def copy_to(self, model: nn.Module) -> None:

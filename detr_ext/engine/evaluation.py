@@ -202,7 +202,8 @@ def load_eval_checkpoint(
 
     Loading is strict about what would otherwise leave parts of the model random: a tensor
     whose shape differs from the model's (e.g. a class head trained with another
-    ``model.num_classes``) or a checkpoint with none of the model's keys is an error.
+    ``model.num_classes``), a checkpoint with none of the model's keys, or one lacking some
+    of them, is an error.
 
     Args:
         cfg: the run's config.

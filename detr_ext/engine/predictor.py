@@ -161,7 +161,7 @@ class Predictor:
     Raises:
         CheckpointMismatchError: a tensor of ``weights`` has another shape than the model's
             (e.g. a class head trained with another ``model.num_classes``), or ``weights``
-            has none of the model's keys.
+            has none of the model's keys or lacks some of them.
         ValueError: the model has fewer classes than the test dataset has categories.
 
     Attributes:

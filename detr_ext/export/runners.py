@@ -372,8 +372,8 @@ class ExportedPredictor:
     def read_image(self, path: str | os.PathLike) -> np.ndarray:
         """An image file as ``[H, W, 3]`` uint8 in :attr:`input_format`, read as the config's
         test mapper reads it (see :meth:`Predictor.read_image
-        <detr_ext.engine.predictor.Predictor.read_image>`): EXIF orientation applied unless the mapper
-        has ``apply_exif_orientation=False``; without a config, applied."""
+        <detr_ext.engine.predictor.Predictor.read_image>`): EXIF orientation applied unless
+        the mapper has ``apply_exif_orientation=False``; without a config, applied."""
         return read_image_file(
             path, format=self.input_format, apply_exif_orientation=self.apply_exif_orientation
         )

@@ -7,7 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from detr_ext.checkpoint import UnreadableCheckpointError, load_model_weights
+from detr_ext.checkpoint import (
+    CheckpointMismatchError,
+    UnreadableCheckpointError,
+    load_model_weights,
+)
 from detr_ext.checkpoint.reading import other_checkpoints
 from detr_ext.engine import ModelEMA, NonFiniteCheckpointError, SafeCheckpointer
 from detr_ext.engine.checkpointer import nonfinite_keys
@@ -152,6 +156,26 @@ def test_load_model_weights_names_a_file_that_is_not_a_checkpoint(tmp_path):
         load_model_weights(tiny_model(), path, where="train.init_checkpoint")
     with pytest.raises(UnreadableCheckpointError, match="There is no other checkpoint"):
         load_model_weights(tiny_model(), path, where="train.init_checkpoint")
+
+
+def test_load_model_weights_refuses_a_checkpoint_lacking_tensors(tmp_path):
+    """Loading to use a model: every tensor must come from the checkpoint (detectron2 only
+    warns and leaves the missing ones random); many missing keys are counted, not listed."""
+    state = tiny_model().state_dict()
+    del state["1.running_var"]
+    torch.save({"model": state}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"lacks 1 of the model's tensors.*: 1\.run"):
+        load_model_weights(tiny_model(), tmp_path / "partial.pth", where="--weights")
+
+    wide = nn.Sequential(*(nn.Linear(1, 1) for _ in range(12)))
+    state = wide.state_dict()
+    partial = {key: value for key, value in state.items() if key.startswith("0.")}
+    torch.save({"model": partial}, tmp_path / "first_layer.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"lacks 22 of .* and 14 more \(in 1, 10,"):
+        load_model_weights(wide, tmp_path / "first_layer.pth", where="--weights")
+
+    torch.save({"model": state}, tmp_path / "whole.pth")
+    assert load_model_weights(wide, tmp_path / "whole.pth", where="--weights") == {}
 
 
 def test_last_checkpoint_naming_a_deleted_file_lists_the_others(tmp_path):

@@ -1,5 +1,7 @@
 """ModelEMA: the averaging math, checkpoint state, weight swapping and the training hook."""
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -64,15 +66,26 @@ def test_apply_ema_swaps_in_and_restores_in_place():
         assert model.weight.item() == 3.0
 
 
-def test_state_dict_round_trip():
+def test_state_dict_round_trip_keeps_the_configured_decay(caplog):
+    """The average and its count come from the state; the decay is a hyperparameter and stays
+    the one this EMA was built with (a resumed run may change train.ema.decay), with a
+    warning when the state's differs."""
     model = Scalar(1.0)
     ema = ModelEMA(model, decay=0.5)
     model.set(5.0, count=1)
     ema.update(model)
     restored = ModelEMA(Scalar(0.0), decay=0.1)
-    restored.load_state_dict(ema.state_dict())
+    with caplog.at_level(logging.WARNING, logger="detr_ext.engine.ema"):
+        restored.load_state_dict(ema.state_dict())
     assert restored.state["weight"].item() == pytest.approx(3.0)
-    assert restored.decay == 0.5 and restored.num_updates == 1
+    assert restored.decay == 0.1 and restored.num_updates == 1
+    assert "the checkpoint's is 0.5, this EMA's (the config's) 0.1" in caplog.text
+
+    caplog.clear()
+    same = ModelEMA(Scalar(0.0), decay=0.5)
+    with caplog.at_level(logging.WARNING, logger="detr_ext.engine.ema"):
+        same.load_state_dict(ema.state_dict())
+    assert same.decay == 0.5 and caplog.text == ""
 
 
 def test_mismatched_model_is_rejected():

@@ -233,6 +233,22 @@ def test_predictor_rejects_weights_of_another_model(tmp_path):
         Predictor(str(CONFIG), path, device="cpu")
 
 
+def test_predictor_rejects_weights_lacking_part_of_the_model(tmp_path):
+    """A checkpoint without the class head (e.g. a model saved before a head was added, or
+    another variant): an error naming the missing tensors, not detectron2's warning and a
+    randomly initialised head that predicts noise."""
+    state = instantiate(LazyConfig.load(str(CONFIG)).model).state_dict()
+    del state["class_embed.weight"], state["class_embed.bias"]
+    path = tmp_path / "no_head.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointMismatchError) as info:
+        Predictor(str(CONFIG), path, device="cpu")
+    message = str(info.value)
+    assert "lacks 2 of the model's tensors" in message
+    assert "class_embed.bias, class_embed.weight (in class_embed)" in message
+    assert str(path) in message
+
+
 STORED_HEIGHT, STORED_WIDTH = 24, 40  # the pixels of write_rotated_photo's file
 
 

@@ -12,6 +12,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from detr_ext.checkpoint import CheckpointMismatchError
+from detr_ext.config import get_config
 from detr_ext.engine import load_eval_checkpoint
 from tests.tool_runs import TINY_SHAPES_CONFIG, load_script, run_tool
 
@@ -122,6 +123,52 @@ def test_resume_continues_from_last_iteration_then_eval_only(trained_run):
     )
     assert "'tiny': {'mse':" in result.stdout
     assert "'ema': {'tiny':" in result.stdout
+
+
+def test_resume_takes_hyperparameters_from_the_config(trained_run, tmp_path):
+    """--resume with a lower lr, another weight decay and EMA decay (what NonFiniteTrainingError
+    advises): the resumed steps use them, not the checkpoint's (detectron2 restores the
+    optimizer's param groups and the scheduler's base lr from the checkpoint), with a warning
+    naming each change. A checkpoint past train.max_iter is an error before anything runs."""
+    config, _ = trained_run
+    run_dir = tmp_path / "run"
+    run_train_net(config, f"train.output_dir={run_dir}")  # lr 1e-2, ema decay 0.5, 4 steps
+    result = run_train_net(
+        config,
+        "--resume",
+        f"train.output_dir={run_dir}",
+        "train.max_iter=6",
+        "optimizer.lr=1e-3",
+        "optimizer.weight_decay=0.05",
+        "train.ema.decay=0.9",
+    )
+    log = result.stdout + result.stderr
+    assert "Resuming with the config's optimizer settings, not the checkpoint's" in log
+    assert "lr: 0.01 -> 0.001 (all " in log and "weight_decay: 0.0001 -> 0.05 (" in log
+    assert "EMA decay: the checkpoint's is 0.5, this EMA's (the config's) 0.9" in log
+    final = torch.load(run_dir / "model_final.pth", weights_only=False)
+    groups = final["trainer"]["optimizer"]["param_groups"]
+    assert {group["initial_lr"] for group in groups} == {1e-3}
+    assert {group["weight_decay"] for group in groups} == {0.0, 0.05}  # no decay on the norm
+    assert final["ema"]["decay"] == 0.9
+    lines = (run_dir / "metrics.json").read_text().splitlines()
+    lrs = {r["iteration"]: r["lr"] for r in map(json.loads, lines) if "lr" in r}
+    multiplier = instantiate(get_config("common/coco_schedule.py").lr_multiplier_12ep)
+    for iteration in (4, 5):  # lr = base lr x the schedule at iter / max_iter
+        assert lrs[iteration] == pytest.approx(1e-3 * multiplier(iteration / 6), rel=1e-6)
+
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HELPERS_DIR), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, str(REPO_ROOT / "tools" / "train_net.py"), "--config-file", str(config)]
+    short = subprocess.run(
+        [*cmd, "--resume", f"train.output_dir={run_dir}", "train.max_iter=3"],
+        cwd=config.parent, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert short.returncode != 0
+    assert "model_final.pth was saved after iteration 6 (0-based 5), past train.max_iter=3" in (
+        short.stderr
+    )
+    assert "Start inference" not in short.stdout + short.stderr  # refused before evaluating
 
 
 @pytest.mark.parametrize("processes", [1, 2])
