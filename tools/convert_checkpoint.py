@@ -104,10 +104,11 @@ def project_configs(project: str) -> list[Path]:
 
 def meta_state_dict(config: Path) -> dict[str, torch.Tensor]:
     """The state_dict of the config's model built on the meta device: names and shapes
-    only, without allocating or initialising weights."""
+    only, without allocating or initialising weights. ``keep_vars=True``: a parameter shared
+    under two names is one object, which is how the conversion sees the ties on meta."""
     cfg = LazyConfig.load(str(config))
     with torch.device("meta"):
-        return instantiate(cfg.model).state_dict()
+        return instantiate(cfg.model).state_dict(keep_vars=True)
 
 
 def rank_configs(

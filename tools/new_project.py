@@ -205,9 +205,34 @@ def validate_name(name: str) -> str:
     return name
 
 
+def check_class_name_is_free(name: str, root: Path = REPO) -> None:
+    """The meta-architecture's class name must not be taken: detectron2 registers its own
+    (``retina_net`` would give ``RetinaNet``) and another project may give the same one
+    (``my__detr`` and ``my_detr`` both give ``MyDetr``); the project would fail to import."""
+    from detectron2.modeling import META_ARCH_REGISTRY
+
+    class_name = class_name_for(name)
+    if class_name in META_ARCH_REGISTRY:
+        owner = META_ARCH_REGISTRY.get(class_name).__module__
+        raise SystemExit(
+            f"project {name!r} would register the meta-architecture {class_name!r}, which "
+            f"{owner} already registers with detectron2's META_ARCH_REGISTRY; choose another "
+            f"name (e.g. 'my_{name}')"
+        )
+    projects = root / "projects"
+    others = sorted(p.name for p in projects.iterdir() if p.is_dir()) if projects.is_dir() else []
+    for other in others:
+        if other != name and class_name_for(other) == class_name:
+            raise SystemExit(
+                f"project {name!r} would register the meta-architecture {class_name!r}, as "
+                f"projects/{other} does; choose another name"
+            )
+
+
 def scaffold(name: str, base: str, root: Path = REPO, force: bool = False) -> list[Path]:
     """Writes the project files; returns their paths."""
     validate_name(name)
+    check_class_name_is_free(name, root)
     if base not in BASES:
         raise SystemExit(f"--base must be one of {sorted(BASES)}, got {base!r}")
     if name in BASES:

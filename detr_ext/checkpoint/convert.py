@@ -212,8 +212,10 @@ def convert_state_dict(
     by_storage = {
         _storage_key(target_state_dict[key]): key for key in renamed if key in target_state_dict
     }
+    by_storage.pop(None, None)  # tensors whose memory cannot tell (meta, empty) are not tied
     for target_key, target_value in target_state_dict.items():
-        tied_to = by_storage.get(_storage_key(target_value))
+        identity = _storage_key(target_value)
+        tied_to = by_storage.get(identity) if identity is not None else None
         if target_key not in renamed and tied_to is not None:
             renamed[target_key] = renamed[tied_to]
             report.converted[target_key] = report.converted[tied_to]
@@ -248,10 +250,18 @@ def convert_state_dict(
     return converted, report
 
 
-def _storage_key(value: object) -> tuple[int, int, tuple[int, ...]] | None:
-    """Identity of a tensor's memory (None for non-tensors or tensors without storage)."""
-    if not isinstance(value, Tensor) or value.device.type == "meta" or value.numel() == 0:
+def _storage_key(value: object) -> tuple | None:
+    """Identity of a tensor's memory; None for non-tensors and empty tensors.
+
+    Meta tensors have no memory to compare: they are identified by the object itself, so a
+    ``state_dict(keep_vars=True)`` of a model built on the meta device (which gives a shared
+    parameter under each of its names) still shows its ties, and one built with
+    ``keep_vars=False`` (a fresh tensor per name) shows none.
+    """
+    if not isinstance(value, Tensor) or value.numel() == 0:
         return None
+    if value.device.type == "meta":
+        return ("object", id(value))
     return (value.data_ptr(), value.storage_offset(), tuple(value.shape))
 
 

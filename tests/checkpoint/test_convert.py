@@ -164,3 +164,36 @@ def test_report_summary_lists_every_category_and_truncates():
     ]
     assert ConversionReport(converted={"a": "a"}).summary().splitlines()[-1] == "OK"
     assert "... and" not in report.summary(max_keys=4)
+
+
+class TiedHeads(torch.nn.Module):
+    """A head shared under two names, as DINO's output heads are also its decoder's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(2, 2)
+        self.decoder_head = self.head
+        self.extra = torch.nn.Linear(2, 3)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_ties_on_the_meta_device_and_missing_keys_there(device):
+    """The config suggestions of tools/convert_checkpoint.py convert into models built on the
+    meta device, where tensors have no memory to compare: keys the source lacks must stay
+    missing there (they were all tied to one converted key, so a checkpoint of another variant
+    'fit exactly'), and a parameter shared under two names is still converted once for both."""
+    with torch.device(device):
+        model = TiedHeads()
+    source = {"head.weight": torch.ones(2, 2), "head.bias": torch.ones(2)}
+    converted, report = convert_state_dict(source, [], model.state_dict(keep_vars=True))
+    assert report.converted["decoder_head.weight"] == "head.weight"
+    assert report.missing_target_keys == ["extra.weight", "extra.bias"] and not report.ok
+    names = {f"{module}.{p}" for module in ("head", "decoder_head") for p in ("weight", "bias")}
+    assert set(converted) == names
+
+    # Without keep_vars a meta state dict shows no ties: the shared names are reported missing.
+    if device == "meta":
+        _, detached = convert_state_dict(source, [], model.state_dict())
+        assert detached.missing_target_keys == [
+            "decoder_head.weight", "decoder_head.bias", "extra.weight", "extra.bias"
+        ]  # fmt: skip

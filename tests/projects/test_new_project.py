@@ -29,6 +29,18 @@ def test_name_validation():
     assert new_project.class_name_for("my_fast_detr") == "MyFastDetr"
 
 
+def test_a_name_whose_meta_architecture_is_taken_is_refused(tmp_path):
+    """'retina_net' would register RetinaNet, which detectron2 registers: the scaffolded
+    project failed to import ("already registered") and took tools/list_projects.py down."""
+    with pytest.raises(SystemExit, match=r"'RetinaNet', which detectron2\.modeling\.meta_arch"):
+        new_project.scaffold("retina_net", "detr", root=tmp_path)
+    (tmp_path / "projects" / "my_detr").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="'MyDetr', as projects/my_detr does"):
+        new_project.scaffold("my__detr", "detr", root=tmp_path)
+    assert not (tmp_path / "projects" / "retina_net").exists()
+    assert not (tmp_path / "projects" / "my__detr").exists()
+
+
 def _repo_copy(tmp_path: Path) -> Path:
     """A copy of the repository's sources, so the scaffold does not touch the working tree."""
     root = tmp_path / "repo"
