@@ -19,7 +19,8 @@ train = dict(
         find_unused_parameters=False,
         fp16_compression=False,
     ),
-    # hooks.PeriodicCheckpointer: save every `period` iterations, keep the last `max_to_keep`.
+    # Save every `period` iterations, keep the last `max_to_keep` periodic checkpoints (None:
+    # all), counting those of the runs before a --resume; model_final.pth is always kept.
     checkpointer=dict(period=5000, max_to_keep=100),
     # Evaluate every `eval_period` iterations (0 = only after the last iteration).
     eval_period=5000,
@@ -42,7 +43,7 @@ train = dict(
     grad_accumulation_steps=1,
     # EMA of the weights; evaluation then reports both the raw and the EMA weights (the latter
     # under the "ema" key). With use_ema_weights_for_eval_only, --eval-only evaluates the EMA
-    # weights alone.
+    # weights alone (enabled=True and a checkpoint with EMA weights needed, else an error).
     ema=dict(
         enabled=False,
         decay=0.9998,

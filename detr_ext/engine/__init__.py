@@ -2,7 +2,7 @@
 skipped), weight EMA, :class:`SafeCheckpointer` (finite weights only, atomic files), and the
 config-driven loops used by ``tools/train_net.py``."""
 
-from .checkpointer import NonFiniteCheckpointError, SafeCheckpointer
+from .checkpointer import NonFiniteCheckpointError, PeriodicCheckpointer, SafeCheckpointer
 from .data_stream import DataStreamState, build_train_loader
 from .defaults import (
     default_argument_parser,
@@ -30,6 +30,7 @@ __all__ = [
     "ModelEMA",
     "NonFiniteCheckpointError",
     "NonFiniteTrainingError",
+    "PeriodicCheckpointer",
     "ResumeError",
     "SafeCheckpointer",
     "Trainer",

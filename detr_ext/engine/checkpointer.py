@@ -25,11 +25,13 @@ Save directories given as URLs (``manifold://``, ``s3://`` ...) go through the b
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import hooks
 from fvcore.common.checkpoint import Checkpointer
 
 from ..checkpoint.reading import NamedReadErrorsMixin
@@ -37,6 +39,7 @@ from ..utils.file_io import atomic_write
 
 __all__ = [
     "NonFiniteCheckpointError",
+    "PeriodicCheckpointer",
     "SafeCheckpointer",
     "describe_last_checkpoint",
     "nonfinite_keys",
@@ -185,3 +188,69 @@ class SafeCheckpointer(NamedReadErrorsMixin, DetectionCheckpointer):
             f"{describe_last_checkpoint(self)} (resume from it with --resume, e.g. with a "
             "lower learning rate or gradient clipping)."
         )
+
+
+class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
+    """detectron2's periodic checkpointing hook, with its options checked up front and
+    ``max_to_keep`` honoured across ``--resume``.
+
+    detectron2 remembers the checkpoints it may delete in memory only, so every resumed run
+    started counting afresh and the checkpoints of the runs before it were never deleted (a
+    run resumed five times kept up to 6 x ``max_to_keep`` files). Here the periodic
+    checkpoints already in the output folder from before the resumed iteration count too,
+    oldest first; after each save the oldest are deleted until ``max_to_keep`` remain
+    (``model_final.pth`` is never deleted, nor are files of other names).
+
+    Args:
+        checkpointer: the run's checkpointer (its ``save_dir`` is the output folder).
+        period: save every ``period`` iterations, a positive int.
+        max_to_keep: how many periodic checkpoints to keep, a positive int, or ``None`` for all.
+        file_prefix, max_iter: as for detectron2's hook.
+    """
+
+    def __init__(
+        self,
+        checkpointer: DetectionCheckpointer,
+        period: int,
+        max_to_keep: int | None = None,
+        file_prefix: str = "model",
+        max_iter: int | None = None,
+    ) -> None:
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise ValueError(
+                f"train.checkpointer.period: expected a positive number of iterations, got "
+                f"{period!r}"
+            )
+        if max_to_keep is not None and (
+            isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1
+        ):
+            raise ValueError(
+                "train.checkpointer.max_to_keep: expected a positive number of checkpoints, or "
+                f"None to keep them all, got {max_to_keep!r}"
+            )
+        super().__init__(checkpointer, period, max_iter, max_to_keep, file_prefix)
+
+    def before_train(self) -> None:
+        super().before_train()
+        save_dir = self.checkpointer.save_dir
+        if self.max_to_keep is None or not save_dir or not _is_local_dir(save_dir):
+            return
+        pattern = re.compile(rf"{re.escape(self.file_prefix)}_(\d{{7}})\.pth")
+        earlier = []
+        for name in os.listdir(save_dir) if os.path.isdir(save_dir) else []:
+            match = pattern.fullmatch(name)
+            # Later ones (a run resumed from an older checkpoint) are written over as it
+            # reaches them, and counted then.
+            if match and int(match.group(1)) < self.trainer.start_iter:
+                earlier.append((int(match.group(1)), os.path.join(save_dir, name)))
+        self.recent_checkpoints = [path for _, path in sorted(earlier)]
+
+    def step(self, iteration: int, **kwargs: Any) -> None:
+        super().step(iteration, **kwargs)
+        if self.max_to_keep is None:
+            return
+        final = f"{self.file_prefix}_final.pth"
+        while len(self.recent_checkpoints) > self.max_to_keep:
+            path = self.recent_checkpoints.pop(0)
+            if self.path_manager.exists(path) and not path.endswith(final):
+                self.path_manager.rm(path)

@@ -28,7 +28,7 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .checkpointer import SafeCheckpointer
+from .checkpointer import PeriodicCheckpointer, SafeCheckpointer
 from .checks import check_category_consistency, check_num_classes
 from .data_stream import DataStreamState, build_train_loader
 from .ema import EMAHook
@@ -183,13 +183,15 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
         last_results.update(results)
         return results
 
+    # Built on every process, so that bad options stop them all.
+    periodic_checkpointer = PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             # Before the checkpointer and the evaluation, so both see this step's EMA.
             EMAHook(ema, model) if ema is not None else None,
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if is_main else None,
+            periodic_checkpointer if is_main else None,
             hooks.EvalHook(cfg.train.eval_period, evaluate),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter),

@@ -216,7 +216,9 @@ def load_eval_checkpoint(
         the checkpoint has them, else ``None``.
 
     Raises:
-        ValueError: ``train.init_checkpoint`` is empty and ``allow_random_weights`` is False.
+        ValueError: ``train.init_checkpoint`` is empty and ``allow_random_weights`` is False;
+            or ``train.ema.use_ema_weights_for_eval_only`` without ``train.ema.enabled`` or
+            without EMA weights in the checkpoint.
         FileNotFoundError: ``train.init_checkpoint`` is a local path that is not a file.
         CheckpointMismatchError: the checkpoint does not fit the model.
     """
@@ -230,10 +232,24 @@ def load_eval_checkpoint(
             )
         logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights.")
         return None
+    ema_only = bool(_ema_cfg(cfg).get("use_ema_weights_for_eval_only", False))
+    if ema_only and not _ema_cfg(cfg).get("enabled", False):
+        raise ValueError(
+            "train.ema.use_ema_weights_for_eval_only=True evaluates the checkpoint's EMA "
+            "weights alone, which needs train.ema.enabled=True too (got False: the model "
+            "weights would have been evaluated instead)"
+        )
     extra = load_model_weights(model, path, where="train.init_checkpoint")
     ema = build_ema(cfg, model)
     if ema is None:
         return None
+    if "ema" not in extra and ema_only:
+        raise ValueError(
+            f"train.ema.use_ema_weights_for_eval_only=True, but checkpoint {path!r} has no "
+            f"'ema' state (it has {sorted(extra)}): expected a checkpoint of a run trained "
+            "with train.ema.enabled=True, or set use_ema_weights_for_eval_only=False to "
+            "evaluate its model weights"
+        )
     if "ema" not in extra:
         logger.warning(
             "train.ema.enabled but checkpoint %r has no 'ema' state; evaluating the model "

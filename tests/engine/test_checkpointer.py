@@ -2,6 +2,7 @@
 atomically, loads like detectron2's DetectionCheckpointer, and names a file it cannot read."""
 
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,12 @@ from detr_ext.checkpoint import (
     load_model_weights,
 )
 from detr_ext.checkpoint.reading import other_checkpoints
-from detr_ext.engine import ModelEMA, NonFiniteCheckpointError, SafeCheckpointer
+from detr_ext.engine import (
+    ModelEMA,
+    NonFiniteCheckpointError,
+    PeriodicCheckpointer,
+    SafeCheckpointer,
+)
 from detr_ext.engine.checkpointer import nonfinite_keys
 
 
@@ -186,3 +192,53 @@ def test_last_checkpoint_naming_a_deleted_file_lists_the_others(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_0000002.pth does not exist") as info:
         SafeCheckpointer(tiny_model(), str(tmp_path)).resume_or_load("", resume=True)
     assert "Other checkpoints in" in str(info.value) and "model_0000001.pth" in str(info.value)
+
+
+def periodic_run(save_dir, start_iter: int, last_iter: int, **options) -> list[str]:
+    """Run PeriodicCheckpointer as the trainer does from ``start_iter`` to ``last_iter``
+    (inclusive); return the .pth files left in ``save_dir``."""
+    checkpointer = SafeCheckpointer(tiny_model(), str(save_dir))
+    hook = PeriodicCheckpointer(checkpointer, **options)
+    hook.trainer = SimpleNamespace(max_iter=100, start_iter=start_iter, iter=start_iter)
+    hook.before_train()
+    for iteration in range(start_iter, last_iter + 1):
+        hook.trainer.iter = iteration
+        hook.after_step()
+    return sorted(name for name in os.listdir(save_dir) if name.endswith(".pth"))
+
+
+def test_max_to_keep_counts_the_checkpoints_of_the_runs_before_a_resume(tmp_path):
+    """detectron2's hook forgot the earlier runs' checkpoints at each --resume and never
+    deleted them; here they count, oldest first, and model_final.pth is never deleted."""
+    assert periodic_run(tmp_path, 0, 5, period=2, max_to_keep=2) == [
+        "model_0000003.pth",
+        "model_0000005.pth",
+    ]
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    (tmp_path / "model_0000011.pth").write_bytes(b"")  # past the resumed iteration: kept
+    assert periodic_run(tmp_path, 6, 9, period=2, max_to_keep=2) == [
+        "model_0000007.pth",
+        "model_0000009.pth",
+        "model_0000011.pth",
+        "model_final.pth",
+    ]
+    # A smaller max_to_keep on resume trims the earlier ones down after the first save.
+    assert periodic_run(tmp_path, 10, 13, period=2, max_to_keep=1) == [
+        "model_0000013.pth",
+        "model_final.pth",
+    ]
+    # None keeps everything.
+    assert len(periodic_run(tmp_path, 14, 17, period=2, max_to_keep=None)) == 4
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"period": 2, "max_to_keep": 0}, r"max_to_keep: expected a positive number .* got 0"),
+        ({"period": 0}, "period: expected a positive number of iterations, got 0"),
+        ({"period": 2.5}, "got 2.5"),
+    ],
+)
+def test_periodic_checkpointer_options_are_checked(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        PeriodicCheckpointer(SafeCheckpointer(tiny_model(), str(tmp_path)), **options)

@@ -13,7 +13,7 @@ from detectron2.config import LazyConfig, instantiate
 
 from detr_ext.checkpoint import CheckpointMismatchError
 from detr_ext.config import get_config
-from detr_ext.engine import load_eval_checkpoint
+from detr_ext.engine import ModelEMA, load_eval_checkpoint
 from tests.tool_runs import TINY_SHAPES_CONFIG, load_script, run_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -375,3 +375,26 @@ def test_load_eval_checkpoint_errors(tmp_path):
     message = str(info.value)
     assert f"class_embed.weight: {theirs} vs {ours}" in message
     assert "model.num_classes" in message and "num_classes=3" in message
+
+
+def test_load_eval_checkpoint_with_ema_weights_only(tmp_path):
+    """train.ema.use_ema_weights_for_eval_only evaluates the EMA weights alone; without EMA
+    weights to evaluate (EMA disabled, or a checkpoint without them) it evaluated the model
+    weights as if they were the EMA's, saying nothing."""
+    cfg = LazyConfig.load(str(SHAPES_CONFIGS["detr"]))
+    model = instantiate(cfg.model)
+    state = model.state_dict()
+    torch.save({"model": state}, tmp_path / "plain.pth")
+    torch.save({"model": state, "ema": ModelEMA(model).state_dict()}, tmp_path / "ema.pth")
+    cfg.train.ema.use_ema_weights_for_eval_only = True
+    cfg.train.ema.enabled = False
+    cfg.train.init_checkpoint = str(tmp_path / "ema.pth")
+    with pytest.raises(ValueError, match="needs train.ema.enabled=True too"):
+        load_eval_checkpoint(cfg, model)
+    cfg.train.ema.enabled = True
+    assert isinstance(load_eval_checkpoint(cfg, model), ModelEMA)
+    cfg.train.init_checkpoint = str(tmp_path / "plain.pth")
+    with pytest.raises(ValueError, match=r"plain\.pth' has no 'ema' state \(it has \[\]\)"):
+        load_eval_checkpoint(cfg, model)
+    cfg.train.ema.use_ema_weights_for_eval_only = False  # then the model weights, with a warning
+    assert load_eval_checkpoint(cfg, model) is None
