@@ -17,22 +17,27 @@ equal; otherwise nothing is written and the exit status is 1. The report then gi
 and a few example keys per problem (``--max-keys``), and ranks the project's other configs by
 how well the checkpoint fits them (built on the meta device: no memory, no weights), since
 the usual cause is a config of another variant (e.g. two-stage weights with the plain
-config). The output is ``{"model": state_dict}``, loadable with detectron2's
-``DetectionCheckpointer`` (e.g. as ``train.init_checkpoint``).
+config). Input: a ``.pth`` file (read with ``torch.load(weights_only=True)`` unless
+``--unsafe-pickle``) or, with ``--unsafe-pickle``, a ``.pkl`` pickle of numpy arrays (as
+detectron2's model zoo has them). The output is ``{"model": state_dict}``, loadable with
+detectron2's ``DetectionCheckpointer`` (e.g. as ``train.init_checkpoint``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import pickle
 import sys
 from pathlib import Path
+from typing import Any
 
 # Make `detr_ext` and `projects.*` importable when run as a script from any directory.
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 
@@ -59,19 +64,42 @@ def import_project_converters(name: str | None = None) -> None:
             importlib.import_module(f"projects.{project}.checkpoint")
 
 
-def load_source_state_dict(path: str, unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Read a ``.pth`` checkpoint and return its tensors, unwrapping a ``"model"`` entry."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
-    except Exception as error:  # an unpickling error names the offending global
-        if unsafe_pickle:
-            raise
+def _read_pickle(path: str, unsafe_pickle: bool) -> Any:
+    """A plain pickle (detectron2 / Detectron model-zoo ``.pkl``: numpy arrays, Python 2
+    pickles among them), read as detectron2's checkpointer reads it."""
+    if not unsafe_pickle:
         raise SystemExit(
-            f"could not read {path} with torch.load(weights_only=True): {error}\n"
-            "If you trust this file, rerun with --unsafe-pickle."
-        ) from error
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
-        checkpoint = checkpoint["model"]
+            f"{path} is a pickle file, which can run code when it is read; if you trust it, "
+            "rerun with --unsafe-pickle."
+        )
+    with open(path, "rb") as file:
+        return pickle.load(file, encoding="latin1")
+
+
+def load_source_state_dict(path: str, unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a ``.pth`` checkpoint (or, with ``unsafe_pickle``, a ``.pkl`` one of numpy arrays)
+    and return its tensors, unwrapping a ``"model"`` (or Detectron's ``"blobs"``) entry."""
+    if path.endswith(".pkl"):
+        checkpoint = _read_pickle(path, unsafe_pickle)
+    else:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
+        except Exception as error:  # an unpickling error names the offending global
+            if unsafe_pickle:
+                raise
+            raise SystemExit(
+                f"could not read {path} with torch.load(weights_only=True): {error}\n"
+                "If you trust this file, rerun with --unsafe-pickle."
+            ) from error
+    for entry in ("model", "blobs"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(entry), dict):
+            checkpoint = checkpoint[entry]
+            break
+    if isinstance(checkpoint, dict):
+        checkpoint = {
+            key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+            for key, value in checkpoint.items()
+        }
     if not isinstance(checkpoint, dict):
         raise SystemExit(
             f"{path}: expected a state_dict or {{'model': state_dict}}, "
@@ -199,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="allow arbitrary pickled objects in the input (only for files you trust)",
     )
-    parser.add_argument("input", nargs="?", help="source checkpoint (.pth)")
+    parser.add_argument(
+        "input", nargs="?", help="source checkpoint (.pth; .pkl with --unsafe-pickle)"
+    )
     parser.add_argument("output", nargs="?", help="converted checkpoint to write (.pth)")
     args = parser.parse_args(argv)
 

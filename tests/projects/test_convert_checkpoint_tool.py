@@ -2,6 +2,7 @@
 alone, --config found from the repository root, and a short report that points to the config
 of the right variant when a checkpoint does not fit."""
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,20 @@ def test_checkpoint_of_another_variant_gets_a_short_report_and_the_right_config(
     first = next(index for index, line in enumerate(lines) if "fit this checkpoint better" in line)
     assert lines[first + 1].strip().startswith(suggestion)
     assert "(fits exactly)" in lines[first + 1]
+
+
+def test_a_pickle_of_numpy_arrays_converts_with_unsafe_pickle_only(tmp_path, capsys):
+    """A .pkl of numpy arrays (detectron2's model-zoo format): torch.load cannot read it even
+    with --unsafe-pickle; it is read as detectron2 reads it, and only when trusted."""
+    model = instantiate(LazyConfig.load(str(REPO_ROOT / DETR_SHAPES)).model)
+    state = {key: value.numpy() for key, value in model.state_dict().items()}
+    source = tmp_path / "detrex.pkl"
+    source.write_bytes(pickle.dumps({"model": state, "__author__": "someone"}))
+    main = load_tool().main
+    args = ["--from", "detr.detrex", "--config", DETR_SHAPES, str(source)]
+    with pytest.raises(SystemExit, match="is a pickle file, .* rerun with --unsafe-pickle"):
+        main([*args, str(tmp_path / "refused.pth")])
+    assert main([*args, str(tmp_path / "out.pth"), "--unsafe-pickle"]) == 0
+    converted = torch.load(tmp_path / "out.pth", weights_only=True)["model"]
+    assert converted.keys() == state.keys()
+    assert all(torch.equal(converted[key], torch.from_numpy(state[key])) for key in state)
