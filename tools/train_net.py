@@ -7,7 +7,8 @@
     python tools/train_net.py --config-file ... --eval-only train.init_checkpoint=model.pth
     python tools/train_net.py --config-file ... --num-gpus 8          # one process per GPU
 
-``--eval-only`` needs trained weights in ``train.init_checkpoint``: an empty one is an error
+``--eval-only`` needs trained weights in ``train.init_checkpoint`` (with ``--resume``: the last
+checkpoint of ``train.output_dir`` is evaluated instead): an empty one is an error
 unless ``--allow-random-weights`` is given (to smoke-test the evaluation itself), a missing
 file is an error, and so is a checkpoint whose tensors do not fit the config's model (e.g. a
 class head trained with another ``model.num_classes``). Training and evaluation both stop
@@ -66,7 +67,10 @@ def main(args) -> None:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
         ema = load_eval_checkpoint(
-            cfg, model, allow_random_weights=getattr(args, "allow_random_weights", False)
+            cfg,
+            model,
+            allow_random_weights=getattr(args, "allow_random_weights", False),
+            resume=args.resume,
         )
         model = wrap_ddp(model, cfg)
         print(do_test(cfg, model, eval_only=True, ema=ema))

@@ -195,10 +195,36 @@ def do_test(
     return results
 
 
+def last_checkpoint_of_run(output_dir: str) -> str:
+    """The checkpoint that ``--resume`` would continue in ``output_dir`` (the one its
+    ``last_checkpoint`` file names), for ``--eval-only --resume``.
+
+    Raises:
+        FileNotFoundError: ``output_dir`` has no ``last_checkpoint`` file, or the file it
+            names does not exist.
+    """
+    tag = os.path.join(output_dir, "last_checkpoint")
+    if not os.path.isfile(tag):
+        raise FileNotFoundError(
+            f"--eval-only --resume evaluates the last checkpoint of train.output_dir, but "
+            f"{output_dir!r} has no 'last_checkpoint' file (no run saved a checkpoint there); "
+            "expected the train.output_dir of a run, or train.init_checkpoint=<file> without "
+            "--resume"
+        )
+    with open(tag) as file:
+        name = file.read().strip()
+    path = name if os.path.isabs(name) else os.path.join(output_dir, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--eval-only --resume: {tag} names {name!r}, which does not exist")
+    return path
+
+
 def load_eval_checkpoint(
-    cfg: DictConfig, model: nn.Module, allow_random_weights: bool = False
+    cfg: DictConfig, model: nn.Module, allow_random_weights: bool = False, resume: bool = False
 ) -> ModelEMA | None:
-    """Load ``cfg.train.init_checkpoint`` into ``model`` for evaluation.
+    """Load ``cfg.train.init_checkpoint`` into ``model`` for evaluation (with ``resume``: the
+    last checkpoint of ``cfg.train.output_dir`` instead, as detectron2's ``resume_or_load``
+    would pick it).
 
     Loading is strict about what would otherwise leave parts of the model random: a tensor
     whose shape differs from the model's (e.g. a class head trained with another
@@ -223,6 +249,9 @@ def load_eval_checkpoint(
         CheckpointMismatchError: the checkpoint does not fit the model.
     """
     path = cfg.train.get("init_checkpoint", "") or ""
+    if resume:
+        path = last_checkpoint_of_run(cfg.train.output_dir)
+        logger.info("--eval-only --resume: evaluating %s, the run's last checkpoint.", path)
     if not path:
         if not allow_random_weights:
             raise ValueError(

@@ -162,7 +162,9 @@ class NonFiniteStepGuard:
 
     def _resume_hint(self) -> str:
         return (
-            f"Last good checkpoint: {self._last_checkpoint()}. To continue from it, rerun with "
-            "--resume and the same train.output_dir, e.g. with a lower optimizer.lr, "
-            "train.clip_grad.enabled=True, or a longer warm-up."
+            f"Last good checkpoint: {self._last_checkpoint()} (its weights are finite; the "
+            "divergence may have begun before it: see the losses in metrics.json). To continue "
+            "from it, rerun with --resume and the same train.output_dir, e.g. with a lower "
+            "optimizer.lr, train.clip_grad.enabled=True, or a longer warm-up (--resume takes "
+            "them from the config)."
         )

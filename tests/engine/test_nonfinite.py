@@ -159,7 +159,7 @@ def test_consecutive_nonfinite_steps_stop_training_with_an_informative_error(tmp
     assert "Learning rate in use: 0.05." in message
     assert "The skipped steps did not change the weights." in message
     # Iterations 2 and 3 were skipped but checkpointed (unchanged, finite weights).
-    assert f"Last good checkpoint: {tmp_path / 'model_0000003.pth'}." in message
+    assert f"Last good checkpoint: {tmp_path / 'model_0000003.pth'} (its weights" in message
     assert "--resume" in message
     assert changed_steps(recorder) == [True, True, False, False]
     assert trainer.nonfinite_skipped_steps == 3
@@ -365,7 +365,7 @@ def test_do_train_divergence_leaves_only_finite_checkpoints_and_resumes(tmp_path
     last_good = output_dir / "model_0000003.pth"
     assert "at iteration 5;" in message and "probable divergence" in message
     assert "Learning rate in use: 0.05." in message
-    assert f"Last good checkpoint: {last_good}." in message
+    assert f"Last good checkpoint: {last_good} (its weights are finite; the" in message
 
     saved = sorted(name for name in os.listdir(output_dir) if name.endswith(".pth"))
     assert saved == ["model_0000001.pth", "model_0000003.pth"]

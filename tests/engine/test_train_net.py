@@ -124,6 +124,14 @@ def test_resume_continues_from_last_iteration_then_eval_only(trained_run):
     assert "'tiny': {'mse':" in result.stdout
     assert "'ema': {'tiny':" in result.stdout
 
+    # --eval-only --resume evaluates the run's last checkpoint (it was ignored: an empty
+    # train.init_checkpoint was refused).
+    result = run_train_net(config, "--eval-only", "--resume", f"train.output_dir={output_dir}")
+    assert f"evaluating {output_dir / 'model_final.pth'}, the run's last checkpoint" in (
+        result.stdout + result.stderr
+    )
+    assert "'tiny': {'mse':" in result.stdout
+
 
 def test_resume_takes_hyperparameters_from_the_config(trained_run, tmp_path):
     """--resume with a lower lr, another weight decay and EMA decay (what NonFiniteTrainingError
@@ -398,3 +406,16 @@ def test_load_eval_checkpoint_with_ema_weights_only(tmp_path):
         load_eval_checkpoint(cfg, model)
     cfg.train.ema.use_ema_weights_for_eval_only = False  # then the model weights, with a warning
     assert load_eval_checkpoint(cfg, model) is None
+
+
+def test_eval_only_resume_needs_a_run_with_a_checkpoint(tmp_path):
+    cfg = LazyConfig.load(str(SHAPES_CONFIGS["detr"]))
+    model = instantiate(cfg.model)
+    cfg.train.output_dir = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="has no 'last_checkpoint' file"):
+        load_eval_checkpoint(cfg, model, resume=True)
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
+    with pytest.raises(FileNotFoundError, match="names 'model_0000009.pth', which does not"):
+        load_eval_checkpoint(cfg, model, resume=True)
+    torch.save({"model": model.state_dict()}, tmp_path / "model_0000009.pth")
+    assert load_eval_checkpoint(cfg, model, resume=True) is None  # loaded; no EMA configured

@@ -24,7 +24,9 @@ def tiny_config(tmp_path, monkeypatch):
 
 
 def _val_images(tmp_path) -> dict[int, tuple[int, int]]:
-    annotations = json.loads((tmp_path / "datasets/shapes/annotations/instances_val.json").read_text())
+    annotations = json.loads(
+        (tmp_path / "datasets/shapes/annotations/instances_val.json").read_text()
+    )
     return {image["id"]: (image["height"], image["width"]) for image in annotations["images"]}
 
 
