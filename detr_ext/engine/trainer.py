@@ -9,8 +9,8 @@ is skipped, with a warning; training stops after ``max_consecutive_nonfinite`` i
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,6 +23,8 @@ from .ema import unwrap_model
 from .nonfinite import NonFiniteStepGuard, NonFiniteTrainingError
 
 __all__ = ["NonFiniteTrainingError", "Trainer"]
+
+logger = logging.getLogger(__name__)
 
 _CLIP_GRAD_KEYS = {"max_norm", "norm_type", "error_if_nonfinite", "foreach"}
 
@@ -167,12 +169,11 @@ class Trainer(NonFiniteStepGuard, SimpleTrainer):
         elif amp and self.device_type == "cuda":
             self.autocast_dtype = torch.float16
         elif amp:
-            warnings.warn(
-                f"Trainer: amp=True needs a CUDA model, but the model is on "
-                f"'{self.device_type}'; training in float32 instead (use bf16=True for "
-                "mixed precision on CPU).",
-                RuntimeWarning,
-                stacklevel=2,
+            # Logged (so that log.txt has it), not warnings.warn.
+            logger.warning(
+                "Trainer: amp=True needs a CUDA model, but the model is on '%s'; training in "
+                "float32 instead (use bf16=True for mixed precision on CPU).",
+                self.device_type,
             )
 
         self.grad_scaler: torch.amp.GradScaler | None = grad_scaler

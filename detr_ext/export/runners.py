@@ -42,6 +42,7 @@ from ..engine.predictor import (
     mapper_image_options,
     metadata_for_config,
 )
+from ..modeling.meta_arch.output_checks import check_finite_detections
 from .metadata import METADATA_KEY, ExportMetadata
 from .wrapper import ExportError
 
@@ -211,6 +212,7 @@ class ExportedRunner:
                 out_height, out_width = (
                     output_sizes[index] if output_sizes is not None else (height, width)
                 )
+                check_finite_detections(result, {"image_id": f"number {index} of the call"})
                 results.append(detector_postprocess(result, out_height, out_width))
         return results
 

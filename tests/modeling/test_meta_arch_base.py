@@ -153,3 +153,30 @@ def test_device_follows_buffers_and_mean_not_in_state_dict():
     model = FixedOutputDetector()
     assert model.device == torch.device("cpu")
     assert "pixel_mean" not in model.state_dict()
+
+
+class NaNBoxDetector(FixedOutputDetector):
+    """The second query's box is NaN, as a model with broken weights gives it."""
+
+    def forward_outputs(self, images, padding_mask, targets):
+        outputs = super().forward_outputs(images, padding_mask, targets)
+        boxes = outputs["pred_boxes"].clone()
+        boxes[:, 1, 0] = float("nan")
+        return {**outputs, "pred_boxes": boxes}
+
+
+def test_non_finite_detections_name_the_image_and_the_cause():
+    """detectron2's postprocessing stopped with a bare "Box tensor contains infinite or
+    NaN!" that named neither the image nor a cause."""
+    from detr_ext.modeling.meta_arch import NonFiniteOutputError
+
+    model = NaNBoxDetector().eval()
+    with pytest.raises(NonFiniteOutputError) as info, torch.no_grad():
+        model([_input(20, 30, file_name="images/000123.jpg")])
+    message = str(info.value)
+    assert "image 'images/000123.jpg' hold NaN or inf (pred_boxes of 1 of the 2 detections)" in (
+        message
+    )
+    assert "running_var" in message
+    with torch.no_grad():  # finite outputs pass
+        assert len(FixedOutputDetector().eval()([_input(20, 30)])[0]["instances"]) == 2

@@ -12,6 +12,7 @@ from .deformable_detr_base import DeformableDETRDetectorBase
 from .detr_base import DETRDetectorBase, DETRNetworkOutputs
 from .detr_segm_base import DETRSegmDetectorBase
 from .dino_base import DINODetectorBase
+from .output_checks import NonFiniteOutputError
 from .panoptic_inference import combine_panoptic
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "DeformableDETRDetectorBase",
     "DeformableDetectorBase",
     "DetectorBase",
+    "NonFiniteOutputError",
     "combine_panoptic",
 ]

@@ -31,6 +31,8 @@ from torch import Tensor, nn
 
 from detr_ext.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
+from .output_checks import check_finite_detections
+
 __all__ = ["DetectorBase"]
 
 INPUT_FORMATS = ("RGB", "BGR")
@@ -391,5 +393,6 @@ class DetectorBase(nn.Module):
         for result, item, image_size in zip(results, batched_inputs, image_sizes, strict=True):
             height = item.get("height", image_size[0])
             width = item.get("width", image_size[1])
+            check_finite_detections(result, item)
             processed.append({"instances": detector_postprocess(result, height, width)})
         return processed

@@ -25,6 +25,7 @@ from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from torch import Tensor, nn
 
 from .detr_base import DETRDetectorBase
+from .output_checks import check_finite_detections
 from .panoptic_inference import combine_panoptic
 
 __all__ = ["DETRSegmDetectorBase"]
@@ -281,6 +282,7 @@ class DETRSegmDetectorBase(DETRDetectorBase):
             height = int(item.get("height", image_size[0]))
             width = int(item.get("width", image_size[1]))
             frame = (padded_size, tuple(image_size), (height, width))
+            check_finite_detections(result, item)
             processed.append(self._postprocess_image(result, frame))
         return processed
 
