@@ -2,7 +2,6 @@
 file and ids named, dropped / repaired with a warning, and evaluation correct for any ids."""
 
 import json
-import logging
 import math
 import os
 
@@ -33,25 +32,6 @@ def isolated(tmp_path, monkeypatch):
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-
-
-@pytest.fixture
-def warnings_log():
-    """Warning messages of the registration module (its logger may not propagate to root once
-    detectron2's setup_logger configured "detr_ext", so caplog alone is not reliable)."""
-    messages = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            messages.append(record.getMessage())
-
-    logger = logging.getLogger("detr_ext.data.datasets.coco_format")
-    handler, level = Collect(logging.WARNING), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    yield messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def _image(image_id, size=(64, 48)):

@@ -5,7 +5,6 @@ Each evaluation check runs both backends on the registered json, with every grou
 predicted exactly: a correct registration scores AP 100."""
 
 import json
-import logging
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -28,25 +27,6 @@ def isolated(tmp_path, monkeypatch):
     if NAME in DatasetCatalog.list():
         DatasetCatalog.remove(NAME)
         MetadataCatalog.remove(NAME)
-
-
-@pytest.fixture
-def warnings_log():
-    """Warning messages of the registration module (caplog misses them once detectron2's
-    setup_logger stopped the "detr_ext" logger from propagating)."""
-    messages = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            messages.append(record.getMessage())
-
-    logger = logging.getLogger("detr_ext.data.datasets.coco_format")
-    handler, level = Collect(logging.WARNING), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    yield messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def _image(image_id, file_name=None):
