@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from ..checkpoint.loading import load_model_weights
-from ..engine.predictor import metadata_for_config
+from ..engine.predictor import mapper_image_options, metadata_for_config
 from ..modeling.meta_arch import DETRSegmDetectorBase
 from .runners import ExportedRunner
 from .wrapper import ExportableDetector, ExportError
@@ -53,7 +53,8 @@ def build_model(
 
 
 def config_metadata(cfg: DictConfig) -> dict[str, Any]:
-    """``test_resize`` and ``thing_classes`` for :class:`~detr_ext.export.ExportMetadata`.
+    """``test_resize``, ``thing_classes`` and ``apply_exif_orientation`` for
+    :class:`~detr_ext.export.ExportMetadata`.
 
     ``test_resize`` is set when the test augmentation is one ``ResizeShortestEdge`` with a
     single short edge (what a runner can redo without the config); ``thing_classes`` when the
@@ -82,6 +83,8 @@ def config_metadata(cfg: DictConfig) -> dict[str, Any]:
         logger.warning("No class names for the export metadata: %s", error)
         classes = None
     fields["thing_classes"] = list(classes) if classes else None
+    # How the test mapper reads image files, so that a runner without the config does too.
+    fields["apply_exif_orientation"] = mapper_image_options(cfg)[1]
     return fields
 
 

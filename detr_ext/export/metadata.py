@@ -48,6 +48,8 @@ class ExportMetadata:
             ``ResizeShortestEdge``, when it is just that, so a runner can resize like the
             evaluation does without the config.
         thing_classes: class names, when the config's test dataset gives them.
+        apply_exif_orientation: whether the config's test mapper turns images by their EXIF
+            orientation (files exported before this field was recorded: True, the default).
         torch_version, detr_ext_version: the versions that exported it.
     """
 
@@ -71,6 +73,7 @@ class ExportMetadata:
     weights: str | None = None
     test_resize: dict[str, int] | None = None
     thing_classes: list[str] | None = None
+    apply_exif_orientation: bool = True
     torch_version: str = ""
     detr_ext_version: str = ""
     schema_version: int = SCHEMA_VERSION

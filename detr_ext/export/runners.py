@@ -329,7 +329,8 @@ class ExportedPredictor:
     Args:
         path: an exported model (``.pt2`` or ``.onnx``).
         cfg: optional LazyConfig (or its path) for the test augmentation, ``img_format``,
-            ``apply_exif_orientation`` (of ``dataloader.test.mapper``) and class names.
+            ``apply_exif_orientation`` (of ``dataloader.test.mapper``) and class names;
+            without it, those recorded at export.
         **options: for :func:`load_exported`.
 
     Attributes:
@@ -364,7 +365,7 @@ class ExportedPredictor:
             self.metadata = metadata_for_config(cfg)
         else:
             self.input_format = exported.input_format
-            self.apply_exif_orientation = True  # the mappers' default; not recorded at export
+            self.apply_exif_orientation = exported.apply_exif_orientation
             augmentation = []
             if exported.test_resize:
                 augmentation = [T.ResizeShortestEdge(**exported.test_resize)]
@@ -375,7 +376,8 @@ class ExportedPredictor:
         """An image file as ``[H, W, 3]`` uint8 in :attr:`input_format`, read as the config's
         test mapper reads it (see :meth:`Predictor.read_image
         <detr_ext.engine.predictor.Predictor.read_image>`): EXIF orientation applied unless
-        the mapper has ``apply_exif_orientation=False``; without a config, applied."""
+        the mapper has ``apply_exif_orientation=False``; without a config, as recorded at
+        export (``metadata.apply_exif_orientation``)."""
         return read_image_file(
             path, format=self.input_format, apply_exif_orientation=self.apply_exif_orientation
         )

@@ -21,6 +21,7 @@ from .models import (
     detections_per_image,
     eager_outputs,
     make_batch,
+    tiny_config,
 )
 
 
@@ -186,3 +187,28 @@ def test_demo_reads_images_as_the_test_mapper_does(
     assert [d["category_id"] for d in exported[0]["detections"]] == [
         d["category_id"] for d in eager[0]["detections"]
     ]
+
+
+def test_without_a_config_images_are_read_as_recorded_at_export(exported_dino, tmp_path):
+    """The export records whether the config's test mapper applies the EXIF orientation, and
+    an ExportedPredictor without the config reads files that way (it always applied it)."""
+    import onnx
+
+    from detr_ext.export import METADATA_KEY, ExportedPredictor, config_metadata
+
+    config = tiny_config("dino")
+    assert config_metadata(config)["apply_exif_orientation"] is True
+    config.dataloader.test.mapper.apply_exif_orientation = False
+    assert config_metadata(config)["apply_exif_orientation"] is False
+
+    photo = tmp_path / "photo.jpg"
+    write_rotated_photo(photo)
+    assert ExportedPredictor(exported_dino.onnx_path).read_image(photo).shape[:2] == (40, 24)
+    model = onnx.load(str(exported_dino.onnx_path))
+    entry = next(prop for prop in model.metadata_props if prop.key == METADATA_KEY)
+    fields = json.loads(entry.value)
+    assert fields["apply_exif_orientation"] is True
+    entry.value = json.dumps({**fields, "apply_exif_orientation": False})
+    onnx.save(model, str(tmp_path / "stored_pixels.onnx"))
+    stored = ExportedPredictor(tmp_path / "stored_pixels.onnx")
+    assert stored.read_image(photo).shape[:2] == (24, 40)
