@@ -78,13 +78,23 @@ def main(args) -> None:
         do_train(args, cfg)
 
 
+def dist_url_for(args, parser) -> str:
+    """``--dist-url`` as given; on one machine without it, ``"auto"`` (a free port).
+    detectron2's default is one port per user, so two multi-process runs of one user on one
+    machine (two experiments, or tests next to a training) collided, and the second failed."""
+    if args.num_machines == 1 and args.dist_url == parser.get_default("dist_url"):
+        return "auto"
+    return args.dist_url
+
+
 if __name__ == "__main__":
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
     launch(
         main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
+        dist_url=dist_url_for(args, parser),
         args=(args,),
     )

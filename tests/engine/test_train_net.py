@@ -419,3 +419,16 @@ def test_eval_only_resume_needs_a_run_with_a_checkpoint(tmp_path):
         load_eval_checkpoint(cfg, model, resume=True)
     torch.save({"model": model.state_dict()}, tmp_path / "model_0000009.pth")
     assert load_eval_checkpoint(cfg, model, resume=True) is None  # loaded; no EMA configured
+
+
+def test_one_machine_runs_take_a_free_port_unless_told_otherwise():
+    """detectron2's default --dist-url is one port per user: a second multi-process run of the
+    same user on the machine (another experiment; tests next to a training) failed on it."""
+    train_net = load_train_net()
+    parser = train_net.build_parser()
+    args = parser.parse_args(["--num-gpus", "2"])
+    assert train_net.dist_url_for(args, parser) == "auto"
+    args = parser.parse_args(["--num-gpus", "2", "--dist-url", "tcp://127.0.0.1:12345"])
+    assert train_net.dist_url_for(args, parser) == "tcp://127.0.0.1:12345"
+    args = parser.parse_args(["--num-machines", "2", "--machine-rank", "1"])
+    assert train_net.dist_url_for(args, parser) == parser.get_default("dist_url")
