@@ -96,9 +96,16 @@ def ms_deform_attn_onnx(value, spatial_shapes, level_start_index, sampling_locat
 
 
 def translation_table() -> dict:
-    """``custom_translation_table`` for ``torch.onnx.export``: the operator -> its ONNX form."""
+    """``custom_translation_table`` for ``torch.onnx.export``: the operator -> its ONNX form.
+
+    Empty when the compiled extension is not loaded (``DETR_EXT_BUILD_EXTENSION=0``, or a
+    failed build): the operator does not exist then, and a model without deformable attention
+    (DETR) exports all the same; one with it fails earlier, saying that it needs the extension.
+    """
     import torch
 
     import detr_ext.ops  # noqa: F401  (loads detr_ext._C, which defines the operator)
 
+    if not hasattr(torch.ops.detr_ext, "ms_deform_attn"):
+        return {}
     return {torch.ops.detr_ext.ms_deform_attn.default: ms_deform_attn_onnx}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from detectron2.config import instantiate
@@ -18,7 +20,7 @@ from detr_ext.layers import MultiScaleDeformableAttention
 from detr_ext.modeling.meta_arch import DetectorBase
 from detr_ext.ops.ms_deform_attn import BACKEND_ENV
 from projects.detr.modeling import DETR
-from tests.tool_runs import load_script
+from tests.tool_runs import load_script, run_tool
 
 from .models import detections_per_image, tiny_config, tiny_model
 
@@ -203,3 +205,23 @@ def test_export_tool_names_weights_it_cannot_use(tmp_path, problem):
     }[problem]
     assert expected in str(info.value) and str(weights) in str(info.value)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_onnx_export_without_the_compiled_extension(tmp_path, monkeypatch):
+    """Without detr_ext._C (DETR_EXT_BUILD_EXTENSION=0 or a failed build) DETR, which has no
+    deformable attention, exports to ONNX (it failed: the translation table named the missing
+    operator); DINO is refused before tracing, saying it needs the extension."""
+    monkeypatch.setenv("DETR_EXT_DISABLE_EXTENSION", "1")
+    configs = Path(__file__).resolve().parents[2] / "projects"
+    results = {}
+    for project, config in (("detr", "detr_shapes.py"), ("dino", "dino_shapes.py")):
+        argv = [
+            "--config-file", str(configs / project / "configs" / config), "--random-weights",
+            "--format", "onnx", "--output", str(tmp_path / f"{project}.onnx"), "--device", "cpu",
+        ]  # fmt: skip
+        results[project] = run_tool("export_model.py", argv, cwd=tmp_path, datasets=tmp_path)
+    detr, dino = results["detr"], results["dino"]
+    assert detr.returncode == 0, detr.stdout[-2000:] + detr.stderr[-4000:]
+    assert (tmp_path / "detr.onnx").is_file()
+    assert dino.returncode != 0 and not (tmp_path / "dino.onnx").exists()
+    assert "must run the compiled operator detr_ext::ms_deform_attn" in dino.stderr
