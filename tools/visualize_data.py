@@ -64,13 +64,33 @@ def _output_name(record: dict, used: set[str]) -> str:
     return name
 
 
-def draw_annotations(record: dict, metadata):
-    """The record's image with its annotations, as an RGB uint8 array."""
-    from detectron2.data.detection_utils import read_image
+def draw_annotations(record: dict, metadata, apply_exif_orientation: bool = True):
+    """The record's image with its annotations, as an RGB uint8 array. The image is read as
+    the mappers read it (16-bit images scaled to 8 bit, the EXIF orientation applied or not as
+    the config's mapper says)."""
     from detectron2.utils.visualizer import Visualizer
 
-    image = read_image(record["file_name"], format="RGB")
-    return Visualizer(image, metadata=metadata).draw_dataset_dict(record).get_image()
+    from detr_ext.data.image_io import read_image_file
+
+    image = read_image_file(
+        record["file_name"],
+        format="RGB",
+        image_id=record.get("image_id"),
+        apply_exif_orientation=apply_exif_orientation,
+    )
+    visualizer = Visualizer(image, metadata=metadata)
+    # draw_dataset_dict takes masks from every annotation when the first has one (KeyError
+    # on a box without): annotations with and without segmentation are drawn in two passes.
+    annotations = record.get("annotations", [])
+    with_masks = [a for a in annotations if "segmentation" in a]
+    without = [a for a in annotations if "segmentation" not in a]
+    visualizer.draw_dataset_dict({**record, "annotations": with_masks})
+    if without:
+        plain = {key: value for key, value in record.items() if key not in ("sem_seg", "pan_seg")}
+        plain.pop("sem_seg_file_name", None)
+        plain.pop("pan_seg_file_name", None)
+        visualizer.draw_dataset_dict({**plain, "annotations": without})
+    return visualizer.output.get_image()
 
 
 def draw_mapped(mapped: dict, metadata, image_format: str = "RGB"):
@@ -108,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     from PIL import Image
 
     from detr_ext.config import ConfigUsageError, load_config
+    from detr_ext.engine.predictor import mapper_image_options
 
     if args.num_images < 1:
         raise VisualizeError(f"--num-images: expected a positive count, got {args.num_images}")
@@ -134,6 +155,12 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     indices = list(range(len(records)))
     if args.shuffle:
         random.Random(args.seed).shuffle(indices)
+    try:  # how the split's mapper reads files (EXIF orientation), for --source annotation
+        apply_exif = mapper_image_options(cfg, split=args.split)[1]
+    except (KeyError, AttributeError):  # no mapper in the config: the mappers' default
+        apply_exif = True
+    except ValueError as error:
+        raise VisualizeError(str(error)) from error
     mapper = None
     if args.source == "dataloader":
         if "mapper" not in section:
@@ -150,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     for index in indices[: args.num_images]:
         record = records[index]
         if mapper is None:
-            drawing = draw_annotations(record, metadata)
+            drawing = draw_annotations(record, metadata, apply_exif)
         else:
             mapped = mapper(dict(record))
             if mapped is None:  # a mapper that skips unreadable images

@@ -91,8 +91,11 @@ def _mapper_argument(mapper: DictConfig, name: str, fallback: Any) -> Any:
     return parameter.default
 
 
-def mapper_image_options(cfg: DictConfig, default_format: str = "RGB") -> tuple[str, bool]:
-    """How the config's test mapper, ``cfg.dataloader.test.mapper``, reads image files:
+def mapper_image_options(
+    cfg: DictConfig, default_format: str = "RGB", split: str = "test"
+) -> tuple[str, bool]:
+    """How the config's test mapper, ``cfg.dataloader.test.mapper`` (``split="train"``: the
+    training mapper), reads image files:
     ``(img_format, apply_exif_orientation)``, each as set in the config, else the default of
     the mapper class (:class:`~detr_ext.data.DetrDatasetMapper`: ``"RGB"``, True), else
     ``default_format`` / True. Reading a file with
@@ -100,14 +103,15 @@ def mapper_image_options(cfg: DictConfig, default_format: str = "RGB") -> tuple[
     the mapper gives the model in evaluation.
 
     Raises:
-        KeyError: the config has no ``dataloader.test.mapper``.
+        KeyError: the config has no ``dataloader.<split>.mapper``.
         ValueError: ``img_format`` is not ``"RGB"`` or ``"BGR"``.
     """
-    mapper = _config_node(cfg, "dataloader.test.mapper")
+    mapper = _config_node(cfg, f"dataloader.{split}.mapper")
     img_format = _mapper_argument(mapper, "img_format", default_format)
     if img_format not in IMAGE_FORMATS:
         raise ValueError(
-            f"expected cfg.dataloader.test.mapper.img_format in {IMAGE_FORMATS}, got {img_format!r}"
+            f"expected cfg.dataloader.{split}.mapper.img_format in {IMAGE_FORMATS}, got "
+            f"{img_format!r}"
         )
     # bool() as DetrDatasetMapper takes it.
     return str(img_format), bool(_mapper_argument(mapper, "apply_exif_orientation", True))

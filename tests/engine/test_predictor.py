@@ -313,6 +313,8 @@ def test_predictor_reads_images_as_the_test_mapper_does(
 def test_mapper_image_options_follow_the_config_then_the_mapper_class():
     cfg = LazyConfig.load(str(CONFIG))
     assert mapper_image_options(cfg) == ("RGB", True)
+    cfg.dataloader.train.mapper.apply_exif_orientation = False
+    assert mapper_image_options(cfg, split="train") == ("RGB", False)
     cfg.dataloader.test.mapper.apply_exif_orientation = False
     cfg.dataloader.test.mapper.img_format = "BGR"
     assert mapper_image_options(cfg) == ("BGR", False)

@@ -91,3 +91,36 @@ def test_usage_errors(tiny_config, tmp_path, argv, match):
             ["--config-file", str(tiny_config), "--source", "annotation"]
             + ["--output-dir", str(tmp_path / "vis"), *argv]
         )
+
+
+def test_annotations_mixing_polygons_and_boxes_on_images_read_as_the_mappers_do(tmp_path):
+    """Labeling-tool exports mix annotations with and without a polygon in one image:
+    detectron2's draw_dataset_dict raised KeyError 'segmentation' on them. The image is read as
+    the mappers read it: a 16-bit PNG scaled to 8 bit (it was drawn white), EXIF orientation
+    only when the mapper applies it."""
+    from detectron2.data import Metadata
+    from detectron2.structures import BoxMode
+
+    tool = load_script("tools/visualize_data.py")
+    metadata = Metadata(thing_classes=["a", "b"])
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((40, 60), 30 * 257, dtype=np.uint16)).save(deep)
+    annotations = [
+        {"bbox": [5, 5, 20, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0,
+         "segmentation": [[5, 5, 25, 5, 25, 25]]},
+        {"bbox": [30, 10, 20, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1},
+    ]  # fmt: skip
+    record = {"file_name": str(deep), "image_id": 1, "height": 40, "width": 60}
+    drawing = tool.draw_annotations({**record, "annotations": annotations}, metadata)
+    assert drawing.shape == (40, 60, 3)
+    assert (drawing[38, 2] == 30).all()  # a pixel away from the drawings: 30, not 255
+    plain = tool.draw_annotations({**record, "annotations": []}, metadata)
+    assert (plain != drawing).any(axis=2)[10:30, 30:50].any()  # the box without a polygon
+
+    photo = tmp_path / "photo.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees": shown 24 wide, 40 tall
+    Image.fromarray(np.zeros((24, 40, 3), dtype=np.uint8)).save(photo, exif=exif)
+    record = {"file_name": str(photo), "image_id": 2, "annotations": []}
+    assert tool.draw_annotations(record, metadata).shape[:2] == (40, 24)
+    assert tool.draw_annotations(record, metadata, False).shape[:2] == (24, 40)
