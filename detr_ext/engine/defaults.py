@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import default_argument_parser, default_setup, default_writers, hooks
+from detectron2.engine import default_argument_parser as d2_default_argument_parser
+from detectron2.engine import default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -50,6 +51,45 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+_EPILOG = """
+Examples:
+  {prog} --config-file projects/dino/configs/dino_shapes.py train.device=cpu
+  {prog} --config-file my_dino.py optimizer.lr=5e-5 train.max_iter=20000  # key=value overrides
+  {prog} --config-file my_dino.py --resume                    # continue the run's last checkpoint
+  {prog} --config-file my_dino.py --eval-only train.init_checkpoint=output/model_final.pth
+  {prog} --config-file my_dino.py --num-gpus 8                # one process per GPU
+  (one machine: the processes meet on a free port unless --dist-url is given)
+
+Several machines:
+  (machine 0) {prog} --config-file my_dino.py --num-gpus 8 --num-machines 2 --machine-rank 0 \\
+                  --dist-url tcp://<machine 0 address>:<port>
+  (machine 1) the same with --machine-rank 1
+"""
+
+_RESUME_HELP = (
+    "continue the run in train.output_dir from its last checkpoint (weights, EMA, optimizer "
+    "state, iteration and training data stream; the optimizer settings and schedule come from "
+    "the config); with --eval-only, evaluate that checkpoint instead of train.init_checkpoint"
+)
+
+
+def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
+    """detectron2's ``default_argument_parser`` (``--config-file``, ``--resume``,
+    ``--eval-only``, ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``,
+    ``key=value`` overrides) with examples and a ``--resume`` help that describe this project's
+    LazyConfig tools (detectron2's show yacs ``KEY VALUE`` overrides, which fail here)."""
+    import sys
+
+    prog = os.path.basename(sys.argv[0]) or "train_net.py"
+    parser = d2_default_argument_parser(epilog=epilog or _EPILOG.format(prog=prog))
+    for action in parser._actions:
+        if "--resume" in action.option_strings:
+            action.help = _RESUME_HELP
+        elif action.dest == "opts":
+            action.help = "config overrides, key=value (e.g. train.max_iter=100 optimizer.lr=1e-4)"
+    return parser
 
 
 def share_cpu_threads(cfg: DictConfig) -> int:

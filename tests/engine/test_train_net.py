@@ -432,3 +432,13 @@ def test_one_machine_runs_take_a_free_port_unless_told_otherwise():
     assert train_net.dist_url_for(args, parser) == "tcp://127.0.0.1:12345"
     args = parser.parse_args(["--num-machines", "2", "--machine-rank", "1"])
     assert train_net.dist_url_for(args, parser) == parser.get_default("dist_url")
+
+
+def test_help_shows_this_projects_usage():
+    """The examples were detectron2's yacs ones (`MODEL.WEIGHTS /path SOLVER.BASE_LR 0.001`),
+    which fail with a hydra parse error here, and --resume pointed to DefaultTrainer."""
+    text = " ".join(load_train_net().build_parser().format_help().split())
+    assert "MODEL.WEIGHTS" not in text and "SOLVER.BASE_LR" not in text
+    assert "optimizer.lr=5e-5 train.max_iter=20000" in text
+    assert "training data stream" in text and "with --eval-only, evaluate that checkpoint" in text
+    assert "DefaultTrainer" not in text
