@@ -29,6 +29,7 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ..data.datasets.coco_format import registration_warnings
 from .checkpointer import PeriodicCheckpointer, SafeCheckpointer
 from .checks import check_category_consistency, check_num_classes
 from .data_stream import DataStreamState, build_train_loader
@@ -152,6 +153,13 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
     setup_logger(
         cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detr_ext", abbrev_name="detr"
     )
+    # The config registered its datasets before log.txt existed: their warnings go there too.
+    for name, messages in registration_warnings().items():
+        logger.warning(
+            "Dataset %r was repaired or warned about when the config registered it:\n  %s",
+            name,
+            "\n  ".join(messages),
+        )
     if seed != requested_seed:
         logger.info(
             "train.seed=%s: drew seed %d (train.seed=%d repeats the run)",

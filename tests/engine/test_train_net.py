@@ -442,3 +442,47 @@ def test_help_shows_this_projects_usage():
     assert "optimizer.lr=5e-5 train.max_iter=20000" in text
     assert "training data stream" in text and "with --eval-only, evaluate that checkpoint" in text
     assert "DefaultTrainer" not in text
+
+
+OWN_DATA_CONFIG = """
+from detr_ext.data.datasets import register_coco_format_dataset
+
+register_coco_format_dataset("own_val_warned", {json!r}, {images!r})
+dataloader.test.dataset.names = "own_val_warned"
+"""
+
+
+def test_registration_warnings_reach_the_runs_log(tmp_path, monkeypatch):
+    """A config registers its datasets when it is loaded, before log.txt exists: the cleaning
+    warnings (here: a box past its image, clipped) were on the console only."""
+    from PIL import Image
+
+    monkeypatch.setenv("DETR_EXT_CACHE", str(tmp_path / "cache"))
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (40, 30)).save(images / "a.png")
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 30, "width": 40}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [30, 5, 20, 10]}],
+        "categories": [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)],
+    }
+    json_file = tmp_path / "own.json"
+    json_file.write_text(json.dumps(data))
+    config = tiny_shapes_config("detr", tmp_path)
+    config.write_text(
+        config.read_text() + OWN_DATA_CONFIG.format(json=str(json_file), images=str(images))
+    )
+    output_dir = tmp_path / "run"
+    result = run_tool(
+        "train_net.py",
+        [
+            "--config-file", str(config), "--eval-only", "--allow-random-weights",
+            f"train.output_dir={output_dir}",
+        ],
+        cwd=tmp_path,
+        datasets=tmp_path / "datasets",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-6000:]
+    log = (output_dir / "log.txt").read_text()
+    assert "Dataset 'own_val_warned' was repaired or warned about" in log
+    assert "registered the cleaned copy" in log and str(json_file) in log

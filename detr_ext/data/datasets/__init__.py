@@ -1,7 +1,7 @@
 """Bundled datasets (shapes: instances, grounding, panoptic) and helpers to register
 COCO-format ones with detectron2."""
 
-from .coco_format import register_coco_format_dataset
+from .coco_format import register_coco_format_dataset, registration_warnings
 from .shapes import (
     SHAPES_CATEGORIES,
     SHAPES_COLORS,
@@ -34,6 +34,7 @@ __all__ = [
     "generate_shapes_dataset",
     "generate_shapes_panoptic",
     "register_coco_format_dataset",
+    "registration_warnings",
     "register_shapes",
     "register_shapes_grounding",
     "register_shapes_panoptic",

@@ -12,13 +12,26 @@ from typing import Any
 from ...utils.file_io import atomic_write_json
 from ..coco_validation import check_coco_instances
 
-__all__ = ["coco_format_cache_directory", "register_coco_format_dataset"]
+__all__ = [
+    "coco_format_cache_directory",
+    "register_coco_format_dataset",
+    "registration_warnings",
+]
 
 logger = logging.getLogger(__name__)
 
 _REQUIRED_KEYS = ("images", "annotations", "categories")
 # Part of the cached copy's name: bump when the cleaning changes, so old copies are not reused.
 _CLEANING_VERSION = 2
+# The warnings of each registration in this process. A config registers its datasets when it
+# is loaded, before a tool's logging writes to the run's log.txt; setup() logs them again.
+_WARNINGS: dict[str, list[str]] = {}
+
+
+def registration_warnings() -> dict[str, list[str]]:
+    """``{dataset name: [warning, ...]}`` of the registrations in this process that warned
+    (cleaned annotations, filled fields, the cleaned copy), in order."""
+    return {name: list(messages) for name, messages in _WARNINGS.items() if messages}
 
 
 def coco_format_cache_directory() -> str:
@@ -167,20 +180,21 @@ def register_coco_format_dataset(
         checked = check_coco_instances(content, json_file, image_root)
     except ValueError as error:
         raise ValueError(f"register_coco_format_dataset({name!r}): {error}") from None
-    for warning in checked.warnings:
-        logger.warning(f"register_coco_format_dataset({name!r}): {json_file}: {warning}")
+    messages = [f"{json_file}: {warning}" for warning in checked.warnings]
 
     registered_json = json_file
     if checked.changed:
         digest = hashlib.sha256(raw)
         digest.update(f"detr_ext-coco-cleaning-v{_CLEANING_VERSION}".encode())
         registered_json = _write_cleaned_copy(name, digest.hexdigest(), checked.content)
-        logger.warning(
-            f"register_coco_format_dataset({name!r}): registered the cleaned copy "
-            f"{registered_json} of {json_file} (training and COCOEvaluator read the copy; "
-            "metadata.source_json_file is the original)"
+        messages.append(
+            f"registered the cleaned copy {registered_json} of {json_file} (training and "
+            "COCOEvaluator read the copy; metadata.source_json_file is the original)"
         )
     del raw, content, checked
+    _WARNINGS[name] = messages
+    for message in messages:
+        logger.warning(f"register_coco_format_dataset({name!r}): {message}")
 
     if replace:
         DatasetCatalog.remove(name)
