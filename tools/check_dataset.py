@@ -8,14 +8,18 @@ only when the data stream reaches it, hours in; this finds all of them in one pa
     python tools/check_dataset.py --dataset coco_2017_val --headers-only --report report.json
 
 A COCO json given with ``--json`` goes through ``register_coco_format_dataset`` first, so its
-annotation problems are reported (logged) too. Exit status: 0 when every image is fine, 1 when
-some are not (listed by kind), 2 for a usage error.
+annotation problems are reported (logged) too; an image file missing under ``--image-root``,
+which registration refuses, is reported here as one more image problem (``missing``) while the
+other images are still checked. Exit status: 0 when every image is fine, 1 when some are not
+(listed by kind), 2 for a usage error (no such json or folder, an unusable json, bad arguments).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -26,12 +30,19 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+logger = logging.getLogger("detr_ext.check_dataset")
+
+_COCO_LISTS = ("images", "annotations", "categories")
+
+
 class UsageError(Exception):
     """Bad arguments, reported without a traceback (exit status 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--json", help="a COCO instances json (with --image-root)")
     source.add_argument("--dataset", nargs="+", help="registered detectron2 dataset name(s)")
@@ -53,19 +64,101 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def dataset_names(args: argparse.Namespace) -> list[str]:
-    """The names to check, registering the json or loading the config as needed."""
-    if args.json:
-        from detr_ext.data import register_coco_format_dataset
+def records_despite_missing_files(json_file: str, image_root: str) -> list[dict] | None:
+    """The image records of a json that registration refused, when its image files missing
+    under ``image_root`` were the reason: the json without those images (and their
+    annotations) passes ``check_coco_instances``, whose warnings are logged as registration
+    logs them. None when it does not (another problem, which registration's error names).
 
-        if not args.image_root:
-            raise UsageError("--json needs --image-root (the folder of its images)")
-        name = f"check_dataset:{Path(args.json).resolve()}"
-        try:
-            register_coco_format_dataset(name, args.json, args.image_root)
-        except (FileNotFoundError, ValueError) as error:
+    The missing images stay in the records, so that the image check reports each of them."""
+    from detr_ext.data.coco_tables import is_coco_id
+    from detr_ext.data.coco_validation import check_coco_instances
+
+    try:
+        with open(json_file, "rb") as file:
+            content = json.load(file)
+    except (OSError, ValueError):
+        return None
+    if not (
+        isinstance(content, dict)
+        and all(isinstance(content.get(key), list) for key in _COCO_LISTS)
+        and content["categories"]
+    ):
+        return None
+    images = content["images"]
+    ids = Counter(
+        image.get("id")
+        for image in images
+        if isinstance(image, dict) and is_coco_id(image.get("id"))
+    )
+    missing_ids = {
+        image["id"]
+        for image in images
+        if isinstance(image, dict)
+        and is_coco_id(image.get("id"))
+        and ids[image["id"]] == 1  # a duplicate id stays, for registration's error to name
+        and isinstance(image.get("file_name"), str)
+        and image["file_name"]
+        and not os.path.isfile(os.path.join(image_root, image["file_name"]))
+    }
+    if not missing_ids:
+        return None
+
+    def of_missing(entry: object, key: str) -> bool:
+        return isinstance(entry, dict) and type(entry.get(key)) is int and entry[key] in missing_ids
+
+    present = {
+        **content,
+        "images": [image for image in images if not of_missing(image, "id")],
+        "annotations": [a for a in content["annotations"] if not of_missing(a, "image_id")],
+    }
+    try:
+        checked = check_coco_instances(present, json_file, image_root)
+    except ValueError:
+        return None
+    for warning in checked.warnings:
+        logger.warning(f"{json_file}: {warning}")
+    # As detectron2's load_coco_json makes them: sorted by id, file_name under image_root.
+    return [
+        {
+            "file_name": os.path.join(image_root, image["file_name"]),
+            "image_id": image["id"],
+            "height": image["height"],
+            "width": image["width"],
+        }
+        for image in sorted(images, key=lambda image: image["id"])
+    ]
+
+
+def json_records(args: argparse.Namespace) -> list[dict]:
+    """The image records of ``--json``, registered to check its annotations too."""
+    from detectron2.data import DatasetCatalog
+
+    from detr_ext.data import register_coco_format_dataset
+
+    if not args.image_root:
+        raise UsageError("--json needs --image-root (the folder of its images)")
+    name = f"check_dataset:{Path(args.json).resolve()}"
+    try:
+        register_coco_format_dataset(name, args.json, args.image_root)
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from error
+    except ValueError as error:
+        # Registration refuses image files missing under image_root; here they are image
+        # problems like the others, listed while every other image is still checked.
+        records = records_despite_missing_files(args.json, args.image_root)
+        if records is None:
             raise UsageError(str(error)) from error
-        return [name]
+        return records
+    try:
+        return DatasetCatalog.get(name)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"{args.json}: {error}") from error
+
+
+def dataset_names(args: argparse.Namespace) -> list[str]:
+    """The registered names to check (for ``--dataset`` or ``--config-file``), loading the
+    config as needed."""
     if args.image_root:
         raise UsageError("--image-root goes with --json")
     if args.dataset:
@@ -84,9 +177,20 @@ def dataset_names(args: argparse.Namespace) -> list[str]:
     return names
 
 
+def registered_records(name: str) -> list[dict]:
+    """The records of a registered dataset."""
+    from detectron2.data import DatasetCatalog
+
+    if name not in DatasetCatalog.list():
+        raise UsageError(f"dataset {name!r} is not registered (known: {DatasetCatalog.list()})")
+    try:
+        return DatasetCatalog.get(name)
+    except (FileNotFoundError, ValueError) as error:  # registration's refusals
+        raise UsageError(f"dataset {name!r}: {error}") from error
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from detectron2.data import DatasetCatalog
     from detectron2.utils.logger import setup_logger
 
     from detr_ext.data.image_check import PROBLEM_KINDS, check_image_files
@@ -96,13 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--workers must be >= 1 and --max-listed >= 0")
     report: dict = {"datasets": {}, "decode": not args.headers_only, "exif": not args.no_exif}
     total_problems = 0
-    for name in dataset_names(args):
-        if name not in DatasetCatalog.list():
-            raise UsageError(f"dataset {name!r} is not registered (known: {DatasetCatalog.list()})")
-        try:
-            records = DatasetCatalog.get(name)
-        except (FileNotFoundError, ValueError) as error:  # registration's refusals
-            raise UsageError(f"dataset {name!r}: {error}") from error
+    for label in [args.json] if args.json else dataset_names(args):
+        records = json_records(args) if args.json else registered_records(label)
         begin = time.perf_counter()
         problems = check_image_files(
             records,
@@ -112,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         seconds = time.perf_counter() - begin
         counts = Counter(problem.kind for problem in problems)
-        label = args.json if args.json else name
         print(
             f"{label}: {len(records)} images checked in {seconds:.1f} s, "
             f"{len(problems)} with problems"

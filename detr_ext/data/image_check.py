@@ -22,10 +22,11 @@ from .image_io import EXIF_ORIENTATION_TAG, TRANSPOSING_ORIENTATIONS
 
 __all__ = ["PROBLEM_KINDS", "ImageProblem", "check_image_files"]
 
-PROBLEM_KINDS = ("unreadable", "exif_orientation", "size_mismatch")
-"""``unreadable``: missing, truncated, corrupt or not an image. ``exif_orientation``: the
-annotations fit the stored pixels, but the EXIF orientation (applied by default) turns the image
-by 90 degrees. ``size_mismatch``: the file's size is neither the annotated one nor its turn."""
+PROBLEM_KINDS = ("missing", "unreadable", "exif_orientation", "size_mismatch")
+"""``missing``: no file at ``file_name``. ``unreadable``: truncated, corrupt or not an image.
+``exif_orientation``: the annotations fit the stored pixels, but the EXIF orientation (applied
+by default) turns the image by 90 degrees. ``size_mismatch``: the file's size is neither the
+annotated one nor its turn."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ def _check_one(record: dict, decode: bool, apply_exif_orientation: bool) -> Imag
             orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
             if decode:
                 image.load()  # decodes to the end: a truncated file fails here
+    except FileNotFoundError:
+        return problem(
+            "missing",
+            "no such file: restore it, or remove the image and its annotations from the json",
+        )
     except Exception as error:
         return problem("unreadable", f"{type(error).__name__}: {error}")
     turned = apply_exif_orientation and orientation in TRANSPOSING_ORIENTATIONS

@@ -61,9 +61,10 @@ def test_each_kind_of_problem_is_found_and_named(image_folder):
     found = {(Path(p.file_name).name, p.kind) for p in problems}
     assert found == {
         *((name, kind) for (name, _, _), kind in expected.items() if kind),
-        ("gone.png", "unreadable"),
+        ("gone.png", "missing"),
     }
     details = {Path(p.file_name).name: p.detail for p in problems}
+    assert "no such file" in details["gone.png"]
     assert "truncated" in details["truncated.jpg"]
     assert "EXIF orientation 6" in details["phone.jpg"]
     assert "apply_exif_orientation=False" in details["phone.jpg"]
@@ -144,6 +145,65 @@ def test_tool_lists_the_problems_writes_a_report_and_sets_the_exit_status(
 
     with pytest.raises(tool.UsageError, match="--json needs --image-root"):
         tool.main(["--json", str(clean)])
+
+
+def test_tool_lists_a_missing_file_as_one_more_problem_and_checks_the_others(
+    image_folder, tmp_path, capsys
+):
+    """Registration refuses a json whose image files are missing; the tool lists each as a
+    ``missing`` image (output and report), still checks every other image, and exits 1."""
+    root, expected = image_folder
+    tool = load_tool()
+    with_missing = tmp_path / "with_missing.json"
+    write_coco(with_missing, {**expected, ("gone.jpg", 40, 30): None})
+    report = tmp_path / "report.json"
+    argv = ["--json", str(with_missing), "--image-root", str(root), "--report", str(report)]
+    assert tool.main([*argv, "--workers", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "6 images checked" in out and "4 with problems" in out
+    assert "1 missing, 1 unreadable, 1 exif_orientation, 1 size_mismatch" in out
+    assert f"missing: {root / 'gone.jpg'} (image_id=6): no such file" in out
+    assert f"unreadable: {root / 'truncated.jpg'} (image_id=2)" in out
+    saved = json.loads(report.read_text())["datasets"][str(with_missing)]
+    assert saved["images"] == 6
+    kinds = {(Path(p["file_name"]).name, p["kind"]) for p in saved["problems"]}
+    assert kinds == {
+        ("gone.jpg", "missing"),
+        ("truncated.jpg", "unreadable"),
+        ("phone.jpg", "exif_orientation"),
+        ("wrong_size.png", "size_mismatch"),
+    }
+
+    # Only missing files: still listed, exit 1, and --headers-only too.
+    only_missing = tmp_path / "only_missing.json"
+    write_coco(only_missing, {("good.png", 40, 30): None, ("gone.jpg", 40, 30): None})
+    argv = ["--json", str(only_missing), "--image-root", str(root), "--headers-only"]
+    assert tool.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "2 images checked" in out and "1 with problems, 1 missing" in out
+
+
+def test_tool_keeps_usage_errors_for_a_json_it_cannot_use(image_folder, tmp_path):
+    """Exit status 2 stays for what is not an image problem: no such json, and a json that
+    registration refuses for another reason too (named with the missing files)."""
+    root, expected = image_folder
+    tool = load_tool()
+    with pytest.raises(tool.UsageError, match="expected a COCO json file"):
+        tool.main(["--json", str(tmp_path / "nope.json"), "--image-root", str(root)])
+    broken = tmp_path / "broken.json"
+    write_coco(broken, {**expected, ("gone.jpg", 40, 30): None})
+    content = json.loads(broken.read_text())
+    content["annotations"][0]["category_id"] = 7  # not among the categories
+    broken.write_text(json.dumps(content))
+    with pytest.raises(tool.UsageError, match="(?s)image files missing.*gone.jpg.*category"):
+        tool.main(["--json", str(broken), "--image-root", str(root)])
+
+
+def test_tool_help_shows_the_whole_description():
+    """--help printed only the docstring's first line, cut mid-sentence."""
+    help_text = " ".join(load_tool().build_parser().format_help().split())
+    assert "of the size its annotations were drawn for (EXIF orientation included)" in help_text
+    assert "Exit status: 0 when every image is fine, 1 when some are not" in help_text
 
 
 def test_tool_names_a_config_whose_dataset_cannot_be_registered(
