@@ -44,6 +44,7 @@ from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detr_ext.checkpoint import (  # noqa: E402
     ConversionReport,
     Converter,
+    find_converters,
     get_converter,
     list_converters,
 )
@@ -239,6 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         print("they come from):")
         for name in list_converters():
             print(f"{name}: {get_converter(name).description}")
+        return 0
+    if args.source and not (args.config or args.input or args.output):
+        # --from alone (e.g. "--from detrex"): the converters it may mean.
+        import_project_converters()
+        names = find_converters(args.source)
+        if not names:
+            parser.error(f"--from {args.source!r}: no converter of that project or source")
+        print(f"Converters for --from {args.source!r}:")
+        for name in names:
+            print(f"  {name}: {get_converter(name).description}")
         return 0
     if not (args.source and args.config and args.input and args.output):
         parser.error("--from, --config, input and output are required (or use --list)")

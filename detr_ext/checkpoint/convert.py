@@ -171,7 +171,10 @@ def convert_state_dict(
             shapes are used, plus the values of ``fill_from_target`` keys.
         transforms: ``(target_key_pattern, function(value, target_value))`` value transforms.
         fill_from_target: full-match patterns of target keys to copy from the target when
-            the source does not provide them.
+            the source does not provide them. BatchNorm's step counters
+            (``*.num_batches_tracked``) always are: they are not weights (the converters drop
+            the source's, which frozen-BN codebases lack), so a model with trainable BatchNorm
+            gets its own instead of "missing" keys.
         defaults: ``(target_key_pattern, function(target_value))``: full-match patterns of
             target keys the source does not provide, and the function giving their value
             (listed in ``report.filled_target_keys``).
@@ -186,7 +189,7 @@ def convert_state_dict(
     """
     compiled_rules = _compile(rules, "rules")
     compiled_transforms = _compile(transforms, "transforms")
-    fill_patterns = [re.compile(pattern) for pattern in fill_from_target]
+    fill_patterns = [re.compile(p) for p in (*fill_from_target, r".*num_batches_tracked")]
     compiled_defaults = _compile(defaults, "defaults")
     report = ConversionReport()
 

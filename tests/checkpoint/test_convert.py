@@ -197,3 +197,14 @@ def test_ties_on_the_meta_device_and_missing_keys_there(device):
         assert detached.missing_target_keys == [
             "decoder_head.weight", "decoder_head.bias", "extra.weight", "extra.bias"
         ]  # fmt: skip
+
+
+def test_batchnorm_step_counters_are_filled_from_the_target():
+    """The converters drop the source's num_batches_tracked (frozen-BN codebases have none):
+    a model with trainable BatchNorm (dino_shapes) reported them as missing, NOT OK, and
+    nothing was written, for a checkpoint with the very same names."""
+    target = {"bn.weight": torch.ones(2), "bn.num_batches_tracked": torch.tensor(7)}
+    source = {"bn.weight": torch.zeros(2), "bn.num_batches_tracked": torch.tensor(3)}
+    converted, report = convert_state_dict(source, [(r"num_batches_tracked$", None)], target)
+    assert report.ok and report.filled_target_keys == ["bn.num_batches_tracked"]
+    assert converted["bn.num_batches_tracked"].item() == 7

@@ -96,3 +96,14 @@ def test_a_pickle_of_numpy_arrays_converts_with_unsafe_pickle_only(tmp_path, cap
     converted = torch.load(tmp_path / "out.pth", weights_only=True)["model"]
     assert converted.keys() == state.keys()
     assert all(torch.equal(converted[key], torch.from_numpy(state[key])) for key in state)
+
+
+def test_from_alone_lists_the_converters_it_may_mean(capsys):
+    """README: `--from detrex` lists the detrex ones (it was a usage error)."""
+    main = load_tool().main
+    assert main(["--from", "detrex"]) == 0
+    out = capsys.readouterr().out
+    assert "dino.detrex:" in out and "deformable_detr.detrex:" in out
+    assert "facebookresearch" not in out
+    with pytest.raises(SystemExit):
+        main(["--from", "no_such_codebase_at_all"])
