@@ -37,7 +37,8 @@ class Findings:
             if self.count > len(self.examples)
             else ""
         )
-        return f"{self.count}: " + "; ".join(self.examples) + more
+        # "(count): examples", after the phrase naming the problem.
+        return f"({self.count}): " + "; ".join(self.examples) + more
 
 
 def short(value: Any, limit: int = 60) -> str:
@@ -89,7 +90,7 @@ def check_categories(categories: list, errors: list[str]) -> tuple[set[int], set
             "the evaluation backends: hotcoco refuses any other id, at the evaluation after "
             "training; any such ids work, detectron2 maps them to contiguous indices). "
             "Renumber the categories, e.g. 1..n, and set every "
-            f"annotation's 'category_id' to match: {bad_ids.describe()}"
+            f"annotation's 'category_id' to match {bad_ids.describe()}"
         )
     if bad:
         errors.append(f"categories that are not dicts with a str 'name' {bad.describe()}")
@@ -127,7 +128,7 @@ def check_images(images: list, image_root: str, errors: list[str]) -> dict[int, 
             "images without a non-negative integer 'id' (expected by the COCO format and the "
             "evaluation backends: hotcoco refuses any other id, at the evaluation after "
             "training). Renumber the images, e.g. 1..n, and set every "
-            f"annotation's 'image_id' to its image's new id: {bad_ids.describe()}"
+            f"annotation's 'image_id' to its image's new id {bad_ids.describe()}"
         )
     if bad:
         errors.append(

@@ -89,7 +89,7 @@ def test_missing_image_files_are_refused_with_count_and_names(tmp_path):
     with pytest.raises(ValueError, match="image files missing") as error:
         register_coco_format_dataset(NAME, json_file, image_root)
     message = str(error.value)
-    assert f"missing under {image_root} 7: img_2.png; img_3.png" in message
+    assert f"missing under {image_root} (7): img_2.png; img_3.png" in message
     assert "(2 more)" in message and "img_8.png" not in message
     assert NAME not in DatasetCatalog.list()
 
@@ -139,7 +139,7 @@ def test_invalid_boxes_are_dropped_with_a_warning_never_reinterpreted(tmp_path, 
 
     dropped = [m for m in warnings_log if "dropped annotations whose bbox" in m]
     assert len(dropped) == 1 and json_file in dropped[0]
-    assert "6: id=2 (image_id=1): bbox=[40, 10, -20, 15]; id=3 (image_id=1)" in dropped[0]
+    assert "(6): id=2 (image_id=1): bbox=[40, 10, -20, 15]; id=3 (image_id=1)" in dropped[0]
     assert "id=4 (image_id=2): bbox=None" in dropped[0] and "(1 more)" in dropped[0]
     # What detectron2 loads for training is the cleaned data: only the valid box.
     assert _loaded_boxes(NAME) == [(1, [10, 10, 20, 15], 0)]
@@ -162,8 +162,8 @@ def test_duplicate_and_zero_annotation_ids_are_renumbered(tmp_path, warnings_log
     register_coco_format_dataset(NAME, json_file, image_root)
     renumbered = [m for m in warnings_log if "renumbered annotation ids" in m]
     assert len(renumbered) == 1
-    assert "not positive ints 1: id=0 (image_id=1)" in renumbered[0]
-    assert "duplicate ids 1: id=7 (image_id=2)" in renumbered[0]
+    assert "not positive ints (1): id=0 (image_id=1)" in renumbered[0]
+    assert "duplicate ids (1): id=7 (image_id=2)" in renumbered[0]
     # detectron2's loader refuses duplicate ids in the source file; the copy loads.
     assert _loaded_boxes(NAME) == [
         (1, [1, 1, 10, 10], 0),
@@ -223,9 +223,9 @@ def test_boxes_past_the_image_are_clipped_and_boxes_outside_it_dropped(tmp_path,
     register_coco_format_dataset(NAME, json_file, image_root)
 
     [clipped] = [m for m in warnings_log if "clipped to their image" in m]
-    assert "3: id=1 (image_id=1): bbox=[50.0, 30.0, 40.0, 40.0], image 64x48" in clipped
+    assert "(3): id=1 (image_id=1): bbox=[50.0, 30.0, 40.0, 40.0], image 64x48" in clipped
     [dropped] = [m for m in warnings_log if "entirely outside its image" in m]
-    assert "1: id=3 (image_id=1): bbox=[70.0, 10.0, 5.0, 5.0], image 64x48" in dropped
+    assert "(1): id=3 (image_id=1): bbox=[70.0, 10.0, 5.0, 5.0], image 64x48" in dropped
     with open(MetadataCatalog.get(NAME).json_file) as f:
         cleaned = {a["id"]: a for a in json.load(f)["annotations"]}
     assert sorted(cleaned) == [1, 2, 4, 5, 6]
@@ -272,10 +272,10 @@ def test_area_missing_is_filled_and_inconsistent_area_warned(tmp_path, warnings_
 
     odd = [m for m in warnings_log if "does not fit their box" in m]
     assert len(odd) == 1
-    assert "3: id=1 (image_id=1): area=1000, box 20x20 (no mask); id=2" in odd[0]
+    assert "(3): id=1 (image_id=1): area=1000, box 20x20 (no mask); id=2" in odd[0]
     assert "id=3 (image_id=1): area=40" in odd[0] and "id=4" not in odd[0]
     filled = [m for m in warnings_log if "filled a missing" in m]
-    assert len(filled) == 1 and "2: id=6 (image_id=1): area=None; id=7" in filled[0]
+    assert len(filled) == 1 and "(2): id=6 (image_id=1): area=None; id=7" in filled[0]
     with open(MetadataCatalog.get(NAME).json_file) as f:
         areas = [a["area"] for a in json.load(f)["annotations"]]
     # Filled from the rasterized polygon (COCO's own rule), and from the box without a mask.
@@ -287,7 +287,7 @@ def test_annotations_of_unknown_images_are_warned(tmp_path, warnings_log):
     annotations = [_annotation(1, 1, [1, 1, 5, 5]), _annotation(2, 42, [1, 1, 5, 5])]
     json_file, image_root = _write(tmp_path, [_image(1)], annotations)
     register_coco_format_dataset(NAME, json_file, image_root)
-    assert any("not an image of the file 1: id=2 (image_id=42)" in m for m in warnings_log)
+    assert any("not an image of the file (1): id=2 (image_id=42)" in m for m in warnings_log)
     # Ignored by the loader and COCOeval alike, so the source file is registered as it is.
     assert MetadataCatalog.get(NAME).json_file == json_file
     assert _loaded_boxes(NAME) == [(1, [1, 1, 5, 5], 0)]

@@ -95,7 +95,7 @@ def test_image_ids_that_are_not_non_negative_ints_are_refused(tmp_path, bad_id):
         register_coco_format_dataset(NAME, json_file, image_root)
     message = str(error.value)
     assert json_file in message
-    assert f"1: images[1]: id={bad_id!r} (file_name='img_2.png')" in message
+    assert f"(1): images[1]: id={bad_id!r} (file_name='img_2.png')" in message
     assert "Renumber the images" in message and "'image_id'" in message
     assert NAME not in DatasetCatalog.list()
 
@@ -109,7 +109,7 @@ def test_category_ids_that_are_not_non_negative_ints_are_refused(tmp_path, bad_i
         register_coco_format_dataset(NAME, json_file, image_root)
     message = str(e.value)
     assert json_file in message
-    assert f"1: categories[1]: id={bad_id!r} (name='nut')" in message
+    assert f"(1): categories[1]: id={bad_id!r} (name='nut')" in message
     assert "Renumber the categories" in message and "'category_id'" in message
     # The annotation of the refused category is not reported a second time as unknown.
     assert "category_id is not in 'categories'" not in message
@@ -147,7 +147,7 @@ def test_missing_iscrowd_is_filled_and_evaluates_to_ap_100(tmp_path, warnings_lo
 
     [filled] = [m for m in warnings_log if "'iscrowd' with 0" in m]
     assert json_file in filled
-    assert "3: id=1 (image_id=1); id=2 (image_id=1); id=3 (image_id=2)" in filled
+    assert "(3): id=1 (image_id=1); id=2 (image_id=1); id=3 (image_id=2)" in filled
     cleaned = _registered_json(NAME)["annotations"]
     assert [a["iscrowd"] for a in cleaned] == [0, 0, 0, 1]
     assert [a["bbox"] for a in cleaned] == [a["bbox"] for a in annotations]
@@ -164,7 +164,7 @@ def test_iscrowd_that_is_not_0_or_1_is_refused(tmp_path, iscrowd):
     json_file, image_root = _write(tmp_path, [_image(1)], annotations)
     with pytest.raises(ValueError, match="'iscrowd' is not 0 or 1") as error:
         register_coco_format_dataset(NAME, json_file, image_root)
-    assert f"1: id=2 (image_id=1): iscrowd={iscrowd!r}" in str(error.value)
+    assert f"(1): id=2 (image_id=1): iscrowd={iscrowd!r}" in str(error.value)
     assert json_file in str(error.value)
 
 
@@ -190,7 +190,7 @@ def test_exact_duplicate_annotations_are_dropped_others_kept(tmp_path, warnings_
     [dropped] = [m for m in warnings_log if "exact duplicate annotations" in m]
     assert json_file in dropped
     assert (
-        "3: image_id=1: id=2 repeats id=1; image_id=1: id=1 repeats id=1; "
+        "(3): image_id=1: id=2 repeats id=1; image_id=1: id=1 repeats id=1; "
         "image_id=2: id=1 repeats id=7"
     ) in dropped
     kept = [0, 2, 3, 4, 5, 6, 8]
