@@ -260,6 +260,7 @@ def run(args: argparse.Namespace, start_time: float) -> dict | None:
     weights = str(output_dir / "model_final.pth")
 
     train_seconds = None
+    timings: dict[str, float] = {}
     results: dict = {}
     if args.skip_train:
         if not os.path.isfile(weights):
@@ -272,12 +273,13 @@ def run(args: argparse.Namespace, start_time: float) -> dict | None:
 
         train_start = time.perf_counter()
         # do_train evaluates the final weights itself (its EvalHook runs after the last step).
-        results = do_train(args, cfg)
+        results = do_train(args, cfg, timings=timings)
         train_seconds = time.perf_counter() - train_start
     if not comm.is_main_process():
         return None
     iterations = checkpoint_iteration(weights)
-    eval_seconds = None
+    eval_seconds = timings.get("eval_seconds")
+    eval_seconds = None if eval_seconds is None else round(eval_seconds, 1)
     if not results:
         eval_start = time.perf_counter()
         results = evaluate(cfg, weights)
@@ -303,7 +305,7 @@ def run(args: argparse.Namespace, start_time: float) -> dict | None:
             "iterations": iterations,
             "trained": not args.skip_train,
             "train_seconds": None if train_seconds is None else round(train_seconds, 1),
-            # Training time includes its final evaluation; this is a separate evaluation's.
+            # The final evaluation's time (part of train_seconds when it ran in training).
             "eval_seconds": eval_seconds,
             "wall_seconds": round(time.time() - start_time, 1),
             "num_processes": comm.get_world_size(),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -177,10 +178,18 @@ def wrap_ddp(model: nn.Module, cfg: DictConfig, **ddp_kwargs: Any) -> nn.Module:
     return create_ddp_model(model, **ddp_kwargs)
 
 
-def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
+def do_train(
+    args: argparse.Namespace, cfg: DictConfig, timings: dict[str, float] | None = None
+) -> dict:
     """Train ``cfg.model`` for ``cfg.train.max_iter`` iterations with periodic checkpointing,
     evaluation and metric writing; ``args.resume`` continues from the last checkpoint in
     ``cfg.train.output_dir``.
+
+    Args:
+        args: the parsed command line (``resume`` is used).
+        cfg: the run's config.
+        timings: if given, ``timings["eval_seconds"]`` is set to the duration of the last
+            evaluation (the one after the final iteration, part of the training time).
 
     Returns:
         the results of the last evaluation (the one after the final iteration), as
@@ -226,7 +235,10 @@ def do_train(args: argparse.Namespace, cfg: DictConfig) -> dict:
     last_results: dict = {}
 
     def evaluate() -> dict:
+        start = time.perf_counter()
         results = do_test(cfg, model, ema=ema)
+        if timings is not None:
+            timings["eval_seconds"] = time.perf_counter() - start
         last_results.clear()
         last_results.update(results)
         return results
