@@ -26,9 +26,9 @@ from .exporters import (
 )
 from .metadata import FORMATS, METADATA_KEY, ExportMetadata
 from .onnx_ops import ms_deform_attn_onnx
+from .predictor import ExportedPredictor
 from .runners import (
     AOTIRunner,
-    ExportedPredictor,
     ExportedRunner,
     OnnxRunner,
     TorchExportRunner,
