@@ -17,9 +17,7 @@ other images are still checked. Exit status: 0 when every image is fine, 1 when 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 import time
 from collections import Counter
@@ -28,11 +26,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-
-
-logger = logging.getLogger("detr_ext.check_dataset")
-
-_COCO_LISTS = ("images", "annotations", "categories")
 
 
 class UsageError(Exception):
@@ -64,72 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def records_despite_missing_files(json_file: str, image_root: str) -> list[dict] | None:
-    """The image records of a json that registration refused, when its image files missing
-    under ``image_root`` were the reason: the json without those images (and their
-    annotations) passes ``check_coco_instances``, whose warnings are logged as registration
-    logs them. None when it does not (another problem, which registration's error names).
-
-    The missing images stay in the records, so that the image check reports each of them."""
-    from detr_ext.data.coco_tables import is_coco_id
-    from detr_ext.data.coco_validation import check_coco_instances
-
-    try:
-        with open(json_file, "rb") as file:
-            content = json.load(file)
-    except (OSError, ValueError):
-        return None
-    if not (
-        isinstance(content, dict)
-        and all(isinstance(content.get(key), list) for key in _COCO_LISTS)
-        and content["categories"]
-    ):
-        return None
-    images = content["images"]
-    ids = Counter(
-        image.get("id")
-        for image in images
-        if isinstance(image, dict) and is_coco_id(image.get("id"))
-    )
-    missing_ids = {
-        image["id"]
-        for image in images
-        if isinstance(image, dict)
-        and is_coco_id(image.get("id"))
-        and ids[image["id"]] == 1  # a duplicate id stays, for registration's error to name
-        and isinstance(image.get("file_name"), str)
-        and image["file_name"]
-        and not os.path.isfile(os.path.join(image_root, image["file_name"]))
-    }
-    if not missing_ids:
-        return None
-
-    def of_missing(entry: object, key: str) -> bool:
-        return isinstance(entry, dict) and type(entry.get(key)) is int and entry[key] in missing_ids
-
-    present = {
-        **content,
-        "images": [image for image in images if not of_missing(image, "id")],
-        "annotations": [a for a in content["annotations"] if not of_missing(a, "image_id")],
-    }
-    try:
-        checked = check_coco_instances(present, json_file, image_root)
-    except ValueError:
-        return None
-    for warning in checked.warnings:
-        logger.warning(f"{json_file}: {warning}")
-    # As detectron2's load_coco_json makes them: sorted by id, file_name under image_root.
-    return [
-        {
-            "file_name": os.path.join(image_root, image["file_name"]),
-            "image_id": image["id"],
-            "height": image["height"],
-            "width": image["width"],
-        }
-        for image in sorted(images, key=lambda image: image["id"])
-    ]
-
-
 def json_records(args: argparse.Namespace) -> list[dict]:
     """The image records of ``--json``, registered to check its annotations too."""
     from detectron2.data import DatasetCatalog
@@ -145,11 +72,15 @@ def json_records(args: argparse.Namespace) -> list[dict]:
         raise UsageError(str(error)) from error
     except ValueError as error:
         # Registration refuses image files missing under image_root; here they are image
-        # problems like the others, listed while every other image is still checked.
-        records = records_despite_missing_files(args.json, args.image_root)
-        if records is None:
+        # problems like the others, listed while every other image is still checked. When
+        # the json is refused without the file check too, registration's first error (which
+        # names the missing files and the other problems) is the usage error.
+        try:
+            register_coco_format_dataset(
+                name, args.json, args.image_root, require_image_files=False
+            )
+        except ValueError:
             raise UsageError(str(error)) from error
-        return records
     try:
         return DatasetCatalog.get(name)
     except (FileNotFoundError, ValueError) as error:

@@ -99,8 +99,11 @@ def check_categories(categories: list, errors: list[str]) -> tuple[set[int], set
     return ids, refused
 
 
-def check_images(images: list, image_root: str, errors: list[str]) -> dict[int, dict]:
-    """Map image id -> image dict; report bad entries, duplicate ids and missing files."""
+def check_images(
+    images: list, image_root: str, errors: list[str], require_files: bool = True
+) -> dict[int, dict]:
+    """Map image id -> image dict; report bad entries, duplicate ids and (``require_files``)
+    missing files."""
     by_id: dict[int, dict] = {}
     bad_ids, bad, duplicates, missing = Findings(), Findings(), Findings(), Findings()
     for index, image in enumerate(images):
@@ -121,7 +124,7 @@ def check_images(images: list, image_root: str, errors: list[str]) -> dict[int, 
             duplicates.add(f"id={image_id!r} ({by_id[image_id]['file_name']} and {file_name})")
             continue
         by_id[image_id] = image
-        if not os.path.isfile(os.path.join(image_root, file_name)):
+        if require_files and not os.path.isfile(os.path.join(image_root, file_name)):
             missing.add(file_name)
     if bad_ids:
         errors.append(

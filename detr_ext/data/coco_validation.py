@@ -106,19 +106,21 @@ def _same_but_id(first: dict, other: dict) -> bool:
 
 
 def check_coco_instances(
-    content: dict[str, Any], json_file: str, image_root: str
+    content: dict[str, Any], json_file: str, image_root: str, require_image_files: bool = True
 ) -> CocoCheckResult:
     """Check a parsed COCO instances json in one pass and return what to register.
 
     ``content`` must already have ``images``, ``annotations`` and ``categories`` lists; it is
     not modified. See the module docstring for what is refused, dropped, repaired or warned.
+    ``require_image_files=False`` leaves out the check that every image file exists (for a
+    tool that reports missing files as image problems).
 
     Raises:
         ValueError: listing every refused problem with its count and first few ids.
     """
     errors: list[str] = []
     category_ids, refused_categories = check_categories(content["categories"], errors)
-    images = check_images(content["images"], image_root, errors)
+    images = check_images(content["images"], image_root, errors, require_image_files)
 
     not_dicts, unknown_category, bad_crowds, orphans = (Findings() for _ in range(4))
     bad_boxes, outside, clipped_boxes, duplicates = (Findings() for _ in range(4))

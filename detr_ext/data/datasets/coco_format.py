@@ -72,6 +72,8 @@ def register_coco_format_dataset(
     json_file: str | os.PathLike,
     image_root: str | os.PathLike,
     metadata: dict[str, Any] | None = None,
+    *,
+    require_image_files: bool = True,
 ) -> None:
     """Register ``name`` for a COCO instances json and its image folder.
 
@@ -107,6 +109,8 @@ def register_coco_format_dataset(
         json_file: COCO json with ``images``, ``annotations`` and ``categories`` lists.
         image_root: directory that ``images[i]["file_name"]`` is relative to.
         metadata: extra ``MetadataCatalog`` fields (e.g. ``thing_colors``).
+        require_image_files: refuse image files missing under ``image_root`` (the default);
+            False registers them anyway, for ``tools/check_dataset.py`` to report them.
 
     Raises:
         FileNotFoundError: ``json_file`` is not a file or ``image_root`` is not a directory.
@@ -177,7 +181,7 @@ def register_coco_format_dataset(
             f"{json_file}, got none"
         )
     try:
-        checked = check_coco_instances(content, json_file, image_root)
+        checked = check_coco_instances(content, json_file, image_root, require_image_files)
     except ValueError as error:
         raise ValueError(f"register_coco_format_dataset({name!r}): {error}") from None
     messages = [f"{json_file}: {warning}" for warning in checked.warnings]
