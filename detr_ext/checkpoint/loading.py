@@ -88,8 +88,9 @@ class ShapeCheckingCheckpointer(NamedReadErrorsMixin, DetectionCheckpointer):
                     self.where, self._path, list(incompatible.incorrect_shapes), self.model
                 )
             )
-        missing = set(incompatible.missing_keys) - _non_checkpoint_keys(self.model)
-        if model_keys and missing >= model_keys - _non_checkpoint_keys(self.model):
+        tolerated = _non_checkpoint_keys(self.model)
+        missing = set(incompatible.missing_keys) - tolerated
+        if model_keys and missing >= model_keys - tolerated:
             examples = sorted(incompatible.unexpected_keys)[:MAX_KEYS_IN_MESSAGE]
             raise CheckpointMismatchError(
                 f"{self.where}: checkpoint {self._path!r} has none of the model's parameter "

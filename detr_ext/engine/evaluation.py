@@ -10,6 +10,7 @@ from typing import Any
 
 from detectron2.config import instantiate
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
+from fvcore.common.checkpoint import Checkpointer
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
@@ -203,18 +204,19 @@ def last_checkpoint_of_run(output_dir: str) -> str:
         FileNotFoundError: ``output_dir`` has no ``last_checkpoint`` file, or the file it
             names does not exist.
     """
-    tag = os.path.join(output_dir, "last_checkpoint")
-    if not os.path.isfile(tag):
+    # fvcore's Checkpointer reads last_checkpoint as --resume does; it needs no real model.
+    checkpointer = Checkpointer(nn.Module(), output_dir)
+    if not checkpointer.has_checkpoint():
         raise FileNotFoundError(
             f"--eval-only --resume evaluates the last checkpoint of train.output_dir, but "
             f"{output_dir!r} has no 'last_checkpoint' file (no run saved a checkpoint there); "
             "expected the train.output_dir of a run, or train.init_checkpoint=<file> without "
             "--resume"
         )
-    with open(tag) as file:
-        name = file.read().strip()
-    path = name if os.path.isabs(name) else os.path.join(output_dir, name)
+    path = checkpointer.get_checkpoint_file()
     if not os.path.isfile(path):
+        tag = os.path.join(output_dir, "last_checkpoint")
+        name = os.path.relpath(path, output_dir)
         raise FileNotFoundError(f"--eval-only --resume: {tag} names {name!r}, which does not exist")
     return path
 
