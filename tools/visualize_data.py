@@ -85,10 +85,9 @@ def draw_annotations(record: dict, metadata, apply_exif_orientation: bool = True
     with_masks = [a for a in annotations if "segmentation" in a]
     without = [a for a in annotations if "segmentation" not in a]
     visualizer.draw_dataset_dict({**record, "annotations": with_masks})
-    if without:
-        plain = {key: value for key, value in record.items() if key not in ("sem_seg", "pan_seg")}
-        plain.pop("sem_seg_file_name", None)
-        plain.pop("pan_seg_file_name", None)
+    if without:  # the segmentation maps were drawn by the first pass
+        maps = ("sem_seg", "pan_seg", "sem_seg_file_name", "pan_seg_file_name")
+        plain = {key: value for key, value in record.items() if key not in maps}
         visualizer.draw_dataset_dict({**plain, "annotations": without})
     return visualizer.output.get_image()
 
