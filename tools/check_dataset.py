@@ -7,11 +7,12 @@ only when the data stream reaches it, hours in; this finds all of them in one pa
     python tools/check_dataset.py --config-file my_dino.py          # its train and test sets
     python tools/check_dataset.py --dataset coco_2017_val --headers-only --report report.json
 
-A COCO json given with ``--json`` goes through ``register_coco_format_dataset`` first, so its
-annotation problems are reported (logged) too; an image file missing under ``--image-root``,
-which registration refuses, is reported here as one more image problem (``missing``) while the
-other images are still checked. Exit status: 0 when every image is fine, 1 when some are not
-(listed by kind), 2 for a usage error (no such json or folder, an unusable json, bad arguments).
+A COCO json given with ``--json`` (or registered by the ``--config-file``) goes through
+``register_coco_format_dataset`` first, so its annotation problems are reported (logged) too;
+an image file missing under the image folder, which registration refuses, is reported here as
+one more image problem (``missing``) while the other images are still checked. Exit status:
+0 when every image is fine, 1 when some are not (listed by kind), 2 for a usage error (no such
+json or folder, an unusable json, bad arguments).
 """
 
 from __future__ import annotations
@@ -95,11 +96,14 @@ def dataset_names(args: argparse.Namespace) -> list[str]:
     if args.dataset:
         return list(args.dataset)
     from detr_ext.config import ConfigUsageError, load_config
+    from detr_ext.data.datasets import image_files_not_required
     from detr_ext.engine.checks import config_dataset_names
 
     try:
-        # Loading the config registers its datasets: a missing json or image fails here.
-        cfg = load_config(args.config_file)
+        # Loading the config registers its datasets: a missing json fails here; missing image
+        # files are registered, to be listed with the other image problems.
+        with image_files_not_required():
+            cfg = load_config(args.config_file)
     except (ConfigUsageError, FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
     names = config_dataset_names(cfg)

@@ -206,21 +206,41 @@ def test_tool_help_shows_the_whole_description():
     assert "Exit status: 0 when every image is fine, 1 when some are not" in help_text
 
 
-def test_tool_names_a_config_whose_dataset_cannot_be_registered(
-    image_folder, tmp_path, monkeypatch
+def test_tool_lists_a_config_datasets_missing_files_and_names_one_it_cannot_use(
+    image_folder, tmp_path, monkeypatch, capsys
 ):
-    """A config registers its datasets when loaded: a missing image file is a usage error
-    naming it, as with --json, not a traceback."""
+    """A config registers its datasets when loaded, which refuses missing image files: the tool
+    lists them as ``missing`` with the other problems (exit 1), as with --json (it stopped with
+    a usage error). A json refused for another reason stays a usage error naming it. Missing
+    files outside the tool are still refused."""
     root, expected = image_folder
     monkeypatch.setenv("DETR_EXT_CACHE", str(tmp_path / "cache"))
     missing = tmp_path / "missing.json"
     write_coco(missing, {**expected, ("gone.jpg", 40, 30): None})
-    config = tmp_path / "my_config.py"
-    config.write_text(
-        "from detr_ext.data.datasets import register_coco_format_dataset\n"
-        f"register_coco_format_dataset('check_tool_missing', {str(missing)!r}, {str(root)!r})\n"
-        "dataloader = dict(train=dict(dataset=dict(names='check_tool_missing')))\n"
-    )
+
+    def write_config(dataset: str, json_file: Path) -> Path:
+        config = tmp_path / f"{dataset}.py"
+        config.write_text(
+            "from detr_ext.data.datasets import register_coco_format_dataset\n"
+            f"register_coco_format_dataset({dataset!r}, {str(json_file)!r}, {str(root)!r})\n"
+            f"dataloader = dict(train=dict(dataset=dict(names={dataset!r})))\n"
+        )
+        return config
+
     tool = load_tool()
-    with pytest.raises(tool.UsageError, match="image files missing under .*gone.jpg"):
-        tool.main(["--config-file", str(config)])
+    assert tool.main(["--config-file", str(write_config("check_tool_missing", missing))]) == 1
+    out = capsys.readouterr().out
+    assert "check_tool_missing: 6 images checked" in out and "1 missing" in out
+    assert f"missing: {root / 'gone.jpg'} (image_id=6): no such file" in out
+
+    from detr_ext.data.datasets import register_coco_format_dataset
+
+    with pytest.raises(ValueError, match="image files missing under .*gone.jpg"):
+        register_coco_format_dataset("check_tool_missing_strict", missing, root)
+
+    broken = tmp_path / "broken.json"
+    content = json.loads(missing.read_text())
+    content["annotations"][0]["category_id"] = 7  # not among the categories
+    broken.write_text(json.dumps(content))
+    with pytest.raises(tool.UsageError, match="(?s)check_tool_broken.*category_id=7"):
+        tool.main(["--config-file", str(write_config("check_tool_broken", broken))])

@@ -1,7 +1,11 @@
 """Bundled datasets (shapes: instances, grounding, panoptic) and helpers to register
 COCO-format ones with detectron2."""
 
-from .coco_format import register_coco_format_dataset, registration_warnings
+from .coco_format import (
+    image_files_not_required,
+    register_coco_format_dataset,
+    registration_warnings,
+)
 from .shapes import (
     SHAPES_CATEGORIES,
     SHAPES_COLORS,
@@ -33,6 +37,7 @@ __all__ = [
     "default_shapes_root",
     "generate_shapes_dataset",
     "generate_shapes_panoptic",
+    "image_files_not_required",
     "register_coco_format_dataset",
     "registration_warnings",
     "register_shapes",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -14,6 +16,7 @@ from ..coco_validation import check_coco_instances
 
 __all__ = [
     "coco_format_cache_directory",
+    "image_files_not_required",
     "register_coco_format_dataset",
     "registration_warnings",
 ]
@@ -26,6 +29,21 @@ _CLEANING_VERSION = 2
 # The warnings of each registration in this process. A config registers its datasets when it
 # is loaded, before a tool's logging writes to the run's log.txt; setup() logs them again.
 _WARNINGS: dict[str, list[str]] = {}
+# Set by image_files_not_required(): registrations inside it keep missing image files.
+_IMAGE_FILES_REQUIRED = contextvars.ContextVar("detr_ext_image_files_required", default=True)
+
+
+@contextlib.contextmanager
+def image_files_not_required():
+    """Within this block, ``register_coco_format_dataset`` registers a json whose image files
+    are missing under ``image_root`` instead of refusing it, as ``require_image_files=False``
+    does. For a tool that loads a config (which registers its datasets) to list the missing
+    files with the other image problems (``tools/check_dataset.py --config-file``)."""
+    token = _IMAGE_FILES_REQUIRED.set(False)
+    try:
+        yield
+    finally:
+        _IMAGE_FILES_REQUIRED.reset(token)
 
 
 def registration_warnings() -> dict[str, list[str]]:
@@ -110,7 +128,8 @@ def register_coco_format_dataset(
         image_root: directory that ``images[i]["file_name"]`` is relative to.
         metadata: extra ``MetadataCatalog`` fields (e.g. ``thing_colors``).
         require_image_files: refuse image files missing under ``image_root`` (the default);
-            False registers them anyway, for ``tools/check_dataset.py`` to report them.
+            False registers them anyway, for ``tools/check_dataset.py`` to report them
+            (as does registering inside ``image_files_not_required()``).
 
     Raises:
         FileNotFoundError: ``json_file`` is not a file or ``image_root`` is not a directory.
@@ -181,7 +200,9 @@ def register_coco_format_dataset(
             f"{json_file}, got none"
         )
     try:
-        checked = check_coco_instances(content, json_file, image_root, require_image_files)
+        checked = check_coco_instances(
+            content, json_file, image_root, require_image_files and _IMAGE_FILES_REQUIRED.get()
+        )
     except ValueError as error:
         raise ValueError(f"register_coco_format_dataset({name!r}): {error}") from None
     messages = [f"{json_file}: {warning}" for warning in checked.warnings]
