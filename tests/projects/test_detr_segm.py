@@ -17,7 +17,7 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 
 from detr_ext.export import ExportError, build_model
 from detr_ext.modeling import DETRSegmDetectorBase
-from detr_ext.modeling.meta_arch import detr_segm_base
+from detr_ext.modeling.meta_arch import mask_resize
 from projects.detr.modeling import DETRSegm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -197,43 +197,39 @@ def test_inference_masks_at_original_size(segm_cfg):
         assert instances.pred_boxes.tensor.shape == (len(instances), 4)
 
 
-def test_masks_are_cropped_to_the_image_before_resizing(segm_cfg):
+def test_masks_are_cropped_to_the_image_before_resizing():
     # Padded input 64 x 80, image 48 x 64 in it, original size 96 x 128; logits at stride 4
     # (16 x 20) on for the columns 0-7, i.e. input x < 32 (the crossing of the bilinear
     # interpolation is half-way between the centres 30 and 34). Cropped to the image and
     # scaled by 2: columns < 64 of the output. Resizing the padded frame without cropping
     # would put the edge at 32 * 128 / 80 = 51.2.
-    model = _build(segm_cfg.model).eval()
     logits = torch.full((1, 16, 20), -10.0)
     logits[:, :, :8] = 10.0
-    masks = model.masks_at_output_size(logits, (64, 80), (48, 64), (96, 128))
+    frame = ((64, 80), (48, 64), (96, 128))
+    masks = mask_resize.masks_at_output_size(logits, *frame, mask_threshold=0.5)
     expected = torch.zeros(1, 96, 128, dtype=torch.bool)
     expected[:, :, :64] = True
     assert torch.equal(masks, expected)
-    assert model.masks_at_output_size(logits[:0], (64, 80), (48, 64), (96, 128)).shape == (
-        0,
-        96,
-        128,
-    )
+    empty = mask_resize.masks_at_output_size(logits[:0], *frame, mask_threshold=0.5)
+    assert empty.shape == (0, 96, 128)
 
 
-def test_logits_and_masks_at_output_size_match_separate_resizes(segm_cfg, monkeypatch):
+def test_logits_and_masks_at_output_size_match_separate_resizes(monkeypatch):
     # Overlapping, unsorted query sets over several chunks: each output row is the query's own
     # resize, in the order asked for.
-    monkeypatch.setattr(detr_segm_base, "_MASK_CHUNK", 3)
-    model = _build(segm_cfg.model).eval()
+    monkeypatch.setattr(mask_resize, "MASK_CHUNK", 3)
     mask_logits = torch.randn(10, 16, 20, generator=torch.Generator().manual_seed(0)) * 5
     frame = ((64, 80), (48, 64), (96, 128))
     logit_queries, mask_queries = torch.tensor([7, 2, 5]), torch.tensor([0, 2, 3, 5, 8, 9])
-    logits, masks = model.logits_and_masks_at_output_size(
-        mask_logits, logit_queries, mask_queries, *frame
+    logits, masks = mask_resize.logits_and_masks_at_output_size(
+        mask_logits, logit_queries, mask_queries, *frame, mask_threshold=0.3
     )
-    resized = model.mask_logits_at_output_size(mask_logits, *frame)
+    resized = mask_resize.mask_logits_at_output_size(mask_logits, *frame)
     assert logits.dtype == torch.float32 and torch.equal(logits, resized[logit_queries])
-    assert torch.equal(masks, resized[mask_queries].sigmoid() > model.mask_threshold)
+    assert torch.equal(masks, resized[mask_queries].sigmoid() > 0.3)
     with pytest.raises(ValueError, match="distinct"):
-        model.logits_and_masks_at_output_size(
-            mask_logits, torch.tensor([1, 1]), mask_queries, *frame
+        mask_resize.logits_and_masks_at_output_size(
+            mask_logits, torch.tensor([1, 1]), mask_queries, *frame, mask_threshold=0.3
         )
 
 
@@ -298,7 +294,7 @@ def test_panoptic_and_instances_resize_each_query_mask_once(panoptic_cfg, monkey
         resized_planes.append(input.shape[0])
         return interpolate(input, *args, **kwargs)
 
-    monkeypatch.setattr(detr_segm_base.F, "interpolate", counting_interpolate)
+    monkeypatch.setattr(mask_resize.F, "interpolate", counting_interpolate)
     with torch.no_grad():
         (output,) = model.postprocess(results, batch, images.image_sizes)
     assert len(output["instances"]) > 0 and output["panoptic_seg"][1]

@@ -19,21 +19,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from detectron2.modeling import detector_postprocess
 from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from torch import Tensor, nn
 
 from .detr_base import DETRDetectorBase
+from .mask_resize import logits_and_masks_at_output_size
 from .output_checks import check_finite_detections
 from .panoptic_inference import combine_panoptic
 
 __all__ = ["DETRSegmDetectorBase"]
 
-# Queries upsampled at once at inference: bounds the float32 buffers to
-# _MASK_CHUNK x (padded input) + _MASK_CHUNK x (original size) per image, besides the
-# panoptic queries' logits at the original size that combine_panoptic needs.
-_MASK_CHUNK = 16
 _MASK_MODULES = ("bbox_attention", "mask_head")
 
 
@@ -275,7 +271,7 @@ class DETRSegmDetectorBase(DETRDetectorBase):
         (``detector_postprocess`` would paste ``pred_masks`` as box-relative ROI masks), and
         the panoptic segmentation with ``panoptic_on``. Each query's mask logits are resized
         to the original size at most once, for both outputs
-        (:meth:`logits_and_masks_at_output_size`)."""
+        (:func:`~detr_ext.modeling.meta_arch.mask_resize.logits_and_masks_at_output_size`)."""
         padded_size = self.padded_batch_size(image_sizes)
         processed = []
         for result, item, image_size in zip(results, batched_inputs, image_sizes, strict=True):
@@ -294,8 +290,12 @@ class DETRSegmDetectorBase(DETRDetectorBase):
         instances, instance_queries = None, panoptic_queries[:0]
         if self.instance_on:
             instances, instance_queries = self._instances(result, frame[2])
-        panoptic_logits, instance_masks = self.logits_and_masks_at_output_size(
-            result.pred_mask_logits, panoptic_queries, instance_queries, *frame
+        panoptic_logits, instance_masks = logits_and_masks_at_output_size(
+            result.pred_mask_logits,
+            panoptic_queries,
+            instance_queries,
+            *frame,
+            mask_threshold=self.mask_threshold,
         )
         output: dict[str, Any] = {}
         if self.panoptic_on:
@@ -329,86 +329,3 @@ class DETRSegmDetectorBase(DETRDetectorBase):
         query_index = instances.query_index
         instances.remove("query_index")
         return instances, query_index
-
-    @staticmethod
-    def mask_logits_at_output_size(
-        mask_logits: Tensor,
-        padded_size: tuple[int, int],
-        image_size: tuple[int, int],
-        output_size: tuple[int, int],
-    ) -> Tensor:
-        """Mask logits from the padded feature frame to the original image.
-
-        Args:
-            mask_logits: ``[N, H_2, W_2]`` in the padded batch frame.
-            padded_size: ``(H, W)`` of the padded network input.
-            image_size: ``(h, w)`` of this image in the network input (before padding).
-            output_size: ``(height, width)`` of the original image.
-
-        Returns:
-            ``[N, height, width]`` float32 logits (bilinear, twice: to the padded input, then,
-            after cropping the padding away, to the output size).
-        """
-        if mask_logits.shape[0] == 0:
-            return mask_logits.new_zeros((0, *output_size), dtype=torch.float32)
-        logits = F.interpolate(
-            mask_logits[:, None].float(), size=padded_size, mode="bilinear", align_corners=False
-        )
-        logits = logits[:, :, : image_size[0], : image_size[1]]
-        logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
-        return logits[:, 0]
-
-    def logits_and_masks_at_output_size(
-        self,
-        mask_logits: Tensor,
-        logit_queries: Tensor,
-        mask_queries: Tensor,
-        padded_size: tuple[int, int],
-        image_size: tuple[int, int],
-        output_size: tuple[int, int],
-    ) -> tuple[Tensor, Tensor]:
-        """``(logits [N_l, height, width] float32, masks [N_m, height, width] bool)`` at the
-        original size: the logits of the queries ``logit_queries`` (``[N_l]`` int64, distinct
-        indices into ``mask_logits [Q, H_2, W_2]``) and the masks (``sigmoid >
-        mask_threshold``) of ``mask_queries`` (``[N_m]``, likewise), in their order. The sets
-        may overlap: each query of either is resized once (:meth:`mask_logits_at_output_size`,
-        same frame arguments), ``_MASK_CHUNK`` queries at a time."""
-        device = mask_logits.device
-        # Per query, its row in the logits (0) and in the masks (1) returned; -1 for none.
-        rows = torch.full((2, mask_logits.shape[0]), -1, dtype=torch.int64, device=device)
-        for output_rows, queries in zip(rows, (logit_queries, mask_queries), strict=True):
-            output_rows[queries] = torch.arange(len(queries), device=device)
-        if int((rows >= 0).sum()) != len(logit_queries) + len(mask_queries):
-            raise ValueError(
-                f"{type(self).__name__}: expected distinct indices in logit_queries and in "
-                f"mask_queries, got {logit_queries.tolist()} and {mask_queries.tolist()}"
-            )
-        logit_rows, mask_rows = rows
-        logits_out = torch.empty(
-            (len(logit_queries), *output_size), dtype=torch.float32, device=device
-        )
-        masks_out = torch.zeros((len(mask_queries), *output_size), dtype=torch.bool, device=device)
-        queries = torch.nonzero((rows >= 0).any(0))[:, 0]
-        for start in range(0, len(queries), _MASK_CHUNK):
-            chunk = queries[start : start + _MASK_CHUNK]
-            logits = self.mask_logits_at_output_size(
-                mask_logits[chunk], padded_size, image_size, output_size
-            )
-            to_logits, to_masks = logit_rows[chunk] >= 0, mask_rows[chunk] >= 0
-            logits_out[logit_rows[chunk][to_logits]] = logits[to_logits]
-            masks_out[mask_rows[chunk][to_masks]] = logits[to_masks].sigmoid() > self.mask_threshold
-        return logits_out, masks_out
-
-    def masks_at_output_size(
-        self,
-        mask_logits: Tensor,
-        padded_size: tuple[int, int],
-        image_size: tuple[int, int],
-        output_size: tuple[int, int],
-    ) -> Tensor:
-        """``[N, height, width]`` bool masks of all ``N`` queries of ``mask_logits``:
-        :meth:`logits_and_masks_at_output_size` without logits."""
-        all_queries = torch.arange(mask_logits.shape[0], device=mask_logits.device)
-        return self.logits_and_masks_at_output_size(
-            mask_logits, all_queries[:0], all_queries, padded_size, image_size, output_size
-        )[1]
