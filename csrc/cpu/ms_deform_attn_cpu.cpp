@@ -256,16 +256,31 @@ DETR_EXT_DEFINE_CPU_KERNELS(at::Half, at::Half, float)
 DETR_EXT_DEFINE_CPU_KERNELS(at::Half, float, float)
 #undef DETR_EXT_DEFINE_CPU_KERNELS
 
+// The level table, checked against value's N: the Python front checks it too, but not while
+// torch.compile / torch.export trace (the tensors have no values then), so a compiled or
+// exported model reaches the kernel with whatever it is given. On the host here, checking is
+// free, and a wrong table would read rows of another level (or past the end of value).
 std::vector<Level> read_levels(const at::Tensor& spatial_shapes,
-                               const at::Tensor& level_start_index) {
+                               const at::Tensor& level_start_index, int64_t num_values) {
   const auto shapes = spatial_shapes.to(at::kLong).contiguous();
   const auto starts = level_start_index.to(at::kLong).contiguous();
   const int64_t* shape_data = shapes.data_ptr<int64_t>();
   const int64_t* start_data = starts.data_ptr<int64_t>();
   std::vector<Level> levels(shapes.size(0));
+  int64_t expected_start = 0;
   for (size_t l = 0; l < levels.size(); ++l) {
     levels[l] = Level{shape_data[2 * l], shape_data[2 * l + 1], start_data[l]};
+    TORCH_CHECK(levels[l].height > 0 && levels[l].width > 0,
+                "ms_deform_attn (CPU kernel): spatial_shapes must be positive, got level ", l,
+                " of ", levels[l].height, " x ", levels[l].width);
+    TORCH_CHECK(levels[l].start == expected_start,
+                "ms_deform_attn (CPU kernel): level_start_index does not match spatial_shapes: "
+                "level ",
+                l, " starts at ", levels[l].start, ", expected ", expected_start);
+    expected_start += levels[l].height * levels[l].width;
   }
+  TORCH_CHECK(expected_start == num_values, "ms_deform_attn (CPU kernel): spatial_shapes cover ",
+              expected_start, " positions but value has N=", num_values);
   return levels;
 }
 
@@ -330,7 +345,7 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor&
   const int64_t Q = sampling_locations.size(1);
   auto output = at::empty({B, Q, H * C}, value.options());
   if (output.numel() == 0) return output;
-  const auto levels = read_levels(spatial_shapes, level_start_index);
+  const auto levels = read_levels(spatial_shapes, level_start_index, value.size(1));
   const auto zeros = at::zeros({C}, value.options());
   dispatch_dtypes(value, sampling_locations,
                   [&]<typename scalar_t, typename coord_t>() {
@@ -378,7 +393,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   auto grad_locations = at::zeros_like(locations_c);
   auto grad_weights = at::zeros_like(weights_c);
   if (B * Q * H * C > 0) {
-    const auto levels = read_levels(spatial_shapes, level_start_index);
+    const auto levels = read_levels(spatial_shapes, level_start_index, value.size(1));
     const auto zeros = at::zeros({C}, value.options());
     dispatch_dtypes(value, sampling_locations,
                     [&]<typename scalar_t, typename coord_t>() {

@@ -43,7 +43,8 @@ _KERNEL_TABLE: dict[str, bool] = {}
 def _kernel_table() -> dict[str, bool]:
     if not _KERNEL_TABLE:
         loaded = load_extension() is None
-        for key in ("CPU", "CUDA"):
+        # Meta: the fake kernel (ms_deform_attn.py), for shape inference on the meta device.
+        for key in ("CPU", "CUDA", "Meta"):
             _KERNEL_TABLE[key] = loaded and torch._C._dispatch_has_kernel_for_dispatch_key(
                 _OP_NAME, key
             )
@@ -59,7 +60,7 @@ def compiled_kernel_available(device_type: str, dtype: torch.dtype) -> str | Non
     table = _kernel_table()
     if not (table["CPU"] or table["CUDA"]):
         return load_extension() or "detr_ext._C has no kernels registered"
-    dispatch_key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    dispatch_key = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta"}.get(device_type)
     if dispatch_key is None or not table[dispatch_key]:
         return f"detr_ext._C was built without {device_type} kernels"
     if dtype not in SUPPORTED_VALUE_DTYPES:

@@ -39,13 +39,22 @@ def _register() -> bool:
 
     @torch.library.register_fake("detr_ext::ms_deform_attn_backward")
     def _backward_fake(grad_output, value, spatial_shapes, level_start_index, locations, weights):
-        return torch.empty_like(value), torch.empty_like(locations), torch.empty_like(weights)
+        # The kernels return contiguous gradients whatever the inputs' strides (empty_like
+        # would keep them, and inductor then asserts on the difference).
+        return (
+            value.new_empty(value.shape),
+            locations.new_empty(locations.shape),
+            weights.new_empty(weights.shape),
+        )
 
     def _setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
 
     def _backward(ctx, grad_output):
         value, spatial_shapes, level_start_index, locations, weights = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # backward(create_graph=True): gradients that can be differentiated again.
+            return _differentiable_backward(ctx, grad_output)
         grad_value, grad_locations, grad_weights = torch.ops.detr_ext.ms_deform_attn_backward(
             grad_output.contiguous(), value, spatial_shapes, level_start_index, locations, weights
         )
@@ -55,6 +64,35 @@ def _register() -> bool:
         "detr_ext::ms_deform_attn", _backward, setup_context=_setup_context
     )
     return True
+
+
+def _differentiable_backward(ctx, grad_output):
+    """The compiled op's gradients as a graph (double backward: a gradient penalty, a Hessian
+    product): the compiled backward kernel has no derivative of its own, so these come from the
+    PyTorch path, which computes the same function (within floating-point rounding)."""
+    value, spatial_shapes, _, locations, weights = ctx.saved_tensors
+    wanted = [
+        (index, tensor)
+        for index, tensor in ((0, value), (3, locations), (4, weights))
+        if ctx.needs_input_grad[index]
+    ]
+    grads: list[torch.Tensor | None] = [None] * 5
+    if wanted:
+        inputs = [
+            tensor if tensor.requires_grad else tensor.detach().requires_grad_()
+            for _, tensor in wanted
+        ]
+        by_index = dict(zip((index for index, _ in wanted), inputs, strict=True))
+        output = ms_deform_attn_pytorch(
+            by_index.get(0, value),
+            spatial_shapes,
+            by_index.get(3, locations),
+            by_index.get(4, weights),
+        )
+        computed = torch.autograd.grad(output, inputs, grad_output, create_graph=True)
+        for (index, _), grad in zip(wanted, computed, strict=True):
+            grads[index] = grad
+    return tuple(grads)
 
 
 _REGISTERED = _register()
@@ -147,15 +185,24 @@ def _check_devices_and_dtypes(value, spatial_shapes, level_start_index, location
         )
 
 
+def _without_values(*tensors: torch.Tensor) -> bool:
+    """Whether any of ``tensors`` has no data to read: a meta tensor, or a fake one
+    (``FakeTensorMode``, shape propagation) outside a torch.compile trace."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return any(tensor.is_meta or isinstance(tensor, FakeTensor) for tensor in tensors)
+
+
 def _check_level_values(spatial_shapes, level_start_index, num_values: int) -> None:
     """Level sizes sum to N and the start offsets are their exclusive cumulative sum.
 
     This reads the tensors on the host. On CPU that is free; on CUDA it is done once per
     (tensor, version) pair and remembered on the tensor, so a model that passes the same
     ``spatial_shapes`` to every layer syncs once per forward, not once per call. Skipped while
-    torch.compile traces (the kernels themselves never read outside ``value``).
+    torch.compile / torch.export trace and for meta or fake tensors (no values to read); the
+    CPU kernel checks the same at run time, the CUDA kernels do not (README).
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _without_values(spatial_shapes, level_start_index):
         return
     key = (spatial_shapes._version, level_start_index._version, id(level_start_index), num_values)
     if spatial_shapes.is_cuda and getattr(spatial_shapes, "_detr_ext_checked", None) == key:
@@ -217,6 +264,11 @@ def _autocast(value, locations, weights, cpu_autocast_dtype: torch.dtype | None)
     unless ``cpu_autocast_dtype=torch.bfloat16`` asks for bf16. Locations stay float32 so that
     sampling keeps sub-pixel precision on large maps. float64 inputs are never cast.
     """
+    if cpu_autocast_dtype not in (None, torch.float32, *_REDUCED_DTYPES):
+        raise ValueError(
+            "ms_deform_attn: expected cpu_autocast_dtype None, torch.float32, torch.bfloat16 or "
+            f"torch.float16, got {cpu_autocast_dtype!r}"
+        )
     device_type = value.device.type
     if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
         return value, locations, weights
@@ -259,8 +311,10 @@ def ms_deform_attn(
         ``[B, Q, H*C]`` in value's dtype (after autocast).
 
     sampling_locations/attention_weights share value's dtype, or are float32 when value is
-    float16/bfloat16. Inputs may be non-contiguous. ``L`` must be at least 1 (a ValueError
-    otherwise).
+    float16/bfloat16 (float16/bfloat16 weights with float32 locations are widened to float32).
+    Inputs may be non-contiguous. ``L`` must be at least 1 (a ValueError otherwise). Gradients
+    can be differentiated again (``create_graph=True``; the second order comes from the
+    PyTorch path).
 
     Non-finite inputs give the same result on every backend and device (the grid_sample
     semantics of CPU PyTorch, made device-independent):
@@ -285,6 +339,10 @@ def ms_deform_attn(
     value, sampling_locations, attention_weights = _autocast(
         value, sampling_locations, attention_weights, cpu_autocast_dtype
     )
+    if attention_weights.dtype in _REDUCED_DTYPES and sampling_locations.dtype == torch.float32:
+        # A model cast with .half() / .bfloat16(): float32 reference points make the locations
+        # float32 while the softmax gives reduced weights. Widening them loses nothing.
+        attention_weights = attention_weights.float()
     _check_devices_and_dtypes(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )

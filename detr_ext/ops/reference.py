@@ -31,8 +31,16 @@ def ms_deform_attn_pytorch(
         attention_weights: ``[B, Q, H, L, P]``.
 
     Returns:
-        ``[B, Q, H*C]`` in the dtype of ``value`` (locations and weights are cast to it).
+        ``[B, Q, H*C]`` in the dtype of ``value``. float64 and float32 values are computed in
+        their dtype (locations and weights cast to it); float16 and bfloat16 ones in float32,
+        as the compiled kernels accumulate (CPU grid_sample in these dtypes is both imprecise
+        and, for the strided per-level views taken here, wrong: NaN and ~1e37 values).
     """
+    if value.dtype in (torch.float16, torch.bfloat16):
+        output = ms_deform_attn_pytorch(
+            value.float(), spatial_shapes, sampling_locations.float(), attention_weights.float()
+        )
+        return output.to(value.dtype)
     batch, _, num_heads, channels = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     sampling_locations = sampling_locations.to(value.dtype)

@@ -212,3 +212,20 @@ def test_errors_name_expected_and_got():
             spatial_shapes=torch.tensor([[6, 8], [3, 4], [2, 1]]),
             level_start_index=STARTS,
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_module_cast_to_reduced_precision_takes_float32_reference_points(dtype):
+    """A model cast with .bfloat16() / .half() gets float32 reference points (the encoder's,
+    from linspace): the locations become float32, the softmax weights stay reduced, and the op
+    refused the pair, naming tensors the caller never passed."""
+    module = _module()
+    query, value, reference_points = _inputs()
+    kwargs = dict(spatial_shapes=SHAPES, level_start_index=STARTS)
+    expected = module(query, value=value, reference_points=reference_points, **kwargs)
+    module = module.to(dtype)
+    output = module(
+        query.to(dtype), value=value.to(dtype), reference_points=reference_points.float(), **kwargs
+    )
+    assert output.dtype == dtype
+    torch.testing.assert_close(output.double(), expected, atol=0.1, rtol=0.05)

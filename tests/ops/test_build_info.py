@@ -26,10 +26,14 @@ def test_build_info_reports_the_loaded_extension_and_its_kernels():
 
 
 def test_auto_falls_back_once_with_the_reason_and_compiled_refuses(monkeypatch):
-    """A device without compiled kernels (here ``meta``): "auto" takes the PyTorch path and
-    warns once, naming why; "compiled" raises with the same reason (found by `make mutate`:
-    only a subprocess test without the extension reached this path)."""
+    """A device without compiled kernels (here ``meta``, as when the fake kernel is not
+    registered): "auto" takes the PyTorch path and warns once, naming why; "compiled" raises
+    with the same reason (found by `make mutate`: only a subprocess test without the extension
+    reached this path)."""
     front = importlib.import_module("detr_ext.ops.ms_deform_attn")  # the module, not the op
+    extension = importlib.import_module("detr_ext.ops._extension")
+    assert extension._kernel_table()["Meta"]  # the fake kernel serves meta tensors
+    monkeypatch.setitem(extension._KERNEL_TABLE, "Meta", False)
     monkeypatch.setattr(front, "_warned", set())
     value = torch.empty(1, 4, 2, 8, device="meta")
     with pytest.warns(RuntimeWarning, match=r"falls back to the PyTorch path \(.*without meta"):

@@ -102,9 +102,21 @@ def test_cpu_autocast_accepts_bfloat16_weights_with_float32_locations(cpu_autoca
     assert out.dtype == (cpu_autocast_dtype or torch.float32)
     expected = ms_deform_attn(value, shapes, starts, locations, weights.bfloat16().float())
     torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=3e-2)
-    # Outside autocast the same mismatched pair is still rejected.
+    # Outside autocast too (a model cast with .bfloat16(): float32 reference points make the
+    # locations float32, the softmax gives bfloat16 weights): the weights are widened.
+    out = ms_deform_attn(value.bfloat16(), shapes, starts, locations, weights.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=3e-2, rtol=3e-2)
+    # Wider weights than locations are still refused (narrowing them would lose precision).
     with pytest.raises(ValueError, match="sampling_locations and attention_weights of one dtype"):
-        ms_deform_attn(value, shapes, starts, locations, weights.bfloat16())
+        ms_deform_attn(value.bfloat16(), shapes, starts, locations.bfloat16(), weights)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float64, "bfloat16"], ids=str)
+def test_cpu_autocast_dtype_is_checked(dtype):
+    value, shapes, starts, locations, weights = _inputs()
+    with pytest.raises(ValueError, match=rf"expected cpu_autocast_dtype None, .* got {dtype!r}"):
+        ms_deform_attn(value, shapes, starts, locations, weights, cpu_autocast_dtype=dtype)
 
 
 @pytest.mark.parametrize("backend", ["compiled", "pytorch"])
