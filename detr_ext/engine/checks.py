@@ -186,11 +186,11 @@ def check_category_consistency(cfg: DictConfig, model: nn.Module | None = None) 
 
     Compares each dataset's category id -> contiguous class index mapping
     (``thing_dataset_id_to_contiguous_id``) with the first training dataset's. Run after the
-    train loader is built (the datasets are then loaded). Models without ``num_classes``
-    (text-prompted ones such as Grounding DINO, whose classes are prompts) are not checked:
-    their test set may well have other categories. A category with the same id and index but
-    another name only gets a warning (evaluation matches ids; the demo shows the test set's
-    names).
+    train loader is built (the datasets are then loaded). Models without ``num_classes`` are
+    not checked; ``do_train`` does not call it for text-prompted models such as Grounding DINO,
+    which are evaluated with the test set's own names (``detr_ext.engine.prompted``). A
+    category with the same id and index but another name only gets a warning (evaluation
+    matches ids; the demo shows the test set's names).
 
     Raises:
         CategoryMismatchError: (a ``ValueError``) naming both datasets and the categories

@@ -36,6 +36,7 @@ from .checks import check_category_consistency, check_num_classes
 from .data_stream import DataStreamState, build_train_loader
 from .ema import EMAHook
 from .evaluation import build_ema, do_test, request_error_analysis
+from .prompted import check_training_category_names, text_prompted_model
 from .resume import (
     check_resume_iteration,
     configured_hyperparameters,
@@ -202,8 +203,14 @@ def do_train(
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     train_loader, sampler = build_train_loader(cfg)
-    check_num_classes(cfg, model)  # after the train loader: it loaded the train datasets
-    check_category_consistency(cfg, model)
+    # After the train loader: it loaded the train datasets. A text-prompted model is
+    # evaluated with the test set's own category names (engine/prompted.py): only its
+    # training set has to fit it.
+    if text_prompted_model(model) is None:
+        check_num_classes(cfg, model)
+        check_category_consistency(cfg, model)
+    else:
+        check_training_category_names(cfg, model)
     ema = build_ema(cfg, model)
 
     model = wrap_ddp(model, cfg, **cfg.train.ddp)

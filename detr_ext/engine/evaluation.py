@@ -18,6 +18,7 @@ from ..checkpoint.loading import load_model_weights
 from ..config import accepts_argument
 from .checks import check_num_classes
 from .ema import ModelEMA, apply_ema
+from .prompted import evaluation_category_names
 
 __all__ = [
     "build_ema",
@@ -120,8 +121,10 @@ def _evaluate(cfg: DictConfig, model: nn.Module, weights: str, ema: bool = False
     logger.info("Evaluating the %s; evaluation files go to %s.", weights, output_dir)
     test_loader = instantiate(cfg.dataloader.test)
     # After building the loader, which loads the test datasets and so fills their metadata.
-    check_num_classes(cfg, model, splits=("test",))
-    results = dict(inference_on_dataset(model, test_loader, build_evaluator(cfg, output_dir)))
+    with evaluation_category_names(cfg, model):
+        check_num_classes(cfg, model, splits=("test",))
+        evaluator = build_evaluator(cfg, output_dir)
+        results = dict(inference_on_dataset(model, test_loader, evaluator))
     print_csv_format(results)
     for name, entry in (cfg.dataloader.get("extra_tests") or {}).items():
         results.update(_evaluate_extra_test(cfg, model, str(name), entry, output_dir, results))

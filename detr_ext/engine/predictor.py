@@ -33,6 +33,7 @@ from .detections_json import (
     mask_to_rle,
     panoptic_to_dicts,
 )
+from .prompted import text_prompted_model
 
 __all__ = [
     "Predictor",
@@ -219,7 +220,14 @@ class Predictor:
         # Fails on a checkpoint that does not fit (e.g. another num_classes) instead of
         # detectron2's warning and randomly initialised heads.
         load_model_weights(self.model, weights, where="Predictor")
-        check_num_classes(cfg, self.model, splits=("test",))
+        # A text-prompted model detects the test set's categories without a prompt, as in
+        # evaluation, so that class k is the k-th name of self.metadata (drawn, and mapped to
+        # its category id in detections.json).
+        test_names = self.metadata.get("thing_classes", None)
+        if text_prompted_model(self.model) is None or not test_names:
+            check_num_classes(cfg, self.model, splits=("test",))
+        else:
+            self.model.set_category_names(list(test_names))
 
     def read_image(self, path: str | os.PathLike) -> np.ndarray:
         """Read an image file as the config's test mapper does, as ``[H, W, 3]`` uint8 in

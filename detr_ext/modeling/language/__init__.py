@@ -5,7 +5,14 @@ need only torch; ``TextEncoder`` imports transformers when it is built.
 """
 
 from .positive_map import phrase_token_weights, positive_map_from_spans
-from .prompts import PHRASE_SEPARATOR, build_prompt, parse_prompt, split_phrases_into_chunks
+from .prompts import (
+    PHRASE_SEPARATOR,
+    build_prompt,
+    category_prompt,
+    num_prompt_tokens,
+    parse_prompt,
+    split_phrases_into_chunks,
+)
 from .text_encoder import TEXT_MODEL_TYPES, TextEncoder, default_text_encoder_path
 from .tokenization import TokenizedPrompts, tokenize_prompts
 
@@ -15,7 +22,9 @@ __all__ = [
     "TextEncoder",
     "TokenizedPrompts",
     "build_prompt",
+    "category_prompt",
     "default_text_encoder_path",
+    "num_prompt_tokens",
     "parse_prompt",
     "phrase_token_weights",
     "positive_map_from_spans",

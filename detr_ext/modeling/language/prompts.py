@@ -10,10 +10,20 @@ This module imports no ``transformers``: datasets and evaluators can parse promp
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["PHRASE_SEPARATOR", "build_prompt", "parse_prompt", "split_phrases_into_chunks"]
+__all__ = [
+    "PHRASE_SEPARATOR",
+    "build_prompt",
+    "category_prompt",
+    "num_prompt_tokens",
+    "parse_prompt",
+    "split_phrases_into_chunks",
+]
+
+logger = logging.getLogger(__name__)
 
 PHRASE_SEPARATOR = " . "
 _PROMPT_END = " ."
@@ -88,7 +98,48 @@ def build_prompt(phrases: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
     return PHRASE_SEPARATOR.join(pieces) + _PROMPT_END, spans
 
 
-def _num_tokens(tokenizer: Callable[..., Any], text: str) -> int:
+def category_prompt(category_names: Sequence[str]) -> tuple[list[str], str]:
+    """``(names, prompt)``: a text-prompted detector's category names (``model.category_names``)
+    as a list of str and their default prompt ``"name_0 . name_1 ."`` (:func:`build_prompt`).
+    Names that differ only in case or spacing get a warning: an uncased text encoder reads
+    them as one phrase, so their classes cannot be told apart.
+
+    Raises:
+        TypeError: a single ``str`` (it would be split into letters, one category each) or
+            another non-sequence.
+        ValueError: no name, a blank name or one containing ``"."`` (the phrase separator),
+            naming ``model.category_names`` and how to rename.
+    """
+    if isinstance(category_names, str) or not isinstance(category_names, Sequence):
+        raise TypeError(
+            "expected model.category_names as a list of names such as ['circle', 'square'], "
+            f"got {type(category_names).__name__} {category_names!r}"
+        )
+    names = [str(name) for name in category_names]
+    try:
+        prompt, _ = build_prompt(names)
+    except ValueError as error:
+        raise ValueError(
+            f"model.category_names cannot make the default prompt: {error}. Each category "
+            "name becomes one phrase of 'name_0 . name_1 .', so a name may not contain '.' nor "
+            "be blank: rename such a category (in the dataset json, which model.category_names "
+            "usually follows), e.g. '3.5 mm screw' -> '3,5 mm screw'"
+        ) from None
+    folded: dict[str, list[str]] = {}
+    for name in names:
+        folded.setdefault(_normalize_phrase(name).casefold(), []).append(name)
+    same = [spellings for spellings in folded.values() if len(spellings) > 1]
+    if same:
+        logger.warning(
+            "model.category_names %s differ only in case or spacing; an uncased text encoder "
+            "reads each group as one phrase, so their classes cannot be told apart.",
+            same,
+        )
+    return names, prompt
+
+
+def num_prompt_tokens(tokenizer: Callable[..., Any], text: str) -> int:
+    """The tokens of ``text``, special tokens included, without truncation."""
     # verbose=False: counting a prompt longer than the model's limit is the point here, so
     # transformers' "longer than the specified maximum sequence length" warning is noise.
     encoded = tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)
@@ -126,7 +177,7 @@ def split_phrases_into_chunks(
         # Tokenizing the whole candidate (rather than adding per-phrase counts) stays exact for
         # tokenizers whose pieces depend on the neighbouring text.
         text, _ = build_prompt(phrases[start:stop])
-        return _num_tokens(tokenizer, text) <= max_text_len
+        return num_prompt_tokens(tokenizer, text) <= max_text_len
 
     # A prompt's token count grows with every phrase added, so the longest run from ``start``
     # that fits is found by bisection: O(log K) tokenizations per chunk instead of one per

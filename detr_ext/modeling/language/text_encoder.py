@@ -207,6 +207,12 @@ class TextEncoder(nn.Module):
             self._cache.clear()
         return super()._apply(fn, recurse)
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        # load_state_dict() (e.g. a checkpoint whose text model was fine-tuned) replaces the
+        # weights the cached features were computed with.
+        self._cache.clear()
+        return super()._load_from_state_dict(*args, **kwargs)
+
     def train(self, mode: bool = True) -> TextEncoder:
         """As ``nn.Module.train``, except that a frozen text model always stays in eval mode."""
         super().train(mode)

@@ -45,6 +45,8 @@ from detr_ext.modeling.language import (
     TextEncoder,
     TokenizedPrompts,
     build_prompt,
+    category_prompt,
+    num_prompt_tokens,
     parse_prompt,
     phrase_token_weights,
     split_phrases_into_chunks,
@@ -97,13 +99,12 @@ class GroundingDINO(DeformableDetectorBase):
         alignment_normalize: bool = False,
         **kwargs: Any,
     ) -> None:
-        category_names = [str(name) for name in category_names]
         if "num_classes" in kwargs:
             raise ValueError(
                 "GroundingDINO: num_classes is the number of category_names; expected no "
                 f"num_classes argument, got num_classes={kwargs['num_classes']}"
             )
-        default_prompt, _ = build_prompt(category_names)
+        category_names, default_prompt = category_prompt(category_names)
         super().__init__(
             transformer=transformer,
             num_queries=num_queries,
@@ -138,6 +139,17 @@ class GroundingDINO(DeformableDetectorBase):
         transformer.decoder.bbox_embed = self.bbox_embed
 
     # ------------------------------------------------------------------ text
+
+    def set_category_names(self, category_names: Sequence[str]) -> None:
+        """Detect ``category_names`` for images without a ``"prompt"``: the default prompt
+        becomes ``"name_0 . name_1 . ..."`` and ``pred_classes`` index these names.
+        Evaluation sets a test set's own names this way (``detr_ext.engine``).
+
+        Raises:
+            TypeError, ValueError: see :func:`~detr_ext.modeling.language.category_prompt`.
+        """
+        self.category_names, self.default_prompt = category_prompt(category_names)
+        self.num_classes = len(self.category_names)
 
     def prompts(self, batched_inputs: Sequence[Mapping[str, Any]]) -> list[str]:
         """Each image's ``"prompt"``, or the default prompt of the category names when it has
@@ -210,11 +222,23 @@ class GroundingDINO(DeformableDetectorBase):
                     f"{sorted(set(labels.tolist()))}, expected phrase indices in [0, "
                     f"{len(phrases)}) of its prompt {phrases}"
                 )
+            if cut and batched_inputs[index].get("prompt") is None:
+                # Every image without a prompt would lose these categories; found at the first
+                # step instead of the first image that has one of them, hours in.
+                needed = num_prompt_tokens(self.bert.tokenizer, self.default_prompt)
+                raise ValueError(
+                    f"GroundingDINO: the default prompt of the {len(phrases)} category names "
+                    f"needs {needed} tokens but the text encoder takes "
+                    f"{self.bert.max_text_len} (model.text_encoder.max_text_len), so categories "
+                    f"{[phrases[i] for i in cut][:10]} would never be trained; expected "
+                    f"model.text_encoder.max_text_len >= {needed} (or shorter category names)"
+                )
             lost = sorted(set(labels.tolist()) & set(cut))
             if lost:
                 raise ValueError(
                     f"GroundingDINO: the prompt of batched_inputs[{index}] is longer than the "
-                    f"text encoder's {self.bert.max_text_len} tokens and its phrases "
+                    f"text encoder's {self.bert.max_text_len} tokens "
+                    "(model.text_encoder.max_text_len) and its phrases "
                     f"{[phrases[i] for i in lost]}, which have ground truth, were cut off; "
                     "expected a shorter prompt (fewer or shorter phrases) in training"
                 )

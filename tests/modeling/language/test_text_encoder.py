@@ -193,3 +193,19 @@ def test_frozen_encoder_reuses_prompt_features_and_matches_uncached():
     assert len(calls) == 2
     with pytest.raises(ValueError, match="cache_size must be >= 0"):
         TextEncoder(freeze=True, cache_size=-1, config_overrides=tiny)
+
+
+def test_loading_weights_clears_the_cached_features():
+    """Features cached before ``load_state_dict`` (e.g. a checkpoint with a fine-tuned text
+    model, loaded into a notebook's model after a first prediction) were reused."""
+    tiny = {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2}
+    torch.manual_seed(0)
+    encoder = TextEncoder(freeze=True, config_overrides=dict(tiny, intermediate_size=64))
+    torch.manual_seed(1)
+    other = TextEncoder(freeze=True, config_overrides=dict(tiny, intermediate_size=64))
+    tokens = encoder.tokenize(["red circle . triangle ."])
+    before = encoder(tokens.input_ids, tokens.attention_mask)
+    encoder.load_state_dict(other.state_dict())
+    after = encoder(tokens.input_ids, tokens.attention_mask)
+    torch.testing.assert_close(after, other(tokens.input_ids, tokens.attention_mask))
+    assert not torch.allclose(after, before)
