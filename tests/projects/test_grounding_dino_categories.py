@@ -86,13 +86,31 @@ def test_training_set_names_must_be_the_models(model):
     override of the shapes names) trained without a warning."""
     same = register("gd_names_same", ["Circle", "square ", "triangle"])  # case, spacing
     other = register("gd_names_other", ["nut", "bolt", "screw"])
+    more = register("gd_names_more", ["circle", "square", "triangle", "star"])
     prompted = register("gd_names_prompted", None)  # labels index each record's own prompt
     check_training_category_names(config([same, prompted], [other]), model)
-    with pytest.raises(CategoryMismatchError, match=r"(?s)training set 'gd_names_other'.*nut"):
-        check_training_category_names(config([other], [same]), model)
+    with pytest.raises(
+        CategoryMismatchError,
+        match=r"training set 'gd_names_other' \(class 0: 'circle' vs 'nut'; class 1: 'square' "
+        r"vs 'bolt'; class 2: 'triangle' vs 'screw'\)",
+    ):
+        check_training_category_names(config([same, other], [same]), model)  # the second
+    with pytest.raises(CategoryMismatchError, match=r"\(3 names vs 4 categories\)"):
+        check_training_category_names(config([more], []), model)
     closed_set = torch.nn.Linear(2, 2)
     assert text_prompted_model(closed_set) is None
     check_training_category_names(config([other], [same]), closed_set)  # not checked
+    closed_set.category_names = ["a"]  # a name list alone does not make a prompted model
+    assert text_prompted_model(closed_set) is None
+    model.set_category_names(["red  circle", "square", "triangle"])  # inner spacing
+    spaced = register("gd_names_spaced", ["Red circle", "square", "triangle"])
+    joined = register("gd_names_joined", ["redcircle", "square", "triangle"])
+    try:
+        check_training_category_names(config([spaced], []), model)
+        with pytest.raises(CategoryMismatchError, match="'red  circle' vs 'redcircle'"):
+            check_training_category_names(config([joined], []), model)
+    finally:
+        model.set_category_names(["circle", "square", "triangle"])
 
 
 def test_evaluation_uses_the_test_sets_own_names(model):
