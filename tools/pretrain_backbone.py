@@ -23,7 +23,16 @@ clip_grad, freeze_last_layer_iters, student_temp, teacher_temp, warmup_teacher_t
 warmup_teacher_temp_fraction, center_momentum, out_dim, hidden_dim, bottleneck_dim, in_feature,
 global_size, local_size, num_local, num_workers, checkpoint_period, log_period, probe_period,
 probe_crop_size, knn_k, knn_temperature, seed. ``--max-iter``, ``--batch-size`` and
-``--probe-period`` set the options of the same name.
+``--probe-period`` set the options of the same name. All are checked before anything is built.
+A ``key=value`` whose key has a dot is a config override instead, e.g.
+``model.backbone.norm=BN model.backbone.freeze_at=0``: the backbone to pretrain must be fully
+trainable (no frozen stages, no ``FrozenBatchNorm2d``), and the error says which overrides make
+it so.
+
+Every checkpoint records the options and the random generators' states; ``--resume`` refuses
+other model options (out_dim, hidden_dim, bottleneck_dim, head_bn, in_feature) and a
+``max_iter`` below the checkpoint's iteration, warns about other changed training options, and
+continues the crops where the checkpoint left them (see :mod:`detr_ext.pretrain.resume`).
 """
 
 from __future__ import annotations
@@ -44,10 +53,11 @@ from detectron2.utils.env import seed_all_rng  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from detr_ext.engine import DataStreamState  # noqa: E402
+from detr_ext.engine import DataStreamState, draw_seed  # noqa: E402
 from detr_ext.engine.checkpointer import SafeCheckpointer  # noqa: E402
 from detr_ext.engine.checks import config_dataset_names  # noqa: E402
 from detr_ext.pretrain import MultiCropAugmentation  # noqa: E402
+from detr_ext.pretrain.checks import check_trainable_backbone, probe_dataset_name  # noqa: E402
 from detr_ext.pretrain.data import (  # noqa: E402
     PretrainImageDataset,
     build_pretrain_loader,
@@ -64,6 +74,7 @@ from detr_ext.pretrain.knn import (  # noqa: E402
     KNNProbe,
 )
 from detr_ext.pretrain.options import PretrainOptions, apply_option_overrides  # noqa: E402
+from detr_ext.pretrain.resume import PretrainRunState, check_resume_end  # noqa: E402
 from detr_ext.pretrain.trainer import (  # noqa: E402
     DINOPretrainer,
     build_pretrain_hooks,
@@ -89,21 +100,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from last_checkpoint")
     parser.add_argument(
         "--probe-dataset",
-        default="shapes_val",
-        help="registered dataset whose object crops the k-NN probe classifies ('' for none)",
+        default=None,
+        help="registered dataset whose object crops the k-NN probe classifies ('' for none; "
+        "default: shapes_val if the config registers it, else none)",
     )
     parser.add_argument("--probe-period", type=int, help="iterations between probes")
     parser.add_argument("--num-threads", type=int, help="torch intra-op threads")
     parser.add_argument("--device", default="cpu", help="e.g. cpu or cuda")
-    parser.add_argument("opts", nargs="*", default=[], help="key=value pretraining options")
+    parser.add_argument(
+        "opts",
+        nargs="*",
+        default=[],
+        help="key=value pretraining options; a dotted key (model.backbone.norm=BN) overrides "
+        "the config",
+    )
     return parser
 
 
-def _options(args: argparse.Namespace) -> PretrainOptions:
-    options = apply_option_overrides(PretrainOptions(), args.opts)
+def _options(args: argparse.Namespace) -> tuple[PretrainOptions, list[str]]:
+    """The validated pretraining options, and the config overrides (dotted keys) of
+    ``args.opts``."""
+    config_overrides = [item for item in args.opts if "." in item.partition("=")[0]]
+    option_items = [item for item in args.opts if item not in config_overrides]
+    options = apply_option_overrides(PretrainOptions(), option_items)
     flags = {"max_iter": args.max_iter, "batch_size": args.batch_size}
     flags["probe_period"] = args.probe_period
-    return apply_option_overrides(options, [f"{k}={v}" for k, v in flags.items() if v is not None])
+    flags = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    return apply_option_overrides(options, flags).validate(), config_overrides
 
 
 def _image_files(args: argparse.Namespace, cfg) -> list[str]:
@@ -120,14 +143,24 @@ def _image_files(args: argparse.Namespace, cfg) -> list[str]:
 def main(args: argparse.Namespace) -> dict:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    options = _options(args)
+    options, config_overrides = _options(args)
+    requested_seed = options.seed
+    # As train.seed in tools/train_net.py: negative draws a seed, logged and checkpointed.
+    options.seed = draw_seed(OmegaConf.create({"train": {"seed": requested_seed}}))
     os.makedirs(args.output_dir, exist_ok=True)
     setup_logger(args.output_dir, name="detectron2")
     logger = setup_logger(args.output_dir, name="detr_ext", abbrev_name="detr")
+    if options.seed != requested_seed:
+        logger.info(
+            "seed=%d: drew seed %d (seed=%d repeats the run)", requested_seed, *[options.seed] * 2
+        )
     logger.info("Pretraining options: %s", options)
     seed_all_rng(options.seed)
 
-    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), config_overrides)
+    backbone = instantiate(cfg.model.backbone)
+    check_trainable_backbone(backbone, cfg.model.backbone)
+    probe_dataset = probe_dataset_name(args.probe_dataset)
     pixel_mean = list(OmegaConf.select(cfg, "model.pixel_mean", default=IMAGENET_PIXEL_MEAN))
     pixel_std = list(OmegaConf.select(cfg, "model.pixel_std", default=IMAGENET_PIXEL_STD))
     image_format = OmegaConf.select(cfg, "model.input_format", default="RGB")
@@ -142,9 +175,13 @@ def main(args: argparse.Namespace) -> dict:
         pixel_std=pixel_std,
     )
     dataset = PretrainImageDataset(files, crops, image_format=image_format)
-    loader = build_pretrain_loader(dataset, options.batch_size, options.num_workers, options.seed)
+    # The loader's own generator seeds its workers; it is checkpointed with the others.
+    loader_generator = torch.Generator().manual_seed(options.seed)
+    loader = build_pretrain_loader(
+        dataset, options.batch_size, options.num_workers, options.seed, loader_generator
+    )
 
-    model, loss = build_pretrain_model(instantiate(cfg.model.backbone), options)
+    model, loss = build_pretrain_model(backbone, options)
     model.to(args.device)
     loss.to(args.device)
     model.train()
@@ -152,9 +189,11 @@ def main(args: argparse.Namespace) -> dict:
     trainer = DINOPretrainer(model, loss, loader, optimizer, options)
     # Checkpoints record the loader's place in its image stream; --resume continues it.
     data_stream = DataStreamState(loader.sampler, options.batch_size, trainer)
+    run_state = PretrainRunState(options, loader_generator, options.seed != requested_seed)
     checkpointer = SafeCheckpointer(
         model,
         args.output_dir,
+        pretrain_run=run_state,  # first: its option check runs before the optimizer loads
         optimizer=optimizer,
         dino_loss=loss,
         data_stream=data_stream,
@@ -164,16 +203,20 @@ def main(args: argparse.Namespace) -> dict:
     start_iter = start.get("iteration", -1) + 1 if args.resume else 0
     if args.resume and "iteration" not in start:
         logger.info("--resume: no checkpoint in %s, starting from scratch", args.output_dir)
-    elif args.resume and not data_stream.loaded:
-        logger.warning(
-            "--resume: the checkpoint has no usable image-stream position; the loader's "
-            "stream starts from its beginning again."
-        )
+    elif args.resume:
+        check_resume_end(checkpointer.get_checkpoint_file(), start_iter, options.max_iter)
+        if run_state.saved_options is None:
+            logger.warning("--resume: the checkpoint records no options; they are not checked")
+        if not data_stream.loaded:
+            logger.warning(
+                "--resume: the checkpoint has no usable image-stream position; the loader's "
+                "stream starts from its beginning again."
+            )
 
     probe = None
-    if args.probe_dataset:
+    if probe_dataset:
         probe = KNNProbe.from_dataset(
-            args.probe_dataset,
+            probe_dataset,
             size=options.probe_crop_size,
             pixel_mean=pixel_mean,
             pixel_std=pixel_std,
@@ -186,6 +229,8 @@ def main(args: argparse.Namespace) -> dict:
     trainer.register_hooks(
         build_pretrain_hooks(trainer, checkpointer, args.output_dir, probe, history)
     )
+    if start_iter > 0:
+        run_state.restore_rng(start_iter)  # last, so that nothing draws between it and the crops
     trainer.train(start_iter, options.max_iter)
 
     backbone_file = os.path.join(args.output_dir, "backbone.pth")

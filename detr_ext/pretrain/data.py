@@ -120,12 +120,17 @@ def collate_crops(batch: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]
 
 
 def build_pretrain_loader(
-    dataset: Dataset, batch_size: int, num_workers: int = 0, seed: int | None = None
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int = 0,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> DataLoader:
     """An endless loader of shuffled batches (detectron2's ``TrainingSampler`` stream, from a
     :class:`~detr_ext.data.samplers.ResumableTrainingSampler`, ``loader.sampler``, so that a
     resumed run can continue it), each a list of ``[batch_size, 3, s, s]`` crop tensors
-    (:func:`collate_crops`)."""
+    (:func:`collate_crops`). ``generator`` seeds the worker processes (torch's global generator
+    when ``None``); a generator of its own keeps that draw out of the main process's crops."""
     from ..data.samplers import ResumableTrainingSampler
 
     if batch_size < 1:
@@ -137,4 +142,5 @@ def build_pretrain_loader(
         num_workers=num_workers,
         collate_fn=collate_crops,
         drop_last=True,
+        generator=generator,
     )

@@ -4,10 +4,41 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["PretrainOptions", "apply_option_overrides"]
+__all__ = [
+    "ARCHITECTURE_OPTIONS",
+    "TRAINING_OPTIONS",
+    "PretrainOptions",
+    "apply_option_overrides",
+]
+
+# Options that change the shapes of the saved state (head, loss center, optimizer moments):
+# a checkpoint cannot be resumed with other values.
+ARCHITECTURE_OPTIONS = ("out_dim", "hidden_dim", "bottleneck_dim", "head_bn", "in_feature")
+# Options that change what the remaining iterations train (schedules, loss, crops, seed); the
+# others (periods, workers, the probe's settings) change only the bookkeeping.
+TRAINING_OPTIONS = (
+    "max_iter", "batch_size", "lr", "min_lr", "warmup_fraction", "weight_decay",
+    "weight_decay_end", "teacher_momentum", "teacher_momentum_end", "clip_grad",
+    "freeze_last_layer_iters", "student_temp", "teacher_temp", "warmup_teacher_temp",
+    "warmup_teacher_temp_fraction", "center_momentum", "global_size", "local_size", "num_local",
+    "seed",
+)  # fmt: skip
+
+_POSITIVE_INTS = (
+    "max_iter", "batch_size", "out_dim", "hidden_dim", "bottleneck_dim", "global_size",
+    "local_size", "checkpoint_period", "log_period", "probe_crop_size", "knn_k",
+)  # fmt: skip
+_NON_NEGATIVE_INTS = ("freeze_last_layer_iters", "num_local", "num_workers", "probe_period")
+_POSITIVE_FLOATS = ("lr", "student_temp", "teacher_temp", "warmup_teacher_temp", "knn_temperature")
+_NON_NEGATIVE_FLOATS = ("min_lr", "weight_decay", "weight_decay_end", "clip_grad")
+_UNIT_INTERVAL = (
+    "warmup_fraction", "warmup_teacher_temp_fraction", "teacher_momentum",
+    "teacher_momentum_end", "center_momentum",
+)  # fmt: skip
 
 
 @dataclass
@@ -35,7 +66,8 @@ class PretrainOptions:
         checkpoint_period, log_period: iterations between checkpoints / progress lines.
         probe_period: iterations between k-NN probes (0: only before and after training).
         probe_crop_size, knn_k, knn_temperature: the probe's crop size and k-NN parameters.
-        seed: seed of the initialisation and of the data order.
+        seed: seed of the initialisation, the crops and the data order; negative: a seed
+            drawn for the run (logged, and recorded in its checkpoints).
     """
 
     max_iter: int = 300
@@ -70,6 +102,52 @@ class PretrainOptions:
     knn_k: int = 20
     knn_temperature: float = 0.07
     seed: int = 0
+
+    def validate(self) -> PretrainOptions:
+        """Check every option's range; return ``self``.
+
+        Raises:
+            ValueError: naming each bad option, the expected range and the value got.
+        """
+        problems = []
+
+        def bad(key: str, expected: str) -> None:
+            problems.append(f"{key}: expected {expected}, got {getattr(self, key)!r}")
+
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), type(field.default)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                if not (kind is float and isinstance(value, int)):
+                    bad(field.name, f"a {kind.__name__}")
+        if problems:
+            raise ValueError("invalid pretraining options:\n  " + "\n  ".join(problems))
+        for key in _POSITIVE_INTS:
+            if getattr(self, key) < 1:
+                bad(key, "a positive integer")
+        for key in _NON_NEGATIVE_INTS:
+            if getattr(self, key) < 0:
+                bad(key, "an integer >= 0")
+        for key in _POSITIVE_FLOATS:
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
+                bad(key, "a finite number > 0")
+        for key in _NON_NEGATIVE_FLOATS:
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
+                bad(
+                    key,
+                    "a finite number >= 0" + (" (0: no clipping)" if key == "clip_grad" else ""),
+                )
+        for key in _UNIT_INTERVAL:
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                bad(key, "a number in [0, 1]")
+        if self.head_bn not in (0, 1):
+            bad("head_bn", "0 or 1")
+        if not self.in_feature:
+            bad("in_feature", "the name of a backbone output, e.g. 'res5'")
+        if len(problems) == 1:
+            raise ValueError(f"invalid pretraining option {problems[0]}")
+        if problems:
+            raise ValueError("invalid pretraining options:\n  " + "\n  ".join(problems))
+        return self
 
     @property
     def warmup_iters(self) -> int:

@@ -18,7 +18,8 @@ from detectron2.engine import TrainerBase, hooks
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from torch import nn
 
-from ..engine.checkpointer import SafeCheckpointer
+from ..engine.checkpointer import PeriodicCheckpointer, SafeCheckpointer, describe_last_checkpoint
+from ..engine.nonfinite import NonFiniteTrainingError
 from .head import DINOHead
 from .knn import KNNProbe
 from .loss import DINOLoss
@@ -142,7 +143,7 @@ class DINOPretrainer(TrainerBase):
         student_out, teacher_out = self.model(crops)
         loss = self.loss(student_out, teacher_out, iteration)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"DINO loss is {loss.item()} at iteration {iteration}")
+            raise NonFiniteTrainingError(self._divergence_message(loss.item(), lr))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         student_params = [p for p in self.model.student.parameters() if p.grad is not None]
@@ -164,6 +165,26 @@ class DINOPretrainer(TrainerBase):
             grad_norm=float(grad_norm),
             data_time=data_time,
             smoothing_hint=False,
+        )
+
+    def _divergence_message(self, loss: float, lr: float) -> str:
+        checkpointer = next(
+            (hook.checkpointer for hook in self._hooks if hasattr(hook, "checkpointer")), None
+        )
+        if checkpointer is not None and checkpointer.save_dir and checkpointer.has_checkpoint():
+            last = describe_last_checkpoint(checkpointer)
+        else:
+            last = "none yet (--resume would start from scratch)"
+        options = self.options
+        return (
+            f"DINO loss is {loss} at iteration {self.iter}: probable divergence. Learning rate "
+            f"in use: {lr:.6g} (lr={options.lr:g}, warmup_fraction={options.warmup_fraction:g}, "
+            f"clip_grad={options.clip_grad:g}). Last good checkpoint: "
+            f"{last} (its weights are finite; the divergence "
+            "may have begun before it: see dino_loss and grad_norm in metrics.json). To "
+            "continue from it, rerun with --resume and the same --output-dir, e.g. with a "
+            "lower lr=..., clip_grad=... > 0, or a longer warmup_fraction=... (--resume takes "
+            "these options from the command line)."
         )
 
 
@@ -228,9 +249,8 @@ def build_pretrain_hooks(
     options = trainer.options
     result: list[hooks.HookBase] = [
         hooks.IterationTimer(),
-        hooks.PeriodicCheckpointer(
-            checkpointer, options.checkpoint_period, max_iter=options.max_iter
-        ),
+        # detr_ext's hook: checks its period (options.validate() names the option first).
+        PeriodicCheckpointer(checkpointer, options.checkpoint_period, max_iter=options.max_iter),
     ]
     if probe is not None:
         result.append(
