@@ -15,8 +15,9 @@ What is and is not continued:
   groups waiting when the checkpoint was written are not restored, so a few images (fewer
   than 2 x the per-process batch size per process) are left out and the grouping that
   follows may differ.
-- Random augmentations and denoising noise are drawn anew after a resume (the random
-  generators of the processes and data-loader workers are not checkpointed).
+- Random augmentations and denoising noise continue with the generator states the
+  checkpoint recorded (:mod:`~detr_ext.engine.random_states`): exactly, with ``num_workers=0``;
+  data-loader workers are seeded afresh from the restored state.
 - A training set whose size changed since the checkpoint starts a new stream, with a warning;
   so does a checkpoint without ``"data_stream"`` (written before detr_ext recorded it).
 """

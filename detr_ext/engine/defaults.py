@@ -37,6 +37,7 @@ from .data_stream import DataStreamState, build_train_loader
 from .ema import EMAHook
 from .evaluation import build_ema, do_test, request_error_analysis
 from .prompted import check_training_category_names, text_prompted_model
+from .random_states import GatherRandomStatesHook, RandomStates
 from .resume import (
     check_resume_iteration,
     configured_hyperparameters,
@@ -229,6 +230,9 @@ def do_train(
         accumulation_steps=cfg.train.get("grad_accumulation_steps", 1),
     )
     checkpointables: dict[str, Any] = {"ema": ema} if ema is not None else {}
+    # Every process's random generators at each checkpoint, put back by --resume.
+    random_states = RandomStates(cfg.train.get("seed", None))
+    checkpointables["random_states"] = random_states
     data_stream = None
     if sampler is not None:  # checkpoints record the stream position; --resume continues it
         images_per_step = cfg.dataloader.train.total_batch_size * trainer.accumulation_steps
@@ -258,6 +262,8 @@ def do_train(
             # Before the checkpointer and the evaluation, so both see this step's EMA.
             EMAHook(ema, model) if ema is not None else None,
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            # On every process, right before the checkpointer: it saves what this gathers.
+            GatherRandomStatesHook(random_states, periodic_checkpointer.period, cfg.train.max_iter),
             periodic_checkpointer if is_main else None,
             hooks.EvalHook(cfg.train.eval_period, evaluate),
             hooks.PeriodicWriter(
@@ -289,6 +295,12 @@ def do_train(
                 "starts from its beginning again.",
                 checkpointer.get_checkpoint_file(),
             )
+        if getattr(train_loader, "num_workers", None) == 0:
+            # Starting the loader draws its seed from torch's generator, which the uninterrupted
+            # run did at iteration 0: drawn before the generators are put back, the resumed run
+            # then continues exactly (see detr_ext.engine.random_states for workers).
+            trainer._data_loader_iter  # noqa: B018  (creates the iterator)
+        random_states.restore(start_iter)
     else:
         start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)

@@ -15,71 +15,27 @@ generator, which seeds its worker processes). On ``--resume``:
   in their own processes: a resumed run's workers are seeded afresh from the restored loader
   generator, deterministically, but their crops differ from the uninterrupted run's;
 - a checkpoint without the entry (written before it existed) cannot be checked; the generators
-  are then seeded with :func:`resume_seed` ``(seed, start_iter)``, so the resumed run draws new
-  crops rather than replaying those of iteration 0.
+  are then seeded with :func:`~detr_ext.engine.random_states.resume_seed`
+  ``(seed, start_iter)``, so the resumed run draws new crops rather than replaying those of
+  iteration 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 from typing import Any
 
-import numpy as np
 import torch
 from detectron2.utils.env import seed_all_rng
 
+from ..engine.random_states import capture_rng_states, restore_rng_states, resume_seed
 from ..engine.resume import ResumeError
 from .options import ARCHITECTURE_OPTIONS, TRAINING_OPTIONS, PretrainOptions
 
-__all__ = [
-    "PretrainRunState",
-    "capture_rng_states",
-    "check_resume_end",
-    "compare_options",
-    "restore_rng_states",
-    "resume_seed",
-]
+__all__ = ["PretrainRunState", "check_resume_end", "compare_options"]
 
 logger = logging.getLogger(__name__)
-
-
-def capture_rng_states(loader_generator: torch.Generator | None = None) -> dict[str, Any]:
-    """The states of torch's CPU generator, numpy's, Python's ``random`` and, if given, the
-    data loader's generator."""
-    # Tensors and plain Python values only, so that checkpoints load with weights_only=True.
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    version, python_state, gauss_next = random.getstate()
-    states: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss],
-        "numpy_gaussian": float(cached_gaussian),
-        "python": [version, torch.tensor(python_state, dtype=torch.int64), gauss_next],
-    }
-    if loader_generator is not None:
-        states["loader"] = loader_generator.get_state()
-    return states
-
-
-def restore_rng_states(
-    states: dict[str, Any], loader_generator: torch.Generator | None = None
-) -> None:
-    """Set the generators back to ``states`` (from :func:`capture_rng_states`)."""
-    torch.set_rng_state(states["torch"])
-    kind, keys, position, has_gauss = states["numpy"]
-    keys = keys.numpy().astype(np.uint32)
-    np.random.set_state((kind, keys, position, has_gauss, states["numpy_gaussian"]))
-    version, python_state, gauss_next = states["python"]
-    random.setstate((version, tuple(python_state.tolist()), gauss_next))
-    if loader_generator is not None and "loader" in states:
-        loader_generator.set_state(states["loader"])
-
-
-def resume_seed(seed: int, start_iter: int) -> int:
-    """A seed for a run resumed at ``start_iter`` when no generator state was saved: a fixed
-    function of ``(seed, start_iter)``, different from ``seed`` for every ``start_iter > 0``."""
-    return (seed * 1_000_003 + start_iter) % 2**31
 
 
 def compare_options(saved: dict[str, Any], options: PretrainOptions) -> tuple[list, list, list]:
@@ -158,7 +114,7 @@ class PretrainRunState:
 
     def restore_rng(self, start_iter: int) -> None:
         """Put the generators where the checkpoint left them, or (a checkpoint without them)
-        seed them with :func:`resume_seed`. Call it just before training."""
+        seed them with ``resume_seed``. Call it just before training."""
         if self.rng_states is not None:
             restore_rng_states(self.rng_states, self.loader_generator)
             return

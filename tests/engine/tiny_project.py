@@ -4,6 +4,7 @@ inference), an in-memory dataset registered with DatasetCatalog, and an evaluato
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
@@ -29,12 +30,20 @@ for _name, _size, _seed in (("tiny_train", 16, 0), ("tiny_test", 6, 1)):
 
 
 class TinyMapper:
-    """Dataset dict -> ``{"x": [IN_FEATURES] float tensor, "y": [] float tensor}``."""
+    """Dataset dict -> ``{"x": [IN_FEATURES] float tensor, "y": [] float tensor}``; with
+    ``jitter``, ``x`` gets numpy noise of that scale, drawn as detectron2's augmentations draw
+    (numpy's global generator)."""
+
+    def __init__(self, jitter: float = 0.0) -> None:
+        self.jitter = jitter
 
     def __call__(self, dataset_dict: dict) -> dict:
+        x = torch.tensor(dataset_dict["x"], dtype=torch.float32)
+        if self.jitter:
+            x = x + torch.from_numpy(np.random.normal(0.0, self.jitter, x.shape)).float()
         return {
             "image_id": dataset_dict["image_id"],
-            "x": torch.tensor(dataset_dict["x"], dtype=torch.float32),
+            "x": x,
             "y": torch.tensor(dataset_dict["y"], dtype=torch.float32),
         }
 
@@ -42,8 +51,10 @@ class TinyMapper:
 class TinyModel(nn.Module):
     """Linear regressor: ``{"loss_mse"}`` in training, ``[{"pred": []}]`` in inference."""
 
-    def __init__(self, in_features: int = IN_FEATURES, norm: bool = True) -> None:
+    def __init__(self, in_features: int = IN_FEATURES, norm: bool = True, noise: float = 0.0):
         super().__init__()
+        # Training noise on the inputs from torch's generator, as DINO's denoising queries.
+        self.noise = noise
         self.linear = nn.Linear(in_features, 1)
         # Gives the model buffers for EMA to track; off where batches of different sizes
         # must give the same gradient (its statistics depend on how the batch is split).
@@ -52,6 +63,8 @@ class TinyModel(nn.Module):
     def forward(self, batched_inputs: list[dict]):
         device = self.linear.weight.device
         inputs = torch.stack([item["x"] for item in batched_inputs]).to(device)
+        if self.training and self.noise:
+            inputs = inputs + self.noise * torch.randn_like(inputs)
         preds = self.linear(self.norm(inputs)).squeeze(-1)
         if not self.training:
             return [{"pred": pred} for pred in preds]
