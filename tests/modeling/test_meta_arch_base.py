@@ -87,6 +87,41 @@ def test_prepare_targets_needs_instances():
         model.prepare_targets([_input(4, 4)])
 
 
+@pytest.mark.parametrize("label", [2, 3, -1])
+def test_prepare_targets_refuses_classes_outside_the_model(label):
+    """Class K trained as "no object" in DETR without a word; K + 1 and -1 failed inside the
+    matcher, the cross-entropy or the denoising embedding (a device-side assert on a GPU)."""
+    model = FixedOutputDetector()  # num_classes=2
+    item = _input(50, 100, boxes=[[10.0, 5.0, 30.0, 45.0], [0, 0, 9, 9]], classes=[0, label])
+    with pytest.raises(
+        ValueError,
+        match=rf"batched_inputs\[0\] has gt_classes \[{label}\], expected class indices in "
+        r"\[0, 2\) \(model.num_classes=2\)",
+    ):
+        model.prepare_targets([item])
+
+
+@pytest.mark.parametrize(
+    "box", [[30.0, 30.0, 10.0, 12.0], [10.0, 30.0, 20.0, 12.0], [0.0, 0.0, float("nan"), 4.0]]
+)
+def test_prepare_targets_refuses_boxes_that_are_not_xyxy(box):
+    """An inverted box (COCO XYWH given as XYXY) gave GIoU > 1: finite, hugely negative losses
+    (DINO about -117,000) that no non-finite check sees."""
+    model = FixedOutputDetector()
+    good = _input(50, 100, boxes=[[10.0, 5.0, 30.0, 45.0]], classes=[1])
+    bad = _input(50, 100, boxes=[[10.0, 5.0, 30.0, 45.0], box], classes=[1, 0])
+    with pytest.raises(
+        ValueError, match=r"batched_inputs\[1\] has 1 gt_boxes that are not absolute"
+    ):
+        model.prepare_targets([good, bad])
+    degenerate = _input(50, 100, boxes=[[10.0, 5.0, 10.0, 5.0]], classes=[1])  # zero area: kept
+    assert len(model.prepare_targets([degenerate])[0]["boxes"]) == 1
+    tensor_boxes = _input(50, 100, boxes=[[10.0, 5.0, 30.0, 45.0]], classes=[1])
+    tensor_boxes["instances"].gt_boxes = tensor_boxes["instances"].gt_boxes.tensor
+    with pytest.raises(ValueError, match="gt_boxes as detectron2 Boxes"):
+        model.prepare_targets([tensor_boxes])
+
+
 def test_inference_sigmoid_topk_hand_example():
     model = FixedOutputDetector(select_box_nums_for_evaluation=3)
     # Q = 2 queries, K = 3 classes; ranks: (q1, c2) 3.0 > (q0, c0) 2.0 > (q1, c0) 1.0 > rest.

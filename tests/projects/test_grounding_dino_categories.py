@@ -135,3 +135,12 @@ def test_evaluation_uses_the_test_sets_own_names(model):
             pass
     with evaluation_category_names(config([], [register("gd_names_none", None)]), model):
         assert model.category_names == ["circle", "square", "triangle"]
+
+
+def test_gt_classes_index_the_prompt_not_the_category_names(model):
+    """The detectors' class-range check does not apply: a prompt may have more phrases than
+    the model has category names."""
+    model.train()
+    prompt = "red circle . blue square . green triangle . yellow circle ."
+    losses = model(batch(prompts=(prompt,), labels=((3,),)))
+    assert all(torch.isfinite(value) for value in losses.values())

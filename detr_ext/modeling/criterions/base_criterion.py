@@ -10,7 +10,9 @@ For every decoder layer the predictions are matched one-to-one to the ground tru
 
 where ``num_boxes`` is the number of ground-truth boxes in the batch, averaged over the
 distributed workers and clamped to at least 1. The formulas and normalizations are those of
-detrex, so the same predictions and targets give the same loss values.
+detrex, so the same predictions and targets give the same loss values (this includes
+detrex's corner case: a batch with fewer boxes in all than workers has its matching losses
+scaled by boxes / workers against one process on the same images).
 
 Distributed training: every worker runs exactly one ``all_reduce`` per forward (the box
 count, :meth:`SetCriterion.get_num_boxes`), whatever its batch holds (no objects, no

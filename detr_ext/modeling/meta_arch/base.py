@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from detr_ext.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
 from .output_checks import check_finite_detections
+from .target_checks import check_ground_truth
 
 __all__ = ["DetectorBase"]
 
@@ -66,6 +67,9 @@ class DetectorBase(nn.Module):
         size_divisibility: pad the batch so height and width are multiples of this (0: no
             extra padding beyond the largest image).
     """
+
+    # gt_classes are checked against [0, num_classes) (False where they index a prompt).
+    gt_classes_are_class_indices = True
 
     def __init__(
         self,
@@ -227,11 +231,8 @@ class DetectorBase(nn.Module):
         targets = []
         for index, item in enumerate(batched_inputs):
             instances = item.get("instances")
-            if not isinstance(instances, Instances):
-                raise ValueError(
-                    f"{type(self).__name__}: training needs batched_inputs[{index}]['instances'] "
-                    f"(Instances with gt_boxes and gt_classes), got {type(instances).__name__}"
-                )
+            num_classes = self.num_classes if self.gt_classes_are_class_indices else None
+            check_ground_truth(instances, index, num_classes, type(self).__name__)
             instances = instances.to(self.device)
             height, width = instances.image_size
             scale = torch.as_tensor(

@@ -85,6 +85,9 @@ class GroundingDINO(DeformableDetectorBase):
     pred_classes), "phrases": list[str]}``, where ``pred_classes[j]`` indexes ``phrases``.
     """
 
+    # gt_classes index each image's prompt phrases (checked in prepare_grounding_targets).
+    gt_classes_are_class_indices = False
+
     def __init__(
         self,
         *,
