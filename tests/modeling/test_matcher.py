@@ -228,6 +228,17 @@ def test_non_finite_path_blames_negative_width_not_zero_width_targets():
             matcher(outputs, bad)
 
 
+def test_zero_area_target_meeting_a_zero_area_prediction_is_named():
+    """GIoU of two zero-area boxes is 0 / 0: the error blamed the cost weights."""
+    outputs = {
+        "pred_logits": torch.zeros(1, 2, 3),
+        "pred_boxes": torch.tensor([[[0.5, 0.5, 0.0, 0.0], [0.2, 0.2, 0.1, 0.1]]]),
+    }
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.0, 0.0]])}]
+    with pytest.raises(ValueError, match="zero width or height met a predicted box of zero"):
+        HungarianMatcher(2, 5, 2)(outputs, targets)
+
+
 def test_any_single_zero_cost_weight_is_allowed():
     """Only all three weights zero is an error; each one alone may be zero (e.g. no class
     cost), and the matching then follows the remaining terms."""

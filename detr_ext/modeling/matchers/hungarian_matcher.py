@@ -228,6 +228,14 @@ class HungarianMatcher(nn.Module):
                     f"height, e.g. {boxes[invalid][0].tolist()} (normalized cxcywh); expected "
                     "valid boxes (register_coco_format_dataset drops such annotations)"
                 )
+        zero_area_targets = any((target["boxes"][:, 2:] <= 0).any() for target in targets)
+        if zero_area_targets and (pred_boxes[..., 2:] <= 0).any():
+            raise ValueError(
+                f"{type(self).__name__}: a target box of zero width or height met a predicted "
+                "box of zero width or height, whose GIoU is 0 / 0 = NaN; expected target boxes "
+                "of positive width and height (detectron2's filter_empty_instances, which the "
+                "bundled mappers apply, drops the others)"
+            )
         if torch.isfinite(logits).all() and torch.isfinite(pred_boxes).all():
             raise ValueError(
                 f"{type(self).__name__}: the matching cost contains NaN or inf although "
