@@ -25,6 +25,7 @@ from detectron2.data import MetadataCatalog
 from omegaconf import DictConfig
 from torch import nn
 
+from ..modeling.language.prompts import phrase_key
 from .checks import CategoryMismatchError, config_dataset_names
 from .ema import unwrap_model
 
@@ -48,7 +49,7 @@ def text_prompted_model(model: nn.Module | None) -> nn.Module | None:
 
 def _folded(names: Sequence[str]) -> list[str]:
     # Case and spacing do not change which category a name is.
-    return [" ".join(str(name).split()).casefold() for name in names]
+    return [phrase_key(str(name)) for name in names]
 
 
 def _thing_classes(name: str) -> list[str] | None:
@@ -60,7 +61,7 @@ def _differences(model_names: Sequence[str], dataset_names: Sequence[str]) -> st
     pairs = [
         f"class {index}: {a!r} vs {b!r}"
         for index, (a, b) in enumerate(zip(model_names, dataset_names, strict=False))
-        if _folded([a]) != _folded([b])
+        if phrase_key(str(a)) != phrase_key(str(b))
     ]
     if len(model_names) != len(dataset_names):
         pairs.append(f"{len(model_names)} names vs {len(dataset_names)} categories")

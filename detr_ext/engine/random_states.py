@@ -31,6 +31,7 @@ __all__ = [
     "RandomStates",
     "capture_rng_states",
     "restore_rng_states",
+    "restore_or_reseed",
     "resume_seed",
 ]
 
@@ -78,6 +79,25 @@ def resume_seed(seed: int, iteration: int) -> int:
     return (seed * 1_000_003 + iteration) % 2**31
 
 
+def restore_or_reseed(
+    states: dict[str, Any] | None,
+    seed: int,
+    iteration: int,
+    loader_generator: torch.Generator | None = None,
+) -> int | None:
+    """Put the generators back to ``states`` (:func:`capture_rng_states`); without states,
+    seed them (and ``loader_generator``) with :func:`resume_seed` ``(seed, iteration)`` and
+    return that seed, for the caller to say so. Returns None when states were restored."""
+    if states is not None:
+        restore_rng_states(states, loader_generator)
+        return None
+    new_seed = resume_seed(seed, iteration)
+    seed_all_rng(new_seed)
+    if loader_generator is not None:
+        loader_generator.manual_seed(new_seed)
+    return new_seed
+
+
 class RandomStates:
     """Checkpointable ``"random_states"``: the generator states of every process at the last
     :meth:`gather` (the :class:`GatherRandomStatesHook` calls it on all processes just before
@@ -107,10 +127,10 @@ class RandomStates:
         ``(seed + rank, iteration)`` when it has none for this process. Call it just before
         the resumed run's first step."""
         rank = comm.get_rank()
-        if self.loaded and rank < len(self.loaded):
-            restore_rng_states(self.loaded[rank])
+        states = self.loaded[rank] if self.loaded and rank < len(self.loaded) else None
+        seed = restore_or_reseed(states, self.seed + rank, iteration)
+        if seed is None:
             return
-        seed = resume_seed(self.seed + rank, iteration)
         logger.warning(
             "--resume: the checkpoint holds no random-generator states for process %d (%s); "
             "seeding them with %d, from train.seed + rank and iteration %d, so random "
@@ -120,7 +140,6 @@ class RandomStates:
             seed,
             iteration,
         )
-        seed_all_rng(seed)
 
 
 class GatherRandomStatesHook(HookBase):

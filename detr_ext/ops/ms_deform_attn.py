@@ -14,6 +14,7 @@ import os
 import warnings
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from ._extension import _kernel_table, compiled_kernel_available, load_extension
 from .reference import ms_deform_attn_pytorch
@@ -188,8 +189,6 @@ def _check_devices_and_dtypes(value, spatial_shapes, level_start_index, location
 def _without_values(*tensors: torch.Tensor) -> bool:
     """Whether any of ``tensors`` has no data to read: a meta tensor, or a fake one
     (``FakeTensorMode``, shape propagation) outside a torch.compile trace."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
     return any(tensor.is_meta or isinstance(tensor, FakeTensor) for tensor in tensors)
 
 

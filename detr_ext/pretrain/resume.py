@@ -27,9 +27,8 @@ import logging
 from typing import Any
 
 import torch
-from detectron2.utils.env import seed_all_rng
 
-from ..engine.random_states import capture_rng_states, restore_rng_states, resume_seed
+from ..engine.random_states import capture_rng_states, restore_or_reseed
 from ..engine.resume import ResumeError
 from .options import ARCHITECTURE_OPTIONS, TRAINING_OPTIONS, PretrainOptions
 
@@ -115,10 +114,11 @@ class PretrainRunState:
     def restore_rng(self, start_iter: int) -> None:
         """Put the generators where the checkpoint left them, or (a checkpoint without them)
         seed them with ``resume_seed``. Call it just before training."""
-        if self.rng_states is not None:
-            restore_rng_states(self.rng_states, self.loader_generator)
+        seed = restore_or_reseed(
+            self.rng_states, self.options.seed, start_iter, self.loader_generator
+        )
+        if seed is None:
             return
-        seed = resume_seed(self.options.seed, start_iter)
         logger.warning(
             "--resume: the checkpoint holds no random-generator states; seeding them with %d "
             "(from seed=%d and start iteration %d), so the crops differ from an uninterrupted "
@@ -127,9 +127,6 @@ class PretrainRunState:
             self.options.seed,
             start_iter,
         )
-        seed_all_rng(seed)
-        if self.loader_generator is not None:
-            self.loader_generator.manual_seed(seed)
 
 
 def check_resume_end(checkpoint: str, start_iter: int, max_iter: int) -> None:

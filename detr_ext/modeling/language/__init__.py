@@ -11,6 +11,7 @@ from .prompts import (
     category_prompt,
     num_prompt_tokens,
     parse_prompt,
+    phrase_key,
     split_phrases_into_chunks,
 )
 from .text_encoder import TEXT_MODEL_TYPES, TextEncoder, default_text_encoder_path
@@ -26,6 +27,7 @@ __all__ = [
     "default_text_encoder_path",
     "num_prompt_tokens",
     "parse_prompt",
+    "phrase_key",
     "phrase_token_weights",
     "positive_map_from_spans",
     "split_phrases_into_chunks",

@@ -20,6 +20,7 @@ __all__ = [
     "category_prompt",
     "num_prompt_tokens",
     "parse_prompt",
+    "phrase_key",
     "split_phrases_into_chunks",
 ]
 
@@ -33,6 +34,12 @@ def _normalize_phrase(phrase: str) -> str:
     # Runs of whitespace (tabs, doubled spaces, newlines) become one space, so that equal
     # phrases typed differently give the same prompt and the same tokens.
     return " ".join(phrase.split())
+
+
+def phrase_key(phrase: str) -> str:
+    """What identifies a phrase or category name whatever its case and spacing: ``"Red  circle"``
+    and ``"red circle"`` give the same key (an uncased text encoder reads them alike)."""
+    return _normalize_phrase(phrase).casefold()
 
 
 def parse_prompt(prompt: str) -> list[str]:
@@ -127,7 +134,7 @@ def category_prompt(category_names: Sequence[str]) -> tuple[list[str], str]:
         ) from None
     folded: dict[str, list[str]] = {}
     for name in names:
-        folded.setdefault(_normalize_phrase(name).casefold(), []).append(name)
+        folded.setdefault(phrase_key(name), []).append(name)
     same = [spellings for spellings in folded.values() if len(spellings) > 1]
     if same:
         logger.warning(
