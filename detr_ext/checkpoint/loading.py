@@ -18,6 +18,7 @@ from typing import Any
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
+from .norm_counters import DropFrozenNormCountersMixin
 from .reading import NamedReadErrorsMixin, UnreadableCheckpointError
 
 __all__ = [
@@ -57,7 +58,9 @@ def _mismatch_message(
     return "\n".join(lines)
 
 
-class ShapeCheckingCheckpointer(NamedReadErrorsMixin, DetectionCheckpointer):
+class ShapeCheckingCheckpointer(
+    NamedReadErrorsMixin, DropFrozenNormCountersMixin, DetectionCheckpointer
+):
     """A ``DetectionCheckpointer`` whose loading fails on tensors of the wrong shape, on a
     checkpoint that matches none of the model's keys and on one that lacks some of them,
     instead of leaving them random, and on a file it cannot read with an

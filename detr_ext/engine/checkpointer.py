@@ -34,6 +34,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
 from fvcore.common.checkpoint import Checkpointer
 
+from ..checkpoint.norm_counters import DropFrozenNormCountersMixin
 from ..checkpoint.reading import NamedReadErrorsMixin
 from ..utils.file_io import atomic_write
 
@@ -109,13 +110,14 @@ def _is_local_dir(path: str) -> bool:
     return "://" not in path
 
 
-class SafeCheckpointer(NamedReadErrorsMixin, DetectionCheckpointer):
+class SafeCheckpointer(NamedReadErrorsMixin, DropFrozenNormCountersMixin, DetectionCheckpointer):
     """``DetectionCheckpointer`` that refuses non-finite weights and writes files atomically.
 
     Loading (``load``, ``resume_or_load``, detectron2 / pycls / Detectron1 formats) is
     detectron2's, except that a file it cannot read (truncated, corrupt) raises
     :class:`~detr_ext.checkpoint.UnreadableCheckpointError`, which names the file, the other
-    checkpoints next to it and how to resume from one.
+    checkpoints next to it and how to resume from one, and BatchNorm step counters of layers
+    the model keeps frozen are ignored (:mod:`detr_ext.checkpoint.norm_counters`).
 
     Args:
         model, save_dir, save_to_disk, checkpointables: as in ``DetectionCheckpointer``.
