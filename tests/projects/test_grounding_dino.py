@@ -187,6 +187,18 @@ def test_a_prompt_naming_one_class_detects_only_that_class(model, monkeypatch):
     assert sorted(kept.pred_classes.tolist()) == [0, 2]
 
 
+def test_a_prompt_repeating_a_phrase_is_an_error_at_inference(model, monkeypatch):
+    """ "circle . Circle" used to return every circle twice, once per copy."""
+    monkeypatch.setattr(model, "forward_outputs", fake_outputs(model, BOXES))
+    with pytest.raises(ValueError, match=r"repeats phrases \[\['circle', 'Circle'\]\]"):
+        detect(model, "circle . triangle . Circle")
+    phrases, kept = detect(model, "circle . triangle")
+    assert sorted(kept.pred_classes.tolist()) == [0, 1]
+    # Training prompts are the dataset's: not refused here.
+    model.train()
+    assert model.prompts([{"prompt": "circle . circle"}]) == ["circle . circle"]
+
+
 def test_long_prompts_are_chunked_and_merged(model, monkeypatch):
     monkeypatch.setattr(model, "forward_outputs", fake_outputs(model, BOXES))
     prompt = "square . circle . star . moon . sun . triangle . cloud . tree"

@@ -12,6 +12,7 @@ from .prompts import (
     num_prompt_tokens,
     parse_prompt,
     phrase_key,
+    repeated_phrases,
     split_phrases_into_chunks,
 )
 from .text_encoder import TEXT_MODEL_TYPES, TextEncoder, default_text_encoder_path
@@ -30,6 +31,7 @@ __all__ = [
     "phrase_key",
     "phrase_token_weights",
     "positive_map_from_spans",
+    "repeated_phrases",
     "split_phrases_into_chunks",
     "tokenize_prompts",
 ]

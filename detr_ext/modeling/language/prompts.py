@@ -21,6 +21,7 @@ __all__ = [
     "num_prompt_tokens",
     "parse_prompt",
     "phrase_key",
+    "repeated_phrases",
     "split_phrases_into_chunks",
 ]
 
@@ -40,6 +41,15 @@ def phrase_key(phrase: str) -> str:
     """What identifies a phrase or category name whatever its case and spacing: ``"Red  circle"``
     and ``"red circle"`` give the same key (an uncased text encoder reads them alike)."""
     return _normalize_phrase(phrase).casefold()
+
+
+def repeated_phrases(phrases: Sequence[str]) -> list[list[int]]:
+    """Groups of indices of ``phrases`` that are the same phrase whatever their case and
+    spacing (:func:`phrase_key`), in order of first occurrence; empty when all differ."""
+    groups: dict[str, list[int]] = {}
+    for index, phrase in enumerate(phrases):
+        groups.setdefault(phrase_key(phrase), []).append(index)
+    return [indices for indices in groups.values() if len(indices) > 1]
 
 
 def parse_prompt(prompt: str) -> list[str]:
@@ -132,10 +142,7 @@ def category_prompt(category_names: Sequence[str]) -> tuple[list[str], str]:
             "be blank: rename such a category (in the dataset json, which model.category_names "
             "usually follows), e.g. '3.5 mm screw' -> '3,5 mm screw'"
         ) from None
-    folded: dict[str, list[str]] = {}
-    for name in names:
-        folded.setdefault(phrase_key(name), []).append(name)
-    same = [spellings for spellings in folded.values() if len(spellings) > 1]
+    same = [[names[index] for index in group] for group in repeated_phrases(names)]
     if same:
         logger.warning(
             "model.category_names %s differ only in case or spacing; an uncased text encoder "

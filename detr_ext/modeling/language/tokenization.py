@@ -64,7 +64,8 @@ def tokenize_prompts(tokenizer: Any, prompts: Sequence[str], max_text_len: int) 
 
     Raises:
         TypeError: ``prompts`` is a single ``str`` or the tokenizer is not a fast one.
-        ValueError: no prompt, or a prompt without a phrase.
+        ValueError: no prompt, a prompt without a phrase, or a phrase the tokenizer gives no
+            token (only characters it drops, such as zero-width or control characters).
     """
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise TypeError(
@@ -96,8 +97,17 @@ def tokenize_prompts(tokenizer: Any, prompts: Sequence[str], max_text_len: int) 
         for b, (_, spans) in enumerate(texts_and_spans)
     ]
     truncated = [
-        torch.nonzero(positive_map.sum(dim=1) == 0).flatten().tolist()
-        for positive_map in positive_maps
+        _phrases_without_tokens(
+            prompt_index,
+            phrases[prompt_index],
+            spans,
+            positive_map,
+            encoding["offset_mapping"][prompt_index],
+            encoding["special_tokens_mask"][prompt_index].bool(),
+        )
+        for prompt_index, (positive_map, (_, spans)) in enumerate(
+            zip(positive_maps, texts_and_spans, strict=True)
+        )
     ]
     return TokenizedPrompts(
         input_ids=encoding["input_ids"].long(),
@@ -106,3 +116,28 @@ def tokenize_prompts(tokenizer: Any, prompts: Sequence[str], max_text_len: int) 
         phrases=phrases,
         truncated_phrases=truncated,
     )
+
+
+def _phrases_without_tokens(
+    prompt_index: int,
+    phrases: Sequence[str],
+    spans: Sequence[tuple[int, int]],
+    positive_map: Tensor,
+    offsets: Tensor,
+    special: Tensor,
+) -> list[int]:
+    """Indices of the phrases cut off by truncation (no token left). A phrase without a token
+    although a later token was kept is not truncated: the tokenizer dropped all its characters,
+    which is an error (its scores would silently stay 0)."""
+    text_tokens = offsets[~special]
+    last_end = int(text_tokens[:, 1].max()) if len(text_tokens) else 0
+    cut = []
+    for index in torch.nonzero(positive_map.sum(dim=1) == 0).flatten().tolist():
+        if spans[index][1] <= last_end:
+            raise ValueError(
+                f"tokenize_prompts: phrase {index} ({phrases[index]!r}) of prompt {prompt_index} "
+                "gives the tokenizer no token (it drops all its characters, e.g. zero-width or "
+                "control characters); expected phrases with letters, digits or symbols"
+            )
+        cut.append(index)
+    return cut

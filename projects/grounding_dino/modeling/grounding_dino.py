@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.structures import ImageList, Instances
+from detectron2.structures import ImageList
 from torch import Tensor, nn
 
 from detr_ext.layers import (
@@ -44,19 +44,20 @@ from detr_ext.modeling import DeformableDetectorBase
 from detr_ext.modeling.language import (
     TextEncoder,
     TokenizedPrompts,
-    build_prompt,
     category_prompt,
     num_prompt_tokens,
     parse_prompt,
     phrase_token_weights,
-    split_phrases_into_chunks,
+    repeated_phrases,
 )
+
+from .grounded_inference import GroundedInference
 
 __all__ = ["GroundingDINO"]
 
 
 @META_ARCH_REGISTRY.register()
-class GroundingDINO(DeformableDetectorBase):
+class GroundingDINO(GroundedInference, DeformableDetectorBase):
     """DINO whose classes are the phrases of a text prompt.
 
     Takes the arguments of :class:`~detr_ext.modeling.DeformableDetectorBase` except
@@ -157,17 +158,30 @@ class GroundingDINO(DeformableDetectorBase):
     def prompts(self, batched_inputs: Sequence[Mapping[str, Any]]) -> list[str]:
         """Each image's ``"prompt"``, or the default prompt of the category names when it has
         none (no key, or None). A given prompt without phrases (``""``, ``" . "``) is an error
-        when it is parsed, not the default: that would detect every category unasked."""
+        when it is parsed, not the default: that would detect every category unasked. At
+        inference a given prompt that repeats a phrase (whatever its case and spacing) is an
+        error: every box would be returned once per copy."""
         prompts = []
         for index, item in enumerate(batched_inputs):
             prompt = item.get("prompt")
             if prompt is None:
                 prompt = self.default_prompt
-            if not isinstance(prompt, str):
+            elif not isinstance(prompt, str):
                 raise ValueError(
                     f"GroundingDINO: batched_inputs[{index}]['prompt'] must be a str such as "
                     f"'red circle . triangle .', got {type(prompt).__name__}"
                 )
+            elif not self.training:
+                phrases = parse_prompt(prompt)
+                repeated = repeated_phrases(phrases)
+                if repeated:
+                    copies = [[phrases[i] for i in group] for group in repeated]
+                    raise ValueError(
+                        f"GroundingDINO: the prompt of batched_inputs[{index}] ({prompt!r}) "
+                        f"repeats phrases {copies} (phrase indices {repeated}); the text "
+                        "encoder reads the copies alike, so every box would be returned once "
+                        "per copy. Expected each phrase once"
+                    )
             prompts.append(prompt)
         return prompts
 
@@ -334,75 +348,4 @@ class GroundingDINO(DeformableDetectorBase):
             dn_number=self.dn_number,
             label_noise_ratio=self.label_noise_ratio,
             box_noise_scale=self.box_noise_scale,
-        )
-
-    # ------------------------------------------------------------------ inference
-
-    def grounded_inference(
-        self, images: ImageList, padding_mask: Tensor, prompts: Sequence[str]
-    ) -> tuple[list[Instances], list[list[str]]]:
-        """Detections per image in the input frame, and each image's phrases.
-
-        Prompts that fit the text encoder run as one batch; otherwise each image runs once per
-        chunk of phrases (:func:`~detr_ext.modeling.language.split_phrases_into_chunks`) and the
-        best (query, phrase) pairs over all chunks are kept.
-        """
-        phrases = [parse_prompt(prompt) for prompt in prompts]
-        tokenizer, limit = self.bert.tokenizer, self.bert.max_text_len
-        chunks = [split_phrases_into_chunks(p, tokenizer, limit) for p in phrases]
-        if all(len(image_chunks) == 1 for image_chunks in chunks):
-            scores, boxes = self.phrase_scores(images, padding_mask, list(prompts))
-            results = [
-                self.top_detections(s, b, size)
-                for s, b, size in zip(scores, boxes, images.image_sizes, strict=True)
-            ]
-            return results, phrases
-        results = []
-        for index, image_chunks in enumerate(chunks):
-            image = ImageList(images.tensor[index : index + 1], [images.image_sizes[index]])
-            chunk_scores, chunk_boxes = [], []
-            for chunk in image_chunks:
-                prompt, _ = build_prompt([phrases[index][i] for i in chunk])
-                scores, boxes = self.phrase_scores(image, padding_mask[index : index + 1], [prompt])
-                # Columns of this chunk -> the image's phrase indices.
-                full = scores.new_zeros(scores.shape[1], len(phrases[index]))
-                full[:, chunk] = scores[0]
-                chunk_scores.append(full)
-                chunk_boxes.append(boxes[0])
-            results.append(
-                self.top_detections(
-                    torch.cat(chunk_scores), torch.cat(chunk_boxes), images.image_sizes[index]
-                )
-            )
-        return results, phrases
-
-    def phrase_scores(
-        self, images: ImageList, padding_mask: Tensor, prompts: list[str]
-    ) -> tuple[Tensor, Tensor]:
-        """Phrase probabilities ``[B, Q, K]`` (K = most phrases in the batch; absent ones 0) and
-        boxes ``[B, Q, 4]`` (normalized ``cxcywh``) of the last decoder layer."""
-        tokenized = self.bert.tokenize(prompts)
-        outputs = self.forward_outputs(images, padding_mask, None, tokenized)
-        token_prob = outputs["pred_logits"].sigmoid()  # [B, Q, T]
-        num_phrases = max(maps.shape[0] for maps in tokenized.positive_maps)
-        scores = token_prob.new_zeros(*token_prob.shape[:2], num_phrases)
-        for index, maps in enumerate(tokenized.positive_maps):
-            weights = phrase_token_weights(maps.to(token_prob))  # [K_i, T]
-            scores[index, :, : maps.shape[0]] = token_prob[index] @ weights.T
-        return scores, outputs["pred_boxes"]
-
-    def top_detections(
-        self, scores: Tensor, boxes: Tensor, image_size: tuple[int, int]
-    ) -> Instances:
-        """The ``select_box_nums_for_evaluation`` best (query, phrase) pairs of one image.
-
-        Args:
-            scores: ``[Q, K]`` phrase probabilities; boxes: ``[Q, 4]`` normalized ``cxcywh``.
-        """
-        num_phrases = scores.shape[1]
-        k = min(self.select_box_nums_for_evaluation, scores.numel())
-        top_scores, pair_index = torch.topk(scores.flatten(), k)
-        query_index = torch.div(pair_index, num_phrases, rounding_mode="floor")
-        return self._make_instances(
-            top_scores, pair_index % num_phrases, boxes[query_index], image_size
         )

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from detr_ext.modeling.language import build_prompt, parse_prompt, split_phrases_into_chunks
+from detr_ext.modeling.language import (
+    build_prompt,
+    parse_prompt,
+    repeated_phrases,
+    split_phrases_into_chunks,
+)
 
 
 @pytest.mark.parametrize(
@@ -31,6 +36,13 @@ def test_parse_prompt_without_phrase_raises(prompt):
 def test_parse_prompt_rejects_non_string():
     with pytest.raises(TypeError, match="str"):
         parse_prompt(["red circle"])
+
+
+def test_repeated_phrases_groups_copies_whatever_case_and_spacing():
+    phrases = ["Circle", "square", "red  circle", "circle", "Red circle", "SQUARE", "star"]
+    assert repeated_phrases(phrases) == [[0, 3], [1, 5], [2, 4]]
+    assert repeated_phrases(["circle", "square"]) == []
+    assert repeated_phrases([]) == []
 
 
 def test_build_prompt_spans():

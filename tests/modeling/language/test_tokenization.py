@@ -107,6 +107,19 @@ def test_truncation_keeps_in_range_tokens_and_lists_cut_phrases(minilm_tokenizer
     assert cut.phrases == full.phrases
 
 
+@pytest.mark.parametrize("dropped", ["\u200b", "\x07", "\u200b\u200d"])
+def test_phrase_without_tokens_is_an_error_not_truncation(minilm_tokenizer, dropped):
+    """A phrase the tokenizer drops entirely (zero-width or control characters only) used to be
+    listed as "truncated" (all-zero row, its scores silently 0). Truncation is still reported as
+    such when the phrase lies after the last kept token."""
+    for prompt, index in ((f"circle . {dropped} . square", 1), (f"circle . {dropped}", 1)):
+        with pytest.raises(ValueError, match=rf"phrase {index} .* of prompt 1 gives .* no token"):
+            tokenize_prompts(minilm_tokenizer, ["a .", prompt], 256)
+    # Cut off by truncation (only [CLS] circle . square [SEP] kept): listed, not an error.
+    cut = tokenize_prompts(minilm_tokenizer, [f"circle . square . {dropped} . red"], 5)
+    assert cut.truncated_phrases == [[2, 3]]
+
+
 def test_batch_padding_mask_and_specials(minilm_tokenizer):
     prompts = ["red circle .", "zxqvy circle . blue square . triangle", "a ."]
     tokenized = tokenize_prompts(minilm_tokenizer, prompts, 256)
