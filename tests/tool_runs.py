@@ -35,6 +35,20 @@ dataloader.test.num_workers = 0
 train.max_iter = 2
 """
 
+# The shapes configs of two projects, for tests that need a real detector config.
+SHAPES_CONFIGS = {
+    "detr": REPO_ROOT / "projects" / "detr" / "configs" / "detr_shapes.py",
+    "dino": REPO_ROOT / "projects" / "dino" / "configs" / "dino_shapes.py",
+}
+
+
+def tiny_shapes_config(project: str, work_dir: Path) -> Path:
+    """``work_dir/<project>_shapes_tiny.py``: ``SHAPES_CONFIGS[project]`` shrunk by
+    :data:`TINY_SHAPES_CONFIG`."""
+    config = work_dir / f"{project}_shapes_tiny.py"
+    config.write_text(TINY_SHAPES_CONFIG.format(base=str(SHAPES_CONFIGS[project])))
+    return config
+
 
 def run_tool(
     tool: str, args: list[str], *, cwd: Path, datasets: Path

@@ -1,5 +1,6 @@
-"""tools/train_net.py end to end on CPU: train, resume, evaluate (in subprocesses); where the
-evaluation files go, and --eval-only's refusal of missing or unfitting weights."""
+"""tools/train_net.py end to end on CPU: train, resume (hyperparameters, data stream), gradient
+accumulation across processes, ports, help, registration warnings (in subprocesses). Its
+evaluation: test_train_net_eval.py."""
 
 import json
 import os
@@ -9,12 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
-from detr_ext.checkpoint import CheckpointMismatchError
 from detr_ext.config import get_config
-from detr_ext.engine import ModelEMA, load_eval_checkpoint
-from tests.tool_runs import TINY_SHAPES_CONFIG, load_script, run_tool
+from tests.tool_runs import load_script, run_tool, tiny_shapes_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HELPERS_DIR = Path(__file__).resolve().parent
@@ -219,59 +218,6 @@ def test_resumed_run_continues_the_data_stream(trained_run, tmp_path, processes)
             torch.testing.assert_close(got_state[index][name], value, rtol=0, atol=0)
 
 
-# ---------------------------------------------------------------- shapes configs: evaluation
-
-SHAPES_CONFIGS = {
-    "detr": REPO_ROOT / "projects" / "detr" / "configs" / "detr_shapes.py",
-    "dino": REPO_ROOT / "projects" / "dino" / "configs" / "dino_shapes.py",
-}
-
-
-def load_train_net():
-    """``tools/train_net.py`` as a module."""
-    return load_script("tools/train_net.py")
-
-
-def save_random_weights(project: str, path: Path, **overrides) -> dict:
-    cfg = LazyConfig.load(str(SHAPES_CONFIGS[project]))
-    cfg.model.update(overrides)
-    state = instantiate(cfg.model).state_dict()
-    torch.save({"model": state}, path)
-    return state
-
-
-def tiny_shapes_config(project: str, work_dir: Path) -> Path:
-    config = work_dir / f"{project}_shapes_tiny.py"
-    config.write_text(TINY_SHAPES_CONFIG.format(base=str(SHAPES_CONFIGS[project])))
-    return config
-
-
-@pytest.mark.parametrize("project", ["detr", "dino"])
-def test_eval_only_writes_results_under_train_output_dir(project, tmp_path):
-    """The evaluator's files follow train.output_dir, whatever the config's evaluator says
-    (dino_shapes copies its default ./output/dino_shapes in; detr_shapes sets none)."""
-    weights = tmp_path / "random.pth"
-    save_random_weights(project, weights)
-    config = tiny_shapes_config(project, tmp_path)
-    output_dir = tmp_path / "runs" / "first"
-    result = run_tool(
-        "train_net.py",
-        [
-            "--config-file", str(config), "--eval-only",
-            f"train.init_checkpoint={weights}", f"train.output_dir={output_dir}",
-        ],
-        cwd=tmp_path,
-        datasets=tmp_path / "datasets",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr[-6000:]
-    results_file = output_dir / "inference" / "coco_instances_results.json"
-    assert results_file.is_file(), sorted(str(p) for p in tmp_path.rglob("*.json"))
-    detections = json.loads(results_file.read_text())
-    assert detections and {"image_id", "category_id", "bbox", "score"} <= set(detections[0])
-    # Nothing went to the config's own default folder (./output/<project>_shapes).
-    assert not (tmp_path / "output").exists()
-
-
 def test_gradient_accumulation_on_two_processes_equals_one_large_batch(trained_run, tmp_path):
     """2 gloo processes x 2 images x 2 accumulated batches per step train like 1 process with
     batches of 8: the same 8 images per step (the data stream counts the accumulated
@@ -298,133 +244,10 @@ def test_gradient_accumulation_on_two_processes_equals_one_large_batch(trained_r
             torch.testing.assert_close(got[part][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_evaluation_with_two_processes_equals_one_process(tmp_path):
-    """--eval-only on 2 gloo processes: the 3 val images split 2 + 1 between the ranks, and
-    the main process must evaluate the detections of all of them, once each (the ranks'
-    predictions gathered, none duplicated), to the same AP as 1 process."""
-    weights = tmp_path / "random.pth"
-    save_random_weights("dino", weights)
-    config = tiny_shapes_config("dino", tmp_path)
-    outputs = {}
-    for processes in (1, 2):
-        output_dir = tmp_path / f"eval_{processes}"
-        result = run_tool(
-            "train_net.py",
-            [
-                "--config-file", str(config), "--eval-only", "--num-gpus", str(processes),
-                f"train.init_checkpoint={weights}", f"train.output_dir={output_dir}",
-            ],
-            cwd=tmp_path,
-            datasets=tmp_path / "datasets",
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout + result.stderr[-6000:]
-        detections = json.loads(
-            (output_dir / "inference" / "coco_instances_results.json").read_text()
-        )
-        lines = [
-            line.split("copypaste: ")[1]
-            for line in result.stdout.splitlines()
-            if "copypaste: " in line
-        ]
-        outputs[processes] = (detections, lines)
-    (single, single_lines), (double, double_lines) = outputs[1], outputs[2]
-    assert {d["image_id"] for d in single} == {d["image_id"] for d in double} and len(
-        {d["image_id"] for d in single}
-    ) == 3
-    assert len(single) == len(double)
-    key = lambda d: (d["image_id"], d["category_id"], -d["score"], d["bbox"])  # noqa: E731
-    for one, two in zip(sorted(single, key=key), sorted(double, key=key), strict=True):
-        assert (one["image_id"], one["category_id"]) == (two["image_id"], two["category_id"])
-        assert one["score"] == pytest.approx(two["score"], abs=1e-5)
-        assert one["bbox"] == pytest.approx(two["bbox"], abs=1e-3)
-    assert len(single_lines) == 3 and single_lines == double_lines  # the AP table's numbers
-
-
-def test_eval_only_without_weights_is_refused(tmp_path):
-    config = tiny_shapes_config("detr", tmp_path)
-    output_dir = tmp_path / "run"
-    result = run_tool(
-        "train_net.py",
-        ["--config-file", str(config), "--eval-only", f"train.output_dir={output_dir}"],
-        cwd=tmp_path,
-        datasets=tmp_path / "datasets",
-    )
-    assert result.returncode != 0
-    assert "train.init_checkpoint is empty" in result.stderr
-    assert "--allow-random-weights" in result.stderr
-    assert not (output_dir / "inference").exists()  # nothing was evaluated
-
-    # The opt-in is a documented flag.
-    parser = load_train_net().build_parser()
-    assert "--allow-random-weights" in parser.format_help()
-    assert parser.parse_args(["--eval-only", "--allow-random-weights"]).allow_random_weights
-
-
-def test_load_eval_checkpoint_errors(tmp_path):
-    cfg = LazyConfig.load(str(SHAPES_CONFIGS["detr"]))
-    model = instantiate(cfg.model)
-    cfg.train.init_checkpoint = ""
-    with pytest.raises(ValueError, match="train.init_checkpoint is empty"):
-        load_eval_checkpoint(cfg, model)
-    assert load_eval_checkpoint(cfg, model, allow_random_weights=True) is None
-
-    cfg.train.init_checkpoint = str(tmp_path / "missing.pth")
-    with pytest.raises(FileNotFoundError, match="train.init_checkpoint: .* missing path"):
-        load_eval_checkpoint(cfg, model)
-
-    # A class head trained for 5 classes does not fit the config's 3: an error, not a
-    # warning and a randomly initialised head.
-    other = save_random_weights("detr", tmp_path / "five_classes.pth", num_classes=5)
-    cfg.train.init_checkpoint = str(tmp_path / "five_classes.pth")
-    ours = list(model.state_dict()["class_embed.weight"].shape)
-    theirs = list(other["class_embed.weight"].shape)
-    with pytest.raises(CheckpointMismatchError) as info:
-        load_eval_checkpoint(cfg, model)
-    message = str(info.value)
-    assert f"class_embed.weight: {theirs} vs {ours}" in message
-    assert "model.num_classes" in message and "num_classes=3" in message
-
-
-def test_load_eval_checkpoint_with_ema_weights_only(tmp_path):
-    """train.ema.use_ema_weights_for_eval_only evaluates the EMA weights alone; without EMA
-    weights to evaluate (EMA disabled, or a checkpoint without them) it evaluated the model
-    weights as if they were the EMA's, saying nothing."""
-    cfg = LazyConfig.load(str(SHAPES_CONFIGS["detr"]))
-    model = instantiate(cfg.model)
-    state = model.state_dict()
-    torch.save({"model": state}, tmp_path / "plain.pth")
-    torch.save({"model": state, "ema": ModelEMA(model).state_dict()}, tmp_path / "ema.pth")
-    cfg.train.ema.use_ema_weights_for_eval_only = True
-    cfg.train.ema.enabled = False
-    cfg.train.init_checkpoint = str(tmp_path / "ema.pth")
-    with pytest.raises(ValueError, match="needs train.ema.enabled=True too"):
-        load_eval_checkpoint(cfg, model)
-    cfg.train.ema.enabled = True
-    assert isinstance(load_eval_checkpoint(cfg, model), ModelEMA)
-    cfg.train.init_checkpoint = str(tmp_path / "plain.pth")
-    with pytest.raises(ValueError, match=r"plain\.pth' has no 'ema' state \(it has \[\]\)"):
-        load_eval_checkpoint(cfg, model)
-    cfg.train.ema.use_ema_weights_for_eval_only = False  # then the model weights, with a warning
-    assert load_eval_checkpoint(cfg, model) is None
-
-
-def test_eval_only_resume_needs_a_run_with_a_checkpoint(tmp_path):
-    cfg = LazyConfig.load(str(SHAPES_CONFIGS["detr"]))
-    model = instantiate(cfg.model)
-    cfg.train.output_dir = str(tmp_path)
-    with pytest.raises(FileNotFoundError, match="has no 'last_checkpoint' file"):
-        load_eval_checkpoint(cfg, model, resume=True)
-    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
-    with pytest.raises(FileNotFoundError, match="names 'model_0000009.pth', which does not"):
-        load_eval_checkpoint(cfg, model, resume=True)
-    torch.save({"model": model.state_dict()}, tmp_path / "model_0000009.pth")
-    assert load_eval_checkpoint(cfg, model, resume=True) is None  # loaded; no EMA configured
-
-
 def test_one_machine_runs_take_a_free_port_unless_told_otherwise():
     """detectron2's default --dist-url is one port per user: a second multi-process run of the
     same user on the machine (another experiment; tests next to a training) failed on it."""
-    train_net = load_train_net()
+    train_net = load_script("tools/train_net.py")
     parser = train_net.build_parser()
     args = parser.parse_args(["--num-gpus", "2"])
     assert train_net.dist_url_for(args, parser) == "auto"
@@ -437,7 +260,7 @@ def test_one_machine_runs_take_a_free_port_unless_told_otherwise():
 def test_help_shows_this_projects_usage():
     """The examples were detectron2's yacs ones (`MODEL.WEIGHTS /path SOLVER.BASE_LR 0.001`),
     which fail with a hydra parse error here, and --resume pointed to DefaultTrainer."""
-    text = " ".join(load_train_net().build_parser().format_help().split())
+    text = " ".join(load_script("tools/train_net.py").build_parser().format_help().split())
     assert "MODEL.WEIGHTS" not in text and "SOLVER.BASE_LR" not in text
     assert "optimizer.lr=5e-5 train.max_iter=20000" in text
     assert "training data stream" in text and "with --eval-only, evaluate that checkpoint" in text
