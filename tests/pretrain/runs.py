@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..tool_runs import REPO_ROOT
+from ..tool_runs import SHAPES_CONFIGS
 
-DINO_CONFIG = REPO_ROOT / "projects/dino/configs/dino_shapes.py"
+DINO_CONFIG = SHAPES_CONFIGS["dino"]
 TINY_OPTIONS = [
     "global_size=48", "local_size=24", "num_local=2", "out_dim=32", "hidden_dim=32",
     "bottleneck_dim=16", "freeze_last_layer_iters=1", "log_period=1", "checkpoint_period=2",

@@ -27,22 +27,14 @@ from detr_ext.pretrain.knn import knn_accuracy, probe_split
 from detr_ext.pretrain.options import PretrainOptions
 from detr_ext.pretrain.trainer import DINOPretrainer, build_pretrain_model, param_groups
 
-from ..tool_runs import REPO_ROOT, TINY_SHAPES_CONFIG, run_tool
+from ..tool_runs import run_tool, tiny_shapes_config
 
-DINO_CONFIG = REPO_ROOT / "projects/dino/configs/dino_shapes.py"
-DETR_CONFIG = REPO_ROOT / "projects/detr/configs/detr_shapes.py"
 # Tiny crops and head: the run is about the machinery, not the features.
 TINY_OPTIONS = [
     "global_size=64", "local_size=32", "num_local=2", "out_dim=64", "hidden_dim=32",
     "bottleneck_dim=16", "probe_crop_size=32", "freeze_last_layer_iters=1", "log_period=1",
     "checkpoint_period=2",
 ]  # fmt: skip
-
-
-def _tiny_config(tmp_path, base):
-    path = tmp_path / f"tiny_{base.stem}.py"
-    path.write_text(TINY_SHAPES_CONFIG.format(base=str(base)))
-    return path
 
 
 def _pretrain(tmp_path, config, output, *extra):
@@ -70,7 +62,7 @@ def _assert_backbone_loads(config, backbone_file, expected_state):
 
 
 def test_pretrain_resume_and_load_into_dino_and_detr(tmp_path):
-    tiny_dino = _tiny_config(tmp_path, DINO_CONFIG)
+    tiny_dino = tiny_shapes_config("dino", tmp_path)
     output = tmp_path / "pretrain_dino"
     first = _pretrain(tmp_path, tiny_dino, output, "--max-iter", "2", "--probe-period", "2")
     assert "eta" in (first.stdout + first.stderr).lower()
@@ -110,7 +102,7 @@ def test_pretrain_resume_and_load_into_dino_and_detr(tmp_path):
     )
     _assert_backbone_loads(tiny_dino, output / "backbone.pth", teacher)
 
-    tiny_detr = _tiny_config(tmp_path, DETR_CONFIG)
+    tiny_detr = tiny_shapes_config("detr", tmp_path)
     output = tmp_path / "pretrain_detr"
     _pretrain(tmp_path, tiny_detr, output, "--max-iter", "1", "--probe-dataset", "")
     assert not (output / "probe.json").exists()
