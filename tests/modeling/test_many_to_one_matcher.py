@@ -48,8 +48,12 @@ def brute_force_min_cost(cost, match_number):
     )
 
 
-def make_matcher():
-    return ManyToOneMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0)
+def make_matcher(max_positive_fraction=1.0):
+    """Assignment tests use few queries: by default k is lowered only where the queries do not
+    suffice (``test_too_few_queries_lowers_k`` covers detrex's default of half)."""
+    return ManyToOneMatcher(
+        cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, max_positive_fraction=max_positive_fraction
+    )
 
 
 def test_mixed_matcher_is_the_same_class():
@@ -105,20 +109,44 @@ def test_empty_targets():
 
 
 def test_too_few_queries_lowers_k():
-    """k * n > Q: k drops to Q // n for every target of that image (at least 1)."""
+    """k * n > Q / 2: k drops to Q // (2 n) for every target of that image (at least 1), so
+    that at least half of the queries stay negative when k allows (detrex's MixedMatcher)."""
     assert effective_match_number(2, 5, 3) == 1
-    assert effective_match_number(3, 7, 3) == 2
+    assert effective_match_number(3, 7, 3) == 1
+    assert effective_match_number(3, 12, 3) == 2
+    assert effective_match_number(3, 18, 3) == 3
+    assert effective_match_number(2, 900, 225) == 2
+    assert effective_match_number(2, 900, 226) == 1
     assert effective_match_number(2, 900, 100) == 2
     assert effective_match_number(2, 4, 0) == 2
-    matcher = make_matcher()
-    outputs, targets = random_case((3, 2, 6), num_queries=5, seed=1)
+    # max_positive_fraction=1: lowered only where the queries do not suffice.
+    assert effective_match_number(3, 7, 3, 1.0) == 2
+    assert effective_match_number(2, 5, 2, 1.0) == 2
+    assert effective_match_number(2, 5, 3, 1.0) == 1
+    matcher = ManyToOneMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0)
+    assert matcher.max_positive_fraction == 0.5
+    outputs, targets = random_case((3, 2, 6, 1), num_queries=10, seed=1)
     indices = matcher(outputs, targets, match_number=3)
-    # Image 0: k = 5 // 3 = 1; image 1: k = 5 // 2 = 2; image 2 (n > Q): one-to-one, Q pairs.
+    # Image 0: k = 10 // 6 = 1; image 1: k = 10 // 4 = 2; image 2 (n > Q / 2): one-to-one;
+    # image 3: k = 3. Unlike detrex, image 0's crowd does not lower k for the later images.
     assert Counter(indices[0][1].tolist()) == {0: 1, 1: 1, 2: 1}
     assert Counter(indices[1][1].tolist()) == {0: 2, 1: 2}
-    assert len(indices[2][0]) == 5 and len(set(indices[2][1].tolist())) == 5
+    assert Counter(indices[2][1].tolist()) == {i: 1 for i in range(6)}
+    assert Counter(indices[3][1].tolist()) == {0: 3}
+    # max_positive_fraction=1 on the same case: image 0 gets k = 10 // 3 = 3.
+    indices = make_matcher(1.0)(outputs, targets, match_number=3)
+    assert Counter(indices[0][1].tolist()) == {0: 3, 1: 3, 2: 3}
+    outputs, targets = random_case((12,), num_queries=10, seed=2)  # n > Q: Q pairs
+    ((query_index, target_index),) = matcher(outputs, targets, match_number=2)
+    assert len(query_index) == 10 and len(set(target_index.tolist())) == 10
     for query_index, _ in indices:
         assert len(set(query_index.tolist())) == len(query_index)
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.5, 1.5, "0.5", True, None])
+def test_invalid_max_positive_fraction(bad):
+    with pytest.raises(ValueError, match="max_positive_fraction"):
+        ManyToOneMatcher(cost_class=2.0, max_positive_fraction=bad)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])
@@ -150,7 +178,9 @@ def test_half_precision_logits_match_like_float32(cost_class_type, dtype):
         {"labels": torch.tensor([0, 2, 1]), "boxes": torch.rand(3, 4, generator=generator) * 0.5},
         {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.4, 0.4, 0.2, 0.3]])},
     ]
-    matcher = ManyToOneMatcher(2.0, 5.0, 2.0, cost_class_type=cost_class_type)
+    matcher = ManyToOneMatcher(
+        2.0, 5.0, 2.0, cost_class_type=cost_class_type, max_positive_fraction=1.0
+    )
     indices = matcher(reduced, targets, match_number=2)
     for (query, target), (query_32, target_32), n in zip(
         indices, matcher(full, targets, match_number=2), (3, 1), strict=True

@@ -9,16 +9,23 @@ minimum-cost bipartite matching: the ``[Q, n]`` cost matrix of
 ``scipy.optimize.linear_sum_assignment``. So each target gets exactly ``k`` predictions, no
 prediction is used twice, and the total cost of the ``k * n`` pairs is the smallest possible.
 
-When there are too few queries (``k * n > Q``), ``k`` is lowered for that image to
-``max(1, Q // n)``: every target still gets the same number of predictions, and with
-``n > Q`` this is the ordinary one-to-one matching (``Q`` targets matched once). Solving the
-oversized ``[Q, k * n]`` problem as it is would instead leave the assignment free to give all
-``Q`` queries to some targets and none to others.
+At most half of an image's queries are matched when that allows ``k``: when
+``k * n > Q / 2``, ``k`` is lowered for that image to ``max(1, floor(Q / 2 / n))``, as
+detrex / Align-DETR's ``MixedMatcher`` does (``min(int(Q * 0.5 / n), k)``), so that many
+negatives remain (``max_positive_fraction``, default 0.5, sets the half). Every target still
+gets the same number of predictions; with ``n > Q / 2`` this is the ordinary one-to-one
+matching (``min(n, Q)`` pairs). Two differences from that code, both deliberate: the lowering
+is per image (detrex overwrites ``k`` for the rest of the batch, so one crowded image lowers it
+for every later image), and ``k`` never drops to 0 (detrex then matches nothing for the image).
+Solving an oversized ``[Q, k * n]`` problem as it is would instead leave the assignment free to
+give all ``Q`` queries to some targets and none to others.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,12 +35,16 @@ from .hungarian_matcher import HungarianMatcher
 __all__ = ["ManyToOneMatcher", "MixedMatcher", "effective_match_number"]
 
 
-def effective_match_number(match_number: int, num_queries: int, num_targets: int) -> int:
+def effective_match_number(
+    match_number: int, num_queries: int, num_targets: int, max_positive_fraction: float = 0.5
+) -> int:
     """The number of predictions each target gets: ``match_number``, lowered to
-    ``max(1, num_queries // num_targets)`` when the queries do not suffice."""
+    ``max(1, floor(num_queries * max_positive_fraction / num_targets))`` when it would match
+    more than that fraction of the queries (see the module docstring)."""
     if num_targets == 0:
         return match_number
-    return max(1, min(match_number, num_queries // num_targets))
+    allowed = math.floor(num_queries * max_positive_fraction / num_targets)
+    return max(1, min(match_number, allowed))
 
 
 def _check_match_number(match_number: object, where: str) -> int:
@@ -46,19 +57,36 @@ class ManyToOneMatcher(HungarianMatcher):
     """Match each target to ``match_number`` predictions at the smallest total cost.
 
     Takes the arguments of :class:`~detr_ext.modeling.matchers.HungarianMatcher` (the cost is
-    the same). ``match_number=1`` gives exactly the one-to-one Hungarian assignment.
+    the same) and ``max_positive_fraction`` (in ``(0, 1]``, default 0.5 as detrex): ``k`` is
+    lowered for an image where ``k * n_i`` would exceed this fraction of the ``Q`` queries
+    (1.0: only where the queries do not suffice). ``match_number=1`` gives exactly the
+    one-to-one Hungarian assignment.
 
     Inputs of :meth:`forward`:
         outputs: ``{"pred_logits": [B, Q, K], "pred_boxes": [B, Q, 4]}`` (normalized ``cxcywh``).
         targets: ``B`` dicts with ``"labels"``: int64 ``[n_i]`` and ``"boxes"``: ``[n_i, 4]``.
         match_number: ``k``, predictions per target (lowered per image to
-            :func:`effective_match_number` when ``k * n_i > Q``).
+            :func:`effective_match_number` when ``k * n_i > max_positive_fraction * Q``).
 
     Returns:
         ``B`` pairs ``(query_index, target_index)`` of int64 CPU tensors of length ``k * n_i``
         (``k`` as lowered), ordered by increasing ``query_index``; every target index appears
         ``k`` times and every query index at most once.
     """
+
+    def __init__(self, *args: Any, max_positive_fraction: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        fraction = max_positive_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise ValueError(
+                f"{type(self).__name__}: expected max_positive_fraction as a number in (0, 1], "
+                f"got {type(fraction).__name__} {fraction!r}"
+            )
+        if not 0 < fraction <= 1:
+            raise ValueError(
+                f"{type(self).__name__}: expected max_positive_fraction in (0, 1], got {fraction}"
+            )
+        self.max_positive_fraction = float(fraction)
 
     def assign(self, cost: Tensor, match_number: int = 1) -> tuple[Tensor, Tensor]:
         """Solve one image's many-to-one assignment.
@@ -73,7 +101,9 @@ class ManyToOneMatcher(HungarianMatcher):
         """
         match_number = _check_match_number(match_number, type(self).__name__)
         num_queries, num_targets = cost.shape
-        match_number = effective_match_number(match_number, num_queries, num_targets)
+        match_number = effective_match_number(
+            match_number, num_queries, num_targets, self.max_positive_fraction
+        )
         if match_number == 1 or num_targets == 0:
             return super().assign(cost)
         # Column c of the repeated matrix is a copy of target c % n.
