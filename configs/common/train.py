@@ -44,9 +44,14 @@ train = dict(
     # EMA of the weights; evaluation then reports both the raw and the EMA weights (the latter
     # under the "ema" key). With use_ema_weights_for_eval_only, --eval-only evaluates the EMA
     # weights alone (enabled=True and a checkpoint with EMA weights needed, else an error).
+    # The decay of update t ramps up as decay * (1 - exp(-t / warmup)) (YOLOX; warmup=0: the
+    # decay from the first update, as detrex's 0.999). device: where the EMA copy lives
+    # (None: with the model; "cpu" saves accelerator memory).
     ema=dict(
         enabled=False,
         decay=0.9998,
+        warmup=2000,
+        device=None,
         use_ema_weights_for_eval_only=False,
     ),
     # < 0: a new seed per run, drawn at setup and written to config.yaml and the log (pass it

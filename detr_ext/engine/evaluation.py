@@ -41,7 +41,12 @@ def build_ema(cfg: DictConfig, model: nn.Module) -> ModelEMA | None:
     ema_cfg = _ema_cfg(cfg)
     if not ema_cfg.get("enabled", False):
         return None
-    return ModelEMA(model, decay=ema_cfg.get("decay", 0.9998), device=ema_cfg.get("device"))
+    return ModelEMA(
+        model,
+        decay=ema_cfg.get("decay", 0.9998),
+        device=ema_cfg.get("device"),
+        warmup=ema_cfg.get("warmup", 2000),
+    )
 
 
 def evaluation_output_dir(cfg: DictConfig, ema: bool = False) -> str | None:

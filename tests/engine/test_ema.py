@@ -1,6 +1,7 @@
 """ModelEMA: the averaging math, checkpoint state, weight swapping and the training hook."""
 
 import logging
+import math
 
 import pytest
 import torch
@@ -79,13 +80,50 @@ def test_state_dict_round_trip_keeps_the_configured_decay(caplog):
         restored.load_state_dict(ema.state_dict())
     assert restored.state["weight"].item() == pytest.approx(3.0)
     assert restored.decay == 0.1 and restored.num_updates == 1
-    assert "the checkpoint's is 0.5, this EMA's (the config's) 0.1" in caplog.text
+    assert "decay: the checkpoint's is 0.5, this EMA's (the config's train.ema.decay) 0.1" in (
+        caplog.text
+    )
 
     caplog.clear()
     same = ModelEMA(Scalar(0.0), decay=0.5)
     with caplog.at_level(logging.WARNING, logger="detr_ext.engine.ema"):
         same.load_state_dict(ema.state_dict())
     assert same.decay == 0.5 and caplog.text == ""
+
+    other_warmup = ModelEMA(Scalar(0.0), decay=0.5, warmup=100)
+    with caplog.at_level(logging.WARNING, logger="detr_ext.engine.ema"):
+        other_warmup.load_state_dict(ema.state_dict())
+    assert other_warmup.warmup == 100
+    assert "warmup: the checkpoint's is 0.0, this EMA's (the config's train.ema.warmup) 100" in (
+        caplog.text
+    )
+
+
+def test_warmup_ramps_the_decay_up():
+    """decay_t = decay * (1 - exp(-t / warmup)): the first updates nearly copy the model, so
+    the random initial weights fade fast (with a fixed 0.9998 they kept 82 % after 1000)."""
+    model = Scalar(0.0)
+    ema = ModelEMA(model, decay=0.9, warmup=2.0)
+    expected_weight = 0.0
+    for step, value in enumerate([1.0, 2.0, 3.0], start=1):
+        decay = 0.9 * (1.0 - math.exp(-step / 2.0))
+        assert ema.current_decay() == pytest.approx(decay)
+        model.set(value, count=step)
+        ema.update(model)
+        expected_weight = decay * expected_weight + (1 - decay) * value
+        assert ema.state["weight"].item() == pytest.approx(expected_weight)
+    assert ema.current_decay(10**6) == pytest.approx(0.9)
+    # The share of the initial weights after 1000 updates at 0.9998, with and without the ramp.
+    ramped = ModelEMA(Scalar(0.0), decay=0.9998, warmup=2000)
+    share = math.prod(ramped.current_decay(t) for t in range(1, 1001))
+    assert share < 1e-100 and 0.9998**1000 > 0.8
+    assert ModelEMA(Scalar(0.0), decay=0.9).current_decay(1) == 0.9  # warmup=0: fixed
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), "2000", True, None])
+def test_invalid_warmup_is_rejected(bad):
+    with pytest.raises(ValueError, match=r"warmup \(train.ema.warmup\)"):
+        ModelEMA(Scalar(1.0), warmup=bad)
 
 
 def test_mismatched_model_is_rejected():
