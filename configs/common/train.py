@@ -10,7 +10,9 @@ train = dict(
     init_checkpoint="",
     max_iter=90000,
     # float16 autocast + GradScaler (CUDA only; falls back to float32 on CPU with a warning).
-    amp=dict(enabled=False),
+    # An overflow skips the step and halves the scale; this many in a row stop training
+    # (gradients NaN/inf at any scale: divergence), as max_consecutive_nonfinite below.
+    amp=dict(enabled=False, max_consecutive_overflows=30),
     # bfloat16 autocast (CUDA or CPU); takes precedence over amp.
     bf16=False,
     # Arguments of DistributedDataParallel (through detectron2's create_ddp_model).
@@ -34,7 +36,7 @@ train = dict(
     # A step whose loss or gradient is NaN/inf is skipped (no optimizer step, a warning, the
     # count in metrics as "nonfinite_skipped_steps"); this many skipped steps in a row stop
     # training with an error naming the last good checkpoint (1 = stop at the first one).
-    # Float16 GradScaler overflows are the scaler's business and are not counted.
+    # Float16 GradScaler overflows are counted apart (amp.max_consecutive_overflows).
     max_consecutive_nonfinite=5,
     # Gradient accumulation: each optimizer step (iteration) runs this many batches of
     # dataloader.train.total_batch_size images, each loss scaled by 1/N, so that fewer or

@@ -227,6 +227,7 @@ def do_train(
         bf16=cfg.train.get("bf16", False),
         clip_grad_params=clip_grad_params,
         max_consecutive_nonfinite=cfg.train.get("max_consecutive_nonfinite", 5),
+        max_consecutive_overflows=cfg.train.amp.get("max_consecutive_overflows", 30),
         accumulation_steps=cfg.train.get("grad_accumulation_steps", 1),
     )
     checkpointables: dict[str, Any] = {"ema": ema} if ema is not None else {}

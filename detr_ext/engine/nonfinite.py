@@ -17,9 +17,15 @@ common in long DETR runs and harmless once it is kept out of the weights; stoppi
 row because a diverged run never recovers and only burns compute.
 
 Float16 with a GradScaler: a non-finite *gradient* there is the scaler's normal overflow
-signal. The scaler skips that step itself and lowers its scale; the trainer leaves it at that
-and does not count it. A non-finite *loss* is not an overflow of the scaled backward pass and
-is counted as above.
+signal. The scaler skips that step and halves its scale; such steps are not counted as above
+(the current scale is logged as ``grad_scale``). But overflows that do not end (a gradient that
+is NaN / inf at any scale: divergence, a loss whose gradient is not finite) would halve the
+scale forever: the run would finish "successfully" without training, and once the scale reached
+0 the scaler's own check (made on the scaled gradients, 0 there) would let NaN into the
+weights. So ``max_consecutive_overflows`` overflows in a row (``train.amp``, default 30) stop
+training with :class:`NonFiniteTrainingError`, and gradients the trainer itself found non-finite
+(after ``unscale_``, when clipping) are never handed to ``scaler.step``. A non-finite *loss* is
+not an overflow of the scaled backward pass and is counted as above.
 
 Distributed training: the loss can be non-finite on one rank only, so the loss decision is
 all-reduced (one scalar per step) and every rank skips the same steps. Gradients are already
@@ -64,8 +70,9 @@ def _names(names: list[str]) -> str:
 class NonFiniteStepGuard:
     """The non-finite checks and the skipping of :class:`~detr_ext.engine.Trainer`'s steps, as
     a mixin of a detectron2 trainer with ``model``, ``optimizer``, ``storage``, ``iter``,
-    ``checkpointer``, ``nonfinite_skipped_steps``, ``_consecutive_nonfinite`` and
-    ``max_consecutive_nonfinite``, and a ``_grads()`` method."""
+    ``checkpointer``, ``nonfinite_skipped_steps``, ``_consecutive_nonfinite``,
+    ``max_consecutive_nonfinite``, ``grad_scaler``, ``_consecutive_overflows`` and
+    ``max_consecutive_overflows``, and a ``_grads()`` method."""
 
     def _finite_on_all_ranks(self, value: torch.Tensor) -> bool:
         """Whether ``value`` is finite on every rank (one all-reduce under DDP)."""
@@ -158,6 +165,44 @@ class NonFiniteStepGuard:
             f"(train.max_consecutive_nonfinite={self.max_consecutive_nonfinite}; "
             f"{self.nonfinite_skipped_steps} steps skipped in this run): probable divergence. "
             f"Learning rate in use: {lr}.{weights} {self._resume_hint()}"
+        )
+
+    def _scaler_step(self, nonfinite_gradient: bool) -> None:
+        """``scaler.step`` + ``update``, or, for gradients already found non-finite, neither
+        step nor the scaler's check: the scale is lowered by its backoff factor. Counts the
+        overflows in a row and stops after ``max_consecutive_overflows``."""
+        scaler = self.grad_scaler
+        scale = scaler.get_scale()
+        if scaler.is_enabled() and not scale > 0:
+            # Only a scaler built with init_scale=0 gets here (overflows stop below first):
+            # unscaling by 1 / 0 would turn every gradient into NaN past the scaler's check.
+            raise NonFiniteTrainingError(
+                f"GradScaler scale is {scale} at iteration {self.iter}: expected a positive "
+                "scale (unscaling by 1/scale would write NaN into the weights)"
+            )
+        if nonfinite_gradient:
+            self.optimizer.zero_grad()
+            scaler.update(scale * scaler.get_backoff_factor())
+        else:
+            scaler.step(self.optimizer)
+            scaler.update()
+        new_scale = scaler.get_scale()
+        self.storage.put_scalar("grad_scale", new_scale, smoothing_hint=False)
+        if not nonfinite_gradient and new_scale >= scale:
+            self._consecutive_overflows = 0
+            return
+        self._consecutive_overflows += 1
+        if self._consecutive_overflows < self.max_consecutive_overflows and new_scale > 0:
+            return
+        raise NonFiniteTrainingError(
+            f"Float16 gradients overflowed at iteration {self.iter} and in the "
+            f"{self._consecutive_overflows - 1} steps before it, each skipped by the "
+            f"GradScaler, whose scale is now {new_scale:.3g} "
+            f"(train.amp.max_consecutive_overflows={self.max_consecutive_overflows}): not an "
+            "occasional overflow but gradients that are NaN/inf at any scale, a probable "
+            "divergence or a loss whose gradient is not finite. Learning rate in use: "
+            f"{self._learning_rate()}. bfloat16 (train.bf16=True) has float32's range. "
+            f"{self._resume_hint()}"
         )
 
     def _resume_hint(self) -> str:

@@ -100,6 +100,10 @@ class Trainer(NonFiniteStepGuard, SimpleTrainer):
         grad_scaler: a GradScaler to use instead of the one ``amp`` would create.
         max_consecutive_nonfinite: stop with :class:`NonFiniteTrainingError` when this many
             steps in a row had a non-finite loss or gradient (1: stop at the first one).
+        max_consecutive_overflows: with a GradScaler, stop with
+            :class:`NonFiniteTrainingError` when this many steps in a row overflowed (each
+            skipped by the scaler, which halves its scale): 30 halvings take the default
+            initial scale 65536 to 6e-5, far below what a healthy float16 run needs.
         accumulation_steps: batches whose gradients one optimizer step accumulates (gradient
             accumulation; 1 = one batch per step). Each batch's losses are scaled by
             ``1 / accumulation_steps``, so a step's gradient is the mean of its batches' and,
@@ -127,6 +131,7 @@ class Trainer(NonFiniteStepGuard, SimpleTrainer):
         clip_grad_params: Mapping[str, Any] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
         max_consecutive_nonfinite: int = 5,
+        max_consecutive_overflows: int = 30,
         accumulation_steps: int = 1,
         gather_metric_period: int = 1,
         zero_grad_before_forward: bool = False,
@@ -148,6 +153,13 @@ class Trainer(NonFiniteStepGuard, SimpleTrainer):
                 f">= 1, got {max_consecutive_nonfinite!r}"
             )
         self.max_consecutive_nonfinite = int(max_consecutive_nonfinite)
+        if isinstance(max_consecutive_overflows, bool) or int(max_consecutive_overflows) < 1:
+            raise ValueError(
+                "Trainer: max_consecutive_overflows (train.amp.max_consecutive_overflows) must "
+                f"be an int >= 1, got {max_consecutive_overflows!r}"
+            )
+        self.max_consecutive_overflows = int(max_consecutive_overflows)
+        self._consecutive_overflows = 0
         if isinstance(accumulation_steps, bool) or int(accumulation_steps) != accumulation_steps:
             raise ValueError(
                 "Trainer: accumulation_steps (train.grad_accumulation_steps) must be an int "
@@ -250,16 +262,14 @@ class Trainer(NonFiniteStepGuard, SimpleTrainer):
             grad_norm = self.gradient_norm()
         # With a GradScaler and no clipping, scaler.step unscales and checks for inf itself.
 
-        if grad_norm is not None and not torch.isfinite(grad_norm):
-            if self.grad_scaler is None:
-                self._skip_step(self._describe_nonfinite_gradient(grad_norm))
-                return
-            # Float16 overflow of the scaled gradients: scaler.step below skips the optimizer
-            # step and update() lowers the scale. Normal under fp16, not counted.
-
+        nonfinite_gradient = grad_norm is not None and not bool(torch.isfinite(grad_norm))
         if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
+            # Float16 overflow of the scaled gradients: the step is skipped and the scale
+            # lowered. Normal under fp16, stopped only when it does not end (.nonfinite).
+            self._scaler_step(nonfinite_gradient)
+        elif nonfinite_gradient:
+            self._skip_step(self._describe_nonfinite_gradient(grad_norm))
+            return
         else:
             self.optimizer.step()
         self._consecutive_nonfinite = 0

@@ -209,6 +209,45 @@ def test_grad_scaler_overflow_is_not_divergence(caplog, clip):
     assert "Non-finite" not in caplog.text
 
 
+@pytest.mark.parametrize("clip", [None, {"max_norm": 0.1}], ids=["no-clip", "clip"])
+def test_grad_scaler_overflows_that_never_end_stop_training(clip):
+    """Gradients inf at any scale: each step was skipped by the scaler and the run finished
+    with rc 0 and untouched weights (the scale reached 0 after ~166 steps, then NaN got into the
+    weights). Now max_consecutive_overflows in a row stop it; an isolated one resets the count."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer, recorder = make(
+        FlakyRegressor(inf_grad_at=[0, 1, 2, *range(4, 100)]),
+        grad_scaler=scaler,
+        clip_grad_params=clip,
+        max_consecutive_overflows=4,
+    )
+    with pytest.raises(NonFiniteTrainingError, match="overflowed at iteration 7") as info:
+        trainer.train(0, 50)
+    assert "the 3 steps before it" in str(info.value)
+    assert "max_consecutive_overflows=4" in str(info.value)
+    assert changed_steps(recorder) == [False, False, False, True, False, False, False]
+    assert scaler.get_scale() == 8.0  # 1024 halved 7 times
+    assert trainer.storage.history("grad_scale").latest() == 8.0
+    assert trainer.nonfinite_skipped_steps == 0
+
+
+@pytest.mark.parametrize("clip", [None, {"max_norm": 0.1}], ids=["no-clip", "clip"])
+def test_grad_scaler_with_scale_zero_never_steps(clip):
+    """At a scale of 0 the scaler's own inf check (on the scaled gradients, 0) passes and
+    unscaling writes NaN into the weights."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=0.0)
+    trainer, recorder = make(FlakyRegressor(), grad_scaler=scaler, clip_grad_params=clip)
+    with pytest.raises(NonFiniteTrainingError, match="GradScaler scale is 0.0"):
+        trainer.train(0, 3)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_max_consecutive_overflows_is_validated():
+    for bad in (0, -3, True):
+        with pytest.raises(ValueError, match="max_consecutive_overflows"):
+            make(FlakyRegressor(), max_consecutive_overflows=bad)
+
+
 def test_grad_scaler_nonfinite_loss_is_counted_and_keeps_the_scale():
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     trainer, recorder = make(
