@@ -43,6 +43,7 @@ from .resume import (
     configured_hyperparameters,
     restore_configured_hyperparameters,
 )
+from .train_options import check_train_options
 from .trainer import Trainer
 
 __all__ = [
@@ -148,6 +149,8 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
         edit(cfg)
     if getattr(args, "analyze", False):
         request_error_analysis(cfg)
+    if "train" in cfg:
+        check_train_options(cfg.train)
     share_cpu_threads(cfg)
     requested_seed = cfg.train.get("seed", None) if "train" in cfg else None
     seed = draw_seed(cfg)

@@ -6,6 +6,8 @@ import pytest
 from detectron2.config import LazyConfig, instantiate
 from torch import nn
 
+from detr_ext.engine.train_options import check_train_options
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILES = sorted(
     [
@@ -35,6 +37,8 @@ def test_config_loads_and_model_instantiates(config_file):
     assert isinstance(model, nn.Module)
     assert sum(parameter.numel() for parameter in model.parameters()) > 0
     if "train" in cfg and "dataloader" in cfg:
-        # A full training config: the pieces train_net needs are all there.
+        # A full training config: the pieces train_net needs are all there, and no train
+        # option that train_net would ignore.
         assert {"optimizer", "lr_multiplier"} <= set(cfg)
         assert cfg.train.max_iter > 0
+        check_train_options(cfg.train)
