@@ -23,6 +23,7 @@ from .reading import NamedReadErrorsMixin, UnreadableCheckpointError
 
 __all__ = [
     "CheckpointMismatchError",
+    "check_fits_some_key",
     "ShapeCheckingCheckpointer",
     "UnreadableCheckpointError",
     "load_model_weights",
@@ -81,7 +82,6 @@ class ShapeCheckingCheckpointer(
         return super().load(path, checkpointables=checkpointables)
 
     def _load_model(self, checkpoint: Any) -> Any:
-        model_keys = set(self.model.state_dict())
         incompatible = super()._load_model(checkpoint)
         if incompatible is None:
             return None
@@ -91,20 +91,30 @@ class ShapeCheckingCheckpointer(
                     self.where, self._path, list(incompatible.incorrect_shapes), self.model
                 )
             )
-        tolerated = _non_checkpoint_keys(self.model)
-        missing = set(incompatible.missing_keys) - tolerated
-        if model_keys and missing >= model_keys - tolerated:
-            examples = sorted(incompatible.unexpected_keys)[:MAX_KEYS_IN_MESSAGE]
-            raise CheckpointMismatchError(
-                f"{self.where}: checkpoint {self._path!r} has none of the model's parameter "
-                f"names (the model has {len(model_keys)} keys, e.g. "
-                f"{sorted(model_keys)[:3]}; the checkpoint has e.g. {examples}). Expected "
-                "weights of this model; a checkpoint from another codebase needs "
-                "tools/convert_checkpoint.py first."
-            )
+        check_fits_some_key(self.model, incompatible, self.where, self._path)
+        missing = set(incompatible.missing_keys) - _non_checkpoint_keys(self.model)
         if missing:
             raise CheckpointMismatchError(_missing_message(self.where, self._path, missing))
         return incompatible
+
+
+def check_fits_some_key(model: nn.Module, incompatible: Any, where: str, path: str) -> None:
+    """Raise :class:`CheckpointMismatchError` when a load (``incompatible``: what fvcore's
+    ``_load_model`` returns) filled none of ``model``'s tensors: a checkpoint of another
+    codebase (a torchvision ResNet, an unconverted detrex / DETR file) that would leave the
+    whole model at its initialisation."""
+    model_keys = set(model.state_dict())
+    tolerated = _non_checkpoint_keys(model)
+    missing = set(incompatible.missing_keys) - tolerated
+    if model_keys and missing >= model_keys - tolerated:
+        examples = sorted(incompatible.unexpected_keys)[:MAX_KEYS_IN_MESSAGE]
+        raise CheckpointMismatchError(
+            f"{where}: checkpoint {path!r} has none of the model's parameter names (the model "
+            f"has {len(model_keys)} keys, e.g. {sorted(model_keys)[:3]}; the checkpoint has "
+            f"e.g. {examples}). Expected weights of this model or of a part of it (e.g. its "
+            "backbone, as backbone.* keys); a checkpoint from another codebase needs "
+            "tools/convert_checkpoint.py first."
+        )
 
 
 def _missing_message(where: str, path: str, missing: set[str]) -> str:
@@ -124,10 +134,10 @@ def _missing_message(where: str, path: str, missing: set[str]) -> str:
 
 
 def _non_checkpoint_keys(model: nn.Module) -> set[str]:
-    # Normalization constants, which detectron2 tolerates as missing (see DetectionCheckpointer).
-    return {
-        key for key in model.state_dict() if key.rsplit(".", 1)[-1] in ("pixel_mean", "pixel_std")
-    }
+    # Normalization constants, which detectron2 tolerates as missing (see DetectionCheckpointer),
+    # and BatchNorm step counters, which fvcore leaves out of its missing keys.
+    names = ("pixel_mean", "pixel_std", "num_batches_tracked")
+    return {key for key in model.state_dict() if key.rsplit(".", 1)[-1] in names}
 
 
 def load_model_weights(

@@ -34,9 +34,11 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
 from fvcore.common.checkpoint import Checkpointer
 
+from ..checkpoint.loading import check_fits_some_key
 from ..checkpoint.norm_counters import DropFrozenNormCountersMixin
 from ..checkpoint.reading import NamedReadErrorsMixin
 from ..utils.file_io import atomic_write
+from .resume import ResumeError
 
 __all__ = [
     "NonFiniteCheckpointError",
@@ -138,6 +140,50 @@ class SafeCheckpointer(NamedReadErrorsMixin, DropFrozenNormCountersMixin, Detect
     ) -> None:
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.checked_keys = tuple(checked_keys)
+        self._resuming = False
+        self._loading = ""
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """detectron2's ``resume_or_load``, stricter about what the model receives:
+
+        - resuming (``resume`` and a last checkpoint in ``save_dir``): the checkpoint must fit
+          the model built from the config in every tensor shape, else :class:`ResumeError`
+          (a changed ``model.num_classes`` used to load, then crash in the optimizer step);
+        - loading ``path`` (``train.init_checkpoint``): tensors of another shape are skipped
+          with detectron2's warning (fine-tuning a new head), but a checkpoint that fills
+          none of the model's tensors is a
+          :class:`~detr_ext.checkpoint.CheckpointMismatchError` (it used to train from
+          scratch after a long list of missing keys).
+        """
+        self._resuming = bool(resume and self.has_checkpoint())
+        self._loading = self.get_checkpoint_file() if self._resuming else path
+        try:
+            return super().resume_or_load(path, resume=resume)
+        finally:
+            self._resuming, self._loading = False, ""
+
+    def _load_model(self, checkpoint: Any) -> Any:
+        incompatible = super()._load_model(checkpoint)
+        if incompatible is None:
+            return None
+        if self._resuming and incompatible.incorrect_shapes:
+            shown = [
+                f"{key}: {list(got)} vs {list(want)}"
+                for key, got, want in incompatible.incorrect_shapes[:8]
+            ]
+            more = len(incompatible.incorrect_shapes) - len(shown)
+            raise ResumeError(
+                f"--resume: {self._loading} does not fit the model built from the config: "
+                f"{len(incompatible.incorrect_shapes)} tensor(s) have another shape (checkpoint "
+                f"vs model): {'; '.join(shown)}{f' ... and {more} more' if more > 0 else ''}. "
+                "--resume continues the same run with the same model (e.g. the same "
+                "model.num_classes). To train a new head from these weights, start a new run "
+                "(another train.output_dir) with train.init_checkpoint="
+                f"{self._loading}."
+            )
+        if not self._resuming and self._loading:
+            check_fits_some_key(self.model, incompatible, "train.init_checkpoint", self._loading)
+        return incompatible
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Write ``<save_dir>/<name>.pth`` atomically and tag it as the last checkpoint.
