@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", required=True, help="LazyConfig .py file of the model")
     parser.add_argument("--weights", help="checkpoint, e.g. model_final.pth")
     parser.add_argument(
+        "--ema-weights",
+        action="store_const",
+        const=True,
+        default=None,
+        help="run the checkpoint's EMA weights (a run with train.ema.enabled); default: as "
+        "--eval-only, i.e. the EMA weights when the config sets train.ema.enabled and "
+        "train.ema.use_ema_weights_for_eval_only",
+    )
+    parser.add_argument(
         "--exported",
         help="run an exported model instead of --weights: a .pt2 or .onnx file from "
         "tools/export_model.py (the config still gives the test resizing and class names)",
@@ -194,7 +203,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
             predictor = ExportedPredictor(args.exported, cfg)
         else:
-            predictor = Predictor(cfg, args.weights, device=args.device)
+            predictor = Predictor(
+                cfg, args.weights, device=args.device, ema_weights=args.ema_weights
+            )
     except (
         CheckpointMismatchError,
         UnreadableCheckpointError,

@@ -12,9 +12,11 @@ the model's parameters, or when it lacks some of them (they would stay random).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
@@ -24,10 +26,13 @@ from .reading import NamedReadErrorsMixin, UnreadableCheckpointError
 __all__ = [
     "CheckpointMismatchError",
     "check_fits_some_key",
+    "ema_weights_requested",
     "ShapeCheckingCheckpointer",
     "UnreadableCheckpointError",
     "load_model_weights",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Mismatched / missing keys quoted in an error message; the rest are counted.
 MAX_KEYS_IN_MESSAGE = 8
@@ -140,12 +145,48 @@ def _non_checkpoint_keys(model: nn.Module) -> set[str]:
     return {key for key in model.state_dict() if key.rsplit(".", 1)[-1] in names}
 
 
+def ema_weights_requested(cfg: Any) -> bool:
+    """Whether a config asks to use the EMA weights of its checkpoints, as ``--eval-only``
+    does: ``train.ema.enabled`` and ``train.ema.use_ema_weights_for_eval_only``."""
+    train = cfg.get("train", None) if hasattr(cfg, "get") else None
+    ema = (train.get("ema", None) if train is not None else None) or {}
+    return bool(ema.get("enabled", False) and ema.get("use_ema_weights_for_eval_only", False))
+
+
+def _copy_ema_weights(model: nn.Module, extra: dict[str, Any], where: str, path: str) -> None:
+    state = extra.get("ema", {}).get("state") if isinstance(extra.get("ema"), dict) else None
+    if state is None:
+        raise CheckpointMismatchError(
+            f"{where}: the EMA weights were asked for, but checkpoint {path!r} has no 'ema' "
+            f"state (it has {sorted(extra)}); expected a checkpoint of a run trained with "
+            "train.ema.enabled=True, or the model weights (no EMA option)"
+        )
+    model_state = model.state_dict()
+    if set(state) != set(model_state):
+        missing = sorted(set(model_state) - set(state))[:MAX_KEYS_IN_MESSAGE]
+        raise CheckpointMismatchError(
+            f"{where}: the EMA weights of checkpoint {path!r} do not fit the model (missing "
+            f"e.g. {missing}, unexpected e.g. "
+            f"{sorted(set(state) - set(model_state))[:MAX_KEYS_IN_MESSAGE]})"
+        )
+    wrong = [key for key, value in state.items() if value.shape != model_state[key].shape]
+    if wrong:
+        raise CheckpointMismatchError(
+            f"{where}: the EMA weights of checkpoint {path!r} have other shapes than the model "
+            f"in {wrong[:MAX_KEYS_IN_MESSAGE]}"
+        )
+    with torch.no_grad():
+        for key, value in state.items():
+            model_state[key].copy_(value)
+
+
 def load_model_weights(
     model: nn.Module,
     path: str | os.PathLike,
     *,
     where: str,
     checkpointables: dict[str, Any] | None = None,
+    ema: bool = False,
 ) -> dict[str, Any]:
     """Load the weights of ``path`` into ``model``, for using the model, not fine-tuning it.
 
@@ -156,6 +197,9 @@ def load_model_weights(
         where: what names the path in messages, e.g. ``"train.init_checkpoint"``.
         checkpointables: extra objects to restore from the checkpoint (e.g. ``{"ema": ema}``);
             default none.
+        ema: load the checkpoint's EMA weights (its ``"ema"`` entry, written by ``train_net``
+            with ``train.ema.enabled``) into the model instead of its model weights; a
+            checkpoint without them is a :class:`CheckpointMismatchError`.
 
     Returns:
         the checkpoint's entries that were not loaded (e.g. ``"ema"``, ``"iteration"``).
@@ -173,4 +217,8 @@ def load_model_weights(
     if "://" not in path and not os.path.isfile(path):
         raise FileNotFoundError(f"{where}: expected a checkpoint file, got missing path {path!r}")
     checkpointer = ShapeCheckingCheckpointer(model, where=where, **(checkpointables or {}))
-    return checkpointer.load(path, checkpointables=list(checkpointables or {}))
+    extra = checkpointer.load(path, checkpointables=list(checkpointables or {}))
+    if ema:
+        _copy_ema_weights(model, extra, where, path)
+        logger.info("%s: using the EMA weights of %s.", where, path)
+    return extra

@@ -23,7 +23,7 @@ from detectron2.structures import Instances
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig
 
-from ..checkpoint.loading import load_model_weights
+from ..checkpoint.loading import ema_weights_requested, load_model_weights
 from ..data.aug_input import ClampedAugInput
 from ..data.image_io import read_image_file
 from .checks import check_num_classes
@@ -162,11 +162,15 @@ class Predictor:
             ``dataset.names``).
         weights: a checkpoint path (or a URL detectron2's checkpointer understands).
         device: e.g. ``"cpu"``, ``"cuda"``; default: CUDA when available, else the CPU.
+        ema_weights: run the checkpoint's EMA weights (True) or its model weights (False);
+            default (None): as ``--eval-only`` evaluates, the EMA weights when the config
+            has ``train.ema.enabled`` and ``train.ema.use_ema_weights_for_eval_only``.
 
     Raises:
         CheckpointMismatchError: a tensor of ``weights`` has another shape than the model's
             (e.g. a class head trained with another ``model.num_classes``), or ``weights``
-            has none of the model's keys or lacks some of them.
+            has none of the model's keys or lacks some of them, or no EMA weights when they
+            are asked for.
         ValueError: the model has fewer classes than the test dataset has categories.
 
     Attributes:
@@ -188,6 +192,7 @@ class Predictor:
         cfg: DictConfig | str | os.PathLike,
         weights: str | os.PathLike,
         device: str | torch.device | None = None,
+        ema_weights: bool | None = None,
     ) -> None:
         if not isinstance(cfg, DictConfig):
             if not os.path.isfile(cfg):
@@ -219,7 +224,9 @@ class Predictor:
         self.model.eval()
         # Fails on a checkpoint that does not fit (e.g. another num_classes) instead of
         # detectron2's warning and randomly initialised heads.
-        load_model_weights(self.model, weights, where="Predictor")
+        if ema_weights is None:
+            ema_weights = ema_weights_requested(cfg)
+        load_model_weights(self.model, weights, where="Predictor", ema=bool(ema_weights))
         # A text-prompted model detects the test set's categories without a prompt, as in
         # evaluation, so that class k is the k-th name of self.metadata (drawn, and mapped to
         # its category id in detections.json).

@@ -15,7 +15,7 @@ from detectron2.config import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from ..checkpoint.loading import load_model_weights
+from ..checkpoint.loading import ema_weights_requested, load_model_weights
 from ..engine.predictor import mapper_image_options, metadata_for_config
 from ..modeling.meta_arch import DETRSegmDetectorBase
 from .runners import ExportedRunner
@@ -33,8 +33,10 @@ def build_model(
     seed: int = 0,
 ) -> nn.Module:
     """``instantiate(cfg.model)`` in eval mode on ``device``, with ``weights`` loaded strictly
-    (:func:`~detr_ext.checkpoint.load_model_weights`), or with the random initialisation
-    drawn after ``torch.manual_seed(seed)`` when ``weights`` is None.
+    (:func:`~detr_ext.checkpoint.load_model_weights`; its EMA weights when the config has
+    ``train.ema.enabled`` and ``train.ema.use_ema_weights_for_eval_only``, as ``--eval-only``),
+    or with the random initialisation drawn after ``torch.manual_seed(seed)`` when ``weights``
+    is None.
 
     Raises:
         ExportError: for a model with DETR's segmentation head (its masks are not exported).
@@ -48,7 +50,8 @@ def build_model(
             "only"
         )
     if weights is not None:
-        load_model_weights(model, weights, where="--weights")
+        # The weights --eval-only evaluates: the EMA ones when the config asks for them.
+        load_model_weights(model, weights, where="--weights", ema=ema_weights_requested(cfg))
     return model.to(device).eval()
 
 
