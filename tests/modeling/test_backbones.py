@@ -9,7 +9,9 @@ import pytest
 import timm
 import torch
 import torchvision
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone import Backbone
+from torch import nn
 
 from detr_ext.modeling.backbones import TimmBackbone, build_resnet_backbone
 
@@ -100,6 +102,30 @@ def test_timm_loads_local_checkpoint(tmp_path, wrapper_key):
     assert set(loaded) < set(state)
     for name, value in loaded.items():
         assert torch.equal(value, state[name]), name
+
+
+@pytest.mark.parametrize("frozen_bn", [FrozenBatchNorm2d, torchvision.ops.FrozenBatchNorm2d])
+def test_timm_with_frozen_batchnorm_builds_and_loads_statistics(tmp_path, frozen_bn):
+    """timm passes device= / dtype= to norm layers, which FrozenBatchNorm2d did not take:
+    TypeError for the documented norm_layer=FrozenBatchNorm2d."""
+    source = timm.create_model("resnet18")
+    with torch.no_grad():
+        source.layer1[0].bn1.running_mean.uniform_()
+        source.layer1[0].bn1.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    backbone = TimmBackbone(
+        "resnet18", norm_layer=frozen_bn, checkpoint_path=str(path), out_indices=(1, 2)
+    )
+    norms = [m for m in backbone.modules() if isinstance(m, frozen_bn)]
+    assert len(norms) == 10 and not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
+    frozen = backbone.timm_model.layer1[0].bn1
+    assert torch.equal(frozen.running_mean, source.layer1[0].bn1.running_mean)
+    assert torch.equal(frozen.running_var, source.layer1[0].bn1.running_var)
+    source.eval()
+    image = torch.randn(1, 3, 64, 64)
+    expected = source.layer1(source.maxpool(source.act1(source.bn1(source.conv1(image)))))
+    torch.testing.assert_close(backbone(image)["p1"], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_timm_missing_checkpoint_raises(tmp_path):

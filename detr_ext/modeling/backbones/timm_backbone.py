@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -10,10 +11,32 @@ from typing import Any
 import timm
 import torch
 from detectron2.modeling.backbone import Backbone
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ["TimmBackbone"]
+
+
+def _timm_norm_layer(norm_layer: Any) -> Any:
+    """``norm_layer`` made to accept the ``device`` / ``dtype`` keyword arguments timm (>= 1.0)
+    passes to every norm layer, when it does not take them itself (detectron2's and
+    torchvision's ``FrozenBatchNorm2d``: "unexpected keyword argument 'device'")."""
+    try:
+        parameters = inspect.signature(norm_layer).parameters
+    except (TypeError, ValueError):
+        return norm_layer
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if "device" in parameters or takes_any:
+        return norm_layer
+
+    def make(*args: Any, device: Any = None, dtype: Any = None, **kwargs: Any) -> nn.Module:
+        layer = norm_layer(*args, **kwargs)
+        if device is not None or dtype is not None:
+            layer = layer.to(device=device, dtype=dtype)
+        return layer
+
+    make.__name__ = make.__qualname__ = getattr(norm_layer, "__name__", "norm_layer")
+    return make
 
 
 class TimmBackbone(Backbone):
@@ -45,7 +68,9 @@ class TimmBackbone(Backbone):
         out_indices: the feature levels to compute, e.g. ``(1, 2, 3)`` for strides 4/8/16 of
             a ResNet; negative indices count from the last level.
         norm_layer: optional norm layer passed to ``timm.create_model`` (for models that take
-            one), e.g. ``detectron2.layers.FrozenBatchNorm2d``.
+            one, e.g. ResNets), e.g. ``detectron2.layers.FrozenBatchNorm2d``. timm passes
+            ``device`` / ``dtype`` to norm layers; a layer class that takes neither (detectron2's
+            and torchvision's ``FrozenBatchNorm2d``) is wrapped to accept them.
         freeze_at: number of leading feature levels frozen (with the stem); 0 freezes nothing.
         out_features: the output names returned by ``forward``, a subset of
             ``["p{i}" for i in out_indices]``; default all of them.
@@ -79,7 +104,7 @@ class TimmBackbone(Backbone):
 
         create_kwargs: dict[str, Any] = dict(model_kwargs or {})
         if norm_layer is not None:
-            create_kwargs["norm_layer"] = norm_layer
+            create_kwargs["norm_layer"] = _timm_norm_layer(norm_layer)
         if checkpoint_path:
             if not os.path.isfile(checkpoint_path):
                 raise FileNotFoundError(
