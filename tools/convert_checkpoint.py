@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ from detr_ext.checkpoint import (  # noqa: E402
 
 # Configs ranked in the report when a checkpoint does not fit.
 NUM_SUGGESTED_CONFIGS = 3
+DDP_PREFIX = "module."
 
 
 def import_project_converters(name: str | None = None) -> None:
@@ -80,6 +82,8 @@ def _read_pickle(path: str, unsafe_pickle: bool) -> Any:
 def load_source_state_dict(path: str, unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Read a ``.pth`` checkpoint (or, with ``unsafe_pickle``, a ``.pkl`` one of numpy arrays)
     and return its tensors, unwrapping a ``"model"`` (or Detectron's ``"blobs"``) entry."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"input: expected a checkpoint file, got missing path {path!r}")
     if path.endswith(".pkl"):
         checkpoint = _read_pickle(path, unsafe_pickle)
     else:
@@ -88,9 +92,16 @@ def load_source_state_dict(path: str, unsafe_pickle: bool = False) -> dict[str, 
         except Exception as error:  # an unpickling error names the offending global
             if unsafe_pickle:
                 raise
+            if isinstance(error, pickle.UnpicklingError) and "weights_only" in str(error):
+                # A readable file holding objects other than tensors (e.g. argparse args).
+                raise SystemExit(
+                    f"could not read {path} with torch.load(weights_only=True): {error}\n"
+                    "If you trust this file, rerun with --unsafe-pickle."
+                ) from error
             raise SystemExit(
-                f"could not read {path} with torch.load(weights_only=True): {error}\n"
-                "If you trust this file, rerun with --unsafe-pickle."
+                f"could not read {path} ({type(error).__name__}: {error}); expected a "
+                "checkpoint file: it is probably truncated (a copy cut short) or not a "
+                "checkpoint."
             ) from error
     for entry in ("model", "blobs"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(entry), dict):
@@ -110,6 +121,10 @@ def load_source_state_dict(path: str, unsafe_pickle: bool = False) -> dict[str, 
     skipped = sorted(set(checkpoint) - set(tensors))
     if skipped:
         print(f"ignoring {len(skipped)} non-tensor entries: {skipped[:10]}")
+    if tensors and all(key.startswith(DDP_PREFIX) for key in tensors):
+        # Saved from a DistributedDataParallel model, as detectron2's loader also accepts.
+        print(f"removing the {DDP_PREFIX!r} prefix of every key (saved from a DDP model)")
+        tensors = {key[len(DDP_PREFIX) :]: value for key, value in tensors.items()}
     return tensors
 
 
@@ -154,8 +169,20 @@ def rank_configs(
             print(f"  (skipped {config.relative_to(_REPO_ROOT)}: {type(error).__name__})")
             continue
         ranked.append((config, report))
-    ranked.sort(key=lambda item: (item[1].num_problems, -item[1].num_matched))
+    ranked.sort(key=lambda item: _fit(item[1]))
     return ranked
+
+
+def _fit(report: ConversionReport) -> tuple[bool, int, int]:
+    """Sort key, best first: an exact fit, then the most keys matched, then fewest problems
+    (fewest problems alone favoured small models that match almost nothing)."""
+    return (not report.ok, -report.num_matched, report.num_problems)
+
+
+def fits_better(other: ConversionReport, report: ConversionReport) -> bool:
+    """Whether ``other`` fits exactly, or matches more keys than ``report``: the model that
+    takes more of the checkpoint is the closer one, whatever the count of problems."""
+    return (other.ok and not report.ok) or other.num_matched > report.num_matched
 
 
 def _display(path: Path) -> str:
@@ -178,7 +205,7 @@ def suggest_configs(
     better = [
         (path, other)
         for path, other in rank_configs(converter, source, others)
-        if (other.num_problems, -other.num_matched) < (report.num_problems, -report.num_matched)
+        if fits_better(other, report)
     ]
     if not better:
         return f"no other config of projects/{project} fits this checkpoint better."
@@ -191,6 +218,29 @@ def suggest_configs(
         )
         lines.append(f"  --config {_display(path)}  ({fit})")
     return "\n".join(lines)
+
+
+def suggest_converters(
+    converter: Converter, source: dict[str, torch.Tensor], model_state: dict, report
+) -> str:
+    """Lines naming the other converters of the converter's project that fit ``source`` to
+    the config's model better (e.g. ``detr.facebookresearch`` for a file given to
+    ``detr.detrex``), or "" when none does."""
+    project = converter.name.split(".", 1)[0]
+    lines = []
+    for name in find_converters(project):
+        if name == converter.name or not name.startswith(project + "."):
+            continue
+        try:
+            _, other = get_converter(name).convert(source, model_state)
+        except Exception:  # a converter that cannot read this source does not fit it
+            continue
+        if fits_better(other, report):
+            fit = "fits exactly" if other.ok else f"{other.num_matched} keys matched"
+            lines.append(f"  --from {name}  ({fit})")
+    if not lines:
+        return ""
+    return "\n".join([f"converters of projects/{project} that fit this checkpoint better:", *lines])
 
 
 def short_counts(report: ConversionReport) -> str:
@@ -277,9 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     if not report.ok:
         print(report.summary(max_keys=args.max_keys))
         print(f"does not fit {_display(config)}: {short_counts(report)}")
-        suggestion = suggest_configs(converter, source, config, report)
-        if suggestion:
-            print(suggestion)
+        for suggestion in (
+            suggest_converters(converter, source, target_state_dict, report),
+            suggest_configs(converter, source, config, report),
+        ):
+            if suggestion:
+                print(suggestion)
         print("conversion incomplete; nothing written", file=sys.stderr)
         return 1
     print(report.summary())

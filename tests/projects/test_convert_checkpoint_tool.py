@@ -107,3 +107,51 @@ def test_from_alone_lists_the_converters_it_may_mean(capsys):
     assert "facebookresearch" not in out
     with pytest.raises(SystemExit):
         main(["--from", "no_such_codebase_at_all"])
+
+
+def test_a_checkpoint_saved_from_ddp_converts(tmp_path, capsys):
+    """'module.' keys (saved from a DistributedDataParallel model) used to match nothing and
+    make the tool recommend an unrelated config."""
+    model = instantiate(LazyConfig.load(str(REPO_ROOT / DETR_SHAPES)).model)
+    source = tmp_path / "ddp.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}}, source)
+    output = tmp_path / "out.pth"
+    args = ["--from", "detr.detrex", "--config", DETR_SHAPES, str(source), str(output)]
+    assert load_tool().main(args) == 0
+    assert "removing the 'module.' prefix" in capsys.readouterr().out
+    converted = torch.load(output, weights_only=True)["model"]
+    assert converted.keys() == model.state_dict().keys()
+
+
+def test_unreadable_inputs_are_named_as_such(tmp_path):
+    """A missing or truncated file was told to rerun with --unsafe-pickle, which fixes
+    neither."""
+    main = load_tool().main
+    args = ["--from", "detr.detrex", "--config", DETR_SHAPES]
+    with pytest.raises(SystemExit, match="got missing path") as info:
+        main([*args, str(tmp_path / "missing.pth"), str(tmp_path / "out.pth")])
+    assert "--unsafe-pickle" not in str(info.value.code)
+    model = instantiate(LazyConfig.load(str(REPO_ROOT / DETR_SHAPES)).model)
+    whole = tmp_path / "whole.pth"
+    torch.save({"model": model.state_dict()}, whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[:5000])
+    with pytest.raises(SystemExit, match="probably truncated") as info:
+        main([*args, str(cut), str(tmp_path / "out.pth")])
+    assert "--unsafe-pickle" not in str(info.value.code)
+
+
+def test_a_file_of_another_codebase_gets_the_converter_that_fits(tmp_path, capsys):
+    """A facebookresearch/detr checkpoint given to detr.detrex: the report names
+    detr.facebookresearch (it used to suggest detr_shapes.py, which matched 1 key)."""
+    source = synthetic_state_dict(read_key_list("facebookresearch_detr_resnet50.txt"))
+    path = tmp_path / "detr-r50.pth"
+    torch.save({"model": source}, path)
+    config = "projects/detr/configs/detr_r50_500ep.py"
+    args = ["--from", "detr.detrex", "--config", config, str(path), str(tmp_path / "out.pth")]
+    assert load_tool().main(args) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if "converters of projects/detr" in line)
+    assert lines[first + 1].strip() == "--from detr.facebookresearch  (fits exactly)"
+    assert "detr_shapes.py" not in out
