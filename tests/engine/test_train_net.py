@@ -152,7 +152,9 @@ def test_resume_takes_hyperparameters_from_the_config(trained_run, tmp_path):
     log = result.stdout + result.stderr
     assert "Resuming with the config's optimizer settings, not the checkpoint's" in log
     assert "lr: 0.01 -> 0.001 (all " in log and "weight_decay: 0.0001 -> 0.05 (" in log
-    assert "EMA decay: the checkpoint's is 0.5, this EMA's (the config's) 0.9" in log
+    assert (
+        "EMA decay: the checkpoint's is 0.5, this EMA's (the config's train.ema.decay) 0.9" in log
+    )
     final = torch.load(run_dir / "model_final.pth", weights_only=False)
     groups = final["trainer"]["optimizer"]["param_groups"]
     assert {group["initial_lr"] for group in groups} == {1e-3}
