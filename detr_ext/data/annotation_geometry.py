@@ -1,13 +1,21 @@
 """Geometry of COCO annotations as exported: is a ``bbox`` usable, is a number a finite json
-number, the pixel area of a polygon / RLE mask, and a box clipped to its image. Used by
-:mod:`detr_ext.data.coco_validation`."""
+number, the pixel area of a polygon / RLE mask, a box clipped to its image, and a mask as the
+compressed RLE detectron2's transforms take. Used by :mod:`detr_ext.data.coco_validation` and
+the dataset mapper."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-__all__ = ["BOX_OUTSIDE_TOLERANCE", "box_size", "clip_box_to_image", "is_number", "mask_area"]
+__all__ = [
+    "BOX_OUTSIDE_TOLERANCE",
+    "box_size",
+    "clip_box_to_image",
+    "compressed_rle",
+    "is_number",
+    "mask_area",
+]
 
 BOX_OUTSIDE_TOLERANCE = 1.0
 """Pixels a box may extend past its image before it is clipped (exports round coordinates)."""
@@ -81,3 +89,38 @@ def mask_area(segmentation: Any, height: Any, width: Any) -> float | None:
         return float(mask_util.area(rle))
     except Exception:  # a malformed mask: the caller falls back to the box
         return None
+
+
+def compressed_rle(segmentation: Any, where: str) -> dict:
+    """A non-polygon mask as compressed COCO RLE, the only dense form detectron2's
+    ``transform_instance_annotations`` takes: an uncompressed RLE (``counts`` a list of run
+    lengths, as some exports write and as ``load_coco_json`` would have compressed) or an
+    ``[H, W]`` array (0 / nonzero) is encoded; a compressed RLE is returned as it is.
+
+    Raises:
+        ValueError: naming ``where``, for anything else or a malformed RLE.
+    """
+    import numpy as np
+    import pycocotools.mask as mask_util
+
+    if isinstance(segmentation, np.ndarray):
+        if segmentation.ndim != 2:
+            raise ValueError(
+                f"{where}: expected a mask array of shape [H, W], got shape {segmentation.shape}"
+            )
+        return mask_util.encode(np.asfortranarray(segmentation != 0, dtype=np.uint8))
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        if not isinstance(segmentation["counts"], list):
+            return segmentation
+        try:
+            height, width = (int(side) for side in segmentation["size"])
+            return mask_util.frPyObjects(segmentation, height, width)
+        except Exception as error:
+            raise ValueError(
+                f"{where}: cannot read its uncompressed RLE (size {segmentation['size']!r}): "
+                f"{error}"
+            ) from error
+    raise ValueError(
+        f"{where}: expected COCO polygons, an RLE dict with 'counts' and 'size', or an [H, W] "
+        f"mask array, got {type(segmentation).__name__}"
+    )

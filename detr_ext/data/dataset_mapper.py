@@ -15,6 +15,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, BoxMode, PolygonMasks
 
+from .annotation_geometry import compressed_rle
 from .aug_input import ClampedAugInput
 from .image_io import (
     TRANSPOSING_ORIENTATIONS,
@@ -71,7 +72,8 @@ class DetrDatasetMapper:
         ``gt_masks``.
 
     With ``mask_on`` every non-crowd annotation needs a ``segmentation`` (COCO polygons, an RLE
-    dict or an [H, W] array); masks go through the same transforms as the image
+    dict, compressed or not, or an [H, W] array; the last two are compressed first, the only
+    dense form detectron2's transforms take); masks go through the same transforms as the image
     (``transform_instance_annotations``: polygons exactly, RLE / arrays as pixels with nearest
     interpolation), and instances whose mask or box a crop left empty are dropped. The boxes
     stay the transformed annotation boxes (clipped by a crop), as detectron2 does.
@@ -186,6 +188,9 @@ class DetrDatasetMapper:
                 if len(usable) < len(segmentation):
                     self._warn_left_out(len(segmentation) - len(usable), index, dataset_dict)
                 annotation["segmentation"] = usable
+            else:  # detectron2's transforms take compressed RLE only
+                where = f"annotation {index} of {_describe_image(dataset_dict)}"
+                annotation["segmentation"] = compressed_rle(segmentation, where)
             annotation.pop("keypoints", None)
             _coordinates_as_floats(annotation)
             kept.append(annotation)

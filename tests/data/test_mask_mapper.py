@@ -56,6 +56,10 @@ def _instance_dict(tmp_path, segmentation_kind):
     ):
         if segmentation_kind == "polygon":
             segmentation = [list(map(float, polygon))]
+        elif segmentation_kind == "rle-uncompressed":
+            segmentation = _uncompressed_rle(mask)
+        elif segmentation_kind == "array":
+            segmentation = mask.astype(np.uint8)
         else:
             segmentation = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
         x0, y0, x1, y1 = _box(mask)
@@ -75,6 +79,18 @@ def _instance_dict(tmp_path, segmentation_kind):
         "image_id": 7,
         "annotations": annotations,
     }
+
+
+def _uncompressed_rle(mask):
+    """COCO's uncompressed RLE (``counts`` a list of run lengths, column-major, starting with
+    a run of zeros), as labeling tools export it."""
+    flat = mask.flatten(order="F").astype(np.uint8)
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat[0]:
+        counts = [0, *counts]
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
 
 
 def _dense(gt_masks, height, width):
@@ -127,6 +143,11 @@ def _colour_mask(image, colour):
         ("polygon", "polygon", PolygonMasks),
         ("polygon", "bitmask", BitMasks),
         ("rle", "auto", BitMasks),
+        # Formats the mapper documents but detectron2's transforms do not take: an uncompressed
+        # RLE failed with "TypeError: Expected bytes, got list", an array with "Cannot transform
+        # segmentation of type ndarray" (hand-built dataset dicts; load_coco_json compresses).
+        ("rle-uncompressed", "auto", BitMasks),
+        ("array", "bitmask", BitMasks),
     ],
 )
 def test_instance_masks_follow_the_image(tmp_path, case, segmentation_kind, mask_format, mask_type):
@@ -210,6 +231,23 @@ def test_unusable_polygon_segmentations_name_the_annotation(tmp_path, segmentati
         mapper(dataset_dict)
     # Without masks the segmentation does not matter.
     assert len(DetrDatasetMapper([T.NoOpTransform()], None)(dataset_dict)["instances"]) == 2
+
+
+@pytest.mark.parametrize(
+    "segmentation, message",
+    [
+        (np.zeros((2, 3, 4), dtype=np.uint8), r"expected a mask array of shape \[H, W\]"),
+        ({"size": [HEIGHT], "counts": [1, 2]}, "cannot read its uncompressed RLE"),
+        ("not a mask", "expected COCO polygons, an RLE dict"),
+    ],
+)
+def test_unusable_dense_segmentations_name_the_annotation(tmp_path, segmentation, message):
+    dataset_dict = _instance_dict(tmp_path, "polygon")
+    dataset_dict["annotations"][1]["segmentation"] = segmentation
+    mapper = DetrDatasetMapper([], None, mask_on=True, mask_format="bitmask")
+    with pytest.raises(ValueError, match=message) as info:
+        mapper(dataset_dict)
+    assert "annotation 1 of" in str(info.value)
 
 
 def test_polygon_format_rejects_rle_and_bad_formats_are_refused(tmp_path):
