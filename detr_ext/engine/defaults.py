@@ -36,6 +36,7 @@ from .checks import check_category_consistency, check_num_classes
 from .data_stream import DataStreamState, build_train_loader
 from .ema import EMAHook
 from .evaluation import build_ema, do_test, request_error_analysis
+from .input_format import check_input_format
 from .prompted import check_training_category_names, text_prompted_model
 from .random_states import GatherRandomStatesHook, RandomStates
 from .resume import (
@@ -151,6 +152,7 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
         request_error_analysis(cfg)
     if "train" in cfg:
         check_train_options(cfg.train)
+    check_input_format(cfg)
     share_cpu_threads(cfg)
     requested_seed = cfg.train.get("seed", None) if "train" in cfg else None
     seed = draw_seed(cfg)

@@ -75,10 +75,11 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def _mapper_argument(mapper: DictConfig, name: str, fallback: Any) -> Any:
-    """``mapper.<name>`` as the mapper built from the LazyCall node ``mapper`` gets it: the
-    value set in the config, else the default of its ``_target_``'s parameter ``name``, else
-    ``fallback`` (no such parameter, or a target that cannot be resolved or inspected)."""
+def lazy_argument(mapper: DictConfig, name: str, fallback: Any) -> Any:
+    """``mapper.<name>`` as the object built from the LazyCall node ``mapper`` (a mapper, a
+    model) gets it: the value set in the config, else the default of its ``_target_``'s
+    parameter ``name``, else ``fallback`` (no such parameter, or a target that cannot be
+    resolved or inspected)."""
     if name in mapper:
         return mapper[name]
     target = mapper.get("_target_", None)
@@ -108,14 +109,14 @@ def mapper_image_options(
         ValueError: ``img_format`` is not ``"RGB"`` or ``"BGR"``.
     """
     mapper = _config_node(cfg, f"dataloader.{split}.mapper")
-    img_format = _mapper_argument(mapper, "img_format", default_format)
+    img_format = lazy_argument(mapper, "img_format", default_format)
     if img_format not in IMAGE_FORMATS:
         raise ValueError(
             f"expected cfg.dataloader.{split}.mapper.img_format in {IMAGE_FORMATS}, got "
             f"{img_format!r}"
         )
     # bool() as DetrDatasetMapper takes it.
-    return str(img_format), bool(_mapper_argument(mapper, "apply_exif_orientation", True))
+    return str(img_format), bool(lazy_argument(mapper, "apply_exif_orientation", True))
 
 
 def metadata_for_config(cfg: DictConfig) -> Metadata:
@@ -211,8 +212,11 @@ class Predictor:
         self.cfg = cfg
         self.device = _resolve_device(device)
 
+        from .input_format import check_input_format  # it imports this module
+
         try:
             self.input_format, self.apply_exif_orientation = mapper_image_options(cfg)
+            check_input_format(cfg, splits=("test",))
         except ValueError as error:
             raise ValueError(f"Predictor: {error}") from error
         augmentation = _config_node(cfg, "dataloader.test.mapper.augmentation")
