@@ -93,6 +93,18 @@ def test_segment_under_min_area_is_dropped():
     assert int((panoptic > 0).sum()) == 15
 
 
+def test_default_min_area_drops_segments_of_at_most_4_pixels_as_detr():
+    """DETR drops segments of area <= 4; the default used to drop only those under 4 px."""
+    logits = _masks(
+        (slice(0, 1), slice(0, 4)), (slice(2, 3), slice(0, 5)), (slice(3, 4), slice(None))
+    )
+    panoptic, segments = combine_panoptic(
+        logits, torch.tensor([0.9, 0.9, 0.9]), torch.tensor([0, 1, 2]), IS_THING
+    )
+    assert sorted((s["category_id"], s["area"]) for s in segments) == [(1, 5), (2, 8)]
+    assert torch.all(panoptic[0] == 0)
+
+
 def test_rejects_labels_outside_is_thing_and_bad_shapes():
     logits = _masks((slice(0, 4), slice(0, 4)))
     with pytest.raises(ValueError, match="labels in"):

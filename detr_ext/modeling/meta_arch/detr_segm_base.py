@@ -80,7 +80,8 @@ class DETRSegmDetectorBase(DETRDetectorBase):
             panoptic segmentation (DETR: 0.85).
         panoptic_overlap_threshold: a segment less visible than this fraction of its own
             mask is dropped.
-        panoptic_min_area: segments of fewer pixels are dropped (DETR: 4).
+        panoptic_min_area: segments of fewer pixels are dropped (5: those of at most 4 px,
+            as DETR).
         **kwargs: the arguments of :class:`DETRDetectorBase`.
     """
 
@@ -97,7 +98,7 @@ class DETRSegmDetectorBase(DETRDetectorBase):
         is_thing: Sequence[bool] | None = None,
         panoptic_score_threshold: float = 0.85,
         panoptic_overlap_threshold: float = 0.8,
-        panoptic_min_area: int = 4,
+        panoptic_min_area: int = 5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

@@ -23,7 +23,7 @@ def combine_panoptic(
     is_thing: Sequence[bool],
     score_threshold: float = 0.85,
     overlap_threshold: float = 0.8,
-    min_area: int = 4,
+    min_area: int = 5,
     mask_threshold: float = 0.5,
 ) -> tuple[Tensor, list[dict[str, Any]]]:
     """Merge one image's query masks into a panoptic segmentation.
@@ -36,7 +36,8 @@ def combine_panoptic(
        pixel no mask covers stays void (0).
     3. Drop a segment whose visible area is under ``overlap_threshold`` of its own mask's
        area (it is mostly hidden by others), or under ``min_area`` pixels; its pixels stay
-       void. DETR drops segments of at most 4 px; here ``area < min_area`` is dropped.
+       void (DETR gives them to the other masks). ``area < min_area`` is dropped: the
+       default 5 drops segments of at most 4 px, as DETR.
     4. Stuff segments of one class merge into one segment (the first, highest-score query's
        id, score and ``isthing``; areas add up); things keep one segment per query.
 
