@@ -193,7 +193,7 @@ def main(args: argparse.Namespace) -> dict:
     checkpointer = SafeCheckpointer(
         model,
         args.output_dir,
-        pretrain_run=run_state,  # first: its option check runs before the optimizer loads
+        pretrain_run=run_state,  # loaded before the model: its option check comes first
         optimizer=optimizer,
         dino_loss=loss,
         data_stream=data_stream,

@@ -163,6 +163,13 @@ class SafeCheckpointer(NamedReadErrorsMixin, DropFrozenNormCountersMixin, Detect
             self._resuming, self._loading = False, ""
 
     def _load_model(self, checkpoint: Any) -> Any:
+        if self._resuming:
+            # Checkpointables that check the run before anything else (pretraining's options:
+            # their message names the option, not the tensors it shaped). Popped, so fvcore's
+            # loop after the model does not load them twice.
+            for name, obj in self.checkpointables.items():
+                if getattr(obj, "load_before_model", False) and name in checkpoint:
+                    obj.load_state_dict(checkpoint.pop(name))
         incompatible = super()._load_model(checkpoint)
         if incompatible is None:
             return None

@@ -68,6 +68,10 @@ class PretrainRunState:
             is replaced, in place, by the checkpoint's seed instead of counting as a change.
     """
 
+    # Loaded before the model on --resume (SafeCheckpointer): other model options are named as
+    # options, before the model's tensors of other shapes are.
+    load_before_model = True
+
     def __init__(
         self,
         options: PretrainOptions,
