@@ -3,12 +3,20 @@
 
 For each problem (preset or custom shapes), batch size, dtype and kind of sampling locations,
 both backends run forward (under no_grad) and forward+backward. Reported: median time after
-warm-up (CUDA events on a GPU), peak memory of one step beyond the inputs, and the speedup and
-memory ratios of the compiled op over the PyTorch path, all measured in the same run.
+warm-up (CUDA events on a GPU; the two backends timed in turns, so that machine load affects
+both alike), peak memory of one step beyond the inputs, the largest difference between the two
+outputs (a row whose outputs disagree stops the run), and the speedup and memory ratios of the
+compiled op over the PyTorch path, all measured in the same run.
 
-Peak memory on CPU is measured in a fresh subprocess per step (the process's RSS high-water mark
-is reset after the inputs exist, via /proc/self/clear_refs), so allocator caches of earlier runs
-cannot hide allocations; on CUDA it is ``torch.cuda.max_memory_allocated``.
+The PyTorch path is Deformable DETR's reference computation, one ``grid_sample`` per level and a
+weighted sum (``detr_ext.ops.benchmark.grid_sample_baseline``; the library's fallback
+``ms_deform_attn_pytorch`` adds non-finite handling on top). float16 / bfloat16 values are
+sampled in float32 on CPU (grid_sample is wrong in them there), in their own dtype on CUDA.
+
+Peak memory is that of a warm step (after one untimed call, gradients cleared): on CPU in a
+fresh subprocess per step (the process's RSS high-water mark is reset after the inputs exist
+and the first call ran, via /proc/self/clear_refs), so allocator caches of earlier runs cannot
+hide allocations; on CUDA ``torch.cuda.max_memory_allocated``.
 
 Examples:
     python tools/benchmark_msda.py                                   # encoder+decoder, fp32
@@ -34,14 +42,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from detr_ext.ops import build_info, ms_deform_attn, ms_deform_attn_pytorch  # noqa: E402
+from detr_ext.ops import build_info, ms_deform_attn  # noqa: E402
 from detr_ext.ops.benchmark import (  # noqa: E402
     DTYPES,
     PRESETS,
     Problem,
     environment,
+    grid_sample_baseline,
+    interleaved_median_times,
     make_inputs,
-    median_time,
 )
 from detr_ext.utils.run_info import proc_status_bytes, reset_peak_rss  # noqa: E402
 
@@ -55,7 +64,7 @@ def step_function(backend: str, mode: str, inputs):
 
     def forward():
         if backend == "pytorch":
-            return ms_deform_attn_pytorch(value, spatial_shapes, locations, weights)
+            return grid_sample_baseline(value, spatial_shapes, locations, weights)
         return ms_deform_attn(
             value, spatial_shapes, level_start_index, locations, weights, backend="compiled"
         )
@@ -71,14 +80,33 @@ def step_function(backend: str, mode: str, inputs):
 
     def run_with_backward():
         nonlocal grad_output
-        for tensor in (value, locations, weights):
-            tensor.grad = None
+        clear_grads(inputs)
         output = forward()
         if grad_output is None:
             grad_output = torch.ones_like(output)
         output.backward(grad_output)
 
     return run_with_backward
+
+
+def clear_grads(inputs) -> None:
+    """Free the gradients a forward+backward step left on the inputs."""
+    for tensor in inputs:
+        tensor.grad = None
+
+
+# Largest |compiled - pytorch| / (1 + |pytorch|) accepted per dtype; beyond it the two backends
+# do not compute the same thing and the row's timings would compare nothing.
+TOLERANCES = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+
+
+def output_difference(problem, batch, dtype_name, device, locations) -> float:
+    """Largest ``|compiled - pytorch| / (1 + |pytorch|)`` of the two forwards on one input."""
+    inputs = make_inputs(problem, batch, DTYPES[dtype_name], device, locations)
+    with torch.no_grad():
+        compiled = step_function("compiled", "forward", inputs)().float()
+        baseline = step_function("pytorch", "forward", inputs)().float()
+    return float(((compiled - baseline).abs() / (1 + baseline.abs())).max())
 
 
 # ------------------------------------------------------------------ memory
@@ -95,6 +123,10 @@ def cpu_peak_memory_probe(spec: dict) -> int:
         requires_grad=spec["mode"] != "forward",
     )
     run = step_function(spec["backend"], spec["mode"], inputs)
+    # A warm step: the first call's one-time costs (kernel / thread-pool setup, about 35 MiB
+    # for forward+backward) are not the step's memory.
+    run()
+    clear_grads(inputs)
     baseline = reset_peak_rss()  # the high-water mark is now the current RSS
     run()
     return proc_status_bytes("VmHWM") - baseline
@@ -109,6 +141,7 @@ def peak_memory(
         )
         run = step_function(backend, mode, inputs)
         run()  # the first call may allocate workspace that later calls reuse
+        clear_grads(inputs)  # else the step frees and reallocates them, unseen by the peak
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
@@ -227,18 +260,33 @@ def measure(problem, batch, dtype_name, locations, mode, args, threads) -> dict:
         "mode": mode,
         "device": args.device,
     }
-    for backend in BACKENDS:
-        inputs = make_inputs(
-            problem,
-            batch,
-            DTYPES[dtype_name],
-            args.device,
-            locations,
-            requires_grad=mode != "forward",
+    difference = output_difference(problem, batch, dtype_name, args.device, locations)
+    row["max_output_difference"] = difference
+    if not difference <= TOLERANCES[dtype_name]:
+        raise SystemExit(
+            f"{problem.name} B{batch} {dtype_name} {locations}: the compiled op and the PyTorch "
+            f"path disagree (max |diff| / (1 + |ref|) = {difference:.3g}, tolerance "
+            f"{TOLERANCES[dtype_name]:g}); not timing a wrong result"
         )
-        run = step_function(backend, mode, inputs)
-        row[f"{backend}_s"] = median_time(run, args.device, args.warmup, args.repeat)
-        del inputs, run
+    runs = {
+        backend: step_function(
+            backend,
+            mode,
+            make_inputs(
+                problem,
+                batch,
+                DTYPES[dtype_name],
+                args.device,
+                locations,
+                requires_grad=mode != "forward",
+            ),
+        )
+        for backend in BACKENDS
+    }
+    times = interleaved_median_times(runs, args.device, args.warmup, args.repeat)
+    del runs
+    for backend in BACKENDS:
+        row[f"{backend}_s"] = times[backend]
         row[f"{backend}_peak_bytes"] = (
             None
             if args.no_memory
@@ -265,26 +313,43 @@ def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
     return shapes
 
 
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--preset", nargs="+", choices=sorted(PRESETS), default=None)
     parser.add_argument("--shapes", type=parse_shapes, help="custom problem, e.g. 64x64,32x32")
-    parser.add_argument("--queries", type=int, default=None, help="custom: default all positions")
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--channels", type=int, default=32, help="channels per head")
-    parser.add_argument("--points", type=int, default=4)
-    parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--queries", type=_at_least(1), default=None, help="custom: default all positions"
+    )
+    parser.add_argument("--heads", type=_at_least(1), default=8)
+    parser.add_argument("--channels", type=_at_least(1), default=32, help="channels per head")
+    parser.add_argument("--points", type=_at_least(1), default=4)
+    parser.add_argument("--batch", type=_at_least(1), nargs="+", default=[1])
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["float32"])
     parser.add_argument(
         "--locations", nargs="+", choices=["realistic", "uniform"], default=["realistic", "uniform"]
     )
     parser.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=_at_least(1), default=None, help="CPU threads (default: torch's)"
+    )
+    parser.add_argument("--warmup", type=_at_least(0), default=2)
+    parser.add_argument("--repeat", type=_at_least(1), default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
     parser.add_argument("--json", default="benchmark_msda.json", help="where to write results")
     parser.add_argument("--plot", default=None, help="write a PNG of the speedups here")
@@ -302,10 +367,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(cpu_peak_memory_probe(json.loads(args.memory_probe)))
         return {}
     if args.from_json:
+        if not Path(args.from_json).is_file():
+            raise SystemExit(f"--from-json: expected a results JSON file, got {args.from_json!r}")
         result = json.loads(Path(args.from_json).read_text())
         write_reports(result, None, args.markdown, args.plot)
         return result
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.device not in ("cpu", "cuda"):
         raise SystemExit(f"--device must be cpu or cuda, got {args.device!r}")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
@@ -32,6 +33,7 @@ def test_tiny_custom_run_writes_json_markdown_and_plot(tmp_path):
     }
     for row in rows:
         assert row["compiled_s"] > 0 and row["pytorch_s"] > 0
+        assert 0 <= row["max_output_difference"] <= benchmark_msda.TOLERANCES["float32"]
         assert row["speedup"] == pytest.approx(row["pytorch_s"] / row["compiled_s"])
         assert row["queries"] == 50 and row["shapes"] == [[8, 8], [4, 4]]
     assert result["environment"]["torch"]
@@ -42,3 +44,61 @@ def test_tiny_custom_run_writes_json_markdown_and_plot(tmp_path):
 def test_bad_shapes_argument_is_rejected():
     with pytest.raises(SystemExit):
         benchmark_msda.main(["--shapes", "8by8"])
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        ["--repeat", "0"],
+        ["--threads", "0"],
+        ["--threads", "-1"],
+        ["--batch", "0"],
+        ["--queries", "0"],
+        ["--heads", "0"],
+        ["--channels", "0"],
+        ["--points", "0"],
+        ["--warmup", "-1"],
+        ["--repeat", "two"],
+    ],
+)
+def test_bad_counts_are_refused_by_the_parser(argument, capsys):
+    """--repeat 0 was a StatisticsError traceback, --threads -1 a RuntimeError, 0 for a size
+    ran on empty tensors and wrote speedup rows, --threads 0 was ignored."""
+    with pytest.raises(SystemExit) as info:
+        benchmark_msda.main(["--shapes", "4x4", "--no-memory", *argument])
+    assert info.value.code == 2
+    assert "expected an integer >=" in capsys.readouterr().err
+
+
+def test_missing_from_json_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="--from-json: expected a results JSON file"):
+        benchmark_msda.main(["--from-json", str(tmp_path / "none.json")])
+
+
+def test_the_baseline_is_the_plain_grid_sample_computation():
+    """The timed PyTorch path is Deformable DETR's grid_sample computation (not the fallback
+    with non-finite handling, 13-17 % slower), equal to the library's oracle."""
+    from detr_ext.ops import ms_deform_attn_pytorch
+    from detr_ext.ops.benchmark import Problem, make_inputs
+
+    problem = Problem("t", ((6, 7), (3, 4)), 5, heads=2, channels=3, points=2)
+    inputs = make_inputs(problem, 2, torch.float64, "cpu", "uniform")
+    run = benchmark_msda.step_function("pytorch", "forward", inputs)
+    value, shapes, _, locations, weights = inputs
+    torch.testing.assert_close(run(), ms_deform_attn_pytorch(value, shapes, locations, weights))
+    assert benchmark_msda.output_difference(problem, 1, "float64", "cpu", "uniform") < 1e-12
+
+
+def test_cpu_memory_probe_measures_a_warm_step():
+    """A cold first call counted ~35 MiB of one-time costs as the op's forward+backward memory
+    on a problem whose tensors take a few bytes (the probe runs in a fresh process)."""
+    from detr_ext.ops.benchmark import Problem
+
+    tiny = Problem("tiny", ((1, 1),), 1, heads=1, channels=1, points=1)
+    for backend in benchmark_msda.BACKENDS:
+        peak = benchmark_msda.peak_memory(
+            tiny, 1, "float32", "cpu", "uniform", backend, "forward_backward", 1
+        )
+        if peak is None:
+            pytest.skip("no /proc/self/clear_refs: the CPU probe is not available here")
+        assert peak < 8 * 2**20, (backend, peak / 2**20)
