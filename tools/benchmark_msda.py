@@ -52,6 +52,7 @@ from detr_ext.ops.benchmark import (  # noqa: E402
     interleaved_median_times,
     make_inputs,
 )
+from detr_ext.utils.cli import int_at_least  # noqa: E402
 from detr_ext.utils.run_info import proc_status_bytes, reset_peak_rss  # noqa: E402
 
 BACKENDS = ("compiled", "pytorch")
@@ -313,19 +314,6 @@ def parse_shapes(text: str) -> tuple[tuple[int, int], ...]:
     return shapes
 
 
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -333,12 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", nargs="+", choices=sorted(PRESETS), default=None)
     parser.add_argument("--shapes", type=parse_shapes, help="custom problem, e.g. 64x64,32x32")
     parser.add_argument(
-        "--queries", type=_at_least(1), default=None, help="custom: default all positions"
+        "--queries", type=int_at_least(1), default=None, help="custom: default all positions"
     )
-    parser.add_argument("--heads", type=_at_least(1), default=8)
-    parser.add_argument("--channels", type=_at_least(1), default=32, help="channels per head")
-    parser.add_argument("--points", type=_at_least(1), default=4)
-    parser.add_argument("--batch", type=_at_least(1), nargs="+", default=[1])
+    parser.add_argument("--heads", type=int_at_least(1), default=8)
+    parser.add_argument("--channels", type=int_at_least(1), default=32, help="channels per head")
+    parser.add_argument("--points", type=int_at_least(1), default=4)
+    parser.add_argument("--batch", type=int_at_least(1), nargs="+", default=[1])
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["float32"])
     parser.add_argument(
         "--locations", nargs="+", choices=["realistic", "uniform"], default=["realistic", "uniform"]
@@ -346,10 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--threads", type=_at_least(1), default=None, help="CPU threads (default: torch's)"
+        "--threads", type=int_at_least(1), default=None, help="CPU threads (default: torch's)"
     )
-    parser.add_argument("--warmup", type=_at_least(0), default=2)
-    parser.add_argument("--repeat", type=_at_least(1), default=5)
+    parser.add_argument("--warmup", type=int_at_least(0), default=2)
+    parser.add_argument("--repeat", type=int_at_least(1), default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
     parser.add_argument("--json", default="benchmark_msda.json", help="where to write results")
     parser.add_argument("--plot", default=None, help="write a PNG of the speedups here")

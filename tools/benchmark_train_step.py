@@ -31,6 +31,7 @@ from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from detr_ext.ops.benchmark import environment  # noqa: E402
+from detr_ext.utils.cli import int_at_least  # noqa: E402
 
 BACKEND_ENV = "DETR_EXT_MSDA_BACKEND"
 
@@ -73,17 +74,26 @@ def main(argv: list[str] | None = None) -> dict:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--size", type=int, default=512, help="square image side in pixels")
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument(
+        "--size", type=int_at_least(32), default=512, help="square image side in pixels"
+    )
+    parser.add_argument("--batch", type=int_at_least(1), default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--warmup", type=int_at_least(0), default=1)
+    parser.add_argument("--repeat", type=int_at_least(1), default=3)
     parser.add_argument("--json", default=None)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
+    if not os.path.isfile(args.config_file):
+        parser.error(f"--config-file: expected a LazyConfig .py file, got {args.config_file!r}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device: {error}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but torch sees no GPU")
 
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
-    device = torch.device(args.device)
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device).train()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
