@@ -339,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int_at_least(0), default=2)
     parser.add_argument("--repeat", type=int_at_least(1), default=5)
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
-    parser.add_argument("--json", default="benchmark_msda.json", help="where to write results")
+    parser.add_argument(
+        "--json", default="output/benchmark_msda.json", help="where to write results"
+    )
     parser.add_argument("--plot", default=None, help="write a PNG of the speedups here")
     parser.add_argument("--markdown", default=None, help="write a markdown table here")
     parser.add_argument(

@@ -20,9 +20,9 @@ Pretraining options are given as ``key=value`` after the flags; their defaults a
 in :class:`detr_ext.pretrain.options.PretrainOptions`: max_iter, batch_size, lr, min_lr,
 warmup_fraction, weight_decay, weight_decay_end, teacher_momentum, teacher_momentum_end,
 clip_grad, freeze_last_layer_iters, student_temp, teacher_temp, warmup_teacher_temp,
-warmup_teacher_temp_fraction, center_momentum, out_dim, hidden_dim, bottleneck_dim, in_feature,
-global_size, local_size, num_local, num_workers, checkpoint_period, log_period, probe_period,
-probe_crop_size, knn_k, knn_temperature, seed. ``--max-iter``, ``--batch-size`` and
+warmup_teacher_temp_fraction, center_momentum, out_dim, hidden_dim, bottleneck_dim, head_bn,
+in_feature, global_size, local_size, num_local, num_workers, checkpoint_period, log_period,
+probe_period, probe_crop_size, knn_k, knn_temperature, seed. ``--max-iter``, ``--batch-size`` and
 ``--probe-period`` set the options of the same name. All are checked before anything is built.
 A ``key=value`` whose key has a dot is a config override instead, e.g.
 ``model.backbone.norm=BN model.backbone.freeze_at=0``: the backbone to pretrain must be fully

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train or evaluate any detr_ext project from a LazyConfig file.
 
-    python tools/train_net.py --config-file projects/dino/configs/dino_r50_12ep.py \
+    python tools/train_net.py --config-file projects/dino/configs/dino_r50_4scale_12ep.py \
         train.output_dir=./output/dino train.device=cuda
     python tools/train_net.py --config-file ... --resume               # continue a run
     python tools/train_net.py --config-file ... --eval-only train.init_checkpoint=model.pth

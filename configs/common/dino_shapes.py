@@ -4,7 +4,7 @@ from scratch on CPU, with its data, optimizer, schedule and training options.
 ResNet-18 at half width (random init, BatchNorm), 3 feature levels, width 128, 2 encoder and
 3 decoder layers (FFN 256), 100 queries and 30 denoising queries: the whole DINO recipe
 (contrastive denoising, mixed query selection, look-forward-twice refinement) at a size that
-trains in about 12 minutes on 2 CPU cores (1850 iterations of 4 images at 128-192 px, ~0.4 s
+trains in about 10-11 minutes on 2 CPU cores (1850 iterations of 4 images at 128-192 px, ~0.4 s
 each), to about the same box AP whatever the seed. It shrinks ``common/models/dino_r50.py``,
 so ``model._target_`` is the unregistered :class:`~detr_ext.modeling.DINODetectorBase`; a
 project's shapes config sets its registered class and its output folder
