@@ -209,17 +209,19 @@ def markdown_table(result: dict) -> str:
         f"{result['warmup']} warm-up runs.",
         "",
         "| problem | batch | dtype | locations | mode | compiled ms | PyTorch ms | speedup "
-        "| compiled MiB | PyTorch MiB | memory ratio |",
-        "| --- | --: | --- | --- | --- | --: | --: | --: | --: | --: | --: |",
+        "| compiled MiB | PyTorch MiB | memory ratio | max output difference |",
+        "| --- | --: | --- | --- | --- | --: | --: | --: | --: | --: | --: | --: |",
     ]
     for row in result["results"]:
         ratio = row["memory_ratio"]
+        difference = row.get("max_output_difference")  # absent in results of older versions
         lines.append(
             f"| {row['problem']} | {row['batch']} | {row['dtype']} | {row['locations']} "
             f"| {row['mode'].replace('_', '+')} | {row['compiled_s'] * 1e3:.1f} "
             f"| {row['pytorch_s'] * 1e3:.1f} | {row['speedup']:.1f}x "
             f"| {_mib(row['compiled_peak_bytes'])} | {_mib(row['pytorch_peak_bytes'])} "
-            f"| {'n/a' if ratio is None else f'{ratio:.3f}'} |"
+            f"| {'n/a' if ratio is None else f'{ratio:.3f}'} "
+            f"| {'n/a' if difference is None else f'{difference:.1e}'} |"
         )
     return "\n".join(lines) + "\n"
 
