@@ -7,7 +7,6 @@ instance masks, panoptic segments) with detectron2's ``Visualizer``. The json-re
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -20,7 +19,6 @@ from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
-from detectron2.utils.registry import locate
 from omegaconf import DictConfig
 
 from ..checkpoint.loading import ema_weights_requested, load_model_weights
@@ -33,6 +31,7 @@ from .detections_json import (
     mask_to_rle,
     panoptic_to_dicts,
 )
+from .input_format import _config_node, check_input_format, mapper_image_options
 from .prompted import text_prompted_model
 
 __all__ = [
@@ -48,20 +47,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_FORMATS = ("RGB", "BGR")
-
-
-def _config_node(cfg: DictConfig, dotted_key: str) -> Any:
-    """``cfg.<dotted_key>``, or a ``KeyError`` naming the first missing part."""
-    node: Any = cfg
-    path = "cfg"
-    for part in dotted_key.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
-            raise KeyError(f"Predictor: expected the config to define {path}.{part}, it does not")
-        node = node[part]
-        path = f"{path}.{part}"
-    return node
-
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
@@ -73,50 +58,6 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
             "is False; use device 'cpu'"
         )
     return device
-
-
-def lazy_argument(mapper: DictConfig, name: str, fallback: Any) -> Any:
-    """``mapper.<name>`` as the object built from the LazyCall node ``mapper`` (a mapper, a
-    model) gets it: the value set in the config, else the default of its ``_target_``'s
-    parameter ``name``, else ``fallback`` (no such parameter, or a target that cannot be
-    resolved or inspected)."""
-    if name in mapper:
-        return mapper[name]
-    target = mapper.get("_target_", None)
-    try:
-        target = locate(target) if isinstance(target, str) else target
-        parameter = inspect.signature(target).parameters.get(name)
-    except Exception:  # an unresolvable target fails where the loader is built, not here
-        return fallback
-    if parameter is None or parameter.default is inspect.Parameter.empty:
-        return fallback
-    return parameter.default
-
-
-def mapper_image_options(
-    cfg: DictConfig, default_format: str = "RGB", split: str = "test"
-) -> tuple[str, bool]:
-    """How the config's test mapper, ``cfg.dataloader.test.mapper`` (``split="train"``: the
-    training mapper), reads image files:
-    ``(img_format, apply_exif_orientation)``, each as set in the config, else the default of
-    the mapper class (:class:`~detr_ext.data.DetrDatasetMapper`: ``"RGB"``, True), else
-    ``default_format`` / True. Reading a file with
-    ``read_image_file(path, img_format, apply_exif_orientation=...)`` then gives the pixels
-    the mapper gives the model in evaluation.
-
-    Raises:
-        KeyError: the config has no ``dataloader.<split>.mapper``.
-        ValueError: ``img_format`` is not ``"RGB"`` or ``"BGR"``.
-    """
-    mapper = _config_node(cfg, f"dataloader.{split}.mapper")
-    img_format = lazy_argument(mapper, "img_format", default_format)
-    if img_format not in IMAGE_FORMATS:
-        raise ValueError(
-            f"expected cfg.dataloader.{split}.mapper.img_format in {IMAGE_FORMATS}, got "
-            f"{img_format!r}"
-        )
-    # bool() as DetrDatasetMapper takes it.
-    return str(img_format), bool(lazy_argument(mapper, "apply_exif_orientation", True))
 
 
 def metadata_for_config(cfg: DictConfig) -> Metadata:
@@ -211,8 +152,6 @@ class Predictor:
             )
         self.cfg = cfg
         self.device = _resolve_device(device)
-
-        from .input_format import check_input_format  # it imports this module
 
         try:
             self.input_format, self.apply_exif_orientation = mapper_image_options(cfg)

@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from ..checkpoint.loading import ema_weights_requested, load_model_weights
-from ..engine.predictor import mapper_image_options, metadata_for_config
+from ..engine.input_format import mapper_image_options
+from ..engine.predictor import metadata_for_config
 from ..modeling.meta_arch import DETRSegmDetectorBase
 from .runners import ExportedRunner
 from .wrapper import ExportableDetector, ExportError

@@ -17,12 +17,8 @@ from omegaconf import DictConfig
 
 from ..data.aug_input import ClampedAugInput
 from ..data.image_io import read_image_file
-from ..engine.predictor import (
-    _check_image,
-    _config_node,
-    mapper_image_options,
-    metadata_for_config,
-)
+from ..engine.input_format import _config_node, mapper_image_options
+from ..engine.predictor import _check_image, metadata_for_config
 from .metadata import ExportMetadata
 from .runners import load_exported
 
