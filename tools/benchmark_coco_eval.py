@@ -59,6 +59,7 @@ from detr_ext.evaluation.coco_backend import (  # noqa: E402
 )
 from detr_ext.evaluation.synthetic import describe, generate_coco_set  # noqa: E402
 from detr_ext.utils import atomic_write, atomic_write_json  # noqa: E402
+from detr_ext.utils.cli import int_at_least  # noqa: E402
 from detr_ext.utils.run_info import (  # noqa: E402
     cpu_name,
     git_commit,
@@ -300,13 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--num-images", type=int, default=5000)
-    parser.add_argument("--dets-per-image", type=int, default=100)
+    parser.add_argument("--num-images", type=int_at_least(1), default=5000)
+    parser.add_argument("--dets-per-image", type=int_at_least(1), default=100)
     parser.add_argument("--iou-types", nargs="+", choices=IOU_TYPES, default=list(IOU_TYPES))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=1, help="runs per step; median reported")
     parser.add_argument(
-        "--hotcoco-threads", type=int, default=None, help="hotcoco's threads (default: all)"
+        "--repeats", type=int_at_least(1), default=1, help="runs per step; median reported"
+    )
+    parser.add_argument(
+        "--hotcoco-threads",
+        type=int_at_least(1),
+        default=None,
+        help="hotcoco's threads (default: all)",
     )
     parser.add_argument(
         "--output", default=str(DEFAULT_OUTPUT), help="JSON path; the .md is written next to it"
@@ -319,18 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ("num_images", "dets_per_image", "repeats", "hotcoco_threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns what it writes to ``--output`` (JSON) and its .md."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _positive(parser, args)
     result = {"environment": environment(args.hotcoco_threads)}
     result["config"] = {
         key: getattr(args, key)

@@ -35,6 +35,7 @@ if str(REPO) not in sys.path:
 
 from detr_ext.ops.benchmark import environment as msda_environment  # noqa: E402
 from detr_ext.ops.benchmark import median_time  # noqa: E402
+from detr_ext.utils.cli import int_at_least  # noqa: E402
 
 FORMATS = ("torch_export", "aoti", "onnx")
 # name -> (config file, overrides, input (H, W)): the shapes sizes are the configs' test
@@ -184,11 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
-    parser.add_argument("--runs", type=int, default=5, help="timed runs (median)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
-    parser.add_argument("--threads", type=int, default=None, help="torch / onnxruntime threads")
+    parser.add_argument("--runs", type=int_at_least(1), default=5, help="timed runs (median)")
+    parser.add_argument("--warmup", type=int_at_least(0), default=2, help="untimed runs first")
     parser.add_argument(
-        "--example-size", type=int, nargs=2, default=(320, 416), metavar=("H", "W"),
+        "--threads", type=int_at_least(1), default=None, help="torch / onnxruntime threads"
+    )
+    parser.add_argument(
+        "--example-size", type=int_at_least(32), nargs=2, default=(320, 416), metavar=("H", "W"),
         help="size of the example batch traced",
     )  # fmt: skip
     parser.add_argument(
@@ -206,8 +209,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.quick:
         args.cases, args.runs, args.warmup = ["detr_shapes"], 2, 1
         args.formats = [fmt for fmt in args.formats if fmt != "aoti"]
-    if args.runs < 1 or args.warmup < 0:
-        raise SystemExit("benchmark_export.py: expected --runs >= 1 and --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {

@@ -147,10 +147,23 @@ def _non_checkpoint_keys(model: nn.Module) -> set[str]:
 
 def ema_weights_requested(cfg: Any) -> bool:
     """Whether a config asks to use the EMA weights of its checkpoints, as ``--eval-only``
-    does: ``train.ema.enabled`` and ``train.ema.use_ema_weights_for_eval_only``."""
+    does: ``train.ema.use_ema_weights_for_eval_only`` (which needs ``train.ema.enabled``).
+
+    Raises:
+        ValueError: ``use_ema_weights_for_eval_only`` without ``enabled``, which
+            ``--eval-only``, the ``Predictor``, the demo and export all refuse alike (else one
+            would run the EMA weights and another the model weights of the same config).
+    """
     train = cfg.get("train", None) if hasattr(cfg, "get") else None
     ema = (train.get("ema", None) if train is not None else None) or {}
-    return bool(ema.get("enabled", False) and ema.get("use_ema_weights_for_eval_only", False))
+    ema_only = bool(ema.get("use_ema_weights_for_eval_only", False))
+    if ema_only and not ema.get("enabled", False):
+        raise ValueError(
+            "train.ema.use_ema_weights_for_eval_only=True uses the checkpoint's EMA weights "
+            "alone, which needs train.ema.enabled=True too (got False); expected both set, or "
+            "use_ema_weights_for_eval_only=False for the model weights"
+        )
+    return ema_only
 
 
 def _copy_ema_weights(model: nn.Module, extra: dict[str, Any], where: str, path: str) -> None:

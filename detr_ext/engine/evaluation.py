@@ -14,7 +14,7 @@ from fvcore.common.checkpoint import Checkpointer
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from ..checkpoint.loading import load_model_weights
+from ..checkpoint.loading import ema_weights_requested, load_model_weights
 from ..config import accepts_argument
 from .checks import check_num_classes
 from .ema import ModelEMA, apply_ema
@@ -271,13 +271,7 @@ def load_eval_checkpoint(
             )
         logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights.")
         return None
-    ema_only = bool(_ema_cfg(cfg).get("use_ema_weights_for_eval_only", False))
-    if ema_only and not _ema_cfg(cfg).get("enabled", False):
-        raise ValueError(
-            "train.ema.use_ema_weights_for_eval_only=True evaluates the checkpoint's EMA "
-            "weights alone, which needs train.ema.enabled=True too (got False: the model "
-            "weights would have been evaluated instead)"
-        )
+    ema_only = ema_weights_requested(cfg)
     extra = load_model_weights(model, path, where="train.init_checkpoint")
     ema = build_ema(cfg, model)
     if ema is None:

@@ -63,13 +63,27 @@ def test_export_builds_the_evaluated_weights(run_checkpoint):
     assert _equal(build_model(_config(False), path), model_state)
 
 
-def test_ema_weights_requested_needs_both_options():
+def test_ema_weights_requested_follows_the_eval_only_option():
     assert ema_weights_requested(_config(True))
     assert not ema_weights_requested(_config(False))
-    cfg = _config(True)
-    cfg.train.ema.enabled = False
+    cfg = _config(False)
+    cfg.train.ema.enabled = True  # EMA trained, model weights evaluated
     assert not ema_weights_requested(cfg)
     assert not ema_weights_requested(LazyConfig.load(str(CONFIG)).model)  # no train node
+
+
+def test_ema_weights_without_ema_enabled_are_refused_as_by_eval_only(run_checkpoint):
+    """``use_ema_weights_for_eval_only`` without ``enabled``: ``--eval-only`` refuses it, so the
+    Predictor and export do too (they ran the model weights of such a config)."""
+    path = run_checkpoint[0]
+    cfg = _config(True)
+    cfg.train.ema.enabled = False
+    with pytest.raises(ValueError, match="needs train.ema.enabled=True too"):
+        ema_weights_requested(cfg)
+    with pytest.raises(ValueError, match="needs train.ema.enabled=True too"):
+        Predictor(cfg, path, device="cpu")
+    with pytest.raises(ValueError, match="needs train.ema.enabled=True too"):
+        build_model(cfg, path)
 
 
 def test_a_checkpoint_without_ema_weights_is_an_error_when_they_are_asked_for(tmp_path):

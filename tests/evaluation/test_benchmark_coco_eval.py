@@ -121,8 +121,16 @@ def test_generator_covers_coco_corners():
     assert generate_coco_set(num_images=20, dets_per_image=10, seed=1).gt != gt
 
 
+@pytest.mark.parametrize(
+    "option", ["--num-images", "--dets-per-image", "--repeats", "--hotcoco-threads"]
+)
+def test_bad_counts_are_usage_errors(option, capsys):
+    with pytest.raises(SystemExit) as info:
+        benchmark_coco_eval.main([option, "0"])
+    assert info.value.code == 2
+    assert f"{option}: expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
 def test_bad_arguments_are_rejected():
-    with pytest.raises(SystemExit):
-        benchmark_coco_eval.main(["--num-images", "0"])
     with pytest.raises(ValueError, match="num_images >= 1"):
         generate_coco_set(num_images=0)
