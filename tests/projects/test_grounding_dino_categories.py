@@ -16,6 +16,7 @@ from detr_ext.engine.prompted import (
     evaluation_category_names,
     text_prompted_model,
 )
+from detr_ext.modeling.language import num_prompt_tokens
 from tests.projects.test_grounding_dino import batch, tiny_model_config
 
 
@@ -76,9 +77,54 @@ def test_default_prompt_longer_than_the_text_encoder_fails_at_the_first_step():
     cfg.model.category_names = [f"machine part number {i}" for i in range(6)]
     model = instantiate(cfg.model).train()
     with pytest.raises(
-        ValueError, match=r"needs \d+ tokens but the text encoder takes 8 \(model.text_encoder"
+        ValueError,
+        match=r"(?s)needs \d+ tokens but the text encoder takes 8 \(model.text_encoder.*"
+        r"or model.sample_training_categories=True",
     ):
         model(batch(prompts=(None,), labels=((0,),)))
+
+
+def sampling_model(max_text_len: int = 16):
+    cfg = tiny_model_config()
+    cfg.model.text_encoder.max_text_len = max_text_len
+    cfg.model.category_names = [f"machine part {word}" for word in LONG_VOCABULARY]
+    cfg.model.sample_training_categories = True
+    torch.manual_seed(0)
+    return instantiate(cfg.model).train()
+
+
+LONG_VOCABULARY = ("nut", "bolt", "screw", "washer", "gear", "spring", "valve", "pipe")
+
+
+def test_sampled_training_prompts_name_each_images_own_categories():
+    """A vocabulary that does not fit in one prompt trains with sampled prompts; each target's
+    phrase is the category of its box."""
+    model = sampling_model()
+    inputs = batch(prompts=(None, None, "red circle . blue square ."), labels=((6, 1), (), (1,)))
+    prompts, label_maps = model.sampled_training_prompts(inputs, model.prompts(inputs))
+    assert prompts[2] == "red circle . blue square ." and label_maps[2] is None
+    tokenized = model.bert.tokenize(prompts)
+    targets = model.prepare_grounding_targets(inputs, tokenized, label_maps)
+    for prompt, target, item, phrases in zip(prompts[:2], targets, inputs, tokenized.phrases):
+        assert num_prompt_tokens(model.bert.tokenizer, prompt) <= 16
+        assert 2 <= len(phrases) < len(LONG_VOCABULARY)
+        named = [phrases[label] for label in target["labels"].tolist()]
+        wanted = [model.category_names[c] for c in item["instances"].gt_classes.tolist()]
+        assert named == wanted
+    assert targets[2]["labels"].tolist() == [1]  # an image's own prompt keeps its indices
+
+    losses = model(inputs)
+    assert all(torch.isfinite(value) for value in losses.values())
+    model.eval()  # inference still prompts with every category name, in chunks
+    with torch.no_grad():
+        output = model([{"image": inputs[0]["image"]}])[0]
+    assert output["phrases"] == model.category_names
+
+
+def test_sampled_prompts_refuse_an_image_whose_categories_do_not_fit():
+    model = sampling_model(max_text_len=8)
+    with pytest.raises(ValueError, match=r"batched_inputs\[0\]: the 2 categories of one"):
+        model(batch(prompts=(None,), labels=((0, 1),)))
 
 
 def test_training_set_names_must_be_the_models(model):

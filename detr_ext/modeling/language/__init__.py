@@ -1,7 +1,8 @@
 """Language side of grounding detectors: prompts, positive maps, chunking and the text encoder.
 
-``parse_prompt`` / ``build_prompt`` / ``split_phrases_into_chunks`` / ``positive_map_from_spans``
-need only torch; ``TextEncoder`` imports transformers when it is built.
+``parse_prompt`` / ``build_prompt`` / ``split_phrases_into_chunks`` /
+``sample_category_phrases`` / ``positive_map_from_spans`` need only torch; ``TextEncoder``
+imports transformers when it is built.
 """
 
 from .positive_map import phrase_token_weights, positive_map_from_spans
@@ -15,6 +16,7 @@ from .prompts import (
     repeated_phrases,
     split_phrases_into_chunks,
 )
+from .sampling import sample_category_phrases, sample_training_prompts
 from .text_encoder import TEXT_MODEL_TYPES, TextEncoder, default_text_encoder_path
 from .tokenization import TokenizedPrompts, tokenize_prompts
 
@@ -32,6 +34,8 @@ __all__ = [
     "phrase_token_weights",
     "positive_map_from_spans",
     "repeated_phrases",
+    "sample_category_phrases",
+    "sample_training_prompts",
     "split_phrases_into_chunks",
     "tokenize_prompts",
 ]

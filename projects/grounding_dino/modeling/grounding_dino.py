@@ -18,7 +18,9 @@ scores, so the "classes" are whatever phrases the text prompt names. Per image:
 
 Prompts longer than the text model's limit are split into chunks of whole phrases at inference
 (each chunk is a separate pass; the detections of all chunks are merged); in training such a
-prompt is an error naming the phrases that do not fit.
+prompt is an error naming the phrases that do not fit, unless ``sample_training_categories``
+gives each image without a prompt of its own a prompt of its objects' categories and random
+others that fit (GLIP's recipe for Objects365 / LVIS vocabularies).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from detr_ext.modeling.language import (
     parse_prompt,
     phrase_token_weights,
     repeated_phrases,
+    sample_training_prompts,
 )
 
 from .grounded_inference import GroundedInference
@@ -78,6 +81,12 @@ class GroundingDINO(GroundedInference, DeformableDetectorBase):
             feature, and label noise swaps it for another phrase of the batch.
         alignment_normalize: cosine-similarity alignment with a learned temperature (CLIP)
             instead of the scaled dot product (GLIP, Grounding DINO).
+        sample_training_categories: in training, prompt each image without a ``"prompt"`` of
+            its own with its objects' categories plus randomly drawn other categories, as many
+            as fit in ``text_encoder.max_text_len`` tokens, in random order
+            (:func:`~detr_ext.modeling.language.sample_category_phrases`), instead of the
+            default prompt of all ``category_names``: needed when those do not fit in one
+            prompt (Objects365, LVIS). Inference is unchanged (every name, in chunks).
 
     Input (detectron2 contract) per image: ``image``, optional ``prompt`` (str), and in training
     ``instances`` whose ``gt_classes`` index the phrases of the image's prompt.
@@ -101,6 +110,7 @@ class GroundingDINO(GroundedInference, DeformableDetectorBase):
         label_noise_ratio: float = 0.5,
         box_noise_scale: float = 1.0,
         alignment_normalize: bool = False,
+        sample_training_categories: bool = False,
         **kwargs: Any,
     ) -> None:
         if "num_classes" in kwargs:
@@ -132,6 +142,7 @@ class GroundingDINO(GroundedInference, DeformableDetectorBase):
         self.dn_number = dn_number
         self.label_noise_ratio = label_noise_ratio
         self.box_noise_scale = box_noise_scale
+        self.sample_training_categories = sample_training_categories
 
         class_head = TokenAlignmentHead(self.embed_dim, normalize=alignment_normalize)
         _, box_head = self.new_prediction_heads()
@@ -203,8 +214,9 @@ class GroundingDINO(GroundedInference, DeformableDetectorBase):
         images, padding_mask = self.preprocess_image(batched_inputs)
         prompts = self.prompts(batched_inputs)
         if self.training:
+            prompts, label_maps = self.sampled_training_prompts(batched_inputs, prompts)
             tokenized = self.bert.tokenize(prompts)
-            targets = self.prepare_grounding_targets(batched_inputs, tokenized)
+            targets = self.prepare_grounding_targets(batched_inputs, tokenized, label_maps)
             outputs = self.forward_outputs(images, padding_mask, targets, tokenized)
             return self.compute_losses(outputs, targets)
         results, phrases = self.grounded_inference(images, padding_mask, prompts)
@@ -213,25 +225,53 @@ class GroundingDINO(GroundedInference, DeformableDetectorBase):
             output["phrases"] = image_phrases
         return processed
 
+    def sampled_training_prompts(
+        self, batched_inputs: Sequence[Mapping[str, Any]], prompts: list[str]
+    ) -> tuple[list[str], list[Tensor | None]]:
+        """With ``sample_training_categories``, each image without a prompt of its own gets one
+        of its objects' categories and random others that fit
+        (:func:`~detr_ext.modeling.language.sample_training_prompts`); else ``prompts`` as
+        they are, with no label maps."""
+        if not self.sample_training_categories:
+            return prompts, [None] * len(prompts)
+        return sample_training_prompts(
+            batched_inputs,
+            prompts,
+            self.category_names,
+            self.bert.tokenizer,
+            self.bert.max_text_len,
+            where="GroundingDINO: ",
+        )
+
     def prepare_grounding_targets(
-        self, batched_inputs: Sequence[Mapping[str, Any]], tokenized: TokenizedPrompts
+        self,
+        batched_inputs: Sequence[Mapping[str, Any]],
+        tokenized: TokenizedPrompts,
+        label_maps: Sequence[Tensor | None] | None = None,
     ) -> list[dict[str, Tensor]]:
         """DETR targets plus ``positive_map [n, T]``, the token map of each target's phrase.
+        ``label_maps`` (from :meth:`sampled_training_prompts`) turn an image's category ids into
+        the phrase indices of its sampled prompt.
 
         Raises:
             ValueError: a ``gt_classes`` value is not a phrase index of the image's prompt, or
                 a phrase with ground truth lost all its tokens to truncation.
         """
         targets = self.prepare_targets(batched_inputs)
-        for index, (target, maps, phrases, cut) in enumerate(
+        if label_maps is None:
+            label_maps = [None] * len(targets)
+        for index, (target, maps, phrases, cut, label_map) in enumerate(
             zip(
                 targets,
                 tokenized.positive_maps,
                 tokenized.phrases,
                 tokenized.truncated_phrases,
+                label_maps,
                 strict=True,
             )
         ):
+            if label_map is not None:
+                target["labels"] = label_map.to(target["labels"].device)[target["labels"]]
             labels = target["labels"]
             if len(labels) and (labels.min() < 0 or labels.max() >= len(phrases)):
                 raise ValueError(
@@ -248,7 +288,9 @@ class GroundingDINO(GroundedInference, DeformableDetectorBase):
                     f"needs {needed} tokens but the text encoder takes "
                     f"{self.bert.max_text_len} (model.text_encoder.max_text_len), so categories "
                     f"{[phrases[i] for i in cut][:10]} would never be trained; expected "
-                    f"model.text_encoder.max_text_len >= {needed} (or shorter category names)"
+                    f"model.text_encoder.max_text_len >= {needed} (or shorter category names), "
+                    "or model.sample_training_categories=True to prompt each image with its "
+                    "objects' categories and random others that fit"
                 )
             lost = sorted(set(labels.tolist()) & set(cut))
             if lost:

@@ -50,6 +50,9 @@ model = L(GroundingDINO)(
     dn_number=100,
     label_noise_ratio=0.5,
     box_noise_scale=1.0,
+    # True for vocabularies longer than one prompt (Objects365, LVIS): each training image is
+    # prompted with its own categories and random others that fit (GLIP's recipe).
+    sample_training_categories=False,
     pixel_mean=_dino.pixel_mean,
     pixel_std=_dino.pixel_std,
     input_format=_dino.input_format,
