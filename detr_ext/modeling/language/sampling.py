@@ -52,8 +52,7 @@ def sample_category_phrases(
     outside = [index for index in wanted if not 0 <= index < num_names]
     if outside:
         raise ValueError(
-            f"sample_category_phrases: category indices {outside} are outside [0, {num_names}) "
-            "of the category names"
+            f"category ids {outside} are outside [0, {num_names}) of the {num_names} category names"
         )
     chosen = set(wanted)
     others = [
