@@ -10,9 +10,13 @@ only when the data stream reaches it, hours in; this finds all of them in one pa
 A COCO json given with ``--json`` (or registered by the ``--config-file``) goes through
 ``register_coco_format_dataset`` first, so its annotation problems are reported (logged) too;
 an image file missing under the image folder, which registration refuses, is reported here as
-one more image problem (``missing``) while the other images are still checked. Exit status:
-0 when every image is fine, 1 when some are not (listed by kind), 2 for a usage error (no such
-json or folder, an unusable json, bad arguments).
+one more image problem (``missing``) while the other images are still checked. With
+``--config-file`` each dataset is checked as its split's mapper reads it (the mapper's
+``apply_exif_orientation``; ``--no-exif`` overrides), and a training set in which no image has
+an annotation left is a problem too (training would stop at once: detectron2's
+``filter_empty`` leaves it no image). Exit status: 0 when every image is fine, 1 when some are
+not (listed by kind), 2 for a usage error (no such json or folder, an unusable json, bad
+arguments).
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-exif",
         action="store_true",
-        help="check against the stored pixels, as a mapper with apply_exif_orientation=False",
+        help="check against the stored pixels, as a mapper with apply_exif_orientation=False "
+        "(default: as the --config-file's mappers read the images, else with EXIF)",
     )
     parser.add_argument("--workers", type=int, default=8, help="threads reading images")
     parser.add_argument("--report", help="write every problem to this JSON file")
@@ -88,13 +93,15 @@ def json_records(args: argparse.Namespace) -> list[dict]:
         raise UsageError(f"{args.json}: {error}") from error
 
 
-def dataset_names(args: argparse.Namespace) -> list[str]:
-    """The registered names to check (for ``--dataset`` or ``--config-file``), loading the
-    config as needed."""
+def dataset_names(args: argparse.Namespace) -> list[tuple[str, str | None, bool]]:
+    """The registered datasets to check (for ``--dataset`` or ``--config-file``), loading the
+    config as needed: ``(name, split, apply_exif_orientation)``, the split (``"train"``,
+    ``"test"``) and EXIF option of the config's mapper that reads it (``None`` and the
+    command line's option for ``--dataset``)."""
     if args.image_root:
         raise UsageError("--image-root goes with --json")
     if args.dataset:
-        return list(args.dataset)
+        return [(name, None, not args.no_exif) for name in args.dataset]
     from detr_ext.config import ConfigUsageError, load_config
     from detr_ext.data.datasets import image_files_not_required
     from detr_ext.engine.checks import config_dataset_names
@@ -106,10 +113,34 @@ def dataset_names(args: argparse.Namespace) -> list[str]:
             cfg = load_config(args.config_file)
     except (ConfigUsageError, FileNotFoundError, ValueError) as error:
         raise UsageError(str(error)) from error
-    names = config_dataset_names(cfg)
-    if not names:
+    from detr_ext.engine.input_format import mapper_image_options
+
+    checks = []
+    for split in ("train", "test"):
+        exif = not args.no_exif
+        if exif:
+            try:
+                exif = mapper_image_options(cfg, split=split)[1]
+            except KeyError:  # a loader without a mapper: read as detectron2 reads by default
+                pass
+            except ValueError as error:
+                raise UsageError(f"{args.config_file}: {error}") from error
+        for name in config_dataset_names(cfg, splits=(split,)):
+            if (name, split, exif) not in checks:
+                checks.append((name, split, exif))
+    if not checks:
         raise UsageError(f"{args.config_file}: no dataloader.<split>.dataset.names to check")
-    return names
+    return checks
+
+
+def has_annotations(records: list[dict]) -> bool:
+    """Whether some record keeps an object after detectron2's ``filter_empty`` (an annotation
+    that is not a crowd region), i.e. whether a training loader can be built from them."""
+    return any(
+        not annotation.get("iscrowd", 0)
+        for record in records
+        for annotation in record.get("annotations", ())
+    )
 
 
 def registered_records(name: str) -> list[dict]:
@@ -133,15 +164,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_logger(name="detr_ext", abbrev_name="detr")  # the json's annotation warnings
     if args.workers < 1 or args.max_listed < 0:
         raise UsageError("--workers must be >= 1 and --max-listed >= 0")
-    report: dict = {"datasets": {}, "decode": not args.headers_only, "exif": not args.no_exif}
+    report: dict = {"datasets": {}, "decode": not args.headers_only}
     total_problems = 0
-    for label in [args.json] if args.json else dataset_names(args):
-        records = json_records(args) if args.json else registered_records(label)
+    checks = [(args.json, None, not args.no_exif)] if args.json else dataset_names(args)
+    for name, split, exif in checks:
+        records = json_records(args) if args.json else registered_records(name)
+        label = name if split is None else f"{name} ({split}, EXIF {'on' if exif else 'off'})"
         begin = time.perf_counter()
         problems = check_image_files(
             records,
             decode=not args.headers_only,
-            apply_exif_orientation=not args.no_exif,
+            apply_exif_orientation=exif,
             workers=args.workers,
         )
         seconds = time.perf_counter() - begin
@@ -151,6 +184,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(problems)} with problems"
             + "".join(f", {counts[kind]} {kind}" for kind in PROBLEM_KINDS if counts[kind])
         )
+        empty_training_set = split == "train" and not has_annotations(records)
+        if empty_training_set:
+            total_problems += 1
+            print(
+                f"  no_annotations: none of the {len(records)} images has an annotation that "
+                "is not a crowd region, so training on this set stops at once (detectron2's "
+                "filter_empty leaves no image); expected a json with annotations"
+            )
+        elif not has_annotations(records):
+            print(f"  note: none of the {len(records)} images has an annotation")
         for kind in PROBLEM_KINDS:
             listed = [problem for problem in problems if problem.kind == kind]
             for problem in listed[: args.max_listed]:
@@ -160,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  ... and {len(listed) - args.max_listed} more {kind}")
         report["datasets"][label] = {
             "images": len(records),
+            "exif": exif,
+            "no_annotations": not has_annotations(records),
             "seconds": round(seconds, 3),
             "problems": [problem.to_dict() for problem in problems],
         }

@@ -18,12 +18,18 @@ from typing import Any
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-from .image_io import EXIF_ORIENTATION_TAG, TRANSPOSING_ORIENTATIONS
+from .image_io import (
+    EXIF_ORIENTATION_TAG,
+    HIGH_BIT_DEPTH_MODES,
+    TRANSPOSING_ORIENTATIONS,
+    _to_8_bit,
+)
 
 __all__ = ["PROBLEM_KINDS", "ImageProblem", "check_image_files"]
 
 PROBLEM_KINDS = ("missing", "unreadable", "exif_orientation", "size_mismatch")
-"""``missing``: no file at ``file_name``. ``unreadable``: truncated, corrupt or not an image.
+"""``missing``: no file at ``file_name``. ``unreadable``: truncated, corrupt or not an image, or a
+32-bit / float image whose values are not 16-bit intensities (decoded checks only).
 ``exif_orientation``: the annotations fit the stored pixels, but the EXIF orientation (applied
 by default) turns the image by 90 degrees. ``size_mismatch``: the file's size is neither the
 annotated one nor its turn."""
@@ -56,6 +62,8 @@ def _check_one(record: dict, decode: bool, apply_exif_orientation: bool) -> Imag
             orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
             if decode:
                 image.load()  # decodes to the end: a truncated file fails here
+                if image.mode in HIGH_BIT_DEPTH_MODES:
+                    _to_8_bit(image)  # what the readers do: 32-bit values out of range fail
     except FileNotFoundError:
         return problem(
             "missing",

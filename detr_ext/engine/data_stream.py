@@ -24,19 +24,20 @@ What is and is not continued:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch.utils.data as torchdata
 from detectron2.config import instantiate
 from detectron2.data.common import DatasetFromList
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..config import accepts_argument
 from ..data.samplers import ResumableTrainingSampler
 
-__all__ = ["DataStreamState", "build_train_loader"]
+__all__ = ["DataStreamState", "EmptyTrainingSetError", "build_train_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,10 @@ def build_train_loader(cfg: DictConfig) -> tuple[Iterable, ResumableTrainingSamp
         or "total_batch_size" not in node
         or not all(accepts_argument(target, name) for name in ("dataset", "sampler"))
     ):
-        return instantiate(node), None
-    dataset = instantiate(node.dataset)
+        with _no_valid_data_explained(node):
+            return instantiate(node), None
+    with _no_valid_data_explained(node):
+        dataset = instantiate(node.dataset)
     sampler = None
     if isinstance(dataset, list):
         dataset = DatasetFromList(dataset, copy=False)  # what the builder does with a list
@@ -89,6 +92,32 @@ def build_train_loader(cfg: DictConfig) -> tuple[Iterable, ResumableTrainingSamp
             else:
                 node[key] = value
     return loader, sampler
+
+
+class EmptyTrainingSetError(ValueError):
+    """No image of the training set keeps an object after detectron2's ``filter_empty``."""
+
+
+@contextlib.contextmanager
+def _no_valid_data_explained(node: Any) -> Iterator[None]:
+    # detectron2's get_detection_dataset_dicts asserts "No valid data found in <names>." when
+    # filter_empty leaves no image: a bare AssertionError that says neither why nor what to do.
+    try:
+        yield
+    except AssertionError as error:
+        if not str(error).startswith("No valid data found"):
+            raise
+        names = (
+            OmegaConf.select(node, "dataset.names", default=None)
+            if isinstance(node, DictConfig)
+            else None
+        )
+        raise EmptyTrainingSetError(
+            f"the training set {names if names is not None else ''} has no image with an "
+            "annotation (crowd regions do not count): get_detection_dataset_dicts' "
+            "filter_empty=True leaves no image to train on. Expected a json with annotations "
+            "(tools/check_dataset.py --config-file <config> lists what the datasets hold)"
+        ) from error
 
 
 class DataStreamState:

@@ -71,6 +71,24 @@ def test_each_kind_of_problem_is_found_and_named(image_folder):
     assert "annotated as 50x30 (width x height), the file is 40x30" in details["wrong_size.png"]
 
 
+def test_32_bit_images_the_readers_refuse_are_unreadable(tmp_path):
+    """A float depth map or a 32-bit integer image with values beyond 16 bit passed the check
+    and then stopped training with HighBitDepthError."""
+    depth = np.linspace(-1, 5, 12, dtype=np.float32).reshape(3, 4)
+    Image.fromarray(depth, mode="F").save(tmp_path / "depth.tif")
+    Image.fromarray(np.full((3, 4), 200000, np.int32), mode="I").save(tmp_path / "wide.tif")
+    Image.fromarray(np.full((3, 4), 40000, np.int32), mode="I").save(tmp_path / "16bit.tif")
+    records = [
+        {"file_name": str(tmp_path / name), "image_id": index, "width": 4, "height": 3}
+        for index, name in enumerate(("depth.tif", "wide.tif", "16bit.tif"))
+    ]
+    problems = {Path(p.file_name).name: p for p in check_image_files(records, workers=1)}
+    assert set(problems) == {"depth.tif", "wide.tif"}  # 16-bit values read fine
+    assert problems["depth.tif"].kind == "unreadable"
+    assert "values from -1 to 5: expected 8-bit or 16-bit" in problems["depth.tif"].detail
+    assert "values from 200000 to 200000" in problems["wide.tif"].detail
+
+
 def test_headers_only_and_stored_pixels(image_folder):
     root, expected = image_folder
     records = records_of(root, expected)
@@ -230,7 +248,7 @@ def test_tool_lists_a_config_datasets_missing_files_and_names_one_it_cannot_use(
     tool = load_tool()
     assert tool.main(["--config-file", str(write_config("check_tool_missing", missing))]) == 1
     out = capsys.readouterr().out
-    assert "check_tool_missing: 6 images checked" in out and "1 missing" in out
+    assert "check_tool_missing (train, EXIF on): 6 images checked" in out and "1 missing" in out
     assert f"missing: {root / 'gone.jpg'} (image_id=6): no such file" in out
 
     from detr_ext.data.datasets import register_coco_format_dataset
@@ -244,3 +262,66 @@ def test_tool_lists_a_config_datasets_missing_files_and_names_one_it_cannot_use(
     broken.write_text(json.dumps(content))
     with pytest.raises(tool.UsageError, match="(?s)check_tool_broken.*category_id=7"):
         tool.main(["--config-file", str(write_config("check_tool_broken", broken))])
+
+
+def test_tool_checks_each_split_as_its_mapper_reads_and_an_empty_training_set(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    """--config-file: a mapper with apply_exif_orientation=False made the check pass a photo
+    labelled upright (training then stopped with a size mismatch) and flag one labelled on the
+    stored pixels; a training json without annotations passed (training then stopped with
+    detectron2's bare 'No valid data found')."""
+    root, _ = image_folder
+    monkeypatch.setenv("DETR_EXT_CACHE", str(tmp_path / "cache"))
+    stored = tmp_path / "stored.json"  # labels drawn on the stored pixels
+    write_coco(stored, {("phone.jpg", 40, 30): None})
+    upright = tmp_path / "upright.json"  # labels drawn on the turned image
+    write_coco(upright, {("phone_upright.jpg", 30, 40): None})
+    config = tmp_path / "no_exif.py"
+    config.write_text(
+        "from detr_ext.data.datasets import register_coco_format_dataset\n"
+        "from detr_ext.data import DetrDatasetMapper\n"
+        "from detectron2.config import LazyCall as L\n"
+        f"register_coco_format_dataset('exif_stored', {str(stored)!r}, {str(root)!r})\n"
+        f"register_coco_format_dataset('exif_upright', {str(upright)!r}, {str(root)!r})\n"
+        "mapper = L(DetrDatasetMapper)(augmentation=[], is_train=True, "
+        "apply_exif_orientation=False)\n"
+        "test_mapper = L(DetrDatasetMapper)(augmentation=[], is_train=False)\n"
+        "dataloader = dict(train=dict(dataset=dict(names='exif_stored'), mapper=mapper),\n"
+        "                  test=dict(dataset=dict(names=['exif_upright']), mapper=test_mapper))\n"
+    )
+    tool = load_tool()
+    assert tool.main(["--config-file", str(config), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "exif_stored (train, EXIF off): 1 images checked in" in out
+    assert "exif_upright (test, EXIF on): 1 images checked in" in out
+
+    # --no-exif overrides the config: now the upright-labelled test image does not fit.
+    assert tool.main(["--config-file", str(config), "--no-exif"]) == 1
+    assert "exif_upright (test, EXIF off): 1 images checked" in capsys.readouterr().out
+
+    empty = tmp_path / "empty.json"
+    write_coco(empty, {("good.png", 40, 30): None})
+    content = json.loads(empty.read_text())
+    content["annotations"] = []
+    empty.write_text(json.dumps(content))
+    config.write_text(
+        config.read_text()
+        .replace("names='exif_stored'", "names='no_annotations'")
+        .replace(
+            "\nmapper = L(",
+            f"\nregister_coco_format_dataset('no_annotations', {str(empty)!r}, {str(root)!r})\n"
+            "mapper = L(",
+        )
+    )
+    report = tmp_path / "report.json"
+    assert tool.main(["--config-file", str(config), "--report", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert "no_annotations (train, EXIF off): 1 images checked in" in out
+    assert "no_annotations: none of the 1 images has an annotation" in out
+    saved = json.loads(report.read_text())["datasets"]
+    assert saved["no_annotations (train, EXIF off)"]["no_annotations"] is True
+    assert saved["exif_upright (test, EXIF on)"]["no_annotations"] is False
+    # The same json given with --json (no split known) is a note, not a problem.
+    assert tool.main(["--json", str(empty), "--image-root", str(root)]) == 0
+    assert "note: none of the 1 images has an annotation" in capsys.readouterr().out

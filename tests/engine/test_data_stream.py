@@ -93,3 +93,30 @@ def test_load_refuses_bad_states_and_a_started_loader():
     started = DataStreamState(sampler, 4, fake_trainer(3, 0, started=True))
     with pytest.raises(RuntimeError, match="already started reading the train loader"):
         started.load_state_dict({"seed": 9, "size": 10, "shuffle": True, "position": 4})
+
+
+def test_a_training_set_without_annotations_is_named_not_a_bare_assertion():
+    """detectron2's filter_empty leaves no image of a set without annotations and asserts 'No
+    valid data found': the run stopped with a bare AssertionError."""
+    from detectron2.data import DatasetCatalog
+
+    from detr_ext.engine.data_stream import EmptyTrainingSetError
+
+    name = "tiny_train_without_annotations"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(
+            name,
+            lambda: [
+                {"file_name": f"{i}.png", "image_id": i, "height": 8, "width": 8,
+                 "annotations": [{"bbox": [0, 0, 2, 2], "bbox_mode": 1, "category_id": 0,
+                                  "iscrowd": 1}] if i else []}
+                for i in range(3)
+            ],
+        )  # fmt: skip
+    for sampler in (None, L(TrainingSampler)(size=3)):  # our sampler, or the config's own
+        cfg = tiny_cfg()
+        cfg.dataloader.train.dataset.names = name
+        cfg.dataloader.train.dataset.filter_empty = True
+        cfg.dataloader.train.sampler = sampler
+        with pytest.raises(EmptyTrainingSetError, match=rf"training set {name} has no image"):
+            build_train_loader(cfg)
