@@ -31,6 +31,7 @@ if str(_REPO_ROOT) not in sys.path:
 
 from detectron2.config import instantiate  # noqa: E402
 from detectron2.engine import launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
 
 from detr_ext.engine import (  # noqa: E402
     default_argument_parser,
@@ -38,7 +39,6 @@ from detr_ext.engine import (  # noqa: E402
     do_train,
     load_eval_checkpoint,
     setup,
-    wrap_ddp,
 )
 
 
@@ -72,8 +72,12 @@ def main(args) -> None:
             allow_random_weights=getattr(args, "allow_random_weights", False),
             resume=args.resume,
         )
-        model = wrap_ddp(model, cfg)
-        print(do_test(cfg, model, eval_only=True, ema=ema))
+        # Not wrapped in DDP: evaluation needs no gradient sync, and DDP's forward broadcasts
+        # buffers, a collective that a process with no test image (fewer test images than
+        # processes) never joins, so the others waited for it until the gloo/NCCL timeout.
+        results = do_test(cfg, model, eval_only=True, ema=ema)
+        if comm.is_main_process():
+            print(results)
     else:
         do_train(args, cfg)
 

@@ -34,8 +34,9 @@ from ..data.datasets.coco_format import registration_warnings
 from .checkpointer import PeriodicCheckpointer, SafeCheckpointer
 from .checks import check_category_consistency, check_num_classes
 from .data_stream import DataStreamState, build_train_loader
-from .ema import EMAHook
+from .ema import EMAHook, unwrap_model
 from .evaluation import build_ema, do_test, request_error_analysis
+from .evaluation_context import main_process_buffers, preserved_random_states
 from .input_format import check_input_format
 from .prompted import check_training_category_names, text_prompted_model
 from .random_states import GatherRandomStatesHook, RandomStates
@@ -253,7 +254,12 @@ def do_train(
 
     def evaluate() -> dict:
         start = time.perf_counter()
-        results = do_test(cfg, model, ema=ema)
+        # The unwrapped model: DDP's forward may broadcast buffers (train.ddp.broadcast_buffers),
+        # a collective that a process with fewer test images than the others never joins. With
+        # the main process's buffers (those the checkpoint holds); training's generators and
+        # buffers are left as they were (evaluation_context.py).
+        with preserved_random_states(), main_process_buffers(model, ema):
+            results = do_test(cfg, unwrap_model(model), ema=ema)
         if timings is not None:
             timings["eval_seconds"] = time.perf_counter() - start
         last_results.clear()

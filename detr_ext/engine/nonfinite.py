@@ -90,7 +90,10 @@ class NonFiniteStepGuard:
             if not torch.isfinite(value.detach()).all()
         ]
         if not terms:
-            return "loss on another rank (all loss terms are finite on this one)"
+            return (
+                "loss on another rank (all loss terms are finite on this one; that rank's "
+                "warning, in log.txt.rank<N> of train.output_dir, names them)"
+            )
         return f"loss ({_names(terms)})"
 
     def _describe_nonfinite_gradient(self, grad_norm: torch.Tensor) -> str:

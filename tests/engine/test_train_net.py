@@ -2,6 +2,7 @@
 accumulation across processes, ports, help, registration warnings (in subprocesses). Its
 evaluation: test_train_net_eval.py."""
 
+import ast
 import json
 import os
 import subprocess
@@ -180,19 +181,23 @@ def test_resume_takes_hyperparameters_from_the_config(trained_run, tmp_path):
     assert "Start inference" not in short.stdout + short.stderr  # refused before evaluating
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_resumed_run_continues_the_data_stream(trained_run, tmp_path, processes):
+@pytest.mark.parametrize("processes, eval_period", [(1, 0), (2, 2)])
+def test_resumed_run_continues_the_data_stream(trained_run, tmp_path, processes, eval_period):
     """A run stopped after 4 iterations and resumed to 7 ends with the weights, EMA and
     optimizer state of the same run done in one go: iterations 4-6 read the images the
     uninterrupted run reads there (the second and third epochs of tiny_train's 16 items), not
     those of iterations 0-2 again, as detectron2's TrainingSampler would have them. The resumed
     run's own train.seed=5 does not change the stream: the checkpoint's seed continues. With 2
-    processes (gloo DDP), each reads its share of the stream from the checkpoint's position."""
+    processes (gloo DDP), each reads its share of the stream from the checkpoint's position.
+    Evaluations at the checkpoint iterations (eval_period 2) leave the generators as the
+    checkpoint recorded them (the test loader drew from torch's: the weights differed)."""
     config, _ = trained_run
+    # Training draws from torch's generator (model.noise), as DINO's denoising does.
     launch = ["--num-gpus", str(processes)]
+    common = [f"train.eval_period={eval_period}", "model.noise=0.5"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_train_net(config, *launch, f"train.output_dir={straight}", "train.max_iter=7")
-    run_train_net(config, *launch, f"train.output_dir={resumed}", "train.max_iter=4")
+    run_train_net(config, *launch, f"train.output_dir={straight}", "train.max_iter=7", *common)
+    run_train_net(config, *launch, f"train.output_dir={resumed}", "train.max_iter=4", *common)
     first = torch.load(resumed / "model_final.pth", weights_only=False)["data_stream"]
     assert first["position"] == 16 and first["size"] == 16 and first["total_batch_size"] == 4
     result = run_train_net(
@@ -202,6 +207,7 @@ def test_resumed_run_continues_the_data_stream(trained_run, tmp_path, processes)
         f"train.output_dir={resumed}",
         "train.max_iter=7",
         "train.seed=5",
+        *common,
     )
     assert "Continuing the training data stream of the checkpoint: index 16" in result.stdout
 
@@ -218,6 +224,39 @@ def test_resumed_run_continues_the_data_stream(trained_run, tmp_path, processes)
     for index, entry in exp_state.items():
         for name, value in entry.items():
             torch.testing.assert_close(got_state[index][name], value, rtol=0, atol=0)
+
+
+def test_evaluation_during_ddp_training_scores_the_saved_model(trained_run, tmp_path):
+    """With 2 processes each keeps its own BatchNorm statistics (broadcast_buffers=False), and
+    each evaluated its share of the test images with them: the logged score was not the saved
+    model's. Now it equals --eval-only of model_final.pth (model and EMA). --eval-only with more
+    processes than test images, and training with broadcast_buffers=True, finish instead of
+    waiting for a buffer broadcast that a process without images never joins."""
+    config, _ = trained_run
+    out = tmp_path / "ddp"
+    run_train_net(config, "--num-gpus", "2", f"train.output_dir={out}", "train.eval_period=4")
+    logged = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    logged = [record for record in logged if "tiny/mse" in record][-1]
+    assert logged["tiny/count"] == 6.0
+
+    weights = f"train.init_checkpoint={out / 'model_final.pth'}"
+    alone = run_train_net(config, "--eval-only", weights, f"train.output_dir={tmp_path / 'e1'}")
+    results = ast.literal_eval(alone.stdout.strip().splitlines()[-1])
+    assert results["tiny"]["count"] == 6.0
+    assert logged["tiny/mse"] == pytest.approx(results["tiny"]["mse"], rel=1e-6)
+    assert logged["ema/tiny/mse"] == pytest.approx(results["ema"]["tiny"]["mse"], rel=1e-6)
+
+    one_image = "dataloader.test.dataset.names=tiny_one"
+    pair = run_train_net(
+        config, "--eval-only", "--num-gpus", "2", weights, one_image,
+        f"train.output_dir={tmp_path / 'e2'}",
+    )  # fmt: skip
+    printed = [line for line in pair.stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 1 and ast.literal_eval(printed[0])["tiny"]["count"] == 1.0
+    run_train_net(
+        config, "--num-gpus", "2", one_image, "train.ddp.broadcast_buffers=True",
+        "train.max_iter=2", "train.eval_period=2", f"train.output_dir={tmp_path / 'bb'}",
+    )  # fmt: skip
 
 
 def test_gradient_accumulation_on_two_processes_equals_one_large_batch(trained_run, tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
 from torch import nn
 
 IN_FEATURES = 4
@@ -24,7 +25,7 @@ def _make_dicts(num_items: int, seed: int) -> list[dict]:
     ]
 
 
-for _name, _size, _seed in (("tiny_train", 16, 0), ("tiny_test", 6, 1)):
+for _name, _size, _seed in (("tiny_train", 16, 0), ("tiny_test", 6, 1), ("tiny_one", 1, 2)):
     if _name not in DatasetCatalog.list():
         DatasetCatalog.register(_name, lambda size=_size, seed=_seed: _make_dicts(size, seed))
 
@@ -73,7 +74,8 @@ class TinyModel(nn.Module):
 
 
 class TinyEvaluator(DatasetEvaluator):
-    """Mean squared error of the predictions over the test set."""
+    """Mean squared error of the predictions over the test set; with several processes the
+    main process gathers every process's images (as COCOEvaluator), the others return {}."""
 
     def reset(self) -> None:
         self._squared_errors: list[float] = []
@@ -83,5 +85,8 @@ class TinyEvaluator(DatasetEvaluator):
             self._squared_errors.append(float((output["pred"].cpu() - item["y"]) ** 2))
 
     def evaluate(self) -> dict:
-        count = len(self._squared_errors)
-        return {"tiny": {"mse": sum(self._squared_errors) / count, "count": float(count)}}
+        gathered = comm.gather(self._squared_errors, dst=0)
+        if not comm.is_main_process():
+            return {}
+        errors = [error for errors in gathered for error in errors]
+        return {"tiny": {"mse": sum(errors) / len(errors), "count": float(len(errors))}}
