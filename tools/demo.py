@@ -106,14 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def collect_images(inputs: Sequence[str]) -> list[Path]:
     """The image files named in ``inputs``: files as given, folders as their image files
-    (by extension, sorted, not recursive). Raises :class:`DemoError` for a missing path or
-    when no image is found at all. Whether a file really is a readable image is found out
-    when it is processed (an unreadable one is skipped and reported)."""
+    (by extension, sorted, not recursive; the other files of a folder are named in a log
+    line). Raises :class:`DemoError` for a missing path or when no image is found at all.
+    Whether a file really is a readable image is found out when it is processed (an
+    unreadable one is skipped and reported)."""
     images: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            images.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
+            files = sorted(p for p in path.iterdir() if p.is_file())
+            images.extend(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
+            others = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+            if others:
+                logger.info(
+                    "%s: ignoring %d file(s) without an image extension (%s): %s",
+                    path,
+                    len(others),
+                    ", ".join(IMAGE_EXTENSIONS),
+                    ", ".join(others[:10]) + (" ..." if len(others) > 10 else ""),
+                )
         elif path.is_file():
             images.append(path)
         else:
@@ -142,6 +153,40 @@ def output_names(images: Sequence[Path]) -> list[str]:
     return names
 
 
+def check_output(output: str, images: Sequence[Path], names: Sequence[str]) -> Path:
+    """The ``--output`` folder, refused (:class:`DemoError`) when it is an existing file or
+    when a drawing would be written over one of the input images (``--output`` the input
+    folder: ``photo.png`` would be replaced by its drawing)."""
+    output_dir = Path(output)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise DemoError(f"--output: expected a folder, got the existing file {output!r}")
+    inputs = {path.resolve() for path in images}
+    planned = [output_dir / name for name in names]
+    planned += [output_dir / "detections.json", output_dir / "skipped.json"]
+    clashes = [str(path) for path in planned if path.resolve() in inputs]
+    if clashes:
+        raise DemoError(
+            f"--output {output!r} would overwrite input images {clashes[:5]} with their "
+            "drawings; expected an output folder other than the images' own"
+        )
+    return output_dir
+
+
+def check_device(device: str | None) -> None:
+    """Refuse (:class:`DemoError`) a ``--device`` torch does not know or cannot use, before
+    the model is loaded (a traceback from deep inside torch otherwise)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise DemoError(f"--device: expected cpu, cuda, cuda:1, ..., got {device!r}") from error
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise DemoError(f"--device {device}: torch sees no GPU here; expected --device cpu")
+
+
 def predict_outputs(predictor, image, prompt: str | None) -> dict:
     """The model's outputs for one image: ``{"instances", "phrases"?, "panoptic_seg"?}``
     (``Predictor.predict_outputs``; an exported model gives instances only)."""
@@ -165,6 +210,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Run the demo; returns what was written to ``detections.json``."""
     args = build_parser().parse_args(argv)
     images = collect_images(args.input)
+    names = output_names(images)
+    output_dir = check_output(args.output, images, names)
+    check_device(args.device)
+    if not 0.0 <= args.confidence_threshold <= 1.0:
+        raise DemoError(
+            f"--confidence-threshold: expected a score in [0, 1], got {args.confidence_threshold:g}"
+        )
     if (args.weights is None) == (args.exported is None):
         raise DemoError(
             "expected exactly one of --weights (a checkpoint) and --exported (an exported "
@@ -226,13 +278,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             parse_prompt(args.prompt)  # before any image: a prompt without phrases is an error
         except ValueError as error:
             raise DemoError(f"--prompt: {error}") from error
-    output_dir = Path(args.output)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     records: list[dict] = []
     skipped: list[dict] = []
     try:
-        for path, name in zip(images, output_names(images), strict=True):
+        for path, name in zip(images, names, strict=True):
             try:
                 image = predictor.read_image(path)  # ImageReadError (OSError) names the file
                 outputs = predict_outputs(predictor, image, args.prompt)

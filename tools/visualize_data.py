@@ -18,6 +18,13 @@ dataset's order (``--shuffle`` draws a random sample instead, with ``--seed``), 
 ``<output-dir>/<image id or file stem>.png``; the mapper's random transforms use ``--seed``
 too, so a run can be repeated. ``key=value`` overrides apply to the config as in
 ``tools/train_net.py``.
+
+``--source annotation`` draws every image of the dataset, also those without annotations
+(which training leaves out: ``filter_empty``); ``--source dataloader`` draws what the loader
+holds, and says how many images its ``filter_empty`` left out. The test split's mapper keeps
+no annotations (as in evaluation), so ``--source dataloader --split test`` draws the images
+only. An image that cannot be read or does not fit its annotations (size, EXIF rotation) is
+skipped and listed at the end, with the reason; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -38,6 +45,14 @@ SOURCES = ("annotation", "dataloader")
 
 class VisualizeError(Exception):
     """A usage error, reported without a traceback."""
+
+
+class SkippedImages(Exception):
+    """Some images could not be drawn (listed on stderr); the others were written."""
+
+    def __init__(self, written: list[Path], count: int) -> None:
+        super().__init__(f"{count} image(s) skipped")
+        self.written = written
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     from detr_ext.config import ConfigUsageError, load_config
     from detr_ext.engine.predictor import mapper_image_options
 
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise VisualizeError(f"--output-dir: expected a folder, got the file {args.output_dir!r}")
     if args.num_images < 1:
         raise VisualizeError(f"--num-images: expected a positive count, got {args.num_images}")
     try:
@@ -138,8 +155,14 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     section = cfg.get("dataloader", {}).get(args.split)
     if section is None or "dataset" not in section:
         raise VisualizeError(f"the config has no dataloader.{args.split}.dataset")
+    dataset_node = section.dataset
+    filter_empty = bool(dataset_node.get("filter_empty", False))
+    if args.source == "annotation" and filter_empty:
+        # Every image, also those training leaves out for having no annotation.
+        dataset_node = dataset_node.copy()
+        dataset_node.filter_empty = False
     try:
-        records = instantiate(section.dataset)
+        records = instantiate(dataset_node)
     except (KeyError, FileNotFoundError, AssertionError) as error:
         raise VisualizeError(
             f"cannot load dataloader.{args.split}.dataset ({error}); is the dataset registered "
@@ -147,6 +170,13 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         ) from error
     if len(records) == 0:
         raise VisualizeError(f"dataloader.{args.split}.dataset is empty")
+    if filter_empty:
+        print(_filter_empty_note(args.source, records, dataset_node, instantiate))
+    if args.source == "dataloader" and args.split == "test":
+        print(
+            "note: the test mapper keeps no annotations (as in evaluation): drawing the images "
+            "only; --source annotation draws them with their annotations"
+        )
     dataset_names = section.dataset.get("names", [])
     dataset_name = dataset_names if isinstance(dataset_names, str) else list(dataset_names)[0]
     metadata = MetadataCatalog.get(dataset_name)
@@ -172,22 +202,51 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    skipped: list[str] = []
     used: set[str] = set()
     for index in indices[: args.num_images]:
         record = records[index]
-        if mapper is None:
-            drawing = draw_annotations(record, metadata, apply_exif)
-        else:
-            mapped = mapper(dict(record))
-            if mapped is None:  # a mapper that skips unreadable images
-                print(f"skipped {record.get('file_name')}: the mapper returned nothing")
-                continue
-            drawing = draw_mapped(mapped, metadata, getattr(mapper, "img_format", "RGB"))
+        try:
+            if mapper is None:
+                drawing = draw_annotations(record, metadata, apply_exif)
+            else:
+                mapped = mapper(dict(record))
+                if mapped is None:  # a mapper that skips unreadable images
+                    raise ValueError("the mapper returned nothing")
+                drawing = draw_mapped(mapped, metadata, getattr(mapper, "img_format", "RGB"))
+        except (OSError, ValueError) as error:  # unreadable file, size / EXIF mismatch
+            skipped.append(f"{record.get('file_name')}: {error}")
+            continue
         path = output_dir / _output_name(record, used)
         Image.fromarray(drawing).save(path)
         written.append(path)
     print(f"wrote {len(written)} image(s) to {output_dir}")
+    if skipped:
+        listing = "\n".join(f"  {line}" for line in skipped)
+        print(f"skipped {len(skipped)} image(s):\n{listing}", file=sys.stderr)
+        raise SkippedImages(written, len(skipped))
     return written
+
+
+def _filter_empty_note(source: str, records: list, dataset_node, instantiate) -> str:
+    """How many images the dataset's ``filter_empty`` leaves out of training."""
+    if source == "annotation":
+        empty = sum(
+            1
+            for record in records
+            if not any(not a.get("iscrowd", 0) for a in record.get("annotations", ()))
+        )
+        return (
+            f"note: drawing all {len(records)} images; {empty} have no annotation (crowd "
+            "regions aside) and are left out of training by the dataset's filter_empty"
+        )
+    everything = dataset_node.copy()
+    everything.filter_empty = False
+    left_out = len(instantiate(everything)) - len(records)
+    return (
+        f"note: the dataset's filter_empty left out {left_out} image(s) without annotations "
+        "(as training does); --source annotation draws them"
+    )
 
 
 if __name__ == "__main__":
@@ -195,4 +254,6 @@ if __name__ == "__main__":
         main()
     except VisualizeError as error:
         print(f"visualize_data.py: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except SkippedImages:
         sys.exit(1)

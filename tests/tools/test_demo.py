@@ -4,6 +4,7 @@ images (skipped and listed), an interrupted run (detections kept) and a checkpoi
 class head does not fit the config."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -201,3 +202,34 @@ def test_demo_names_weights_it_cannot_read_without_a_traceback(demo_inputs, tmp_
     expected = "Cannot read checkpoint" if problem == "truncated" else "missing path"
     assert expected in result.stderr and str(weights) in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_demo_refuses_to_draw_over_its_inputs_and_other_bad_arguments(demo_inputs, tmp_path):
+    """--output set to the input folder replaced each input image by its drawing (the same
+    stem, .png), exit 0; an --output that is a file, a threshold outside [0, 1] and a device
+    torch cannot use ended in tracebacks or in runs that draw nothing. All are refused before
+    the model is loaded, and nothing is written."""
+    _, weights, image_file, folder = demo_inputs
+    demo = load_script("tools/demo.py")
+    before = (folder / "second.png").read_bytes()
+    common = ["--config-file", str(CONFIG), "--weights", str(weights)]
+    cases = [
+        (["--input", str(folder), "--output", str(folder)], "would overwrite input images"),
+        (["--input", str(folder / "second.png"), "--output", str(folder / "..") + "/folder"],
+         "would overwrite input images"),
+        (["--input", str(image_file), "--output", str(image_file)], "expected a folder"),
+        (["--input", str(image_file), "--output", str(tmp_path / "out"),
+          "--confidence-threshold", "50"], "expected a score in [0, 1], got 50"),
+        (["--input", str(image_file), "--output", str(tmp_path / "out"), "--device", "gpu0"],
+         "expected cpu, cuda"),
+    ]  # fmt: skip
+    if not torch.cuda.is_available():
+        cases.append(
+            (["--input", str(image_file), "--output", str(tmp_path / "out"), "--device", "cuda"],
+             "torch sees no GPU")
+        )  # fmt: skip
+    for argv, message in cases:
+        with pytest.raises(demo.DemoError, match=re.escape(message)):
+            demo.main([*common, *argv])
+    assert (folder / "second.png").read_bytes() == before
+    assert not (tmp_path / "out").exists()

@@ -82,6 +82,7 @@ def test_mapped_boxes_are_drawn_where_they_are():
     [
         (["--num-images", "0"], "positive count"),
         (["--split", "test", "not_an_override"], "key=value"),
+        (["--output-dir", __file__], "expected a folder, got the file"),
     ],
 )
 def test_usage_errors(tiny_config, tmp_path, argv, match):
@@ -124,3 +125,72 @@ def test_annotations_mixing_polygons_and_boxes_on_images_read_as_the_mappers_do(
     record = {"file_name": str(photo), "image_id": 2, "annotations": []}
     assert tool.draw_annotations(record, metadata).shape[:2] == (40, 24)
     assert tool.draw_annotations(record, metadata, False).shape[:2] == (24, 40)
+
+
+@pytest.fixture()
+def mixed_dataset_config(tmp_path, monkeypatch):
+    """A training set of 3 images: one annotated, one without annotations (left out by
+    filter_empty), one corrupt file."""
+    monkeypatch.setenv("DETR_EXT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "images"
+    root.mkdir()
+    for name in ("good.png", "empty.png"):
+        Image.fromarray(np.full((30, 40, 3), 90, dtype=np.uint8)).save(root / name)
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    images = [
+        {"id": index + 1, "file_name": name, "width": 40, "height": 30}
+        for index, name in enumerate(("good.png", "empty.png", "corrupt.png"))
+    ]
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 5, 10, 10], "area": 100,
+         "iscrowd": 0},
+        {"id": 2, "image_id": 3, "category_id": 1, "bbox": [5, 5, 10, 10], "area": 100,
+         "iscrowd": 0},
+    ]  # fmt: skip
+    data = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "a"}]}
+    (tmp_path / "train.json").write_text(json.dumps(data))
+    config = tmp_path / "mixed.py"
+    name = f"vis_mixed_{tmp_path.name}"  # one registration per test
+    config.write_text(
+        "from detectron2.config import LazyCall as L\n"
+        "from detectron2.data import get_detection_dataset_dicts\n"
+        "from detr_ext.data import DetrDatasetMapper\n"
+        "from detr_ext.data.datasets import register_coco_format_dataset\n"
+        f"register_coco_format_dataset({name!r}, {str(tmp_path / 'train.json')!r}, "
+        f"{str(root)!r})\n"
+        "dataloader = dict(train=dict(\n"
+        f"    dataset=L(get_detection_dataset_dicts)(names={name!r}, filter_empty=True),\n"
+        "    mapper=L(DetrDatasetMapper)(augmentation=[], is_train=True)))\n"
+    )
+    return config
+
+
+@pytest.mark.parametrize("source, drawn, note", [
+    ("annotation", ["1.png", "2.png"], "drawing all 3 images; 1 have no annotation"),
+    ("dataloader", ["1.png"], "filter_empty left out 1 image(s) without annotations"),
+])  # fmt: skip
+def test_images_left_out_or_unreadable_are_said_not_silently_dropped(
+    mixed_dataset_config, tmp_path, capsys, source, drawn, note
+):
+    """The image without annotations was never drawn, not even with --source annotation, and
+    nothing said so; the corrupt image stopped the run with a traceback, the images after it
+    never drawn."""
+    tool = load_script("tools/visualize_data.py")
+    out = tmp_path / "vis"
+    argv = ["--config-file", str(mixed_dataset_config), "--source", source]
+    with pytest.raises(tool.SkippedImages) as info:
+        tool.main([*argv, "--output-dir", str(out)])
+    assert sorted(path.name for path in info.value.written) == drawn
+    assert sorted(path.name for path in out.iterdir()) == drawn
+    captured = capsys.readouterr()
+    assert note in captured.out
+    assert "skipped 1 image(s)" in captured.err and "corrupt.png" in captured.err
+
+
+def test_the_test_mapper_keeping_no_annotations_is_said(tiny_config, tmp_path, capsys):
+    tool = load_script("tools/visualize_data.py")
+    tool.main(
+        ["--config-file", str(tiny_config), "--source", "dataloader", "--split", "test"]
+        + ["--output-dir", str(tmp_path / "vis"), "--num-images", "1"]
+    )
+    assert "the test mapper keeps no annotations" in capsys.readouterr().out
