@@ -127,6 +127,17 @@ class RandomStates:
         ``(seed + rank, iteration)`` when it has none for this process. Call it just before
         the resumed run's first step."""
         rank = comm.get_rank()
+        world_size = comm.get_world_size()
+        if rank == 0 and self.loaded and len(self.loaded) < world_size:
+            # Said here too: the other processes' warnings reach only their log.txt.rank<N>.
+            first, last = len(self.loaded), world_size - 1
+            logger.warning(
+                "--resume: the checkpoint holds random-generator states for %d process(es), "
+                "this run has %d: process(es) %s are seeded afresh (see log.txt.rank<N>).",
+                len(self.loaded),
+                world_size,
+                first if first == last else f"{first}-{last}",
+            )
         states = self.loaded[rank] if self.loaded and rank < len(self.loaded) else None
         seed = restore_or_reseed(states, self.seed + rank, iteration)
         if seed is None:

@@ -56,3 +56,16 @@ def test_a_checkpoint_without_generator_states_reseeds_from_the_iteration(tmp_pa
     torch.save(checkpoint, resumed / "model_final.pth")
     result = run_train_net(config, "--resume", f"train.output_dir={resumed}", "train.max_iter=3")
     assert "holds no random-generator states for process 0" in result.stdout + result.stderr
+
+
+def test_more_processes_than_the_checkpoint_has_states_for_is_said_by_the_main_one(tmp_path):
+    """The warning of a process without saved states reached only its log.txt.rank1."""
+    config = tmp_path / "tiny_random.py"
+    config.write_text(RANDOM_CONFIG)
+    resumed = tmp_path / "resumed"
+    run_train_net(config, f"train.output_dir={resumed}", "train.max_iter=2")
+    run_train_net(
+        config, "--num-gpus", "2", "--resume", f"train.output_dir={resumed}", "train.max_iter=3"
+    )
+    log = (resumed / "log.txt").read_text()
+    assert "states for 1 process(es), this run has 2: process(es) 1 are seeded afresh" in log
