@@ -16,7 +16,6 @@ annotations, so such an image reaches the model without instances.
 
 from __future__ import annotations
 
-import datetime
 import json
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch.multiprocessing as mp
 from detectron2.config import instantiate
 
 from detr_ext.engine.defaults import wrap_ddp
+from tests.gloo import gloo_group
 from tests.projects.tiny_shapes import SHAPES_CONFIGS, synthetic_batch, tiny_shapes_config
 
 WORLD_SIZE = 2
@@ -123,22 +123,13 @@ def _worker(rank: int, projects: list[str], init_file: str, result_dir: str) -> 
     ``{project}_rank{rank}.json``. One process group for all projects: starting the
     processes (importing torch, detectron2) costs more than the training."""
     torch.set_num_threads(1)  # two processes share the cores
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
-    )
-    try:
+    with gloo_group(rank, WORLD_SIZE, init_file, timeout_s=COLLECTIVE_TIMEOUT_S):
         for project in projects:
             if project.endswith("+accumulation"):
                 result = _train_accumulated(rank, project.split("+")[0])
             else:
                 result = _train_project(rank, project)
             (Path(result_dir) / f"{project}_rank{rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
 
 
 def run_two_ranks(projects: list[str], result_dir: Path) -> None:

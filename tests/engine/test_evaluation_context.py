@@ -4,19 +4,18 @@ every process holds process 0's BatchNorm statistics (model and EMA), afterwards
 
 from __future__ import annotations
 
-import datetime
 import json
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
 from detr_ext.engine.ema import ModelEMA
 from detr_ext.engine.evaluation_context import main_process_buffers, preserved_random_states
+from tests.gloo import gloo_group
 
 WORLD_SIZE = 2
 
@@ -31,14 +30,7 @@ def _model(rank: int) -> nn.Module:
 
 
 def _worker(rank: int, init_file: str, result_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD_SIZE,
-        timeout=datetime.timedelta(seconds=60),
-    )
-    try:
+    with gloo_group(rank, WORLD_SIZE, init_file):
         model = _model(rank)
         ema = ModelEMA(model, decay=0.5)
         model(torch.randn(8, 3) * (rank + 1))
@@ -59,8 +51,6 @@ def _worker(rank: int, init_file: str, result_dir: str) -> None:
             "ema_weight": weight,
         }
         (Path(result_dir) / f"rank{rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_main_process_buffers_inside_and_each_process_its_own_after(tmp_path):

@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import datetime
 import math
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from detr_ext.pretrain import DINOLoss
+from tests.gloo import gloo_group
 
 STUDENT = [[1.0, 0.0, -1.0], [0.5, 0.5, 0.0], [0.0, -0.5, 1.0]]  # views 0, 1 (global), 2 (local)
 TEACHER = [[0.6, 0.0, -0.3], [0.0, 0.9, 0.3]]  # the two global views
@@ -106,14 +105,7 @@ def test_rejects_bad_shapes_and_arguments():
 
 
 def _center_on_rank(rank: int, world_size: int, init_file: str, results) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=60),
-    )
-    try:
+    with gloo_group(rank, world_size, init_file):
         loss_fn = DINOLoss(out_dim=2, center_momentum=0.5)
         teacher = (
             torch.tensor([[1.0, 0.0], [3.0, 0.0]])
@@ -122,8 +114,6 @@ def _center_on_rank(rank: int, world_size: int, init_file: str, results) -> None
         )
         loss_fn(torch.cat([teacher, teacher, teacher]), teacher, iteration=0)
         results[rank] = loss_fn.center.tolist()
-    finally:
-        dist.destroy_process_group()
 
 
 def test_center_is_averaged_over_processes(tmp_path):
