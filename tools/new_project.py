@@ -64,160 +64,13 @@ SCAFFOLD_MARKER = (
 )
 _MARKER_FIRST_LINE = re.compile(r"(?:# |<!-- )detr_ext-scaffold: project=([a-z][a-z0-9_]*)\b")
 
-INIT = '''{py_marker}
-"""{title}: a detr_ext project (scaffolded from {base_class})."""
-'''
-
-MODELING_INIT = '''{py_marker}
-"""{title} modeling; importing it registers ``{class_name}``."""
-
-from .{name} import {class_name}
-
-__all__ = ["{class_name}"]
-'''
-
-MODELING = '''{py_marker}
-"""The {class_name} meta-architecture.
-
-It starts as {base_class} unchanged. Change what your method changes here (override
-``__init__`` for new modules, or the methods of {base_class} / ``DetectorBase``), and keep
-the detectron2 contract: training returns a dict of weighted losses, inference returns
-``[{{"instances": Instances}}]`` at the original image size.
-"""
-
-from __future__ import annotations
-
-from detectron2.modeling import META_ARCH_REGISTRY
-
-from {base_module} import {base_class}
-
-__all__ = ["{class_name}"]
+# The files a project starts with: str.format templates ({name}, {class_name}, {title},
+# {base_module}, {base_class}, {base_config}, and the marker lines {py_marker} / {md_marker}).
+TEMPLATES = Path(__file__).resolve().parent / "new_project_templates"
 
 
-@META_ARCH_REGISTRY.register()
-class {class_name}({base_class}):
-    """{title}, built on {base_class}."""
-'''
-
-# Built on a shared recipe in configs/common/ (see BASES).
-CONFIG = '''{py_marker}
-"""{class_name} on the bundled shapes dataset (CPU friendly), built on
-the shared recipe ``configs/{base_config}``.
-
-    python tools/train_net.py --config-file projects/{name}/configs/{name}_shapes.py
-"""
-
-from detr_ext.config import get_config
-from projects.{name}.modeling import {class_name}
-
-_base = get_config("{base_config}")
-dataloader = _base.dataloader
-optimizer = _base.optimizer
-lr_multiplier = _base.lr_multiplier
-train = _base.train
-model = _base.model
-
-model._target_ = {class_name}
-train.output_dir = "./output/{name}_shapes"
-
-__all__ = ["dataloader", "lr_multiplier", "model", "optimizer", "train"]
-'''
-
-README = """{md_marker}
-# {title}
-
-A detr_ext project scaffolded from `{base_class}` by `tools/new_project.py`.
-
-- `modeling/{name}.py`: the `{class_name}` meta-architecture (registered with detectron2's
-  `META_ARCH_REGISTRY`).
-- `configs/{name}_shapes.py`: trains on the bundled `shapes` dataset, on a CPU.
-
-```bash
-python tools/train_net.py --config-file projects/{name}/configs/{name}_shapes.py
-python tools/train_net.py --config-file projects/{name}/configs/{name}_shapes.py \\
-    --eval-only train.init_checkpoint=output/{name}_shapes/model_final.pth
-python -m pytest tests/projects/test_{name}.py
-```
-
-To train on your own COCO-format data, see the top-level README.
-"""
-
-TEST = '''{py_marker}
-"""Scaffolded tests of the {name} project: the model builds, runs, and trains."""
-
-from __future__ import annotations
-
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import torch
-from detectron2.config import LazyConfig, instantiate
-from detectron2.modeling import META_ARCH_REGISTRY
-
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "projects/{name}/configs/{name}_shapes.py"
-
-
-def _batch(num_images=2):
-    from detectron2.structures import Boxes, Instances
-
-    inputs = []
-    for index in range(num_images):
-        instances = Instances((96, 128))
-        instances.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0]]))
-        instances.gt_classes = torch.tensor([index % 3])
-        image = torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8)
-        inputs.append({{"image": image, "height": 96, "width": 128, "instances": instances}})
-    return inputs
-
-
-def test_registered_and_builds():
-    cfg = LazyConfig.load(str(CONFIG))
-    model = instantiate(cfg.model)
-    assert "{class_name}" in META_ARCH_REGISTRY
-    assert type(model).__name__ == "{class_name}"
-
-
-def test_forward_train_and_eval():
-    cfg = LazyConfig.load(str(CONFIG))
-    model = instantiate(cfg.model)
-    losses = model(_batch())
-    assert losses and all(torch.isfinite(value) for value in losses.values())
-    sum(losses.values()).backward()
-    model.eval()
-    with torch.no_grad():
-        outputs = model(_batch())
-    assert outputs[0]["instances"].image_size == (96, 128)
-
-
-TINY_CONFIG = """
-from detectron2.config import LazyConfig
-from detr_ext.data.datasets import register_shapes
-
-_base = LazyConfig.load({{config!r}})
-register_shapes(root=None, num_train=4, num_val=2, seed=0, replace=True)
-model, dataloader, train = _base.model, _base.dataloader, _base.train
-optimizer, lr_multiplier = _base.optimizer, _base.lr_multiplier
-dataloader.train.total_batch_size = 2
-dataloader.train.num_workers = 0
-dataloader.test.num_workers = 0
-train.max_iter = 2
-"""
-
-
-def test_trains_two_iterations(tmp_path):
-    config = tmp_path / "tiny.py"
-    config.write_text(TINY_CONFIG.format(config=str(CONFIG)))
-    env = dict(os.environ, DETR_EXT_DATASETS=str(tmp_path / "datasets"), CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    command = [sys.executable, str(REPO / "tools/train_net.py"), "--config-file", str(config)]
-    command.append(f"train.output_dir={{tmp_path / 'output'}}")
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "output" / "model_final.pth").is_file()
-'''
+def read_template(file_name: str) -> str:
+    return (TEMPLATES / file_name).read_text()
 
 
 def class_name_for(name: str) -> str:
@@ -390,12 +243,13 @@ def scaffold(name: str, base: str, root: Path = REPO, force: bool = False) -> li
     project = root / "projects" / name
     test_file = root / "tests" / "projects" / f"test_{name}.py"
     templates = {
-        project / "__init__.py": INIT,
-        project / "modeling" / "__init__.py": MODELING_INIT,
-        project / "modeling" / f"{name}.py": MODELING,
-        project / "configs" / f"{name}_shapes.py": CONFIG,
-        project / "README.md": README,
-        test_file: TEST,
+        project / "__init__.py": read_template("init.py.tmpl"),
+        project / "modeling" / "__init__.py": read_template("modeling_init.py.tmpl"),
+        project / "modeling" / f"{name}.py": read_template("modeling.py.tmpl"),
+        # Built on a shared recipe in configs/common/ (see BASES).
+        project / "configs" / f"{name}_shapes.py": read_template("config.py.tmpl"),
+        project / "README.md": read_template("README.md.tmpl"),
+        test_file: read_template("test.py.tmpl"),
     }
     check_overwrite(name, project, list(templates), root, force)
     check_class_name_is_free(name, root)
