@@ -153,7 +153,7 @@ class DINOTransformerDecoder(TransformerLayerSequence):
             query_sine_embed = get_sine_pos_embed(
                 reference_points_input[:, :, 0, :], num_pos_feats=self.embed_dim // 2
             )
-            query_pos = self.ref_point_head(query_sine_embed)
+            query_pos = self.ref_point_head(query_sine_embed.to(output.dtype))
             output = layer(
                 output,
                 value,

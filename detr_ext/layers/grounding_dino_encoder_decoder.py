@@ -197,7 +197,7 @@ class GroundingDINOEncoder(DeformableTransformerEncoder):
                 positions[None, :, None].expand(batch_size, -1, -1),
                 num_pos_feats=self.embed_dim,
                 exchange_xy=False,
-            )
+            ).to(text.dtype)
         for fusion_layer, text_layer, layer in zip(
             self.fusion_layers, self.text_layers, self.layers, strict=True
         ):

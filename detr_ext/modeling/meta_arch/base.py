@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from detr_ext.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
-from .output_checks import check_finite_detections
+from .output_checks import as_float32_detections, check_finite_detections
 from .target_checks import check_ground_truth
 
 __all__ = ["DetectorBase"]
@@ -206,7 +206,10 @@ class DetectorBase(nn.Module):
                     f"{name}: batched_inputs[{index}]['image'] must be a [{num_channels}, H, W] "
                     f"tensor, got {got}"
                 )
-            images.append((image.to(self.device) - self.pixel_mean) / self.pixel_std)
+            # In the dtype of the normalization constants (the model's): a float64 image (from
+            # a float64 numpy array) reached the float32 backbone as float64 and failed there.
+            image = image.to(device=self.device, dtype=self.pixel_mean.dtype)
+            images.append((image - self.pixel_mean) / self.pixel_std)
         images = ImageList.from_tensors(images, self.size_divisibility)
         batch_size, _, height, width = images.tensor.shape
         padding_mask = torch.ones(
@@ -388,12 +391,15 @@ class DetectorBase(nn.Module):
         """Resize each image's detections from the input frame to its original size.
 
         The original size is ``(item["height"], item["width"])``, defaulting to the input size.
-        Boxes are clipped to the image by ``detector_postprocess``.
+        Boxes are clipped to the image by ``detector_postprocess``. Scores and boxes are
+        float32 whatever the model ran in (bfloat16 autocast or a ``.bfloat16()`` model gave
+        bfloat16 scores, which numpy cannot take and which tie often).
         """
         processed = []
         for result, item, image_size in zip(results, batched_inputs, image_sizes, strict=True):
             height = item.get("height", image_size[0])
             width = item.get("width", image_size[1])
             check_finite_detections(result, item)
+            as_float32_detections(result)
             processed.append({"instances": detector_postprocess(result, height, width)})
         return processed

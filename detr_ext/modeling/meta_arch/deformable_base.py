@@ -140,15 +140,24 @@ class DeformableDetectorBase(DetectorBase):
 
         Returns:
             ``(feats, masks, pos_embeds)``: lists of ``[B, C, H_l, W_l]``, ``[B, H_l, W_l]``
-            bool (the image mask resized by nearest neighbour) and ``[B, C, H_l, W_l]``.
+            bool (the image mask at each level's stride) and ``[B, C, H_l, W_l]``.
         """
         features = self.backbone(images.tensor)
         multi_level_feats = self.neck(features)
+        strides = self.level_strides(len(multi_level_feats))
         masks, pos_embeds = [], []
-        for feat in multi_level_feats:
-            masks.append(resize_padding_mask(padding_mask, feat.shape[-2:]))
-            pos_embeds.append(self.position_embedding(masks[-1]))
+        for feat, stride in zip(multi_level_feats, strides, strict=True):
+            masks.append(resize_padding_mask(padding_mask, feat.shape[-2:], stride))
+            pos_embeds.append(self.position_embedding(masks[-1]).to(feat.dtype))
         return multi_level_feats, masks, pos_embeds
+
+    def level_strides(self, num_levels: int) -> list[int | None]:
+        """Each neck level's stride (``neck.output_shapes()``, as :class:`ChannelMapper` gives
+        them), for exact padding masks; ``None`` where the neck does not say (nearest
+        resizing, see :func:`~detr_ext.layers.resize_padding_mask`)."""
+        shapes = self.neck.output_shapes() if hasattr(self.neck, "output_shapes") else []
+        strides = [shape.stride for shape in shapes]
+        return strides if len(strides) == num_levels else [None] * num_levels
 
     def layer_predictions(
         self, states: Tensor, init_reference: Tensor, references: Tensor

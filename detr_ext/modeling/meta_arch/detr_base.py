@@ -155,11 +155,18 @@ class DETRDetectorBase(DetectorBase):
                 f"{sorted(backbone_features)}"
             )
         features = self.input_proj(backbone_features[feature_name])  # [B, C, h, w]
-        # Nearest-neighbour downsampling of the padding mask to the feature resolution.
-        mask = resize_padding_mask(padding_mask, features.shape[-2:])
-        pos_embed = self.position_embedding(mask)
+        mask = resize_padding_mask(padding_mask, features.shape[-2:], self.feature_stride())
+        pos_embed = self.position_embedding(mask).to(features.dtype)
         hidden_states, memory = self.transformer(features, mask, self.query_embed.weight, pos_embed)
         return DETRNetworkOutputs(backbone_features, features, mask, hidden_states, memory)
+
+    def feature_stride(self) -> int | None:
+        """The stride of the transformer's feature map (``backbone.output_shape()``), for an
+        exact padding mask; ``None`` when the backbone does not say."""
+        if not hasattr(self.backbone, "output_shape"):
+            return None
+        shape = self.backbone.output_shape().get(self.in_features[-1])
+        return None if shape is None else shape.stride
 
     def head_outputs(self, hidden_states: Tensor) -> dict[str, Any]:
         """Class and box heads on the decoder outputs ``hidden_states``: ``[L, B, Q, C]``;

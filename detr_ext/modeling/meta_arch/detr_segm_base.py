@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .detr_base import DETRDetectorBase
 from .mask_resize import logits_and_masks_at_output_size
-from .output_checks import check_finite_detections
+from .output_checks import as_float32_detections, check_finite_detections
 from .panoptic_inference import combine_panoptic
 
 __all__ = ["DETRSegmDetectorBase"]
@@ -280,6 +280,7 @@ class DETRSegmDetectorBase(DETRDetectorBase):
             width = int(item.get("width", image_size[1]))
             frame = (padded_size, tuple(image_size), (height, width))
             check_finite_detections(result, item)
+            as_float32_detections(result)
             processed.append(self._postprocess_image(result, frame))
         return processed
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from detectron2.structures import Instances
 
-__all__ = ["NonFiniteOutputError", "check_finite_detections"]
+__all__ = ["NonFiniteOutputError", "as_float32_detections", "check_finite_detections"]
 
 
 class NonFiniteOutputError(FloatingPointError):
@@ -48,3 +48,15 @@ def check_finite_detections(result: Instances, item: Mapping[str, Any]) -> None:
         "such as a negative running_var), or the computation overflowed (float16); check the "
         "checkpoint and run in float32."
     )
+
+
+def as_float32_detections(result: Instances) -> None:
+    """Turn ``result``'s scores, boxes and mask logits into float32 in place: a model run in
+    bfloat16 / float16 (autocast, or cast with ``.bfloat16()``) gave reduced-precision scores,
+    which numpy cannot take (bfloat16) and which tie often."""
+    if result.has("scores") and result.scores.is_floating_point():
+        result.scores = result.scores.float()
+    if result.has("pred_boxes"):
+        result.pred_boxes.tensor = result.pred_boxes.tensor.float()
+    if result.has("pred_mask_logits"):
+        result.pred_mask_logits = result.pred_mask_logits.float()
