@@ -187,6 +187,21 @@ def test_a_prompt_naming_one_class_detects_only_that_class(model, monkeypatch):
     assert sorted(kept.pred_classes.tolist()) == [0, 2]
 
 
+def test_a_batched_image_is_given_only_its_own_phrases(model, monkeypatch):
+    """Batched with a 3-phrase prompt, a 1-phrase image ranked the batch's zero columns too:
+    with more detections asked for than its queries x phrases, it got detections of phrase
+    indices its prompt does not have."""
+    monkeypatch.setattr(model, "forward_outputs", fake_outputs(model, BOXES))
+    monkeypatch.setattr(model, "select_box_nums_for_evaluation", 3 * len(BOXES))
+    image = {"image": torch.zeros(3, 40, 40, dtype=torch.uint8), "height": 40, "width": 40}
+    batch = [dict(image, prompt="triangle"), dict(image, prompt="circle . triangle . red")]
+    alone, together = model.eval()([batch[0]])[0], model([*batch])[0]
+    assert together["phrases"] == ["triangle"]
+    assert set(together["instances"].pred_classes.tolist()) == {0}
+    assert len(together["instances"]) == len(alone["instances"]) == len(BOXES)
+    torch.testing.assert_close(together["instances"].scores, alone["instances"].scores)
+
+
 def test_a_prompt_repeating_a_phrase_is_an_error_at_inference(model, monkeypatch):
     """ "circle . Circle" used to return every circle twice, once per copy."""
     monkeypatch.setattr(model, "forward_outputs", fake_outputs(model, BOXES))

@@ -40,9 +40,11 @@ class GroundedInference:
         chunks = [split_phrases_into_chunks(p, tokenizer, limit) for p in phrases]
         if all(len(image_chunks) == 1 for image_chunks in chunks):
             scores, boxes = self.phrase_scores(images, padding_mask, list(prompts))
+            # Each image ranks its own phrases only: the batch's score tensor has a zero column
+            # for every phrase another image's prompt has more.
             results = [
-                self.top_detections(s, b, size)
-                for s, b, size in zip(scores, boxes, images.image_sizes, strict=True)
+                self.top_detections(s[:, : len(p)], b, size)
+                for s, b, size, p in zip(scores, boxes, images.image_sizes, phrases, strict=True)
             ]
             return results, phrases
         results = []
