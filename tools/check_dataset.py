@@ -184,15 +184,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(problems)} with problems"
             + "".join(f", {counts[kind]} {kind}" for kind in PROBLEM_KINDS if counts[kind])
         )
-        empty_training_set = split == "train" and not has_annotations(records)
-        if empty_training_set:
+        annotated = has_annotations(records)
+        if split == "train" and not annotated:
             total_problems += 1
             print(
                 f"  no_annotations: none of the {len(records)} images has an annotation that "
                 "is not a crowd region, so training on this set stops at once (detectron2's "
                 "filter_empty leaves no image); expected a json with annotations"
             )
-        elif not has_annotations(records):
+        elif not annotated:
             print(f"  note: none of the {len(records)} images has an annotation")
         for kind in PROBLEM_KINDS:
             listed = [problem for problem in problems if problem.kind == kind]
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         report["datasets"][label] = {
             "images": len(records),
             "exif": exif,
-            "no_annotations": not has_annotations(records),
+            "no_annotations": not annotated,
             "seconds": round(seconds, 3),
             "problems": [problem.to_dict() for problem in problems],
         }

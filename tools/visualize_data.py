@@ -139,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     import torch
     from detectron2.config import instantiate
     from detectron2.data import MetadataCatalog
+    from detectron2.data.build import filter_images_with_only_crowd_annotations
     from PIL import Image
 
     from detr_ext.config import ConfigUsageError, load_config
@@ -157,8 +158,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         raise VisualizeError(f"the config has no dataloader.{args.split}.dataset")
     dataset_node = section.dataset
     filter_empty = bool(dataset_node.get("filter_empty", False))
-    if args.source == "annotation" and filter_empty:
-        # Every image, also those training leaves out for having no annotation.
+    if filter_empty:
+        # Loaded once, every image, also those training leaves out for having no annotation;
+        # the loader's filter is applied below for --source dataloader.
         dataset_node = dataset_node.copy()
         dataset_node.filter_empty = False
     try:
@@ -171,7 +173,25 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if len(records) == 0:
         raise VisualizeError(f"dataloader.{args.split}.dataset is empty")
     if filter_empty:
-        print(_filter_empty_note(args.source, records, dataset_node, instantiate))
+        # What get_detection_dataset_dicts(filter_empty=True) does.
+        kept = filter_images_with_only_crowd_annotations(records)
+        left_out = len(records) - len(kept)
+        if args.source == "dataloader":
+            if not kept:
+                raise VisualizeError(
+                    f"dataloader.{args.split}.dataset has no image with an annotation, so its "
+                    "filter_empty leaves none; --source annotation draws them"
+                )
+            records = kept
+            print(
+                f"note: the dataset's filter_empty left out {left_out} image(s) without "
+                "annotations (as training does); --source annotation draws them"
+            )
+        else:
+            print(
+                f"note: drawing all {len(records)} images; {left_out} have no annotation (crowd "
+                "regions aside) and are left out of training by the dataset's filter_empty"
+            )
     if args.source == "dataloader" and args.split == "test":
         print(
             "note: the test mapper keeps no annotations (as in evaluation): drawing the images "
@@ -226,27 +246,6 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         print(f"skipped {len(skipped)} image(s):\n{listing}", file=sys.stderr)
         raise SkippedImages(written, len(skipped))
     return written
-
-
-def _filter_empty_note(source: str, records: list, dataset_node, instantiate) -> str:
-    """How many images the dataset's ``filter_empty`` leaves out of training."""
-    if source == "annotation":
-        empty = sum(
-            1
-            for record in records
-            if not any(not a.get("iscrowd", 0) for a in record.get("annotations", ()))
-        )
-        return (
-            f"note: drawing all {len(records)} images; {empty} have no annotation (crowd "
-            "regions aside) and are left out of training by the dataset's filter_empty"
-        )
-    everything = dataset_node.copy()
-    everything.filter_empty = False
-    left_out = len(instantiate(everything)) - len(records)
-    return (
-        f"note: the dataset's filter_empty left out {left_out} image(s) without annotations "
-        "(as training does); --source annotation draws them"
-    )
 
 
 if __name__ == "__main__":
