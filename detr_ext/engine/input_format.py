@@ -25,6 +25,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "InputFormatError",
     "check_input_format",
+    "config_node",
     "lazy_argument",
     "mapper_image_options",
 ]
@@ -32,13 +33,13 @@ __all__ = [
 IMAGE_FORMATS = ("RGB", "BGR")
 
 
-def _config_node(cfg: DictConfig, dotted_key: str) -> Any:
+def config_node(cfg: DictConfig, dotted_key: str) -> Any:
     """``cfg.<dotted_key>``, or a ``KeyError`` naming the first missing part."""
     node: Any = cfg
     path = "cfg"
     for part in dotted_key.split("."):
         if not isinstance(node, DictConfig) or part not in node:
-            raise KeyError(f"Predictor: expected the config to define {path}.{part}, it does not")
+            raise KeyError(f"expected the config to define {path}.{part}, it does not")
         node = node[part]
         path = f"{path}.{part}"
     return node
@@ -77,7 +78,7 @@ def mapper_image_options(
         KeyError: the config has no ``dataloader.<split>.mapper``.
         ValueError: ``img_format`` is not ``"RGB"`` or ``"BGR"``.
     """
-    mapper = _config_node(cfg, f"dataloader.{split}.mapper")
+    mapper = config_node(cfg, f"dataloader.{split}.mapper")
     img_format = lazy_argument(mapper, "img_format", default_format)
     if img_format not in IMAGE_FORMATS:
         raise ValueError(

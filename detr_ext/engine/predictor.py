@@ -31,7 +31,7 @@ from .detections_json import (
     mask_to_rle,
     panoptic_to_dicts,
 )
-from .input_format import _config_node, check_input_format, mapper_image_options
+from .input_format import check_input_format, config_node, mapper_image_options
 from .prompted import text_prompted_model
 
 __all__ = [
@@ -66,7 +66,7 @@ def metadata_for_config(cfg: DictConfig) -> Metadata:
     Datasets registered with ``register_coco_instances`` only get ``thing_classes`` once they
     are loaded; in that case the dataset is loaded here (once) so that class names are known.
     """
-    names = _config_node(cfg, "dataloader.test.dataset.names")
+    names = config_node(cfg, "dataloader.test.dataset.names")
     name = names if isinstance(names, str) else list(names)[0]
     metadata = MetadataCatalog.get(name)
     if not metadata.get("thing_classes") and name in DatasetCatalog.list():
@@ -158,7 +158,7 @@ class Predictor:
             check_input_format(cfg, splits=("test",))
         except ValueError as error:
             raise ValueError(f"Predictor: {error}") from error
-        augmentation = _config_node(cfg, "dataloader.test.mapper.augmentation")
+        augmentation = config_node(cfg, "dataloader.test.mapper.augmentation")
         self.augmentation = T.AugmentationList(list(instantiate(augmentation)))
         self.metadata = metadata_for_config(cfg)
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from ..data.aug_input import ClampedAugInput
 from ..data.image_io import read_image_file
-from ..engine.input_format import _config_node, mapper_image_options
+from ..engine.input_format import config_node, mapper_image_options
 from ..engine.predictor import _check_image, metadata_for_config
 from .metadata import ExportMetadata
 from .runners import load_exported
@@ -73,7 +73,7 @@ class ExportedPredictor:
             except ValueError as error:
                 raise ValueError(f"ExportedPredictor: {error}") from error
             augmentation = list(
-                instantiate(_config_node(cfg, "dataloader.test.mapper.augmentation"))
+                instantiate(config_node(cfg, "dataloader.test.mapper.augmentation"))
             )
             self.metadata = metadata_for_config(cfg)
         else:

@@ -8,7 +8,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from detr_ext.engine import setup
-from detr_ext.engine.input_format import InputFormatError, check_input_format
+from detr_ext.engine.input_format import InputFormatError, check_input_format, config_node
 from detr_ext.engine.predictor import Predictor
 from tests.tool_runs import SHAPES_CONFIGS, load_script
 
@@ -58,3 +58,13 @@ def test_setup_and_predictor_refuse_it(tmp_path):
     cfg.dataloader.test.mapper.img_format = "BGR"
     with pytest.raises(ValueError, match="Predictor: dataloader.test.mapper.img_format='BGR'"):
         Predictor(cfg, path, device="cpu")
+
+
+def test_a_missing_config_node_is_named():
+    cfg = LazyConfig.load(str(CONFIG))
+    assert config_node(cfg, "dataloader.test.mapper") is cfg.dataloader.test.mapper
+    del cfg.dataloader.test.mapper
+    with pytest.raises(
+        KeyError, match=r"^'expected the config to define cfg.dataloader.test.mapper,"
+    ):
+        config_node(cfg, "dataloader.test.mapper.augmentation")
