@@ -55,7 +55,8 @@ def deformable_transformer_layer(
         num_heads: attention heads (of every attention).
         feedforward_dim: hidden width of the FFN.
         attn_dropout: dropout on the output of the deformable attention and, in a decoder
-            layer, on the attention weights of the self-attention.
+            layer, on the attention weights and the output of the self-attention (as
+            fundamentalvision/Deformable-DETR; detrex leaves the output dropout out).
         ffn_dropout: dropout inside the FFN.
         num_feature_levels: feature levels ``L`` the deformable attention samples.
         num_points: sampling points per head and level.
@@ -73,6 +74,7 @@ def deformable_transformer_layer(
                 embed_dim=embed_dim,
                 num_heads=num_heads,
                 attn_drop=attn_dropout,
+                proj_drop=attn_dropout,
                 batch_first=True,
             )
         )

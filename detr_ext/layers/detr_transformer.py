@@ -33,7 +33,8 @@ class DetrTransformerEncoder(TransformerLayerSequence):
     Args:
         embed_dim: channels ``C``.
         num_heads: attention heads.
-        attn_dropout: dropout on the attention weights.
+        attn_dropout: dropout on the attention weights and on the attention output before
+            the residual sum (facebookresearch/detr's ``dropout1``; detrex leaves the latter out).
         feedforward_dim: hidden channels of the FFN.
         ffn_dropout: dropout inside the FFN.
         num_layers: number of layers.
@@ -54,7 +55,9 @@ class DetrTransformerEncoder(TransformerLayerSequence):
         _check_dims(embed_dim, num_heads, num_layers, "DetrTransformerEncoder")
         super().__init__(
             transformer_layers=BaseTransformerLayer(
-                attn=MultiheadAttention(embed_dim, num_heads, attn_drop=attn_dropout),
+                attn=MultiheadAttention(
+                    embed_dim, num_heads, attn_drop=attn_dropout, proj_drop=attn_dropout
+                ),
                 ffn=FFN(embed_dim, feedforward_dim, ffn_drop=ffn_dropout),
                 norm=nn.LayerNorm(embed_dim),
                 operation_order=("self_attn", "norm", "ffn", "norm"),
@@ -97,7 +100,8 @@ class DetrTransformerDecoder(TransformerLayerSequence):
     Args:
         embed_dim: channels ``C``.
         num_heads: attention heads.
-        attn_dropout: dropout on the attention weights.
+        attn_dropout: dropout on the attention weights and on the attention output before
+            the residual sum (facebookresearch/detr's ``dropout1``; detrex leaves the latter out).
         feedforward_dim: hidden channels of the FFN.
         ffn_dropout: dropout inside the FFN.
         num_layers: number of layers.
@@ -119,7 +123,9 @@ class DetrTransformerDecoder(TransformerLayerSequence):
         _check_dims(embed_dim, num_heads, num_layers, "DetrTransformerDecoder")
         super().__init__(
             transformer_layers=BaseTransformerLayer(
-                attn=MultiheadAttention(embed_dim, num_heads, attn_drop=attn_dropout),
+                attn=MultiheadAttention(
+                    embed_dim, num_heads, attn_drop=attn_dropout, proj_drop=attn_dropout
+                ),
                 ffn=FFN(embed_dim, feedforward_dim, ffn_drop=ffn_dropout),
                 norm=nn.LayerNorm(embed_dim),
                 operation_order=("self_attn", "norm", "cross_attn", "norm", "ffn", "norm"),
