@@ -25,6 +25,7 @@ from .reading import NamedReadErrorsMixin, UnreadableCheckpointError
 
 __all__ = [
     "CheckpointMismatchError",
+    "check_caffe2_weights_fit",
     "check_fits_some_key",
     "ema_weights_requested",
     "ShapeCheckingCheckpointer",
@@ -105,21 +106,97 @@ class ShapeCheckingCheckpointer(
 
 def check_fits_some_key(model: nn.Module, incompatible: Any, where: str, path: str) -> None:
     """Raise :class:`CheckpointMismatchError` when a load (``incompatible``: what fvcore's
-    ``_load_model`` returns) filled none of ``model``'s tensors: a checkpoint of another
-    codebase (a torchvision ResNet, an unconverted detrex / DETR file) that would leave the
-    whole model at its initialisation."""
-    model_keys = set(model.state_dict())
-    tolerated = _non_checkpoint_keys(model)
-    missing = set(incompatible.missing_keys) - tolerated
-    if model_keys and missing >= model_keys - tolerated:
-        examples = sorted(incompatible.unexpected_keys)[:MAX_KEYS_IN_MESSAGE]
+    ``_load_model`` returns) left the model at its initialisation in a way no fine-tuning
+    wants:
+
+    - it filled none of ``model``'s parameters: a checkpoint of another codebase (a torchvision
+      ResNet, an unconverted detrex / DETR file). Parameters are counted, not buffers:
+      detectron2's ``FrozenBatchNorm2d`` fills in running statistics that a file lacks (for
+      checkpoints older than them), so a load that took nothing else reported none missing;
+    - it filled none of ``model.backbone``'s parameters while the file has tensors that fit
+      nowhere: a detector of another codebase whose few same-named tensors (DETR's
+      ``query_embed``, ``input_proj``) matched, leaving the backbone random.
+    """
+    parameters = {name for name, _ in model.named_parameters()}
+    not_taken = set(incompatible.missing_keys) | {k for k, *_ in incompatible.incorrect_shapes}
+    taken = parameters - not_taken
+    unexpected = sorted(incompatible.unexpected_keys)
+    if parameters and not taken:
         raise CheckpointMismatchError(
             f"{where}: checkpoint {path!r} has none of the model's parameter names (the model "
-            f"has {len(model_keys)} keys, e.g. {sorted(model_keys)[:3]}; the checkpoint has "
-            f"e.g. {examples}). Expected weights of this model or of a part of it (e.g. its "
-            "backbone, as backbone.* keys); a checkpoint from another codebase needs "
-            "tools/convert_checkpoint.py first."
+            f"has {len(parameters)} parameters, e.g. {sorted(parameters)[:3]}; the checkpoint "
+            f"has e.g. {unexpected[:MAX_KEYS_IN_MESSAGE]}). Expected weights of this model or "
+            f"of a part of it (e.g. its backbone, as backbone.* keys). {_OTHER_CODEBASES}"
         )
+    backbone = {name for name in parameters if name.startswith("backbone.")}
+    if backbone and not backbone & taken and unexpected:
+        raise CheckpointMismatchError(
+            f"{where}: checkpoint {path!r} fills {len(taken)} of the model's {len(parameters)} "
+            f"parameters but none of its backbone's {len(backbone)} (e.g. "
+            f"{sorted(backbone)[:2]}), while {len(unexpected)} of its tensors fit nowhere (e.g. "
+            f"{unexpected[:MAX_KEYS_IN_MESSAGE]}): the backbone would train from random "
+            f"weights. Expected the backbone's weights as backbone.* keys. {_OTHER_CODEBASES} "
+            "To start from the other tensors alone, save a checkpoint without the keys that "
+            "fit nowhere."
+        )
+
+
+def check_caffe2_weights_fit(model: nn.Module, checkpoint: Any, where: str, path: str) -> None:
+    """Raise :class:`CheckpointMismatchError` when ``checkpoint`` (as detectron2's
+    ``DetectionCheckpointer._load_file`` reads it) holds MSRA / Caffe2 ImageNet weights
+    (``detectron2://ImageNetPretrained/MSRA/R-50.pkl``) and ``model`` is not set up for them.
+
+    Those weights were trained on BGR images normalized with ``pixel_std`` 1 and with the
+    stride of each stage in its first 1x1 convolution; detectron2 loads them into a
+    torchvision-style model (RGB, ImageNet ``pixel_std``, ``stride_in_1x1=False``, as every
+    config here) by name without a word, and the run starts from features computed on wrong
+    inputs.
+    """
+    if not isinstance(checkpoint, dict) or checkpoint.get("__author__") != "Caffe2":
+        return
+    wrong = []
+    input_format = getattr(model, "input_format", None)
+    if input_format is not None and input_format != "BGR":
+        wrong.append(f"model.input_format={input_format!r} (expected 'BGR')")
+    pixel_std = getattr(model, "pixel_std", None)
+    if isinstance(pixel_std, torch.Tensor) and not torch.all(pixel_std == 1):
+        wrong.append(f"model.pixel_std={[round(v, 3) for v in pixel_std.flatten().tolist()]}")
+    stride_in_1x1 = _stride_in_1x1(getattr(model, "backbone", model))
+    if stride_in_1x1 is False:
+        wrong.append("stride_in_1x1=False in the backbone's stages (expected True)")
+    if wrong:
+        raise CheckpointMismatchError(
+            f"{where}: checkpoint {path!r} holds MSRA / Caffe2 weights, trained on BGR images "
+            "with pixel_mean [103.530, 116.280, 123.675], pixel_std [1, 1, 1] and "
+            f"stride_in_1x1=True, but this model has {'; '.join(wrong)}. Expected "
+            "torchvision-style weights for this config (detectron2://ImageNetPretrained/"
+            "torchvision/R-50.pkl), or a config set up for these: model.input_format='BGR', "
+            "the pixel statistics above, model.backbone.stages.stride_in_1x1=True and "
+            "dataloader.train/test.mapper.img_format='BGR'."
+        )
+
+
+def _stride_in_1x1(backbone: nn.Module) -> bool | None:
+    """Whether the first strided bottleneck of a detectron2 ResNet strides in its 1x1
+    convolution (``stride_in_1x1``); ``None`` for other backbones."""
+    for module in backbone.modules():
+        conv1, conv2 = getattr(module, "conv1", None), getattr(module, "conv2", None)
+        if not (isinstance(conv1, nn.Conv2d) and isinstance(conv2, nn.Conv2d)):
+            continue
+        if not hasattr(module, "conv3"):  # a bottleneck block has three convolutions
+            continue
+        if conv1.stride[0] > 1 or conv2.stride[0] > 1:
+            return conv1.stride[0] > 1
+    return None
+
+
+# Where weights of other codebases go, for the messages above.
+_OTHER_CODEBASES = (
+    "A checkpoint from another codebase needs converting first: detrex / facebookresearch "
+    "DETR detectors with tools/convert_checkpoint.py; a torchvision ResNet with detectron2's "
+    "tools/convert-torchvision-to-d2.py (or use detectron2://ImageNetPretrained/torchvision/"
+    "R-50.pkl); a timm backbone's file goes to model.backbone.checkpoint_path instead."
+)
 
 
 def _missing_message(where: str, path: str, missing: set[str]) -> str:

@@ -34,7 +34,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import hooks
 from fvcore.common.checkpoint import Checkpointer
 
-from ..checkpoint.loading import check_fits_some_key
+from ..checkpoint.loading import check_caffe2_weights_fit, check_fits_some_key
 from ..checkpoint.norm_counters import DropFrozenNormCountersMixin
 from ..checkpoint.reading import NamedReadErrorsMixin
 from ..utils.file_io import atomic_write
@@ -170,6 +170,8 @@ class SafeCheckpointer(NamedReadErrorsMixin, DropFrozenNormCountersMixin, Detect
             for name, obj in self.checkpointables.items():
                 if getattr(obj, "load_before_model", False) and name in checkpoint:
                     obj.load_state_dict(checkpoint.pop(name))
+        if not self._resuming and self._loading:
+            check_caffe2_weights_fit(self.model, checkpoint, "train.init_checkpoint", self._loading)
         incompatible = super()._load_model(checkpoint)
         if incompatible is None:
             return None
