@@ -17,6 +17,9 @@ EPOCHS, DECAY_EPOCHS = 300, 200
 dataloader = get_config("common/data/coco_detr.py").dataloader
 dataloader.train.total_batch_size = 64
 dataloader.train.num_workers = 16
+# Images without objects are trained on too (negatives), as facebookresearch/detr does (its
+# loader keeps every image; its detectron2 config sets FILTER_EMPTY_ANNOTATIONS: False).
+dataloader.train.dataset.filter_empty = False
 
 optimizer = get_config("common/optim.py").AdamW
 optimizer.lr = 1e-4

@@ -9,6 +9,14 @@ from .dino_r50_4scale_12ep import dataloader, model, optimizer, train
 
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_24ep
 
+# detrex's 24-epoch recipe (projects/dino/configs/dino-resnet/dino_r50_4scale_24ep.py, as the
+# DINO authors'): DAB-DETR's position embedding (temperature 20, no -0.5 offset) and training
+# images without objects kept. A detrex checkpoint of this model gives detrex's outputs only
+# with this embedding.
+model.position_embedding.temperature = 20
+model.position_embedding.offset = 0.0
+dataloader.train.dataset.filter_empty = False
+
 train.output_dir = "./output/dino_r50_4scale_24ep"
 train.max_iter = 24 * 7500
 
