@@ -136,3 +136,22 @@ def test_invalid_configuration_and_inputs():
         neck({"p1": torch.randn(1, 6, 4, 4)})
     with pytest.raises(ValueError, match=r"'p2' as \[B, 10, H, W\].*got shape \(1, 5, 2, 2\)"):
         neck({"p1": torch.randn(1, 6, 4, 4), "p2": torch.randn(1, 5, 2, 2)})
+
+
+def test_a_norm_over_other_channels_is_refused_when_built():
+    """It built, then failed at the first forward inside GroupNorm."""
+    shapes = {"res5": ShapeSpec(channels=64, stride=32)}
+    for norm in (nn.GroupNorm(32, 256), nn.BatchNorm2d(256)):
+        with pytest.raises(ValueError, match=r"norm_layer over out_channels=128 channels"):
+            ChannelMapper(shapes, ["res5"], 128, norm_layer=norm)
+    ChannelMapper(shapes, ["res5"], 128, norm_layer=nn.GroupNorm(32, 128))
+
+
+def test_the_shared_neck_follows_its_out_channels():
+    from detectron2.config import LazyConfig, instantiate
+
+    path = Path(__file__).resolve().parents[2] / "configs/common/models/resnet50_4scale.py"
+    neck = LazyConfig.load(str(path)).neck
+    neck.out_channels = 128
+    mapper = instantiate(neck)
+    assert {conv.norm.num_channels for conv in [*mapper.convs, *mapper.extra_convs]} == {128}

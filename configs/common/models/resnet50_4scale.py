@@ -45,7 +45,7 @@ neck = L(ChannelMapper)(
     in_features=["res3", "res4", "res5"],
     out_channels=256,
     kernel_size=1,
-    norm_layer=L(nn.GroupNorm)(num_groups=32, num_channels=256),
+    norm_layer=L(nn.GroupNorm)(num_groups=32, num_channels="${..out_channels}"),
     # res3, res4, res5 and a stride-2 3x3 conv on res5.
     num_outs=4,
 )

@@ -63,6 +63,15 @@ class ConvNormAct(nn.Module):
         return x
 
 
+def _norm_channels(norm: nn.Module | None) -> int | None:
+    """The channel count a norm module was built for (GroupNorm's ``num_channels``, BatchNorm's
+    ``num_features``, ), or None when it does not say."""
+    for name in ("num_channels", "num_features"):
+        if isinstance(getattr(norm, name, None), int):
+            return getattr(norm, name)
+    return None
+
+
 class ChannelMapper(nn.Module):
     """Map selected backbone features to ``out_channels`` each, plus extra stride-2 levels.
 
@@ -120,6 +129,14 @@ class ChannelMapper(nn.Module):
             raise ValueError(
                 f"ChannelMapper: expected num_outs >= len(in_features) = {len(in_features)}, "
                 f"got num_outs={num_outs}"
+            )
+
+        norm_channels = _norm_channels(norm_layer)
+        if norm_channels is not None and norm_channels != out_channels:
+            raise ValueError(
+                f"ChannelMapper: expected norm_layer over out_channels={out_channels} channels, "
+                f"got {norm_layer!r} ({norm_channels} channels); set both together (in a "
+                'LazyConfig: num_channels="${..out_channels}")'
             )
 
         self.in_features = in_features
