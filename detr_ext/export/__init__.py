@@ -7,7 +7,7 @@
   attention one ``detr_ext::ms_deform_attn`` node), :func:`export_model` to a ``.pt2``, an
   AOTInductor package or ONNX (``GridSample``), each with its :class:`ExportMetadata`;
 - :func:`load_exported` / :class:`ExportedPredictor`: run them and get detectron2
-  ``Instances``, as the eager model and :class:`~detr_ext.engine.Predictor` give.
+  ``Instances``, as the eager model and :class:`~detr_ext.engine.predictor.Predictor` give.
 
 ``tools/export_model.py`` and ``docs/export.md`` show the whole path.
 """

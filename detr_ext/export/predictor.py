@@ -1,5 +1,5 @@
 """Predictor for an exported model: :class:`ExportedPredictor`, the
-:class:`~detr_ext.engine.Predictor` of a ``.pt2`` / ``.onnx`` file, one ``[H, W, 3]`` image in,
+:class:`~detr_ext.engine.predictor.Predictor` of a ``.pt2`` / ``.onnx`` file, one ``[H, W, 3]`` image in,
 ``Instances`` out (``tools/demo.py --exported``)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _metadata_from_export(metadata: ExportMetadata) -> Metadata:
 
 
 class ExportedPredictor:
-    """:class:`~detr_ext.engine.Predictor` for an exported model: one image at a time.
+    """:class:`~detr_ext.engine.predictor.Predictor` for an exported model: one image at a time.
 
     Images go through the test-time augmentation of ``cfg`` (as the Predictor does) or, without
     a config, the ``ResizeShortestEdge`` recorded at export (``metadata.test_resize``, none if

@@ -7,7 +7,7 @@
   ``DetectorBase.preprocess_image`` does and returns detectron2 ``Instances`` resized to the
   requested sizes as ``DetectorBase.postprocess`` does.
 - :class:`~detr_ext.export.predictor.ExportedPredictor` (in ``predictor.py``) is
-  :class:`~detr_ext.engine.Predictor` for an exported model.
+  :class:`~detr_ext.engine.predictor.Predictor` for an exported model.
 
 The ``.pt2`` and AOTInductor formats need ``detr_ext`` installed for the operator's kernels
 (``detr_ext._C``), which importing this module loads; ONNX needs ``onnxruntime`` only.

@@ -127,10 +127,11 @@ def test_annotations_mixing_polygons_and_boxes_on_images_read_as_the_mappers_do(
     assert tool.draw_annotations(record, metadata, False).shape[:2] == (24, 40)
 
 
-@pytest.fixture()
-def mixed_dataset_config(tmp_path, monkeypatch):
+@pytest.fixture(params=["filter_empty=True", "unset"])
+def mixed_dataset_config(tmp_path, monkeypatch, request):
     """A training set of 3 images: one annotated, one without annotations (left out by
-    filter_empty), one corrupt file."""
+    filter_empty), one corrupt file. The config sets filter_empty=True or, as the training
+    configs do, leaves it to get_detection_dataset_dicts's default (True)."""
     monkeypatch.setenv("DETR_EXT_CACHE", str(tmp_path / "cache"))
     root = tmp_path / "images"
     root.mkdir()
@@ -151,6 +152,7 @@ def mixed_dataset_config(tmp_path, monkeypatch):
     (tmp_path / "train.json").write_text(json.dumps(data))
     config = tmp_path / "mixed.py"
     name = f"vis_mixed_{tmp_path.name}"  # one registration per test
+    filter_empty = ", filter_empty=True" if request.param == "filter_empty=True" else ""
     config.write_text(
         "from detectron2.config import LazyCall as L\n"
         "from detectron2.data import get_detection_dataset_dicts\n"
@@ -159,7 +161,7 @@ def mixed_dataset_config(tmp_path, monkeypatch):
         f"register_coco_format_dataset({name!r}, {str(tmp_path / 'train.json')!r}, "
         f"{str(root)!r})\n"
         "dataloader = dict(train=dict(\n"
-        f"    dataset=L(get_detection_dataset_dicts)(names={name!r}, filter_empty=True),\n"
+        f"    dataset=L(get_detection_dataset_dicts)(names={name!r}{filter_empty}),\n"
         "    mapper=L(DetrDatasetMapper)(augmentation=[], is_train=True)))\n"
     )
     return config
@@ -174,7 +176,9 @@ def test_images_left_out_or_unreadable_are_said_not_silently_dropped(
 ):
     """The image without annotations was never drawn, not even with --source annotation, and
     nothing said so; the corrupt image stopped the run with a traceback, the images after it
-    never drawn."""
+    never drawn. A config that leaves filter_empty unset (the training configs) was taken as
+    filter_empty=False: --source annotation again skipped the image without a note and
+    --source dataloader did not say it was left out."""
     tool = load_script("tools/visualize_data.py")
     out = tmp_path / "vis"
     argv = ["--config-file", str(mixed_dataset_config), "--source", source]
