@@ -303,9 +303,15 @@ def test_panoptic_and_instances_resize_each_query_mask_once(panoptic_cfg, monkey
 
 
 def test_bfloat16_autocast_forward(segm_cfg):
+    """Under autocast the mask head runs in bfloat16, its losses in float32."""
     model = _build(segm_cfg.model).train()
+    mask_head_dtypes = []
+    model.mask_head.lay1.register_forward_hook(
+        lambda module, inputs, output: mask_head_dtypes.append(output.dtype) and None
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(_batch())
+    assert mask_head_dtypes == [torch.bfloat16]
     for key, value in losses.items():
         assert value.dtype == torch.float32 and torch.isfinite(value), key
     sum(losses.values()).backward()

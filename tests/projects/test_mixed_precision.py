@@ -26,12 +26,31 @@ def train_step_under_autocast(
     project: str, device: str, dtype: torch.dtype
 ) -> tuple[dict[str, torch.Tensor], torch.nn.Module]:
     """Forward (under autocast) and backward of one batch with 3 objects and an empty image;
-    the losses and the model, its gradients filled."""
+    the losses and the model, its gradients filled. Checks that the transformer's linear
+    layers ran in ``dtype`` (a forward that left autocast would pass the rest unseen)."""
     torch.manual_seed(0)
     model = instantiate(tiny_shapes_config(project).model).to(device).train()
     batch = synthetic_batch([3, 0], seed=0)
+    output_dtypes: dict[str, torch.dtype] = {}
+
+    def record(name: str):
+        def hook(module, inputs, output) -> None:  # returns None: the output is kept
+            output_dtypes.setdefault(name, output.dtype)
+
+        return hook
+
+    hooks = [
+        module.register_forward_hook(record(name))
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith("transformer.")
+    ]
     with torch.autocast(device_type=device, dtype=dtype):
         losses = model(batch)
+    for hook in hooks:
+        hook.remove()
+    assert output_dtypes, "no linear layer of the transformer ran"
+    full_precision = sorted(name for name, got in output_dtypes.items() if got != dtype)
+    assert not full_precision, f"not in {dtype} under autocast: {full_precision[:5]}"
     sum(losses.values()).backward()
     return losses, model
 
