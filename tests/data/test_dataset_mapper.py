@@ -139,13 +139,33 @@ def test_annotation_outside_the_crop_is_filtered(tmp_path):
     )
 
 
-def test_both_pipelines_are_used_at_probability_one_half(tmp_path):
+def _crop_share(tmp_path, draws, **mapper_kwargs):
+    """Share of ``draws`` seeded training images that went through the crop pipeline (a crop
+    to width 120; the other pipeline keeps the full width)."""
     rectangle = (40, 30, 100, 70)
     dataset_dict = _dataset_dict(_write_image(tmp_path / "a.png", [rectangle]), [rectangle])
-    mapper = DetrDatasetMapper([T.NoOpTransform()], [T.CropTransform(0, 0, 120, 100)])
+    mapper = DetrDatasetMapper(
+        [T.NoOpTransform()], [T.CropTransform(0, 0, 120, 100)], **mapper_kwargs
+    )
     random.seed(0)
-    widths = {mapper(dataset_dict)["image"].shape[2] for _ in range(20)}
-    assert widths == {WIDTH, 120}
+    widths = [mapper(dataset_dict)["image"].shape[2] for _ in range(draws)]
+    assert set(widths) <= {WIDTH, 120}
+    return widths.count(120) / draws
+
+
+def test_both_pipelines_are_used_at_probability_one_half(tmp_path):
+    """The default crop_probability is 0.5: over 400 seeded images about half are cropped
+    (binomial standard deviation 0.025, so +-0.1 is 4 of them), not merely both pipelines
+    seen once (a fixed 0.9 passed that)."""
+    assert _crop_share(tmp_path, 400) == pytest.approx(0.5, abs=0.1)
+
+
+@pytest.mark.parametrize("probability, tolerance", [(0.0, 0.0), (0.2, 0.08), (1.0, 0.0)])
+def test_crop_share_follows_crop_probability(tmp_path, probability, tolerance):
+    """The crop pipeline is drawn with probability crop_probability: never at 0, always at 1,
+    and about a fifth of the images at 0.2 (standard deviation 0.02 over 400 draws)."""
+    share = _crop_share(tmp_path, 400, crop_probability=probability)
+    assert share == pytest.approx(probability, abs=tolerance)
 
 
 def test_test_mode_drops_annotations_and_resizes(tmp_path):

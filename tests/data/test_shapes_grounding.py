@@ -13,6 +13,7 @@ import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
 from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 from scipy import ndimage
@@ -28,6 +29,7 @@ from detr_ext.data.datasets import (
     register_shapes_grounding,
 )
 from detr_ext.data.datasets.shapes import hue_color_name
+from detr_ext.data.datasets.shapes_grounding import build_shapes_grounding_records
 from detr_ext.evaluation import COCOEvaluator, GroundingEvaluator
 from detr_ext.modeling.language import parse_prompt
 
@@ -61,6 +63,15 @@ def shapes_root(tmp_path_factory):
     generate_shapes_dataset(root, "train", NUM_TRAIN, seed=0)
     generate_shapes_dataset(root, "val", NUM_VAL, seed=0)
     return root
+
+
+def _plain_val_records(root):
+    """The val split as ``register_shapes_grounding`` reads it (dataset ids 3/7/11, colours)."""
+    return load_coco_json(
+        str(root / "annotations" / "instances_val.json"),
+        str(root / "val"),
+        extra_annotation_keys=["color"],
+    )
 
 
 def _load(root, **kwargs):
@@ -212,6 +223,20 @@ def test_phrase_order_is_shuffled(shapes_root):
         present = sorted({phrases[a["category_id"]] for a in record["annotations"]})
         orders.append(phrases[: len(present)] == present)
     assert not all(orders)
+    # A fixed reordering (reversed, rotated) passes the check above; the order must be drawn
+    # per record. The same image under 40 image ids (each id seeds its own draw): the phrase
+    # at each prompt position, as the rank of a present phrase or -1 for a negative, is a
+    # pattern; a fixed reordering gives one pattern, a rotation at most one per position.
+    record = max(_plain_val_records(shapes_root), key=lambda r: len(r["annotations"]))
+    copies = [{**record, "image_id": image_id} for image_id in range(1, 41)]
+    patterns, first_positions = set(), set()
+    for built in build_shapes_grounding_records(copies, "val"):
+        phrases = parse_prompt(built["prompt"])
+        present = sorted({phrases[a["category_id"]] for a in built["annotations"]})
+        patterns.add(tuple(present.index(p) if p in present else -1 for p in phrases))
+        first_positions.add(phrases.index(present[0]))
+    assert len(phrases) >= 5 and first_positions == set(range(len(phrases)))
+    assert len(patterns) > 2 * len(phrases)
 
 
 @pytest.mark.usefixtures("clean_registration")
@@ -259,6 +284,15 @@ def test_records_are_deterministic_and_follow_the_seed(shapes_root):
         phrases = parse_prompt(record["prompt"])
         assert set(range(len(phrases))) == {a["category_id"] for a in record["annotations"]}
     assert [r["prompt"] for r in without_negatives] != prompts
+    # The seed draws the negatives and the order: the same images under seed 1 get other
+    # prompts, and seed 1 again the same ones (generating images for another seed would
+    # change the prompts through the images alone, so the records are built from these).
+    plain = _plain_val_records(shapes_root)
+    assert build_shapes_grounding_records(plain, "val", seed=0) == first
+    reseeded = [r["prompt"] for r in build_shapes_grounding_records(plain, "val", seed=1)]
+    assert reseeded != prompts
+    assert sum(a != b for a, b in zip(reseeded, prompts, strict=True)) >= NUM_VAL - 1
+    assert [r["prompt"] for r in build_shapes_grounding_records(plain, "val", seed=1)] == reseeded
 
 
 @pytest.mark.usefixtures("clean_registration")

@@ -101,11 +101,20 @@ def test_hand_made_cost():
     ]
 
 
-def test_empty_targets():
-    outputs, targets = random_case((0, 0), num_queries=4)
-    for query_index, target_index in make_matcher()(outputs, targets, match_number=2):
-        assert query_index.shape == target_index.shape == (0,)
-        assert query_index.dtype == torch.int64
+@pytest.mark.parametrize("sizes", [(0, 0), (0, 2, 0)], ids=["all-empty", "empty-around-one"])
+def test_empty_targets(sizes):
+    """One ``(query_index, target_index)`` pair per image, in batch order, also for images
+    without targets: an image with none gets two empty int64 CPU tensors (the loss indexes the
+    result by image, so dropping empty images shifted the others' matches onto them)."""
+    outputs, targets = random_case(sizes, num_queries=4)
+    indices = make_matcher()(outputs, targets, match_number=2)
+    assert isinstance(indices, list) and len(indices) == len(sizes)
+    for (query_index, target_index), n in zip(indices, sizes, strict=True):
+        for index in (query_index, target_index):
+            assert isinstance(index, torch.Tensor)
+            assert index.dtype == torch.int64 and index.device.type == "cpu"
+            assert index.shape == (2 * n,)
+        assert Counter(target_index.tolist()) == {t: 2 for t in range(n)}
 
 
 def test_too_few_queries_lowers_k():

@@ -2,6 +2,7 @@
 brute force, and the edge cases of the index contract."""
 
 import itertools
+import types
 
 import numpy as np
 import pytest
@@ -239,12 +240,54 @@ def test_zero_area_target_meeting_a_zero_area_prediction_is_named():
         HungarianMatcher(2, 5, 2)(outputs, targets)
 
 
-def test_any_single_zero_cost_weight_is_allowed():
+@pytest.mark.parametrize("weights", [(0, 1, 1), (1, 0, 1), (1, 1, 0), (0, 0, 1), (1, 0, 0)])
+def test_any_single_zero_cost_weight_is_allowed(weights):
     """Only all three weights zero is an error; each one alone may be zero (e.g. no class
-    cost), and the matching then follows the remaining terms."""
-    outputs, targets = random_case([2])
-    for weights in [(0, 1, 1), (1, 0, 1), (1, 1, 0), (0, 0, 1), (1, 0, 0)]:
-        HungarianMatcher(*weights)(outputs, targets)
+    cost), and the matching then follows the remaining terms: the assignment is the brute-force
+    optimum of the remaining weighted terms (written out here with these weights, not read
+    from the matcher). Guards against a zero weight zeroing (or ignoring) the whole cost, and
+    checks that the cases are ones where the zeroed term would change the optimum."""
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        cases = [random_case([2, 3], num_queries=4) for _ in range(4)]
+    matcher = HungarianMatcher(*weights)
+    cost_class, cost_bbox, cost_giou = weights
+    remaining = types.SimpleNamespace(
+        cost_class=cost_class,
+        cost_bbox=cost_bbox,
+        cost_giou=cost_giou,
+        cost_class_type="focal_loss_cost",
+        alpha=0.25,
+        gamma=2.0,
+    )
+    all_terms = types.SimpleNamespace(
+        **{**vars(remaining), "cost_class": 1, "cost_bbox": 1, "cost_giou": 1}
+    )
+    zeroed_term_mattered = False
+    for outputs, targets in cases:
+        indices = matcher(outputs, targets)
+        assert len(indices) == len(targets)
+        for image, (query_index, target_index) in enumerate(indices):
+            args = (
+                outputs["pred_logits"][image],
+                outputs["pred_boxes"][image],
+                targets[image]["labels"],
+                targets[image]["boxes"],
+            )
+            cost = reference_cost(*args, remaining)
+            assert sorted(target_index.tolist()) == list(range(cost.shape[1]))
+            assert len(set(query_index.tolist())) == cost.shape[1]
+            total = cost[query_index.numpy(), target_index.numpy()].sum()
+            assert total == pytest.approx(brute_force_min_cost(cost), abs=1e-9), weights
+            # Would the assignment that also counts the zeroed term(s) be optimal here too?
+            full = reference_cost(*args, all_terms)
+            best = min(
+                itertools.permutations(range(cost.shape[0]), cost.shape[1]),
+                key=lambda rows: sum(full[q, t] for t, q in enumerate(rows)),
+            )
+            best_total = sum(cost[q, t] for t, q in enumerate(best))
+            zeroed_term_mattered |= best_total > brute_force_min_cost(cost) + 1e-9
+    assert zeroed_term_mattered, "no case where the zeroed term changes the optimum"
 
 
 # Found by `make mutate`: the defaults, the stored class cost type, every input error's

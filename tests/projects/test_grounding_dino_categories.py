@@ -185,8 +185,20 @@ def test_evaluation_uses_the_test_sets_own_names(model):
 
 def test_gt_classes_index_the_prompt_not_the_category_names(model):
     """The detectors' class-range check does not apply: a prompt may have more phrases than
-    the model has category names."""
+    the model has category names. gt_classes 3 (past the 3 category names) is the prompt's
+    fourth phrase: its target's positive map covers the tokens of "yellow circle" (the second
+    "circle", not the first), not those of a phrase clamped into the category range."""
     model.train()
     prompt = "red circle . blue square . green triangle . yellow circle ."
-    losses = model(batch(prompts=(prompt,), labels=((3,),)))
-    assert all(torch.isfinite(value) for value in losses.values())
+    inputs = batch(prompts=(prompt,), labels=((3,),))
+    tokenized = model.bert.tokenize(model.prompts(inputs))
+    [target] = model.prepare_grounding_targets(inputs, tokenized)
+    assert target["labels"].tolist() == [3]
+    [positive_map] = target["positive_map"]
+    torch.testing.assert_close(positive_map, tokenized.positive_maps[0][3].to(positive_map))
+    tokens = model.bert.tokenizer.convert_ids_to_tokens(tokenized.input_ids[0].tolist())
+    covered = torch.nonzero(positive_map).flatten().tolist()
+    assert [tokens[i] for i in covered] == ["yellow", "circle"]
+    assert tokens.index("yellow") == covered[0]
+    losses = model(inputs)
+    assert losses and all(torch.isfinite(value) for value in losses.values())
