@@ -143,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     from PIL import Image
 
     from detr_ext.config import ConfigUsageError, load_config
+    from detr_ext.engine.input_format import lazy_argument
     from detr_ext.engine.predictor import mapper_image_options
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
@@ -157,7 +158,9 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     if section is None or "dataset" not in section:
         raise VisualizeError(f"the config has no dataloader.{args.split}.dataset")
     dataset_node = section.dataset
-    filter_empty = bool(dataset_node.get("filter_empty", False))
+    # Unset, it is what the dataset function defaults to: get_detection_dataset_dicts
+    # leaves images without annotations out (filter_empty=True).
+    filter_empty = bool(lazy_argument(dataset_node, "filter_empty", False))
     if filter_empty:
         # Loaded once, every image, also those training leaves out for having no annotation;
         # the loader's filter is applied below for --source dataloader.
