@@ -33,6 +33,7 @@ from detectron2.config import instantiate  # noqa: E402
 from detectron2.engine import launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
+from detr_ext.config import ConfigUsageError, check_overrides  # noqa: E402
 from detr_ext.engine import (  # noqa: E402
     default_argument_parser,
     do_test,
@@ -94,6 +95,10 @@ def dist_url_for(args, parser) -> str:
 if __name__ == "__main__":
     parser = build_parser()
     args = parser.parse_args()
+    try:
+        check_overrides(args.opts)  # before any process starts: one message, exit status 2
+    except ConfigUsageError as error:
+        parser.error(str(error))
     launch(
         main,
         args.num_gpus,

@@ -14,6 +14,12 @@ Steps: train with ``detr_ext.engine.do_train`` (progress lines with ETA from det
 ``<output>/model_final.pth`` the same way), print the AP table and a summary line, save a grid of
 predictions on the first test images to ``<output>/predictions.png`` and the figures to
 ``<output>/summary.json``.
+
+The seed: a new run takes the config's ``train.seed`` (a negative one is replaced by a new
+seed each run), prints it and records it in ``<output>/config.yaml``. ``--resume`` and
+``--skip-train`` keep the seed that ``config.yaml`` records for the run they continue or
+evaluate; a ``train.seed=N`` override is used instead, and the script says so. ``key=value``
+overrides may come before, between or after the options.
 """
 
 from __future__ import annotations
@@ -107,6 +113,50 @@ def _resolve_config_file(config_file: str) -> str:
 
 def _overridden(opts: Sequence[str], key: str) -> bool:
     return any(opt.split("=", 1)[0] == key for opt in opts)
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``key=value`` overrides allowed on both sides of the options
+    (``train.seed=0 --output-dir X train.max_iter=10``)."""
+    return build_parser().parse_intermixed_args(argv)
+
+
+def _run_output_dir(args: argparse.Namespace) -> Path:
+    """The run's ``train.output_dir``: ``--output-dir`` unless an override sets it (read as
+    detectron2 reads overrides)."""
+    from detectron2.config import LazyConfig
+    from omegaconf import OmegaConf
+
+    overrides = [opt for opt in args.opts if _overridden([opt], "train.output_dir")]
+    node = OmegaConf.create({"train": {"output_dir": args.output_dir}})
+    return Path(str(LazyConfig.apply_overrides(node, overrides).train.output_dir))
+
+
+def continued_run_seed(args: argparse.Namespace) -> int | None:
+    """With ``--resume`` or ``--skip-train``: the seed of the run being continued or evaluated,
+    as its ``config.yaml`` records it, to be kept (``None`` when a ``train.seed`` override
+    decides, or nothing is recorded). Says which seed the run takes and why. Called once, before
+    any process writes a new ``config.yaml``."""
+    from detr_ext.engine import recorded_seed
+
+    if not (args.resume or args.skip_train):
+        return None
+    config_yaml = _run_output_dir(args) / "config.yaml"
+    seed = recorded_seed(config_yaml)
+    what = "continued" if args.resume else "evaluated"
+    given = [opt for opt in args.opts if _overridden([opt], "train.seed")]
+    if given:
+        recorded = "no seed" if seed is None else f"the seed {seed}"
+        print(
+            f"note: {given[-1]} from the command line, not {recorded} that {config_yaml} "
+            f"records for the run being {what}"
+        )
+        return None
+    if seed is None:
+        print(f"note: {config_yaml} records no train.seed for the run being {what}")
+        return None
+    print(f"note: keeping the seed {seed} that {config_yaml} records for the run being {what}")
+    return seed
 
 
 def setup(args: argparse.Namespace):
@@ -309,8 +359,9 @@ def run(args: argparse.Namespace, start_time: float) -> dict | None:
             "eval_seconds": eval_seconds,
             "wall_seconds": round(time.time() - start_time, 1),
             "num_processes": comm.get_world_size(),
-            # The seed this run trained with (drawn at setup when the config's is negative).
-            "seed": None if args.skip_train else cfg.train.get("seed"),
+            # The seed this run trained with (drawn at setup when the config's is negative);
+            # with --resume / --skip-train the continued or evaluated run's (continued_run_seed).
+            "seed": _summary_seed(args, cfg),
             "box_AP": box_ap,
             "box_AP50": box_results.get("AP50"),
             "box_AP75": box_results.get("AP75"),
@@ -323,24 +374,37 @@ def run(args: argparse.Namespace, start_time: float) -> dict | None:
         json.dump(summary, f, indent=2)
 
     print(summary_line(box_ap, iterations, train_seconds, summary["wall_seconds"]))
-    if summary["seed"] is not None:
+    if summary["seed"] is not None and args.skip_train:
+        print(f"seed: {summary['seed']} (the evaluated model's, as recorded in config.yaml)")
+    elif summary["seed"] is not None:
         print(f"seed: {summary['seed']} (add train.seed={summary['seed']} to repeat this run)")
     print(f"predictions: {grid_path}")
     print(f"summary: {output_dir / 'summary.json'}")
     return summary
 
 
+def _summary_seed(args: argparse.Namespace, cfg) -> int | None:
+    """The seed for ``summary.json``: the one the run trained with; with ``--skip-train`` the
+    evaluated model's as its ``config.yaml`` records it, or a ``train.seed`` override (``None``
+    when neither says: a seed drawn for the evaluation alone trained nothing)."""
+    if args.skip_train and args.recorded_seed is None and not _overridden(args.opts, "train.seed"):
+        return None
+    seed = cfg.train.get("seed")
+    return None if seed is None else int(seed)
+
+
 def main(argv: Sequence[str] | None = None) -> dict | None:
     """Train, evaluate and draw; returns the summary written to ``summary.json`` (``None``
     when training ran in several processes: read ``summary.json`` then)."""
     start_time = time.time()  # wall clock: comparable across the launched processes
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     if args.resume and args.skip_train:
         raise UsageError("--resume and --skip-train: expected at most one of them, got both")
     if args.num_images < 1:
         raise UsageError(f"--num-images: expected a positive number, got {args.num_images}")
     args.config_file = _resolve_config_file(args.config_file)
     args.eval_only = args.skip_train  # read by detectron2's default_setup
+    args.recorded_seed = continued_run_seed(args)
 
     num_processes = resolve_num_processes(args)
     if num_processes == 1:

@@ -85,6 +85,14 @@ def check_overrides(overrides: Sequence[str]) -> list[str]:
     Raises:
         ConfigUsageError: naming the ones that are not.
     """
+    options = [opt for opt in overrides if opt.startswith("-")]
+    if options:
+        raise ConfigUsageError(
+            f"expected config overrides as key=value, got the option(s) {options} among them: "
+            "detectron2's parser takes everything after the first key=value as overrides, so "
+            "options go before them (e.g. --resume train.max_iter=10, not "
+            "train.max_iter=10 --resume)"
+        )
     malformed = [opt for opt in overrides if "=" not in opt]
     if malformed:
         raise ConfigUsageError(f"expected config overrides as key=value, got {malformed}")

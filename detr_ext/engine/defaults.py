@@ -30,6 +30,7 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ..config import check_overrides
 from ..data.datasets.coco_format import registration_warnings
 from .checkpointer import PeriodicCheckpointer, SafeCheckpointer
 from .checks import check_category_consistency, check_num_classes
@@ -52,6 +53,8 @@ __all__ = [
     "default_argument_parser",
     "do_train",
     "draw_seed",
+    "keep_recorded_seed",
+    "recorded_seed",
     "setup",
     "share_cpu_threads",
     "wrap_ddp",
@@ -134,19 +137,69 @@ def draw_seed(cfg: DictConfig) -> int | None:
     return int(cfg.train.seed)
 
 
+def recorded_seed(config_yaml: str | os.PathLike) -> int | None:
+    """``train.seed`` as a run's saved ``config.yaml`` records it; ``None`` when there is no
+    such file or it records no seed >= 0. Tags of Python objects in the file are read as
+    nothing (only the seed is needed, and nothing in the file is run)."""
+    import yaml
+
+    class _SeedLoader(yaml.SafeLoader):
+        pass
+
+    _SeedLoader.add_multi_constructor("", lambda loader, suffix, node: None)
+    try:
+        with open(config_yaml) as f:
+            data = yaml.load(f, Loader=_SeedLoader)
+    except (OSError, yaml.YAMLError):
+        return None
+    train = data.get("train") if isinstance(data, dict) else None
+    seed = train.get("seed") if isinstance(train, dict) else None
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        return None
+    return seed
+
+
+def keep_recorded_seed(cfg: DictConfig, args: argparse.Namespace) -> int | None:
+    """With ``--resume`` or ``--eval-only``: set ``train.seed`` to the seed the run's
+    ``config.yaml`` (in ``train.output_dir``) records, unless the command line sets
+    ``train.seed``. Continuing or evaluating a run then neither draws a seed nothing trained
+    with (a negative ``train.seed``) nor takes the config file's when the run was started with
+    another (``train.seed=-1`` on its command line), and ``default_setup`` does not overwrite
+    the record of the seed it trained with. Process 0 reads the file, before ``default_setup``
+    rewrites it, and every process gets its answer.
+
+    Returns:
+        the recorded seed when it replaced another value of ``train.seed``, else ``None``.
+    """
+    continuing = bool(getattr(args, "resume", False) or getattr(args, "eval_only", False))
+    if not continuing or "train" not in cfg or "seed" not in cfg.train:
+        return None
+    if any(opt.split("=", 1)[0].strip() == "train.seed" for opt in getattr(args, "opts", [])):
+        return None
+    path = os.path.join(str(cfg.train.get("output_dir", "")), "config.yaml")
+    seed = recorded_seed(path) if comm.is_main_process() else None
+    if comm.get_world_size() > 1:
+        seed = comm.all_gather(seed)[0]
+    if seed is None or seed == cfg.train.seed:
+        return None
+    cfg.train.seed = seed
+    return seed
+
+
 def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = None) -> DictConfig:
     """Load ``args.config_file``, apply the ``key=value`` overrides in ``args.opts``, then
     ``edit(cfg)`` if given (an entry point's own changes), turn on the evaluator's error
     analysis if ``args.analyze`` (:func:`request_error_analysis`), and run detectron2's
     ``default_setup`` (loggers, environment info, ``config.yaml`` saved to
     ``train.output_dir``, seeding). A negative ``train.seed`` is first replaced by a drawn one
-    (:func:`draw_seed`), so ``config.yaml`` and the log name the seed of every run."""
+    (:func:`draw_seed`), so ``config.yaml`` and the log name the seed of every run; resuming or
+    evaluating a run keeps the seed its ``config.yaml`` records (:func:`keep_recorded_seed`)."""
     if not args.config_file or not os.path.isfile(args.config_file):
         raise FileNotFoundError(
             f"--config-file: expected a LazyConfig .py file, got {args.config_file!r}"
         )
     cfg = LazyConfig.load(args.config_file)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    cfg = LazyConfig.apply_overrides(cfg, check_overrides(args.opts))
     if edit is not None:
         edit(cfg)
     if getattr(args, "analyze", False):
@@ -156,6 +209,7 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
     check_input_format(cfg)
     share_cpu_threads(cfg)
     requested_seed = cfg.train.get("seed", None) if "train" in cfg else None
+    kept_seed = keep_recorded_seed(cfg, args)
     seed = draw_seed(cfg)
     default_setup(cfg, args)
     # default_setup configures the "detectron2" and "fvcore" loggers; add ours.
@@ -169,7 +223,15 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
             name,
             "\n  ".join(messages),
         )
-    if seed != requested_seed:
+    if kept_seed is not None:
+        logger.info(
+            "train.seed=%s: keeping seed %d, which %s records for the run being %s",
+            requested_seed,
+            kept_seed,
+            os.path.join(cfg.train.output_dir, "config.yaml"),
+            "resumed" if getattr(args, "resume", False) else "evaluated",
+        )
+    elif seed != requested_seed:
         logger.info(
             "train.seed=%s: drew seed %d (train.seed=%d repeats the run)",
             requested_seed,

@@ -7,7 +7,8 @@ import torch
 from detectron2.config import instantiate
 from torch import nn
 
-from detr_ext.config import configs_dir, get_config
+from detr_ext.config import ConfigUsageError, check_overrides, configs_dir, get_config
+from tests.tool_runs import SHAPES_CONFIGS, run_tool
 
 
 def test_train_config_loads_with_defaults():
@@ -113,3 +114,21 @@ def test_load_config_applies_overrides_and_names_bad_input(tmp_path):
         load_config(tmp_path / "missing.py")
     with pytest.raises(ConfigUsageError, match=r"key=value, got \['max_iter'\]"):
         load_config(config, ["train.max_iter=3", "max_iter"])
+
+
+def test_an_option_among_the_overrides_is_named(tmp_path):
+    """detectron2's parser takes everything after the first key=value as overrides:
+    ``train.max_iter=10 --resume`` ended in hydra's "LexerNoViableAltException: --resume"
+    traceback from every process."""
+    with pytest.raises(ConfigUsageError, match=r"option\(s\) \['--resume'\].*options go before"):
+        check_overrides(["train.max_iter=10", "--resume"])
+    assert check_overrides(["train.seed=-1", "model.pixel_mean=[-1,0,1]"])  # values may be < 0
+    result = run_tool(
+        "train_net.py",
+        ["--config-file", str(SHAPES_CONFIGS["dino"]), "train.max_iter=1", "--resume"],
+        cwd=tmp_path,
+        datasets=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "train_net.py: error: expected config overrides as key=value" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -4,10 +4,11 @@ and can be repeated (``make train`` no longer fixes its seed)."""
 
 import argparse
 
+import pytest
 from detectron2.config import LazyConfig
 
 from detr_ext.config import get_config
-from detr_ext.engine import defaults, draw_seed
+from detr_ext.engine import defaults, draw_seed, recorded_seed
 from tests.tool_runs import REPO_ROOT
 
 DINO_SHAPES = REPO_ROOT / "projects" / "dino" / "configs" / "dino_shapes.py"
@@ -47,3 +48,45 @@ def test_dino_shapes_recipe_fixes_no_seed():
     """The main job must reach its AP with any seed (issue 17), so its config fixes none."""
     assert get_config("common/dino_shapes.py").train.seed < 0
     assert LazyConfig.load(str(DINO_SHAPES)).train.seed < 0
+
+
+@pytest.mark.parametrize("mode", ["resume", "eval_only"])
+def test_resuming_or_evaluating_keeps_the_recorded_seed(tmp_path, monkeypatch, mode):
+    """--resume / --eval-only of a run with train.seed=-1 used to draw a new seed and let
+    default_setup overwrite config.yaml with it: a seed nothing was trained with."""
+    seen = {}
+    monkeypatch.setattr(defaults, "default_setup", lambda cfg, args: seen.update(s=cfg.train.seed))
+    # As detectron2 saves it: Python objects as tags, which are not run when read.
+    (tmp_path / "config.yaml").write_text(
+        "model: {_target_: !!python/name:builtins.dict ''}\ntrain:\n  seed: 1234\n"
+    )
+    out = f"train.output_dir={tmp_path}"
+
+    def run(opts, edit=None, **flags):
+        args = argparse.Namespace(config_file=str(DINO_SHAPES), opts=opts, **flags)
+        return defaults.setup(args, edit).train.seed
+
+    assert run([out], **{mode: True}) == seen["s"] == 1234  # the config's seed is -1
+    # A config file with a fixed seed: the run was started with another on its command line.
+    fixed = lambda cfg: cfg.train.update(seed=0)  # noqa: E731
+    assert run([out], edit=fixed, **{mode: True}) == 1234
+    # A seed given on the command line wins; a new run draws one.
+    assert run([out, "train.seed=7"], **{mode: True}) == 7
+    assert run([out, "train.seed=-1"]) != 1234
+    # Nothing recorded: a drawn seed, as before.
+    (tmp_path / "config.yaml").write_text("train: {}\n")
+    assert run([out], **{mode: True}) >= 0
+
+
+def test_recorded_seed_reads_only_a_valid_seed(tmp_path):
+    path = tmp_path / "config.yaml"
+    assert recorded_seed(path) is None  # no file
+    for text, expected in [
+        ("train: {seed: 5}\n", 5),
+        ("train: {seed: -1}\n", None),
+        ("train: {seed: true}\n", None),
+        ("train: [1]\n", None),
+        ("{{{", None),
+    ]:
+        path.write_text(text)
+        assert recorded_seed(path) == expected, text

@@ -6,9 +6,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
-from tests.tool_runs import TINY_SHAPES_CONFIG, run_tool
+from tests.tool_runs import TINY_SHAPES_CONFIG, load_script, run_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +32,13 @@ def work_dir(tmp_path_factory):
     return work_dir
 
 
-def test_train_evaluate_draw_then_skip_train(work_dir):
+def _recorded_seed(output_dir: Path) -> int:
+    return yaml.unsafe_load((output_dir / "config.yaml").read_text())["train"]["seed"]
+
+
+def test_train_evaluate_draw_then_resume_then_skip_train(work_dir):
+    """--resume and --skip-train drew a new seed, printed it as the run's and wrote it to
+    config.yaml (a seed nothing was trained with); --skip-train wrote ``seed: null``."""
     output_dir = work_dir / "output"
     result = run_script(
         work_dir, "--output-dir", str(output_dir), "--num-processes", "2", "train.seed=-1"
@@ -62,12 +69,30 @@ def test_train_evaluate_draw_then_skip_train(work_dir):
         assert grid.format == "PNG" and grid.width > grid.height  # one row of three
     # detr_shapes.py logs every 20 iterations; the script shortens that for live progress.
     assert "log_period: 5" in (output_dir / "config.yaml").read_text()
+    seed = summary["seed"]
+    assert _recorded_seed(output_dir) == seed
+
+    # One more iteration: the continued run keeps its seed, config.yaml keeps recording it.
+    result = run_script(work_dir, "--resume", "--output-dir", str(output_dir), "train.max_iter=3")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-8000:]
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["iterations"] == 3 and summary["seed"] == seed
+    assert _recorded_seed(output_dir) == seed
+    assert f"add train.seed={seed} to repeat this run" in result.stdout
+    assert f"note: keeping the seed {seed} that " in result.stdout
+    assert "drew seed" not in output
 
     result = run_script(work_dir, "--output-dir", str(output_dir), "--skip-train")
-    assert result.returncode == 0, (result.stdout + result.stderr)[-8000:]
-    assert "after 2 iterations (training skipped)" in result.stdout
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-8000:]
+    assert "after 3 iterations (training skipped)" in result.stdout
+    assert "drew seed" not in output
     summary = json.loads((output_dir / "summary.json").read_text())
-    assert summary["seed"] is None and "to repeat this run" not in result.stdout  # not trained
+    assert summary["seed"] == seed  # the evaluated model's
+    assert f"seed: {seed} (the evaluated model's" in result.stdout
+    assert "to repeat this run" not in result.stdout  # nothing was trained
+    assert _recorded_seed(output_dir) == seed
     assert summary["trained"] is False and summary["train_seconds"] is None
     assert summary["eval_seconds"] > 0
 
@@ -77,3 +102,41 @@ def test_skip_train_without_a_model_fails_clearly(work_dir):
     assert result.returncode != 0
     assert "--skip-train: expected a trained model at" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture()
+def parsed_run(monkeypatch):
+    """``main(argv)`` of the script with ``run`` replaced: returns the arguments run gets."""
+    tool = load_script("tools/train_shapes_demo.py")
+    calls = []
+    monkeypatch.setattr(tool, "run", lambda args, start_time: calls.append(args))
+
+    def parse(argv):
+        tool.main(argv)
+        assert len(calls) == 1
+        return calls.pop()
+
+    return parse
+
+
+def test_overrides_are_taken_on_both_sides_of_the_options(parsed_run, tmp_path):
+    """``train.seed=0 --output-dir X train.max_iter=10`` stopped with "unrecognized arguments:
+    train.max_iter=10"."""
+    args = parsed_run(["train.seed=0", "--output-dir", str(tmp_path), "train.max_iter=10"])
+    assert args.opts == ["train.seed=0", "train.max_iter=10"]
+    assert args.output_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("option", ["--resume", "--skip-train"])
+def test_a_seed_override_wins_over_the_recorded_seed_and_is_said(
+    parsed_run, tmp_path, capsys, option
+):
+    (tmp_path / "config.yaml").write_text("train: {max_iter: 2, seed: 123}\n")
+    args = parsed_run([option, "--output-dir", str(tmp_path), "train.seed=5"])
+    assert args.recorded_seed is None and args.opts == ["train.seed=5"]
+    out = capsys.readouterr().out
+    assert "note: train.seed=5 from the command line, not the seed 123 that " in out
+
+    args = parsed_run([option, "--output-dir", str(tmp_path)])
+    assert args.recorded_seed == 123
+    assert "note: keeping the seed 123 that " in capsys.readouterr().out
