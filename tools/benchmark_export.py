@@ -14,7 +14,9 @@ eager model, the exported program, the AOTInductor package and onnxruntime (medi
 boxes (pixels), scores, classes. Random weights make two-stage query selection sensitive to
 rounding (near-equal encoder scores), so the eager model's own float32-vs-float64 difference
 on that input is reported next to them, on the eager row. Writes
-``<output-dir>/<name>.json`` and ``.md`` (default ``benchmarks/results/export_cpu``).
+``<output-dir>/<name>.json`` and ``.md``: by default ``benchmarks/results/export_cpu`` (the
+committed results), with ``--quick`` ``output/benchmark_export/export_cpu`` (a smoke test
+leaves the committed results alone).
 """
 
 from __future__ import annotations
@@ -181,6 +183,14 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def default_output_dir(quick: bool) -> Path:
+    """Where the reports go without ``--output-dir``: the committed results for a full run,
+    ``output/`` (ignored by git) for a ``--quick`` smoke test."""
+    if quick:
+        return REPO / "output" / "benchmark_export"
+    return REPO / "benchmarks" / "results"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
@@ -197,9 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="detr_shapes only, torch_export and onnx, 2 runs after 1 warm-up: a smoke test",
+        help="detr_shapes only, torch_export and onnx, 2 runs after 1 warm-up: a smoke test "
+        "(reports to output/benchmark_export/ unless --output-dir says otherwise)",
     )
-    parser.add_argument("--output-dir", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="folder for <name>.json and <name>.md (default: benchmarks/results, the committed "
+        "results; with --quick output/benchmark_export)",
+    )
     parser.add_argument("--name", default="export_cpu", help="file name of the reports")
     return parser
 
@@ -221,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as work_dir:
         for name in args.cases:
             result["rows"].extend(measure_case(name, args.formats, args, Path(work_dir)))
-    output = Path(args.output_dir)
+    output = default_output_dir(args.quick) if args.output_dir is None else Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     (output / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
     table = markdown_table(result)

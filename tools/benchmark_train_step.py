@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Time one training iteration of a detector with the compiled MSDA op and with the PyTorch path.
+r"""Time one training iteration of a detector with the compiled MSDA op and with the PyTorch path.
 
 Builds ``model`` from a LazyConfig, feeds a fixed synthetic batch (random images of the given
 size with a few random boxes each) and times forward + backward + AdamW step, after warm-up,
-once with ``DETR_EXT_MSDA_BACKEND=compiled`` and once with ``pytorch`` on the same weights. Prints
-the medians and their ratio and writes JSON.
+with ``DETR_EXT_MSDA_BACKEND=compiled`` and with ``pytorch``, each backend training its own copy
+of the same initial weights with the same random numbers. The backends take turns, one step
+each per round, so that a change of machine load affects both alike. Prints the median per
+backend and their ratio and writes JSON.
 
     python tools/benchmark_train_step.py \
         --config-file projects/dino/configs/dino_r50_4scale_12ep.py --size 512 --batch 1 \
@@ -14,6 +16,7 @@ the medians and their ratio and writes JSON.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -34,6 +37,7 @@ from detr_ext.ops.benchmark import environment  # noqa: E402
 from detr_ext.utils.cli import int_at_least  # noqa: E402
 
 BACKEND_ENV = "DETR_EXT_MSDA_BACKEND"
+BACKENDS = ("compiled", "pytorch")
 
 
 def synthetic_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> list[dict]:
@@ -51,22 +55,55 @@ def synthetic_batch(batch: int, size: int, num_classes: int, seed: int = 0) -> l
     return inputs
 
 
-def time_backend(model, optimizer, inputs, backend: str, warmup: int, repeat: int, device):
-    os.environ[BACKEND_ENV] = backend
-    times = []
-    for step in range(warmup + repeat):
-        if device.type == "cuda":
+class BackendRun:
+    """One backend's model, optimizer and random-number stream: each step runs with
+    ``DETR_EXT_MSDA_BACKEND=<backend>`` and continues this backend's own torch generator
+    states, so that both backends draw the same numbers (dropout, denoising noise) while their
+    steps alternate."""
+
+    def __init__(self, backend: str, model: torch.nn.Module, device: torch.device) -> None:
+        self.backend = backend
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.device = device
+        torch.manual_seed(0)
+        self.rng_states = self._get_rng_states()
+
+    def _get_rng_states(self) -> tuple:
+        cuda = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def step(self, inputs: list[dict]) -> float:
+        """One forward + backward + AdamW step; returns its seconds."""
+        os.environ[BACKEND_ENV] = self.backend
+        cpu_state, cuda_states = self.rng_states
+        torch.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
         begin = time.perf_counter()
-        losses = model(inputs)
+        losses = self.model(inputs)
         sum(losses.values()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
-        if step >= warmup:
-            times.append(time.perf_counter() - begin)
-    return statistics.median(times), times
+        seconds = time.perf_counter() - begin
+        self.rng_states = self._get_rng_states()
+        return seconds
+
+
+def time_backends(runs: list[BackendRun], inputs: list[dict], warmup: int, repeat: int) -> dict:
+    """``{backend: [seconds of each timed step]}``, the backends taking turns: ``warmup``
+    untimed rounds, then ``repeat`` timed ones, one step of each backend per round."""
+    times: dict[str, list[float]] = {run.backend: [] for run in runs}
+    for round_index in range(warmup + repeat):
+        for run in runs:
+            seconds = run.step(inputs)
+            if round_index >= warmup:
+                times[run.backend].append(seconds)
+    return times
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,18 +133,16 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device).train()
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
     inputs = synthetic_batch(args.batch, args.size, cfg.model.num_classes)
+    # A copy of the same initial weights per backend: their steps alternate.
+    runs = [BackendRun(backend, copy.deepcopy(model), device) for backend in BACKENDS]
+    del model
+    times = time_backends(runs, inputs, args.warmup, args.repeat)
     results = {}
-    for backend in ("compiled", "pytorch"):
-        model.load_state_dict(initial)  # same weights for both
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        torch.manual_seed(0)
-        median, times = time_backend(
-            model, optimizer, inputs, backend, args.warmup, args.repeat, device
-        )
-        results[backend] = {"median_s": median, "times_s": times}
-        print(f"{backend:>9}: median {median:.3f} s per iteration ({len(times)} timed)")
+    for backend in BACKENDS:
+        median = statistics.median(times[backend])
+        results[backend] = {"median_s": median, "times_s": times[backend]}
+        print(f"{backend:>9}: median {median:.3f} s per iteration ({args.repeat} timed)")
     ratio = results["pytorch"]["median_s"] / results["compiled"]["median_s"]
     print(f"PyTorch path / compiled op time ratio: {ratio:.2f}x")
     report = {

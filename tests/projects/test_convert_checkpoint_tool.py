@@ -105,8 +105,12 @@ def test_from_alone_lists_the_converters_it_may_mean(capsys):
     out = capsys.readouterr().out
     assert "dino.detrex:" in out and "deformable_detr.detrex:" in out
     assert "facebookresearch" not in out
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as info:
         main(["--from", "no_such_codebase_at_all"])
+    assert info.value.code == 2
+    assert "error: --from 'no_such_codebase_at_all': no converter of that project or source" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_checkpoint_saved_from_ddp_converts(tmp_path, capsys):

@@ -41,9 +41,15 @@ def test_tiny_custom_run_writes_json_markdown_and_plot(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 0
 
 
-def test_bad_shapes_argument_is_rejected():
-    with pytest.raises(SystemExit):
-        benchmark_msda.main(["--shapes", "8by8"])
+@pytest.mark.parametrize("shapes", ["8by8", "8x0", "8x8,4", ""])
+def test_bad_shapes_argument_is_rejected(shapes, capsys):
+    """The parser's rejection, not a later exit (without the extension main stopped for the
+    missing kernel, so a broken parse_shapes went unnoticed)."""
+    with pytest.raises(SystemExit) as info:
+        benchmark_msda.main(["--shapes", shapes])
+    assert info.value.code == 2
+    expected = f"argument --shapes: expected shapes like '100x167,50x84', got {shapes!r}"
+    assert expected in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
