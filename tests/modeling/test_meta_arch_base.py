@@ -122,6 +122,54 @@ def test_prepare_targets_refuses_boxes_that_are_not_xyxy(box):
         model.prepare_targets([tensor_boxes])
 
 
+@pytest.mark.parametrize("classes", [[0.0, 1.9], [0.0, float("nan")], [True, False]])
+def test_prepare_targets_refuses_classes_that_are_not_integers(classes):
+    """A float 1.9 was truncated to class 1; NaN became -2**63 and an IndexError inside the
+    matcher (or the denoising embedding)."""
+    model = FixedOutputDetector()
+    item = _input(50, 100, boxes=[[10.0, 5.0, 30.0, 45.0], [0, 0, 9, 9]], classes=classes)
+    with pytest.raises(ValueError, match=r"batched_inputs\[0\]\['instances'\].gt_classes as an "):
+        model.prepare_targets([item])
+
+
+def test_prepare_targets_refuses_instances_of_another_size_than_their_image():
+    """Boxes are normalized by instances.image_size: a custom mapper that built Instances from
+    the original size after resizing trained on boxes half their size, without a word."""
+    model = FixedOutputDetector()
+    good = _input(50, 100, boxes=[[10.0, 5.0, 30.0, 45.0]], classes=[1])
+    stale = _input(50, 100, boxes=[[10.0, 5.0, 30.0, 45.0]], classes=[1])
+    stale["instances"] = Instances((100, 200), **stale["instances"].get_fields())
+    with pytest.raises(
+        ValueError,
+        match=r"batched_inputs\[1\]\['instances'\].image_size is \(100, 200\), but its image "
+        r"is \(50, 100\)",
+    ):
+        model.prepare_targets([good, stale])
+
+
+def test_more_objects_than_queries_is_said_once(caplog, monkeypatch):
+    """One-to-one matching trains at most num_queries objects of an image; dense scenes
+    (SKU-110K) lost the rest every step without a word."""
+    from detectron2.utils import logger as d2_logger
+
+    monkeypatch.setattr(d2_logger, "_LOG_COUNTER", type(d2_logger._LOG_COUNTER)())
+    model = FixedOutputDetector()
+    model.num_queries = 2
+    boxes = [[0.0, 0.0, 9.0, 9.0]] * 3
+    fits = _input(50, 100, boxes=boxes[:2], classes=[0, 1])
+    dense = _input(50, 100, boxes=boxes, classes=[0, 1, 1])
+    with caplog.at_level("WARNING"):
+        model.prepare_targets([fits])
+        assert not caplog.records
+        model.prepare_targets([fits, dense])
+        model.prepare_targets([dense])
+    (record,) = caplog.records
+    assert "batched_inputs[1] has 3 objects, more than model.num_queries=2" in record.getMessage()
+    del model.num_queries  # a detector without queries (DetectorBase itself): nothing to say
+    model.prepare_targets([dense])
+    assert len(caplog.records) == 1
+
+
 def test_inference_sigmoid_topk_hand_example():
     model = FixedOutputDetector(select_box_nums_for_evaluation=3)
     # Q = 2 queries, K = 3 classes; ranks: (q1, c2) 3.0 > (q0, c0) 2.0 > (q1, c0) 1.0 > rest.

@@ -33,7 +33,7 @@ from detr_ext.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
 from .output_checks import as_float32_detections, check_finite_detections
 from .pixel_statistics import warn_on_backbone_normalization
-from .target_checks import check_ground_truth
+from .target_checks import check_ground_truth, warn_on_more_objects_than_queries
 
 __all__ = ["DetectorBase"]
 
@@ -237,7 +237,13 @@ class DetectorBase(nn.Module):
         for index, item in enumerate(batched_inputs):
             instances = item.get("instances")
             num_classes = self.num_classes if self.gt_classes_are_class_indices else None
-            check_ground_truth(instances, index, num_classes, type(self).__name__)
+            image = item.get("image")
+            image_size = tuple(image.shape[-2:]) if isinstance(image, Tensor) else None
+            check_ground_truth(instances, index, num_classes, type(self).__name__, image_size)
+            num_queries = getattr(self, "num_queries", None)
+            warn_on_more_objects_than_queries(
+                len(instances), num_queries, index, type(self).__name__
+            )
             instances = instances.to(self.device)
             height, width = instances.image_size
             scale = torch.as_tensor(
