@@ -38,6 +38,7 @@ from detr_ext.engine import (  # noqa: E402
     default_argument_parser,
     do_test,
     do_train,
+    leave_process_group,
     load_eval_checkpoint,
     setup,
 )
@@ -81,6 +82,7 @@ def main(args) -> None:
             print(results)
     else:
         do_train(args, cfg)
+    leave_process_group()
 
 
 def dist_url_for(args, parser) -> str:

@@ -412,8 +412,16 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     from detectron2.engine import launch
 
     args.num_gpus = num_processes  # for detectron2's logged command line
-    launch(run, num_processes, dist_url="auto", args=(args, start_time))
+    launch(run_process, num_processes, dist_url="auto", args=(args, start_time))
     return None
+
+
+def run_process(args: argparse.Namespace, start_time: float) -> None:
+    """:func:`run` in one of several launched processes, leaving the process group after it."""
+    from detr_ext.engine import leave_process_group
+
+    run(args, start_time)
+    leave_process_group()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ __all__ = [
     "do_train",
     "draw_seed",
     "keep_recorded_seed",
+    "leave_process_group",
     "recorded_seed",
     "setup",
     "share_cpu_threads",
@@ -239,6 +240,16 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
             seed,
         )
     return cfg
+
+
+def leave_process_group() -> None:
+    """At the end of a launched process: wait for the others, then destroy the default process
+    group. A process that exits with the group alive can abort in its teardown ("terminate
+    called without an active exception", SIGABRT), which fails a run that had finished. A
+    no-op outside a distributed run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        comm.synchronize()
+        torch.distributed.destroy_process_group()
 
 
 def wrap_ddp(model: nn.Module, cfg: DictConfig, **ddp_kwargs: Any) -> nn.Module:
