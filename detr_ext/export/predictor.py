@@ -1,6 +1,6 @@
 """Predictor for an exported model: :class:`ExportedPredictor`, the
-:class:`~detr_ext.engine.predictor.Predictor` of a ``.pt2`` / ``.onnx`` file, one ``[H, W, 3]`` image in,
-``Instances`` out (``tools/demo.py --exported``)."""
+:class:`~detr_ext.engine.predictor.Predictor` of a ``.pt2`` / ``.onnx`` file, one
+``[H, W, 3]`` image in, ``Instances`` out (``tools/demo.py --exported``)."""
 
 from __future__ import annotations
 
