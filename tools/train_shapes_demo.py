@@ -112,7 +112,9 @@ def _resolve_config_file(config_file: str) -> str:
 
 
 def _overridden(opts: Sequence[str], key: str) -> bool:
-    return any(opt.split("=", 1)[0] == key for opt in opts)
+    from detr_ext.config import overrides_key
+
+    return overrides_key(opts, key)
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -7,6 +7,7 @@ from .config import (
     configs_dir,
     get_config,
     load_config,
+    overrides_key,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "configs_dir",
     "get_config",
     "load_config",
+    "overrides_key",
 ]

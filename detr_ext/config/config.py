@@ -99,6 +99,12 @@ def check_overrides(overrides: Sequence[str]) -> list[str]:
     return list(overrides)
 
 
+def overrides_key(overrides: Sequence[str], key: str) -> bool:
+    """Whether one of the ``key=value`` ``overrides`` sets ``key`` (e.g. ``"train.seed"``), the
+    key read as detectron2's ``LazyConfig.apply_overrides`` reads it."""
+    return any(opt.split("=", 1)[0] == key for opt in overrides)
+
+
 def load_config(config_file: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
     """A tool's ``--config-file`` loaded with its ``key=value`` overrides applied.
 

@@ -30,7 +30,7 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..config import check_overrides
+from ..config import check_overrides, overrides_key
 from ..data.datasets.coco_format import registration_warnings
 from .checkpointer import PeriodicCheckpointer, SafeCheckpointer
 from .checks import check_category_consistency, check_num_classes
@@ -175,7 +175,7 @@ def keep_recorded_seed(cfg: DictConfig, args: argparse.Namespace) -> int | None:
     continuing = bool(getattr(args, "resume", False) or getattr(args, "eval_only", False))
     if not continuing or "train" not in cfg or "seed" not in cfg.train:
         return None
-    if any(opt.split("=", 1)[0].strip() == "train.seed" for opt in getattr(args, "opts", [])):
+    if overrides_key(getattr(args, "opts", []), "train.seed"):
         return None
     if comm.get_world_size() > 1:
         # Several processes would need a collective here to agree on one reading of the file
