@@ -40,6 +40,7 @@ from detr_ext.engine import (  # noqa: E402
     do_train,
     leave_process_group,
     load_eval_checkpoint,
+    read_recorded_seed_before_launch,
     setup,
 )
 
@@ -99,6 +100,9 @@ if __name__ == "__main__":
     args = parser.parse_args()
     try:
         check_overrides(args.opts)  # before any process starts: one message, exit status 2
+        if args.num_gpus > 1 and args.num_machines == 1:
+            # Read before process 0 rewrites config.yaml: a resumed or evaluated run keeps it.
+            read_recorded_seed_before_launch(args)
     except ConfigUsageError as error:
         parser.error(str(error))
     launch(

@@ -176,9 +176,6 @@ def setup(args: argparse.Namespace):
     def edit(cfg) -> None:
         if not _overridden(args.opts, "train.output_dir"):
             cfg.train.output_dir = args.output_dir
-        if getattr(args, "recorded_seed", None) is not None:
-            # Read before the processes started: config.yaml keeps the seed the run trained with.
-            cfg.train.seed = args.recorded_seed
         if not _overridden(args.opts, "train.log_period"):
             cfg.train.log_period = min(int(cfg.train.log_period), PROGRESS_LOG_PERIOD)
 

@@ -7,10 +7,7 @@ from .data_stream import DataStreamState, build_train_loader
 from .defaults import (
     default_argument_parser,
     do_train,
-    draw_seed,
-    keep_recorded_seed,
     leave_process_group,
-    recorded_seed,
     setup,
     share_cpu_threads,
     wrap_ddp,
@@ -25,6 +22,12 @@ from .evaluation import (
     request_error_analysis,
 )
 from .resume import ResumeError
+from .seeds import (
+    draw_seed,
+    keep_recorded_seed,
+    read_recorded_seed_before_launch,
+    recorded_seed,
+)
 from .trainer import NonFiniteTrainingError, Trainer
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "leave_process_group",
     "evaluation_output_dir",
     "load_eval_checkpoint",
+    "read_recorded_seed_before_launch",
     "recorded_seed",
     "request_error_analysis",
     "setup",

@@ -30,7 +30,7 @@ from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..config import check_overrides, overrides_key
+from ..config import check_overrides
 from ..data.datasets.coco_format import registration_warnings
 from .checkpointer import PeriodicCheckpointer, SafeCheckpointer
 from .checks import check_category_consistency, check_num_classes
@@ -46,16 +46,14 @@ from .resume import (
     configured_hyperparameters,
     restore_configured_hyperparameters,
 )
+from .seeds import draw_seed, keep_recorded_seed
 from .train_options import check_train_options
 from .trainer import Trainer
 
 __all__ = [
     "default_argument_parser",
     "do_train",
-    "draw_seed",
-    "keep_recorded_seed",
     "leave_process_group",
-    "recorded_seed",
     "setup",
     "share_cpu_threads",
     "wrap_ddp",
@@ -119,74 +117,6 @@ def share_cpu_threads(cfg: DictConfig) -> int:
     ):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
     return torch.get_num_threads()
-
-
-def draw_seed(cfg: DictConfig) -> int | None:
-    """Replace a negative ``train.seed`` ("a new seed each run") by a drawn one, so that the
-    run's ``config.yaml`` (written by ``default_setup`` after this) records the seed it used and
-    ``train.seed=<that seed>`` repeats the run. A seed >= 0 is left as it is. Every process must
-    call it: they all get rank 0's draw (detectron2's ``comm.shared_random_seed``), and
-    ``default_setup`` then seeds process ``rank`` with ``train.seed + rank``, as for a given seed.
-
-    Returns:
-        the seed now in ``cfg.train.seed``, or ``None`` if the config has no ``train.seed``.
-    """
-    if "train" not in cfg or cfg.train.get("seed", None) is None:
-        return None
-    if int(cfg.train.seed) < 0:
-        cfg.train.seed = int(comm.shared_random_seed())
-    return int(cfg.train.seed)
-
-
-def recorded_seed(config_yaml: str | os.PathLike) -> int | None:
-    """``train.seed`` as a run's saved ``config.yaml`` records it; ``None`` when there is no
-    such file or it records no seed >= 0. Tags of Python objects in the file are read as
-    nothing (only the seed is needed, and nothing in the file is run)."""
-    import yaml
-
-    class _SeedLoader(yaml.SafeLoader):
-        pass
-
-    _SeedLoader.add_multi_constructor("", lambda loader, suffix, node: None)
-    try:
-        with open(config_yaml) as f:
-            data = yaml.load(f, Loader=_SeedLoader)
-    except (OSError, yaml.YAMLError):
-        return None
-    train = data.get("train") if isinstance(data, dict) else None
-    seed = train.get("seed") if isinstance(train, dict) else None
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        return None
-    return seed
-
-
-def keep_recorded_seed(cfg: DictConfig, args: argparse.Namespace) -> int | None:
-    """With ``--resume`` or ``--eval-only``: set ``train.seed`` to the seed the run's
-    ``config.yaml`` (in ``train.output_dir``) records, unless the command line sets
-    ``train.seed``. Continuing or evaluating a run then neither draws a seed nothing trained
-    with (a negative ``train.seed``) nor takes the config file's when the run was started with
-    another (``train.seed=-1`` on its command line), and ``default_setup`` does not overwrite
-    the record of the seed it trained with. In a single process only (read before
-    ``default_setup`` rewrites the file); with several, a negative seed is drawn as before.
-
-    Returns:
-        the recorded seed when it replaced another value of ``train.seed``, else ``None``.
-    """
-    continuing = bool(getattr(args, "resume", False) or getattr(args, "eval_only", False))
-    if not continuing or "train" not in cfg or "seed" not in cfg.train:
-        return None
-    if overrides_key(getattr(args, "opts", []), "train.seed"):
-        return None
-    if comm.get_world_size() > 1:
-        # Several processes would need a collective here to agree on one reading of the file
-        # before process 0 rewrites it; the two CI runs that had one aborted a process in its
-        # teardown. Entry points read the seed before launching (train_shapes_demo does).
-        return None
-    seed = recorded_seed(os.path.join(str(cfg.train.get("output_dir", "")), "config.yaml"))
-    if seed is None or seed == cfg.train.seed:
-        return None
-    cfg.train.seed = seed
-    return seed
 
 
 def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = None) -> DictConfig:

@@ -6,9 +6,10 @@ import argparse
 
 import pytest
 from detectron2.config import LazyConfig
+from detectron2.utils import comm
 
 from detr_ext.config import get_config
-from detr_ext.engine import defaults, draw_seed, recorded_seed
+from detr_ext.engine import defaults, draw_seed, recorded_seed, seeds
 from tests.tool_runs import REPO_ROOT
 
 DINO_SHAPES = REPO_ROOT / "projects" / "dino" / "configs" / "dino_shapes.py"
@@ -76,6 +77,29 @@ def test_resuming_or_evaluating_keeps_the_recorded_seed(tmp_path, monkeypatch, m
     # Nothing recorded: a drawn seed, as before.
     (tmp_path / "config.yaml").write_text("train: {}\n")
     assert run([out], **{mode: True}) >= 0
+
+
+def test_several_processes_keep_the_seed_read_before_launching(tmp_path, monkeypatch):
+    """In several processes keep_recorded_seed reads no file (process 0 may be rewriting it):
+    it keeps what the entry point read before launching, and without that draws as before."""
+    (tmp_path / "config.yaml").write_text("train:\n  seed: 99\n")
+    out = f"train.output_dir={tmp_path}"
+    args = argparse.Namespace(config_file=str(DINO_SHAPES), opts=[out], eval_only=True)
+    assert seeds.read_recorded_seed_before_launch(args) == args.recorded_seed == 99
+    new_run = argparse.Namespace(config_file=str(DINO_SHAPES), opts=[out], resume=False)
+    assert seeds.read_recorded_seed_before_launch(new_run) is None
+    given = argparse.Namespace(
+        config_file=str(DINO_SHAPES), opts=[out, "train.seed=3"], resume=True
+    )
+    assert seeds.read_recorded_seed_before_launch(given) is None
+
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    (tmp_path / "config.yaml").write_text("train:\n  seed: 5\n")  # rewritten meanwhile
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(DINO_SHAPES)), [out])
+    assert seeds.keep_recorded_seed(cfg, args) == cfg.train.seed == 99
+    unread = argparse.Namespace(config_file=str(DINO_SHAPES), opts=[out], eval_only=True)
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(str(DINO_SHAPES)), [out])
+    assert seeds.keep_recorded_seed(cfg, unread) is None and cfg.train.seed < 0
 
 
 def test_recorded_seed_reads_only_a_valid_seed(tmp_path):

@@ -14,6 +14,7 @@ import torch
 from detectron2.config import instantiate
 
 from detr_ext.config import get_config
+from detr_ext.engine import recorded_seed
 from tests.tool_runs import load_script, run_tool, tiny_shapes_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,7 @@ from detectron2.data import (
 )
 
 from detr_ext.config import get_config
+from detr_ext.engine import recorded_seed
 from tiny_project import TinyEvaluator, TinyMapper, TinyModel
 
 train = get_config("common/train.py").train
@@ -247,12 +249,18 @@ def test_evaluation_during_ddp_training_scores_the_saved_model(trained_run, tmp_
     assert logged["ema/tiny/mse"] == pytest.approx(results["ema"]["tiny"]["mse"], rel=1e-6)
 
     one_image = "dataloader.test.dataset.names=tiny_one"
+    # The evaluated run's config.yaml records another seed than the config file's (0): a
+    # 2-process evaluation keeps it (it drew or took the config's and rewrote the record).
+    (tmp_path / "e2").mkdir()
+    (tmp_path / "e2" / "config.yaml").write_text("train:\n  seed: 4321\n")
     pair = run_train_net(
         config, "--eval-only", "--num-gpus", "2", weights, one_image,
         f"train.output_dir={tmp_path / 'e2'}",
     )  # fmt: skip
     printed = [line for line in pair.stdout.splitlines() if line.startswith("{")]
     assert len(printed) == 1 and ast.literal_eval(printed[0])["tiny"]["count"] == 1.0
+    assert "keeping seed 4321" in pair.stdout + pair.stderr
+    assert recorded_seed(tmp_path / "e2" / "config.yaml") == 4321
     run_train_net(
         config, "--num-gpus", "2", one_image, "train.ddp.broadcast_buffers=True",
         "train.max_iter=2", "train.eval_period=2", f"train.output_dir={tmp_path / 'bb'}",
