@@ -194,6 +194,18 @@ def test_images_without_objects(num_targets):
     assert outputs["pred_masks"].grad[0].abs().sum() == 0  # image 0 has no objects
 
 
+def test_a_batch_without_objects_logs_positive_zeros():
+    """Mask logits summing to a negative number gave ``loss_mask: -0.0`` in the log."""
+    outputs, targets = two_image_case(num_targets=(0, 0))
+    outputs["pred_masks"] = outputs["pred_masks"].detach() - 5.0
+    criterion = criterion_for(
+        HungarianMatcher(cost_bbox=5.0, cost_class_type="ce_cost"), num_points=20
+    )
+    losses = criterion(outputs, targets)
+    for name in ("loss_mask", "loss_dice"):
+        assert math.copysign(1.0, losses[name].item()) == 1.0, (name, losses[name])
+
+
 def test_bf16_inputs_under_autocast_give_float32_losses():
     outputs, targets = two_image_case()
     leaf = outputs["pred_masks"].detach().to(torch.bfloat16).requires_grad_(True)

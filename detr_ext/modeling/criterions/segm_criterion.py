@@ -200,7 +200,7 @@ class SegmCriterion(SetCriterion):
         pred_masks = full_precision(outputs["pred_masks"])  # [B, Q, h, w]
         batch_index, query_index = self.matched_query_index(indices)
         if batch_index.numel() == 0:
-            zero = pred_masks.sum() * 0.0
+            zero = pred_masks.sum() * 0.0 + 0.0  # + 0.0: a negative sum gave -0.0 in the log
             return {"loss_mask": zero, "loss_dice": zero}
 
         mask_logits = pred_masks[batch_index, query_index][:, None]  # [M, 1, h, w]
