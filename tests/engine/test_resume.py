@@ -1,6 +1,8 @@
 """--resume: the config's optimizer hyperparameters win over the checkpoint's, and a checkpoint
 past train.max_iter is refused (the end-to-end runs are in test_train_net.py)."""
 
+import logging
+
 import pytest
 import torch
 from detectron2.solver import LRMultiplier
@@ -103,5 +105,11 @@ def test_a_checkpoint_past_max_iter_is_refused(caplog):
     message = str(info.value)
     assert "out/model_0000009.pth was saved after iteration 10" in message
     assert "past train.max_iter=6" in message and "--eval-only" in message
-    check_resume_iteration("out/model_final.pth", start_iter=6, max_iter=6)  # a finished run
-    check_resume_iteration("out/model_0000003.pth", start_iter=4, max_iter=6)
+    with caplog.at_level(logging.INFO, logger="detr_ext.engine.resume"):
+        check_resume_iteration("out/model_0000003.pth", start_iter=4, max_iter=6)
+        assert not caplog.records
+        check_resume_iteration("out/model_final.pth", start_iter=6, max_iter=6)  # a finished run
+    assert [record.getMessage() for record in caplog.records] == [
+        "--resume: out/model_final.pth is the end of training (train.max_iter=6): nothing to "
+        "train, evaluating it."
+    ]

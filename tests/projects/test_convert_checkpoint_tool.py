@@ -81,7 +81,7 @@ def test_checkpoint_of_another_variant_gets_a_short_report_and_the_right_config(
     assert "(fits exactly)" in lines[first + 1]
 
 
-def test_a_pickle_of_numpy_arrays_converts_with_unsafe_pickle_only(tmp_path, capsys):
+def test_a_pickle_of_numpy_arrays_converts_with_unsafe_pickle_only(tmp_path):
     """A .pkl of numpy arrays (detectron2's model-zoo format): torch.load cannot read it even
     with --unsafe-pickle; it is read as detectron2 reads it, and only when trusted."""
     model = instantiate(LazyConfig.load(str(REPO_ROOT / DETR_SHAPES)).model)
