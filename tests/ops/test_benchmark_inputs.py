@@ -4,6 +4,7 @@ detr_ext.utils.run_info."""
 from __future__ import annotations
 
 import mmap
+import sys
 
 import pytest
 import torch
@@ -57,7 +58,9 @@ def test_median_time_and_run_facts(tmp_path):
     assert env["torch"] == torch.__version__ and env["device_name"] == cpu_name() != ""
     assert env["commit"] != "unknown"  # the tests run in a checkout
     assert git_commit(tmp_path) == "unknown"  # not a checkout
-    if proc_status_bytes("VmRSS") is not None:  # Linux
+    # Linux has /proc/self/status (a Linux runner without it would leave the probe unchecked).
+    assert (proc_status_bytes("VmRSS") is not None) == sys.platform.startswith("linux")
+    if sys.platform.startswith("linux"):
         # A fresh anonymous mapping: new pages whatever memory the process freed before.
         size = 64 * 2**20
         baseline = reset_peak_rss()
