@@ -33,11 +33,20 @@ PACKAGING_INPUTS = (
 
 
 def config_values() -> dict:
-    """A few values from each shared config (every file under configs/common is loaded)."""
-    from detr_ext.config import get_config
+    """A few values from the shared configs, and the top-level keys of every file under
+    ``configs/`` loaded with ``get_config`` (a file importing ``configs.*`` loaded only from a
+    checkout)."""
+    from detr_ext.config import configs_dir, get_config
 
     schedule = get_config("common/coco_schedule.py")
+    root = configs_dir()
     return {
+        "files": {
+            path.relative_to(root).as_posix(): sorted(
+                get_config(path.relative_to(root).as_posix()).keys()
+            )
+            for path in sorted(root.rglob("*.py"))
+        },
         "max_iter": get_config("common/train.py").train.max_iter,
         "adamw_lr": get_config("common/optim.py").AdamW.lr,
         "milestones_50ep": list(schedule.lr_multiplier_50ep.scheduler.milestones),
@@ -142,3 +151,4 @@ def test_installed_package_ships_the_shared_configs(tmp_path, monkeypatch):
     # The installed copies hold what the checkout's configs hold.
     assert report["values"] == config_values()
     assert report["values"]["shapes_train"] == "shapes_train"
+    assert len(report["values"]["files"]) == len(in_repo)

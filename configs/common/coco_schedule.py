@@ -10,45 +10,11 @@ shrinks the whole schedule proportionally.
 
 A project config takes a ready schedule with
 ``get_config("common/coco_schedule.py").lr_multiplier_12ep``, or builds its own with
-``from configs.common.coco_schedule import default_X_scheduler`` (``tools/train_net.py`` puts
-the repository root on ``sys.path``).
+``from detr_ext.config import default_X_scheduler`` (detrex's name for it,
+``default_coco_scheduler``, is there too).
 """
 
-from detectron2.config import LazyCall as L
-from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import MultiStepParamScheduler
-
-
-def default_X_scheduler(epochs, decay_epochs, warmup_epochs=0, base_steps=7500):
-    """Multiplier 1.0 until ``decay_epochs``, then 0.1 until ``epochs``.
-
-    Args:
-        epochs: length of the schedule, in epochs of ``base_steps`` iterations.
-        decay_epochs: epoch at which the learning rate drops to 0.1x.
-        warmup_epochs: linear warmup from 0.001x over this many epochs (may be fractional).
-        base_steps: iterations per epoch (7500 = 120k images at batch 16).
-    """
-    if not 0 < decay_epochs < epochs:
-        raise ValueError(
-            f"default_X_scheduler: expected 0 < decay_epochs < epochs, "
-            f"got decay_epochs={decay_epochs}, epochs={epochs}"
-        )
-    total_steps = epochs * base_steps
-    decay_steps = decay_epochs * base_steps
-    warmup_steps = warmup_epochs * base_steps
-    return L(WarmupParamScheduler)(
-        scheduler=L(MultiStepParamScheduler)(
-            values=[1.0, 0.1],
-            milestones=[decay_steps, total_steps],
-        ),
-        warmup_length=warmup_steps / total_steps,
-        warmup_method="linear",
-        warmup_factor=0.001,
-    )
-
-
-# detrex's name for the same schedule.
-default_coco_scheduler = default_X_scheduler
+from detr_ext.config import default_coco_scheduler, default_X_scheduler  # noqa: F401
 
 # Deformable-DETR / DINO family (batch 16).
 lr_multiplier_12ep = default_X_scheduler(12, 11)

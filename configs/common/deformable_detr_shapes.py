@@ -21,8 +21,7 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from configs.common.coco_schedule import default_X_scheduler
-from detr_ext.config import get_config
+from detr_ext.config import default_X_scheduler, get_config
 
 model = get_config("common/models/deformable_detr_r50.py").model
 

@@ -9,12 +9,15 @@ from .config import (
     load_config,
     overrides_key,
 )
+from .schedules import default_coco_scheduler, default_X_scheduler
 
 __all__ = [
     "ConfigUsageError",
     "accepts_argument",
     "check_overrides",
     "configs_dir",
+    "default_X_scheduler",
+    "default_coco_scheduler",
     "get_config",
     "load_config",
     "overrides_key",

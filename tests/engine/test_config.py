@@ -7,7 +7,13 @@ import torch
 from detectron2.config import instantiate
 from torch import nn
 
-from detr_ext.config import ConfigUsageError, check_overrides, configs_dir, get_config
+from detr_ext.config import (
+    ConfigUsageError,
+    check_overrides,
+    configs_dir,
+    default_X_scheduler,
+    get_config,
+)
 from tests.tool_runs import SHAPES_CONFIGS, run_tool
 
 
@@ -70,9 +76,6 @@ def test_12ep_schedule_decays_at_epoch_11():
 
 
 def test_schedule_warmup_and_validation():
-    # LazyConfig.load keeps only config values, so the function is imported as a module.
-    from configs.common.coco_schedule import default_X_scheduler
-
     multiplier = instantiate(default_X_scheduler(12, 11, warmup_epochs=1))
     assert multiplier(0.0) == pytest.approx(0.001)
     assert multiplier(0.5 / 12) == pytest.approx(0.001 + 0.999 * 0.5)

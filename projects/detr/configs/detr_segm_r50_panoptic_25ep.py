@@ -9,8 +9,7 @@ facebookresearch's released panoptic weights load instead through
 quality (``COCOPanopticEvaluator``, hotcoco) plus box and mask AP of the things.
 """
 
-from configs.common.coco_schedule import default_X_scheduler
-from detr_ext.config import get_config
+from detr_ext.config import default_X_scheduler, get_config
 
 from .models.detr_segm_r50 import model
 
