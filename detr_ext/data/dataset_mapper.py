@@ -25,7 +25,7 @@ from .image_io import (
     read_image_file,
 )
 
-__all__ = ["DetrDatasetMapper"]
+__all__ = ["DetrDatasetMapper", "describe_image"]
 
 IMAGE_FORMATS = ("RGB", "BGR")
 MASK_FORMATS = ("auto", "polygon", "bitmask")
@@ -172,14 +172,14 @@ class DetrDatasetMapper:
             elif segmentation is None:
                 raise ValueError(
                     f"DetrDatasetMapper(mask_on=True): annotation {index} of "
-                    f"{_describe_image(dataset_dict)} has no 'segmentation'; expected COCO "
+                    f"{describe_image(dataset_dict)} has no 'segmentation'; expected COCO "
                     "polygons, an RLE dict or an [H, W] mask for every non-crowd annotation "
                     "(or set mask_on=False)"
                 )
             elif self.mask_format == "polygon" and not isinstance(segmentation, list):
                 raise ValueError(
                     f"DetrDatasetMapper(mask_format='polygon'): annotation {index} of "
-                    f"{_describe_image(dataset_dict)} has a {type(segmentation).__name__} "
+                    f"{describe_image(dataset_dict)} has a {type(segmentation).__name__} "
                     "segmentation; expected COCO polygons (a list), or mask_format='bitmask' / "
                     "'auto'"
                 )
@@ -189,7 +189,7 @@ class DetrDatasetMapper:
                     self._warn_left_out(len(segmentation) - len(usable), index, dataset_dict)
                 annotation["segmentation"] = usable
             else:  # detectron2's transforms take compressed RLE only
-                where = f"annotation {index} of {_describe_image(dataset_dict)}"
+                where = f"annotation {index} of {describe_image(dataset_dict)}"
                 annotation["segmentation"] = compressed_rle(segmentation, where)
             annotation.pop("keypoints", None)
             _coordinates_as_floats(annotation)
@@ -204,7 +204,7 @@ class DetrDatasetMapper:
             return
         logger.warning(
             f"DetrDatasetMapper: left out {count} polygon(s) with fewer than 3 points from "
-            f"annotation {index} of {_describe_image(dataset_dict)} (they cover no pixel; such "
+            f"annotation {index} of {describe_image(dataset_dict)} (they cover no pixel; such "
             f"parts are left out of every annotation, this is shown for the first "
             f"{_LEFT_OUT_WARNINGS})"
         )
@@ -327,7 +327,7 @@ def _usable_polygons(polygons: list, index: int, dataset_dict: dict) -> list:
     warns about them). A segmentation with no usable polygon left, or not a list of coordinate
     lists, is an error naming the image and the annotation.
     """
-    where = f"annotation {index} of {_describe_image(dataset_dict)}"
+    where = f"annotation {index} of {describe_image(dataset_dict)}"
     usable = []
     for polygon in polygons:
         if isinstance(polygon, str | bytes | dict) or not isinstance(
@@ -366,7 +366,7 @@ def _size_mismatch(
     when an EXIF rotation explains the difference (labels made on the stored pixels)."""
     height, width = image.shape[:2]
     expected = (dataset_dict.get("width"), dataset_dict.get("height"))
-    where = _describe_image(dataset_dict)
+    where = describe_image(dataset_dict)
     orientation = exif_orientation(dataset_dict["file_name"]) if exif_applied else None
     if orientation in TRANSPOSING_ORIENTATIONS and expected == (height, width):
         return utils.SizeMismatchError(
@@ -386,7 +386,7 @@ def _size_mismatch(
     )
 
 
-def _describe_image(dataset_dict: dict) -> str:
+def describe_image(dataset_dict: dict) -> str:
     """``"image 'a.jpg' (image_id=3)"`` for error messages."""
     where = f"image {dataset_dict.get('file_name')!r}"
     if dataset_dict.get("image_id") is not None:

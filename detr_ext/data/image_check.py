@@ -22,7 +22,7 @@ from .image_io import (
     EXIF_ORIENTATION_TAG,
     HIGH_BIT_DEPTH_MODES,
     TRANSPOSING_ORIENTATIONS,
-    _to_8_bit,
+    to_8_bit,
 )
 
 __all__ = ["PROBLEM_KINDS", "ImageProblem", "check_image_files"]
@@ -63,7 +63,7 @@ def _check_one(record: dict, decode: bool, apply_exif_orientation: bool) -> Imag
             if decode:
                 image.load()  # decodes to the end: a truncated file fails here
                 if image.mode in HIGH_BIT_DEPTH_MODES:
-                    _to_8_bit(image)  # what the readers do: 32-bit values out of range fail
+                    to_8_bit(image)  # what the readers do: 32-bit values out of range fail
     except FileNotFoundError:
         return problem(
             "missing",

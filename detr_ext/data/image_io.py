@@ -17,6 +17,7 @@ __all__ = [
     "ImageReadError",
     "exif_orientation",
     "read_image_file",
+    "to_8_bit",
 ]
 
 
@@ -85,7 +86,7 @@ def read_image_file(
             if apply_exif_orientation:  # what detectron2's read_image does
                 image = utils._apply_exif_orientation(image)
             if image.mode in HIGH_BIT_DEPTH_MODES:
-                image = _to_8_bit(image)
+                image = to_8_bit(image)
             return utils.convert_PIL_to_numpy(image, format)
     except Exception as error:  # any failure to decode this one file: say which file it was
         where = f"image file {path!r}" + ("" if image_id is None else f" (image_id={image_id!r})")
@@ -97,7 +98,7 @@ def read_image_file(
         ) from error
 
 
-def _to_8_bit(image: Image.Image) -> Image.Image:
+def to_8_bit(image: Image.Image) -> Image.Image:
     """A 16-bit image (``I;16*``, or ``I`` / ``F`` holding values in [0, 65535]) as an 8-bit
     ``L`` image, ``value * 255 / 65535`` rounded: the full 16-bit range maps onto 0-255, the
     same for every image (no per-image stretching). Other 32-bit images are refused."""

@@ -13,7 +13,7 @@ from detectron2.structures import BitMasks, BoxMode, Instances
 
 from ..utils.panoptic_ids import rgb2id
 from .aug_input import ClampedAugInput
-from .dataset_mapper import DetrDatasetMapper, _describe_image
+from .dataset_mapper import DetrDatasetMapper, describe_image
 from .image_io import read_image_file
 
 __all__ = ["DetrPanopticDatasetMapper", "rgb2id"]
@@ -79,7 +79,7 @@ class DetrPanopticDatasetMapper(DetrDatasetMapper):
         segments_info = dataset_dict.pop("segments_info", None)
         if pan_seg_file_name is None or segments_info is None:
             raise ValueError(
-                f"DetrPanopticDatasetMapper: the dataset dict of {_describe_image(dataset_dict)} "
+                f"DetrPanopticDatasetMapper: the dataset dict of {describe_image(dataset_dict)} "
                 "has no 'pan_seg_file_name' / 'segments_info'; expected a COCO panoptic "
                 "dataset (dicts of detectron2's load_coco_panoptic_json)"
             )
@@ -87,7 +87,7 @@ class DetrPanopticDatasetMapper(DetrDatasetMapper):
         if color.shape[:2] != tuple(image_shape):
             raise ValueError(
                 f"DetrPanopticDatasetMapper: panoptic PNG {pan_seg_file_name!r} is "
-                f"{color.shape[0]}x{color.shape[1]} (HxW) but {_describe_image(dataset_dict)} is "
+                f"{color.shape[0]}x{color.shape[1]} (HxW) but {describe_image(dataset_dict)} is "
                 f"{image_shape[0]}x{image_shape[1]}; expected the same size"
             )
         segments = [s for s in segments_info if not s.get("iscrowd", 0)]

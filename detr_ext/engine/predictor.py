@@ -36,6 +36,7 @@ from .prompted import text_prompted_model
 
 __all__ = [
     "Predictor",
+    "check_image",
     "contiguous_to_dataset_ids",
     "draw_predictions",
     "instances_to_dicts",
@@ -76,7 +77,7 @@ def metadata_for_config(cfg: DictConfig) -> Metadata:
     return metadata
 
 
-def _check_image(image: Any, where: str, channels: int = 3) -> np.ndarray:
+def check_image(image: Any, where: str, channels: int = 3) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != channels:
         got = image.shape if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"{where}: expected an image array of shape [H, W, {channels}], got {got}")
@@ -232,7 +233,7 @@ class Predictor:
             ``[N, H, W]`` for a mask model), plus ``"phrases"`` for a text-prompted model and
             ``"panoptic_seg": (segment ids [H, W], segments_info)`` for a panoptic model.
         """
-        image = _check_image(image, "Predictor")
+        image = check_image(image, "Predictor")
         if prompt is not None and not hasattr(self.model, "default_prompt"):
             raise ValueError(
                 f"Predictor: a prompt was given but {type(self.model).__name__} does not read "
@@ -319,7 +320,7 @@ def draw_predictions(
     # Imported here: the Visualizer needs OpenCV, which nothing else in detr_ext does.
     from detectron2.utils.visualizer import ColorMode, Visualizer
 
-    image = _check_image(image, "draw_predictions")
+    image = check_image(image, "draw_predictions")
     if panoptic_seg is not None:
         segment_ids, segments_info = panoptic_seg
         if tuple(segment_ids.shape) != image.shape[:2]:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from ..data.aug_input import ClampedAugInput
 from ..data.image_io import read_image_file
 from ..engine.input_format import config_node, mapper_image_options
-from ..engine.predictor import _check_image, metadata_for_config
+from ..engine.predictor import check_image, metadata_for_config
 from .metadata import ExportMetadata
 from .runners import load_exported
 
@@ -111,7 +111,7 @@ class ExportedPredictor:
             raise ValueError(
                 f"ExportedPredictor: exported models take no text prompt, got {prompt!r}"
             )
-        image = _check_image(image, "ExportedPredictor")
+        image = check_image(image, "ExportedPredictor")
         height, width = image.shape[:2]
         aug_input = ClampedAugInput(image)
         self.augmentation(aug_input)

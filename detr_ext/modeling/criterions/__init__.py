@@ -1,6 +1,6 @@
 """Criteria: the training losses of DETR-family detectors."""
 
-from .base_criterion import SetCriterion
+from .base_criterion import Indices, SetCriterion
 from .deformable_criterion import DeformableCriterion
 from .dn_criterion import DINOCriterion
 from .grounding_criterion import GroundingCriterion
@@ -10,6 +10,7 @@ __all__ = [
     "DINOCriterion",
     "DeformableCriterion",
     "GroundingCriterion",
+    "Indices",
     "SegmCriterion",
     "SetCriterion",
 ]

@@ -54,7 +54,7 @@ from detr_ext.modeling.losses.focal_loss import sigmoid_focal_loss
 from detr_ext.modeling.losses.precision import autocast_disabled, full_precision
 from detr_ext.modeling.matchers.hungarian_matcher import check_detection_inputs
 
-__all__ = ["SetCriterion"]
+__all__ = ["Indices", "SetCriterion"]
 
 Indices = list[tuple[Tensor, Tensor]]
 """Per image ``(query_index, target_index)`` int64 tensors, as returned by the matchers."""

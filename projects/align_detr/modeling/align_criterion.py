@@ -25,8 +25,7 @@ import torch
 from torch import Tensor
 
 from detr_ext.layers.box_ops import box_cxcywh_to_xyxy, matched_box_iou
-from detr_ext.modeling.criterions import DINOCriterion
-from detr_ext.modeling.criterions.base_criterion import Indices
+from detr_ext.modeling.criterions import DINOCriterion, Indices
 from detr_ext.modeling.losses import (
     alignment_quality,
     ia_bce_loss,
