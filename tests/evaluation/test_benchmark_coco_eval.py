@@ -14,11 +14,10 @@ from pycocotools import mask as mask_util
 
 from detr_ext.evaluation.coco_backend import evaluate_on_coco, load_coco_gt, summary_stats
 from detr_ext.evaluation.synthetic import COCO_CATEGORY_IDS, generate_coco_set
+from tests.tool_runs import load_script
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools"))
-
-import benchmark_coco_eval  # noqa: E402
+benchmark_coco_eval = load_script("tools/benchmark_coco_eval.py")
 
 
 def _polygon_area(flat: list[float]) -> float:

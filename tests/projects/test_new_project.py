@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.tool_runs import load_script
+
+from .project_references import cross_project_references
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools"))
-
-import new_project  # noqa: E402
-
-from .project_references import cross_project_references  # noqa: E402
+new_project = load_script("tools/new_project.py")
 
 
 def test_name_validation():
@@ -294,8 +294,7 @@ def test_deformable_detr_and_dino_scaffolds_build_train_and_predict(tmp_path):
 
 
 def test_list_projects_finds_registered_models_and_configs():
-    import list_projects
-
+    list_projects = load_script("tools/list_projects.py")
     projects, failures = list_projects.discover()
     assert failures == {}
     assert projects["detr"]["meta_archs"] == ["DETR", "DETRSegm"]
