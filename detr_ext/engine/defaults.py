@@ -14,6 +14,7 @@ The config is expected to define (see ``configs/common/``):
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import time
@@ -175,13 +176,28 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
 
 
 def leave_process_group() -> None:
-    """At the end of a launched process: wait for the others, then destroy the default process
-    group. A process that exits with the group alive can abort in its teardown ("terminate
-    called without an active exception", SIGABRT), which fails a run that had finished. A
-    no-op outside a distributed run."""
+    """At the end of a launched process: wait for the others, then destroy the process groups
+    and stop their threads. A no-op outside a distributed run.
+
+    ``destroy_process_group`` does not stop a gloo group that Python still references, and
+    detectron2 references two: its local group (``comm._LOCAL_PROCESS_GROUP``, from
+    ``launch``) and WORLD (cached by ``comm._get_global_gloo_group``, which ``all_gather``
+    fills). Their worker threads then outlived ``main``; one still releasing the last
+    barrier's work while the interpreter finalized could not take the GIL, Python ended it
+    with ``pthread_exit``, and that unwinding through a ``noexcept`` destructor aborted the
+    process ("terminate called without an active exception", SIGABRT) after a finished run.
+    Dropping the references (and collecting the cycles of a DDP model that holds a group)
+    destroys the groups here, which joins their threads while Python is fully alive."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         comm.synchronize()
         torch.distributed.destroy_process_group()
+        if hasattr(comm, "_LOCAL_PROCESS_GROUP"):
+            comm._LOCAL_PROCESS_GROUP = None
+        for cached in ("_get_global_gloo_group", "create_local_process_group"):
+            cache_clear = getattr(getattr(comm, cached, None), "cache_clear", None)
+            if cache_clear is not None:
+                cache_clear()
+        gc.collect()
 
 
 def wrap_ddp(model: nn.Module, cfg: DictConfig, **ddp_kwargs: Any) -> nn.Module:
