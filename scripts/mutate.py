@@ -53,10 +53,12 @@ DEFAULT_TESTS: dict[str, list[str]] = {
         "tests/engine/test_trainer.py",
         "tests/engine/test_grad_accumulation.py",
         "tests/engine/test_nonfinite.py",
+        "tests/engine/test_nonfinite_do_train.py",
         "tests/engine/test_checks.py",
     ],
     "detr_ext/engine/nonfinite.py": [
         "tests/engine/test_nonfinite.py",
+        "tests/engine/test_nonfinite_do_train.py",
         "tests/engine/test_grad_accumulation.py",
     ],
     # The resumed data stream: unit tests, then the end-to-end resume (train_net runs).

@@ -18,6 +18,11 @@ fresh subprocess per step (the process's RSS high-water mark is reset after the 
 and the first call ran, via /proc/self/clear_refs), so allocator caches of earlier runs cannot
 hide allocations; on CUDA ``torch.cuda.max_memory_allocated``.
 
+This script is the command line, the measuring loop and the reports (table, JSON, markdown,
+plot); the timed steps and their agreement are in ``detr_ext.ops.benchmark_steps``, the peak
+memory probe in ``detr_ext.ops.benchmark_memory``, the inputs and timing in
+``detr_ext.ops.benchmark``.
+
 Examples:
     python tools/benchmark_msda.py                                   # encoder+decoder, fp32
     python tools/benchmark_msda.py --preset encoder --locations realistic --json out.json
@@ -30,10 +35,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -42,138 +44,24 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from detr_ext.ops import build_info, ms_deform_attn  # noqa: E402
+from detr_ext.ops import build_info  # noqa: E402
 from detr_ext.ops.benchmark import (  # noqa: E402
     DTYPES,
     PRESETS,
     Problem,
     environment,
-    grid_sample_baseline,
     interleaved_median_times,
     make_inputs,
 )
+from detr_ext.ops.benchmark_memory import peak_memory  # noqa: E402
+from detr_ext.ops.benchmark_steps import (  # noqa: E402
+    BACKENDS,
+    MODES,
+    TOLERANCES,
+    output_difference,
+    step_function,
+)
 from detr_ext.utils.cli import int_at_least  # noqa: E402
-from detr_ext.utils.run_info import proc_status_bytes, reset_peak_rss  # noqa: E402
-
-BACKENDS = ("compiled", "pytorch")
-MODES = ("forward", "forward_backward")
-
-
-def step_function(backend: str, mode: str, inputs):
-    """A closure running one forward (no_grad) or forward+backward of ``backend``."""
-    value, spatial_shapes, level_start_index, locations, weights = inputs
-
-    def forward():
-        if backend == "pytorch":
-            return grid_sample_baseline(value, spatial_shapes, locations, weights)
-        return ms_deform_attn(
-            value, spatial_shapes, level_start_index, locations, weights, backend="compiled"
-        )
-
-    if mode == "forward":
-
-        def run():
-            with torch.no_grad():
-                return forward()
-
-        return run
-    grad_output = None
-
-    def run_with_backward():
-        nonlocal grad_output
-        clear_grads(inputs)
-        output = forward()
-        if grad_output is None:
-            grad_output = torch.ones_like(output)
-        output.backward(grad_output)
-
-    return run_with_backward
-
-
-def clear_grads(inputs) -> None:
-    """Free the gradients a forward+backward step left on the inputs."""
-    for tensor in inputs:
-        tensor.grad = None
-
-
-# Largest |compiled - pytorch| / (1 + |pytorch|) accepted per dtype; beyond it the two backends
-# do not compute the same thing and the row's timings would compare nothing.
-TOLERANCES = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
-
-
-def output_difference(problem, batch, dtype_name, device, locations) -> float:
-    """Largest ``|compiled - pytorch| / (1 + |pytorch|)`` of the two forwards on one input."""
-    inputs = make_inputs(problem, batch, DTYPES[dtype_name], device, locations)
-    with torch.no_grad():
-        compiled = step_function("compiled", "forward", inputs)().float()
-        baseline = step_function("pytorch", "forward", inputs)().float()
-    return float(((compiled - baseline).abs() / (1 + baseline.abs())).max())
-
-
-# ------------------------------------------------------------------ memory
-def cpu_peak_memory_probe(spec: dict) -> int:
-    """Runs in a fresh process: bytes of RSS high-water above the RSS with inputs built."""
-    problem = Problem(**{**spec["problem"], "shapes": tuple(map(tuple, spec["problem"]["shapes"]))})
-    torch.set_num_threads(spec["threads"])
-    inputs = make_inputs(
-        problem,
-        spec["batch"],
-        DTYPES[spec["dtype"]],
-        "cpu",
-        spec["locations"],
-        requires_grad=spec["mode"] != "forward",
-    )
-    run = step_function(spec["backend"], spec["mode"], inputs)
-    # A warm step: the first call's one-time costs (kernel / thread-pool setup, about 35 MiB
-    # for forward+backward) are not the step's memory.
-    run()
-    clear_grads(inputs)
-    baseline = reset_peak_rss()  # the high-water mark is now the current RSS
-    run()
-    return proc_status_bytes("VmHWM") - baseline
-
-
-def peak_memory(
-    problem, batch, dtype_name, device, locations, backend, mode, threads
-) -> int | None:
-    if device == "cuda":
-        inputs = make_inputs(
-            problem, batch, DTYPES[dtype_name], device, locations, requires_grad=mode != "forward"
-        )
-        run = step_function(backend, mode, inputs)
-        run()  # the first call may allocate workspace that later calls reuse
-        clear_grads(inputs)  # else the step frees and reallocates them, unseen by the peak
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-        run()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - baseline
-    if not os.path.exists("/proc/self/clear_refs"):
-        return None
-    spec = {
-        "problem": asdict(problem),
-        "batch": batch,
-        "dtype": dtype_name,
-        "locations": locations,
-        "backend": backend,
-        "mode": mode,
-        "threads": threads,
-    }
-    # A fixed mmap threshold makes glibc map every large block on its own and unmap it on
-    # free, so RSS follows the live tensors instead of pages kept by the heap.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    result = subprocess.run(
-        [sys.executable, __file__, "--memory-probe", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    if result.returncode != 0:
-        print(f"memory probe failed: {result.stderr.strip()[-500:]}", file=sys.stderr)
-        return None
-    return int(result.stdout.strip().splitlines()[-1])
 
 
 # ------------------------------------------------------------------ reporting
@@ -349,15 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--from-json", default=None, help="only re-render --markdown/--plot from a results JSON"
     )
-    parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    if args.memory_probe:
-        print(cpu_peak_memory_probe(json.loads(args.memory_probe)))
-        return {}
     if args.from_json:
         if not Path(args.from_json).is_file():
             raise SystemExit(f"--from-json: expected a results JSON file, got {args.from_json!r}")

@@ -13,7 +13,9 @@ Steps: train with ``detr_ext.engine.do_train`` (progress lines with ETA from det
 ``COCOEvaluator``, through ``do_test``; with ``--skip-train`` this script evaluates
 ``<output>/model_final.pth`` the same way), print the AP table and a summary line, save a grid of
 predictions on the first test images to ``<output>/predictions.png`` and the figures to
-``<output>/summary.json``.
+``<output>/summary.json``. This script is the command line, the seed handling and the order of
+the steps; the grid is drawn by ``detr_ext.engine.prediction_grid``, the summary's figures by
+``detr_ext.engine.run_summary`` and ``detr_ext.utils.json_ready``.
 
 The seed: a new run takes the config's ``train.seed`` (a negative one is replaced by a new
 seed each run), prints it and records it in ``<output>/config.yaml``. ``--resume`` and
@@ -26,13 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 # Make `detr_ext` and `projects.*` importable when run as a script from any directory.
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -196,94 +196,6 @@ def evaluate(cfg, weights: str) -> dict:
     return do_test(cfg, model, eval_only=True, ema=ema)
 
 
-def checkpoint_iteration(weights: str) -> int | None:
-    """Iterations trained for the checkpoint ``weights`` (``None`` if it does not say)."""
-    import torch
-
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
-    iteration = checkpoint.get("iteration") if isinstance(checkpoint, dict) else None
-    return None if iteration is None else int(iteration) + 1
-
-
-def save_prediction_grid(
-    cfg,
-    weights: str,
-    path: Path,
-    num_images: int = 6,
-    columns: int = 3,
-    threshold: float = 0.5,
-    title: str = "",
-) -> list[str]:
-    """Draw the predictions of ``weights`` on the first ``num_images`` test images in a grid of
-    ``columns`` columns and save it as a PNG; returns the image files used."""
-    from detectron2.data import DatasetCatalog
-    from matplotlib.figure import Figure
-
-    from detr_ext.engine.predictor import Predictor, draw_predictions
-
-    predictor = Predictor(cfg, weights, device=cfg.train.device)
-    names = cfg.dataloader.test.dataset.names
-    name = _dataset_names(names)[0]
-    files = [record["file_name"] for record in DatasetCatalog.get(name)[:num_images]]
-    if not files:
-        raise ValueError(f"save_prediction_grid: test dataset {name!r} has no images")
-
-    columns = min(columns, len(files))
-    rows = math.ceil(len(files) / columns)
-    figure = Figure(figsize=(4 * columns, 4 * rows + 0.4))
-    axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for axis, file_name in zip(axes, files, strict=False):
-        image = predictor.read_image(file_name)
-        instances = predictor(image)
-        drawn = draw_predictions(predictor.to_rgb(image), instances, predictor.metadata, threshold)
-        num_shown = int((instances.scores >= threshold).sum())
-        axis.imshow(drawn)
-        axis.set_title(f"{os.path.basename(file_name)}: {num_shown} detections", fontsize=10)
-    for axis in axes:
-        axis.axis("off")
-    figure.suptitle(f"{title}{': ' if title else ''}predictions with score >= {threshold}")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    return files
-
-
-def _json_ready(value: Any) -> Any:
-    """``value`` with non-finite floats (COCO's NaN for empty categories) as ``None``."""
-    if isinstance(value, dict):
-        return {str(key): _json_ready(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def summary_line(
-    box_ap: float | None,
-    iterations: int | None,
-    train_seconds: float | None,
-    wall_seconds: float | None = None,
-) -> str:
-    """``box AP = 41.2 after 2000 iterations in 12.1 min (training and its evaluation), 12.4 min
-    in all`` (or what is known of it)."""
-    ap_text = "n/a" if box_ap is None or not math.isfinite(box_ap) else f"{box_ap:.1f}"
-    iterations_text = "an unknown number of" if iterations is None else str(iterations)
-    if train_seconds is None:
-        return f"box AP = {ap_text} after {iterations_text} iterations (training skipped)"
-    line = (
-        f"box AP = {ap_text} after {iterations_text} iterations in {train_seconds / 60:.1f} min "
-        "(training and its evaluation)"
-    )
-    if wall_seconds is not None:
-        line += f", {wall_seconds / 60:.1f} min in all"
-    return line
-
-
-def _dataset_names(names: str | Sequence[str]) -> list[str]:
-    return [names] if isinstance(names, str) else list(names)
-
-
 def resolve_num_processes(args: argparse.Namespace) -> int:
     """``--num-processes`` (default 1; always 1 with ``--skip-train``). Before several
     processes are launched, the config's datasets are loaded once here (generating the bundled
@@ -292,12 +204,17 @@ def resolve_num_processes(args: argparse.Namespace) -> int:
         raise UsageError(f"--num-processes: expected a positive number, got {args.num_processes}")
     if args.skip_train or args.num_processes is None or args.num_processes == 1:
         return 1
-    from detectron2.config import LazyConfig
     from detectron2.data import DatasetCatalog
 
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), list(args.opts))
+    from detr_ext.config import ConfigUsageError, load_config
+    from detr_ext.engine.prediction_grid import dataset_names
+
+    try:
+        cfg = load_config(args.config_file, args.opts)
+    except ConfigUsageError as error:
+        raise UsageError(str(error)) from error
     for split in ("train", "test"):
-        for name in _dataset_names(cfg.dataloader[split].dataset.names):
+        for name in dataset_names(cfg.dataloader[split].dataset.names):
             DatasetCatalog.get(name)
     return args.num_processes
 
@@ -306,6 +223,10 @@ def run(args: argparse.Namespace, start_time: float) -> dict | None:
     """Train (in every process), then on the main process evaluate if training did not, draw,
     and write the summary; returns it there (``None`` on the other processes)."""
     from detectron2.utils import comm
+
+    from detr_ext.engine.prediction_grid import save_prediction_grid
+    from detr_ext.engine.run_summary import checkpoint_iteration, summary_line
+    from detr_ext.utils.json_ready import json_ready
 
     cfg = setup(args)
     output_dir = Path(cfg.train.output_dir)
@@ -348,7 +269,7 @@ def run(args: argparse.Namespace, start_time: float) -> dict | None:
 
     box_results = dict(results.get("bbox", {}))
     box_ap = box_results.get("AP")
-    summary = _json_ready(
+    summary = json_ready(
         {
             "config_file": args.config_file,
             "output_dir": str(output_dir),

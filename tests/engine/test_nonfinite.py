@@ -1,8 +1,8 @@
-"""Non-finite losses and gradients never reach the weights: the Trainer skips such steps, stops
-with an informative error after several in a row, and training through ``do_train`` never
-leaves a non-finite checkpoint behind."""
+"""Non-finite losses and gradients never reach the weights: the Trainer skips such steps (on
+every DDP rank alike), stops with an informative error after several in a row, and keeps its
+count of skipped steps in checkpoints. Training through ``do_train`` is tested in
+``test_nonfinite_do_train.py``."""
 
-import argparse
 import itertools
 import logging
 import os
@@ -10,56 +10,11 @@ import re
 
 import pytest
 import torch
-from detectron2.config import LazyCall as L
 from detectron2.engine import HookBase, hooks
-from fvcore.common.param_scheduler import LinearParamScheduler
-from omegaconf import DictConfig
 from torch import nn
 
-from detr_ext.config import get_config
-from detr_ext.engine import NonFiniteTrainingError, SafeCheckpointer, Trainer, do_train
-from tests.engine.tiny_project import IN_FEATURES, TinyModel
-from tests.projects.tiny_shapes import SHAPES_CONFIGS, synthetic_batch, tiny_shapes_config
-
-
-class _InfGradient(torch.autograd.Function):
-    """Identity forward, inf backward: a layer whose backward pass overflows."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * float("inf")
-
-
-class FlakyRegressor(nn.Module):
-    """Linear regressor on a batch ``(inputs [B, 3], targets [B])`` returning
-    ``{"loss_mse", "loss_reg"}``; on the forward calls listed in ``inf_grad_at`` its backward
-    overflows (finite loss, inf gradient), on those in ``nan_loss_at`` ``loss_reg`` is NaN."""
-
-    def __init__(self, inf_grad_at=(), nan_loss_at=(), batchnorm: bool = False) -> None:
-        super().__init__()
-        self.linear = nn.Linear(3, 1)
-        self.norm = nn.BatchNorm1d(3) if batchnorm else nn.Identity()
-        self.inf_grad_at = set(inf_grad_at)
-        self.nan_loss_at = set(nan_loss_at)
-        self.calls = 0
-
-    def forward(self, batch):
-        call, self.calls = self.calls, self.calls + 1
-        inputs, targets = batch
-        if call in self.nan_loss_at and isinstance(self.norm, nn.BatchNorm1d):
-            inputs = inputs * float("nan")  # poisons the BatchNorm running statistics
-        preds = self.linear(self.norm(inputs)).squeeze(-1)
-        if call in self.inf_grad_at:
-            preds = _InfGradient.apply(preds)
-        loss_mse = ((preds.float() - targets) ** 2).mean()
-        loss_reg = 1e-3 * self.linear.weight.square().sum()
-        if call in self.nan_loss_at:
-            loss_reg = loss_reg * float("nan")
-        return {"loss_mse": loss_mse, "loss_reg": loss_reg}
+from detr_ext.engine import NonFiniteTrainingError, SafeCheckpointer, Trainer
+from tests.engine.nonfinite_models import FlakyRegressor
 
 
 def synthetic_loader():
@@ -331,124 +286,3 @@ def test_ddp_ranks_skip_the_same_steps(tmp_path):
     results = [torch.load(tmp_path / f"rank{rank}.pth") for rank in range(world_size)]
     assert [result["skipped"] for result in results] == [1, 1]
     assert torch.equal(results[0]["weights"], results[1]["weights"])
-
-
-# --- Through do_train: checkpoints stay finite, --resume recovers ---------------------------
-
-
-class DivergingTinyModel(TinyModel):
-    """:class:`TinyModel` whose backward overflows from its ``diverge_at``-th forward on."""
-
-    def __init__(self, diverge_at: int, in_features: int = IN_FEATURES) -> None:
-        super().__init__(in_features)
-        self.diverge_at = diverge_at
-        self.calls = 0
-
-    def forward(self, batched_inputs):
-        if not self.training:
-            return super().forward(batched_inputs)
-        self.calls += 1
-        inputs = torch.stack([item["x"] for item in batched_inputs])
-        preds = self.linear(self.norm(inputs)).squeeze(-1)
-        if self.calls > self.diverge_at:
-            preds = _InfGradient.apply(preds)
-        targets = torch.stack([item["y"] for item in batched_inputs])
-        return {"loss_mse": nn.functional.mse_loss(preds, targets)}
-
-
-def tiny_batches(batch_size: int = 4):
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.tensor([0.5, -1.0, 2.0, 0.25])
-    while True:
-        inputs = torch.randn(batch_size, IN_FEATURES, generator=generator)
-        yield [{"x": x, "y": y} for x, y in zip(inputs, inputs @ weight, strict=True)]
-
-
-def tiny_config(output_dir, diverge_at: int, max_iter: int) -> DictConfig:
-    train = get_config("common/train.py").train
-    train.update(
-        output_dir=str(output_dir),
-        device="cpu",
-        max_iter=max_iter,
-        checkpointer=dict(period=2, max_to_keep=10),
-        eval_period=0,
-        log_period=1,
-        max_consecutive_nonfinite=3,
-    )
-    optimizer = get_config("common/optim.py").SGD
-    optimizer.lr = 0.05
-    return DictConfig(
-        dict(
-            model=L(DivergingTinyModel)(diverge_at=diverge_at),
-            dataloader=dict(train=L(tiny_batches)()),
-            optimizer=optimizer,
-            # Constant 1 (fvcore's ConstantParamScheduler rejects where=1.0 at the last step).
-            lr_multiplier=L(LinearParamScheduler)(start_value=1.0, end_value=1.0),
-            train=train,
-        ),
-        flags={"allow_objects": True},
-    )
-
-
-def checkpoint_weights(path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
-
-
-def test_do_train_divergence_leaves_only_finite_checkpoints_and_resumes(tmp_path):
-    output_dir = tmp_path / "output"
-    # Iterations 0-2 train; from iteration 3 every backward overflows.
-    cfg = tiny_config(output_dir, diverge_at=3, max_iter=12)
-    with pytest.raises(NonFiniteTrainingError) as error:
-        do_train(argparse.Namespace(resume=False), cfg)
-    message = str(error.value)
-    last_good = output_dir / "model_0000003.pth"
-    assert "at iteration 5;" in message and "probable divergence" in message
-    assert "Learning rate in use: 0.05." in message
-    assert f"Last good checkpoint: {last_good} (its weights are finite; the" in message
-
-    saved = sorted(name for name in os.listdir(output_dir) if name.endswith(".pth"))
-    assert saved == ["model_0000001.pth", "model_0000003.pth"]
-    for name in saved:
-        weights = checkpoint_weights(output_dir / name)
-        assert all(torch.isfinite(tensor).all() for tensor in weights.values()), name
-    assert (output_dir / "last_checkpoint").read_text() == "model_0000003.pth"
-
-    # The run is fixed (here: no more overflow) and resumed from the last good checkpoint.
-    cfg = tiny_config(output_dir, diverge_at=10**6, max_iter=6)
-    do_train(argparse.Namespace(resume=True), cfg)
-    assert (output_dir / "last_checkpoint").read_text() == "model_final.pth"
-    final = torch.load(output_dir / "model_final.pth", map_location="cpu", weights_only=False)
-    assert final["iteration"] == 5
-    assert final["trainer"]["nonfinite_skipped_steps"] == 1  # iteration 3, before the save
-    assert all(torch.isfinite(tensor).all() for tensor in final["model"].values())
-    resumed = checkpoint_weights(last_good)
-    assert not torch.equal(final["model"]["linear.weight"], resumed["linear.weight"])
-
-
-@pytest.mark.parametrize("project", sorted(SHAPES_CONFIGS))
-def test_a_diverged_detector_stops_with_divergence_not_a_matcher_error(project):
-    """A real detector whose class head overflowed (what a far too large learning rate does):
-    its logits are NaN / inf. The matcher used to stop training with "the matching cost
-    contains NaN", blaming the predictions' format; now the losses come out non-finite, the
-    step is skipped and training stops with the divergence message (iteration, learning rate)."""
-    from detectron2.config import instantiate
-
-    torch.manual_seed(0)
-    cfg = tiny_shapes_config(project)
-    model = instantiate(cfg.model).train()
-    cfg.optimizer.params.model = model
-    optimizer = instantiate(cfg.optimizer)
-    head = next(p for name, p in model.named_parameters() if "class_embed" in name)
-    with torch.no_grad():
-        head.view(-1)[0] = float("inf")
-    trainer = Trainer(
-        model,
-        itertools.repeat(synthetic_batch([2, 1], seed=0)),
-        optimizer,
-        max_consecutive_nonfinite=1,
-    )
-    with pytest.raises(NonFiniteTrainingError) as error:
-        trainer.train(0, 1)
-    message = str(error.value)
-    assert "iteration 0" in message and "probable divergence" in message
-    assert f"{cfg.optimizer.lr:.6g}" in message

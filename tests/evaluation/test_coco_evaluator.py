@@ -1,6 +1,7 @@
 """detr_ext.evaluation.COCOEvaluator end to end: detectron2 ``Instances`` in, the same results,
 files and copypaste lines out of either backend; the error analysis files; the evaluator's
-and ``--analyze``'s errors; ``tools/train_net.py --analyze``."""
+and ``--analyze``'s errors. ``tools/train_net.py --analyze`` is tested in
+``tests/engine/test_train_net_analyze.py``."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from PIL import Image
 from detr_ext.engine import build_evaluator, request_error_analysis
 from detr_ext.evaluation import COCOEvaluator
 from detr_ext.evaluation.analysis import TIDE_ERRORS
-from tests.tool_runs import REPO_ROOT, TINY_SHAPES_CONFIG, run_tool
+from tests.tool_runs import REPO_ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools.*")
 
@@ -380,27 +381,3 @@ def test_evaluator_lists(shapes_config, tmp_path):
     shapes_config.dataloader.evaluator = [L(D2COCOEvaluator)(dataset_name="shapes_val")]
     with pytest.raises(ValueError, match="or a list holding one"):
         request_error_analysis(shapes_config)
-
-
-def test_train_net_analyze_writes_the_analysis(tmp_path):
-    """``--eval-only --allow-random-weights --analyze`` on dino_shapes, 3 val images."""
-    config = tmp_path / "dino_shapes_tiny.py"
-    base = REPO_ROOT / "projects" / "dino" / "configs" / "dino_shapes.py"
-    config.write_text(TINY_SHAPES_CONFIG.format(base=str(base)))
-    output_dir = tmp_path / "run"
-    result = run_tool(
-        "train_net.py",
-        [
-            "--config-file", str(config), "--eval-only", "--allow-random-weights", "--analyze",
-            f"train.output_dir={output_dir}",
-        ],
-        cwd=tmp_path,
-        datasets=tmp_path / "datasets",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr[-6000:]
-    analysis_dir = output_dir / "inference" / "analysis"
-    with Image.open(analysis_dir / "bbox_analysis.png") as image:
-        assert image.format == "PNG" and image.width > 0
-    confusion = json.loads((analysis_dir / "bbox_confusion.json").read_text())
-    assert len(confusion["matrix"]) == 4  # circle, square, triangle, BG
-    assert (analysis_dir / "bbox_tide.json").is_file()

@@ -1,18 +1,25 @@
-"""tools/benchmark_msda.py on a tiny custom problem: every figure lands in the JSON."""
+"""tools/benchmark_msda.py on a tiny custom problem: every figure lands in the JSON; its timed
+steps (detr_ext.ops.benchmark_steps) and CPU memory probe (detr_ext.ops.benchmark_memory)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools"))
+from detr_ext.ops.benchmark_memory import peak_memory
+from detr_ext.ops.benchmark_steps import (
+    BACKENDS,
+    MODES,
+    TOLERANCES,
+    output_difference,
+    step_function,
+)
+from tests.tool_runs import load_script
 
-import benchmark_msda  # noqa: E402
+benchmark_msda = load_script("tools/benchmark_msda.py")
 
 
 def test_tiny_custom_run_writes_json_markdown_and_plot(tmp_path):
@@ -29,11 +36,11 @@ def test_tiny_custom_run_writes_json_markdown_and_plot(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert len(rows) == 4  # 2 location kinds x forward, forward+backward
     assert {(r["locations"], r["mode"]) for r in rows} == {
-        (loc, mode) for loc in ("realistic", "uniform") for mode in benchmark_msda.MODES
+        (loc, mode) for loc in ("realistic", "uniform") for mode in MODES
     }
     for row in rows:
         assert row["compiled_s"] > 0 and row["pytorch_s"] > 0
-        assert 0 <= row["max_output_difference"] <= benchmark_msda.TOLERANCES["float32"]
+        assert 0 <= row["max_output_difference"] <= TOLERANCES["float32"]
         assert row["speedup"] == pytest.approx(row["pytorch_s"] / row["compiled_s"])
         assert row["queries"] == 50 and row["shapes"] == [[8, 8], [4, 4]]
     assert result["environment"]["torch"]
@@ -89,10 +96,10 @@ def test_the_baseline_is_the_plain_grid_sample_computation():
 
     problem = Problem("t", ((6, 7), (3, 4)), 5, heads=2, channels=3, points=2)
     inputs = make_inputs(problem, 2, torch.float64, "cpu", "uniform")
-    run = benchmark_msda.step_function("pytorch", "forward", inputs)
+    run = step_function("pytorch", "forward", inputs)
     value, shapes, _, locations, weights = inputs
     torch.testing.assert_close(run(), ms_deform_attn_pytorch(value, shapes, locations, weights))
-    assert benchmark_msda.output_difference(problem, 1, "float64", "cpu", "uniform") < 1e-12
+    assert output_difference(problem, 1, "float64", "cpu", "uniform") < 1e-12
 
 
 def test_cpu_memory_probe_measures_a_warm_step():
@@ -101,10 +108,8 @@ def test_cpu_memory_probe_measures_a_warm_step():
     from detr_ext.ops.benchmark import Problem
 
     tiny = Problem("tiny", ((1, 1),), 1, heads=1, channels=1, points=1)
-    for backend in benchmark_msda.BACKENDS:
-        peak = benchmark_msda.peak_memory(
-            tiny, 1, "float32", "cpu", "uniform", backend, "forward_backward", 1
-        )
+    for backend in BACKENDS:
+        peak = peak_memory(tiny, 1, "float32", "cpu", "uniform", backend, "forward_backward", 1)
         if peak is None and not sys.platform.startswith("linux"):
             pytest.skip("no /proc/self/clear_refs: the CPU probe is Linux-only")
         assert peak is not None, f"{backend}: no peak memory on Linux (/proc/self/clear_refs)"

@@ -15,7 +15,9 @@ Everything at the detectron2 boundary lives here: input normalization and paddin
 (:meth:`~DetectorBase.prepare_targets`), and resizing predictions back to the original image
 (:meth:`~DetectorBase.postprocess`). :meth:`~DetectorBase.compute_losses` calls
 ``self.criterion(outputs, targets)`` (the criterion applies its own ``weight_dict``); a
-detector with extra loss inputs (e.g. DINO's denoising metadata) overrides it.
+detector with extra loss inputs (e.g. DINO's denoising metadata) overrides it. The scoring
+and decoding of the prediction dict are functions of :mod:`.predictions`, which the
+``*_predictions`` / ``inference_*`` methods call.
 """
 
 from __future__ import annotations
@@ -24,15 +26,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from detectron2.modeling import detector_postprocess
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
-from detr_ext.layers.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from detr_ext.layers.box_ops import box_xyxy_to_cxcywh
 
 from .output_checks import as_float32_detections, check_finite_detections
 from .pixel_statistics import warn_on_backbone_normalization
+from .predictions import (
+    check_predictions,
+    make_instances,
+    sigmoid_topk_predictions,
+    softmax_predictions,
+)
 from .target_checks import check_ground_truth, warn_on_more_objects_than_queries
 
 __all__ = ["DetectorBase"]
@@ -259,14 +266,8 @@ class DetectorBase(nn.Module):
     def _make_instances(
         scores: Tensor, labels: Tensor, boxes: Tensor, image_size: tuple[int, int]
     ) -> Instances:
-        """Instances of one image from ``scores [N]``, ``labels [N]`` and normalized
-        ``cxcywh`` ``boxes [N, 4]``, scaled to absolute ``xyxy`` in ``image_size``."""
-        result = Instances(image_size)
-        result.pred_boxes = Boxes(box_cxcywh_to_xyxy(boxes))
-        result.pred_boxes.scale(scale_x=image_size[1], scale_y=image_size[0])
-        result.scores = scores
-        result.pred_classes = labels
-        return result
+        """Instances of one image in ``image_size`` (:func:`.predictions.make_instances`)."""
+        return make_instances(scores, labels, boxes, image_size)
 
     def inference_tensors(self, outputs: Mapping[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """The batch's detections as fixed-size tensors, before any ``Instances``.
@@ -283,43 +284,18 @@ class DetectorBase(nn.Module):
 
     @staticmethod
     def softmax_predictions(logits: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """DETR scoring: per query, the best class of the softmax without no-object.
-
-        Args:
-            logits: ``[B, Q, K + 1]``, the last class being no-object.
-            boxes: ``[B, Q, 4]`` normalized ``cxcywh``.
-
-        Returns:
-            ``(scores [B, Q], labels [B, Q], boxes [B, Q, 4])``.
-        """
-        scores, labels = F.softmax(logits, dim=-1)[:, :, :-1].max(-1)
-        return scores, labels, boxes
+        """DETR scoring: per query, the best class of the softmax without no-object
+        (:func:`.predictions.softmax_predictions`; ``logits [B, Q, K + 1]``)."""
+        return softmax_predictions(logits, boxes)
 
     def sigmoid_topk_predictions(
         self, logits: Tensor, boxes: Tensor, k: int | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Deformable DETR / DINO scoring: the ``k`` best (query, class) pairs per image.
-
-        Sigmoid scores are ranked over all ``Q * K`` pairs; pair ``i`` is query ``i // K`` with
-        class ``i % K``, so one query may give several detections.
-
-        Args:
-            logits: ``[B, Q, K]``.
-            boxes: ``[B, Q, 4]`` normalized ``cxcywh``.
-            k: detections per image; defaults to ``select_box_nums_for_evaluation`` and is
-                capped at ``Q * K``.
-
-        Returns:
-            ``(scores [B, k], labels [B, k], boxes [B, k, 4])``, by decreasing score.
-        """
-        batch_size, _, num_classes = logits.shape
+        """Deformable DETR / DINO scoring: the ``k`` best (query, class) pairs per image
+        (:func:`.predictions.sigmoid_topk_predictions`; ``logits [B, Q, K]``); ``k``
+        defaults to ``select_box_nums_for_evaluation`` and is capped at ``Q * K``."""
         k = self.select_box_nums_for_evaluation if k is None else k
-        k = min(k, logits.shape[1] * num_classes)
-        scores, pair_index = torch.topk(logits.sigmoid().view(batch_size, -1), k, dim=1)
-        query_index = torch.div(pair_index, num_classes, rounding_mode="floor")
-        labels = pair_index % num_classes
-        boxes = torch.gather(boxes, 1, query_index.unsqueeze(-1).expand(-1, -1, 4))
-        return scores, labels, boxes
+        return sigmoid_topk_predictions(logits, boxes, k)
 
     def inference_softmax(
         self, logits: Tensor, boxes: Tensor, image_sizes: Sequence[tuple[int, int]]
@@ -379,16 +355,7 @@ class DetectorBase(nn.Module):
         image_sizes: Sequence[tuple[int, int]],
         where: str,
     ) -> None:
-        if logits.dim() != 3 or boxes.shape != (*logits.shape[:2], 4):
-            raise ValueError(
-                f"{type(self).__name__}.{where}: expected logits [B, Q, C] and boxes [B, Q, 4], "
-                f"got {tuple(logits.shape)} and {tuple(boxes.shape)}"
-            )
-        if len(image_sizes) != logits.shape[0]:
-            raise ValueError(
-                f"{type(self).__name__}.{where}: expected {logits.shape[0]} image sizes, "
-                f"got {len(image_sizes)}"
-            )
+        check_predictions(logits, boxes, image_sizes, f"{type(self).__name__}.{where}")
 
     def postprocess(
         self,
