@@ -30,9 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.config import instantiate  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
+from detr_ext.config import ConfigUsageError, load_config  # noqa: E402
 from detr_ext.ops.benchmark import environment  # noqa: E402
 from detr_ext.utils.cli import int_at_least  # noqa: E402
 
@@ -121,16 +122,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.config_file):
-        parser.error(f"--config-file: expected a LazyConfig .py file, got {args.config_file!r}")
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
         parser.error(f"--device: {error}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch sees no GPU")
-
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+    except ConfigUsageError as error:
+        parser.error(str(error))
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device).train()
     inputs = synthetic_batch(args.batch, args.size, cfg.model.num_classes)

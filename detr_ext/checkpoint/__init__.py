@@ -8,6 +8,7 @@ demo) and fails, rather than leaving random tensors, when the checkpoint does no
 """
 
 from .convert import (
+    DROP_NORM_COUNTERS,
     ConversionReport,
     Converter,
     convert_state_dict,
@@ -28,6 +29,7 @@ __all__ = [
     "CheckpointMismatchError",
     "ConversionReport",
     "Converter",
+    "DROP_NORM_COUNTERS",
     "convert_state_dict",
     "find_converters",
     "get_converter",

@@ -35,6 +35,7 @@ from torch import Tensor
 __all__ = [
     "ConversionReport",
     "Converter",
+    "DROP_NORM_COUNTERS",
     "convert_state_dict",
     "find_converters",
     "get_converter",
@@ -46,6 +47,10 @@ __all__ = [
 Replacement = str | Callable[[re.Match], str] | None
 Rule = tuple[str, Replacement]
 Transform = tuple[str, Callable[[Tensor, Tensor], Tensor]]
+
+# BatchNorm step counters (``*.num_batches_tracked``) carry no weights: every converter drops
+# them (detectron2's ResNets use FrozenBatchNorm2d, which has none).
+DROP_NORM_COUNTERS: Rule = (r"num_batches_tracked$", None)
 
 
 @dataclass

@@ -13,7 +13,7 @@ projects/align_detr/configs/aligndetr_k2_r50_4scale_12ep.py checkpoint.pth out.p
 
 from __future__ import annotations
 
-from detr_ext.checkpoint import Converter, register_converter
+from detr_ext.checkpoint import DROP_NORM_COUNTERS, Converter, register_converter
 
 __all__ = ["DETREX_CONVERTER"]
 
@@ -21,6 +21,6 @@ DETREX_CONVERTER = register_converter(
     Converter(
         name="align_detr.detrex",
         description="detrex/Align-DETR checkpoints (DINO's parameter names, same as ours)",
-        rules=((r"num_batches_tracked$", None),),
+        rules=(DROP_NORM_COUNTERS,),
     )
 )

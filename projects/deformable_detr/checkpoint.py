@@ -15,7 +15,7 @@ the config of the checkpoint's variant.
 
 from __future__ import annotations
 
-from detr_ext.checkpoint import Converter, register_converter
+from detr_ext.checkpoint import DROP_NORM_COUNTERS, Converter, register_converter
 
 __all__ = ["DETREX_CONVERTER"]
 
@@ -26,7 +26,6 @@ DETREX_CONVERTER = register_converter(
             "detrex Deformable DETR checkpoints: plain, box refinement and two-stage "
             "(same parameter names as ours)"
         ),
-        # BatchNorm step counters carry no weights (detrex's ResNet uses FrozenBN anyway).
-        rules=((r"num_batches_tracked$", None),),
+        rules=(DROP_NORM_COUNTERS,),
     )
 )

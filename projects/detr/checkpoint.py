@@ -25,7 +25,7 @@ import re
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from torch import Tensor
 
-from detr_ext.checkpoint import Converter, register_converter
+from detr_ext.checkpoint import DROP_NORM_COUNTERS, Converter, register_converter
 
 __all__ = [
     "DETREX_CONVERTER",
@@ -88,7 +88,7 @@ _TRANSFORMER_LAYER = r"^(transformer\.(?:encoder|decoder)\.layers\.\d+)"
 
 FACEBOOKRESEARCH_RULES = (
     # torchvision ResNet inside DETR's Joiner -> detectron2 ResNet.
-    (r"num_batches_tracked$", None),
+    DROP_NORM_COUNTERS,
     (r"^backbone\.0\.body\.", "backbone."),
     (r"^backbone\.conv1\.", "backbone.stem.conv1."),
     (r"^backbone\.bn1\.", "backbone.stem.conv1.norm."),
@@ -133,7 +133,7 @@ DETREX_CONVERTER = register_converter(
     Converter(
         name="detr.detrex",
         description="detrex DETR checkpoints (same parameter names as ours)",
-        rules=((r"num_batches_tracked$", None),),
+        rules=(DROP_NORM_COUNTERS,),
         fill_from_target=(r"criterion\.empty_weight",),
     )
 )

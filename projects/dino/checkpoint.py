@@ -12,7 +12,7 @@ projects/dino/configs/dino_r50_4scale_12ep.py dino_r50_4scale_12ep.pth out.pth``
 
 from __future__ import annotations
 
-from detr_ext.checkpoint import Converter, register_converter
+from detr_ext.checkpoint import DROP_NORM_COUNTERS, Converter, register_converter
 
 __all__ = ["DETREX_CONVERTER"]
 
@@ -20,6 +20,6 @@ DETREX_CONVERTER = register_converter(
     Converter(
         name="dino.detrex",
         description="detrex DINO checkpoints (same parameter names as ours)",
-        rules=((r"num_batches_tracked$", None),),
+        rules=(DROP_NORM_COUNTERS,),
     )
 )

@@ -43,7 +43,7 @@ import math
 import torch
 from torch import Tensor
 
-from detr_ext.checkpoint import Converter, register_converter
+from detr_ext.checkpoint import DROP_NORM_COUNTERS, Converter, register_converter
 
 __all__ = ["IDEA_CONVERTER", "idea_alignment_scale"]
 
@@ -79,7 +79,7 @@ IDEA_CONVERTER = register_converter(
         name="grounding_dino.idea",
         description="IDEA-Research Grounding DINO checkpoints (groundingdino_*.pth)",
         rules=(
-            (r"num_batches_tracked$", None),
+            DROP_NORM_COUNTERS,
             (r"^bert\.embeddings\.position_ids$", None),
             (r"^bert\.pooler\.", None),
             (r"^label_enc\.", None),
