@@ -7,6 +7,7 @@ import argparse
 import pytest
 from detectron2.config import LazyConfig
 from detectron2.utils import comm
+from omegaconf import OmegaConf
 
 from detr_ext.config import get_config
 from detr_ext.engine import defaults, draw_seed, recorded_seed, seeds
@@ -100,6 +101,22 @@ def test_several_processes_keep_the_seed_read_before_launching(tmp_path, monkeyp
     unread = argparse.Namespace(config_file=str(DINO_SHAPES), opts=[out], eval_only=True)
     cfg = LazyConfig.apply_overrides(LazyConfig.load(str(DINO_SHAPES)), [out])
     assert seeds.keep_recorded_seed(cfg, unread) is None and cfg.train.seed < 0
+
+
+def test_runs_that_continue_nothing_keep_no_seed(tmp_path):
+    """A command line without --resume / --eval-only (another tool's), a config without a
+    train section or seed: nothing is read or kept, a seed is drawn only where one is asked."""
+    (tmp_path / "config.yaml").write_text("train:\n  seed: 99\n")
+    cfg = LazyConfig.apply_overrides(
+        LazyConfig.load(str(DINO_SHAPES)), [f"train.output_dir={tmp_path}"]
+    )
+    plain = argparse.Namespace(config_file=str(DINO_SHAPES), opts=[])
+    assert seeds.keep_recorded_seed(cfg, plain) is None and cfg.train.seed < 0
+    assert seeds.read_recorded_seed_before_launch(plain) is None and plain.recorded_seed is None
+    evaluating = argparse.Namespace(eval_only=True, opts=[])
+    for no_seed in ({}, {"train": {"output_dir": str(tmp_path)}}):
+        assert seeds.keep_recorded_seed(OmegaConf.create(no_seed), evaluating) is None
+        assert draw_seed(OmegaConf.create(no_seed)) is None
 
 
 def test_recorded_seed_reads_only_a_valid_seed(tmp_path):

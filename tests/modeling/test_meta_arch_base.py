@@ -5,6 +5,7 @@ import torch
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
+from detr_ext.layers.box_ops import box_cxcywh_to_xyxy
 from detr_ext.modeling import DetectorBase
 
 MEAN = [10.0, 20.0, 30.0]
@@ -185,6 +186,39 @@ def test_inference_sigmoid_topk_hand_example():
     # k is capped at Q * K.
     (capped,) = model.inference_sigmoid_topk(logits, boxes, [(10, 20)], k=100)
     assert len(capped) == 6
+
+
+def test_inference_sigmoid_topk_ranks_each_image_of_a_batch_on_its_own():
+    model = FixedOutputDetector(select_box_nums_for_evaluation=2)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 3, generator=generator)
+    boxes = torch.rand(3, 4, 4, generator=generator) * 0.5 + 0.25
+    results = model.inference_sigmoid_topk(logits, boxes, [(10, 20)] * 3)
+    for image, result in enumerate(results):
+        flat = logits[image].sigmoid().flatten()
+        best = flat.argsort(descending=True)[:2]
+        torch.testing.assert_close(result.scores, flat[best])
+        assert result.pred_classes.tolist() == (best % 3).tolist()
+        expected = Boxes(box_cxcywh_to_xyxy(boxes[image, best // 3]))
+        expected.scale(scale_x=20, scale_y=10)
+        torch.testing.assert_close(result.pred_boxes.tensor, expected.tensor)
+
+
+@pytest.mark.parametrize(
+    "logits, boxes, sizes, message",
+    [
+        ((2, 3, 3), (2, 3, 5), 2, r"expected logits \[B, Q, C\] and boxes \[B, Q, 4\], got "
+         r"\(2, 3, 3\) and \(2, 3, 5\)"),
+        ((2, 3, 3), (2, 4, 4), 2, r"got \(2, 3, 3\) and \(2, 4, 4\)"),
+        ((6, 3), (2, 3, 4), 2, r"got \(6, 3\) and \(2, 3, 4\)"),
+        ((2, 3, 3), (2, 3, 4), 1, "expected 2 image sizes, got 1"),
+    ],
+)  # fmt: skip
+def test_inference_refuses_mismatched_predictions(logits, boxes, sizes, message):
+    model = FixedOutputDetector()
+    for infer in (model.inference_softmax, model.inference_sigmoid_topk):
+        with pytest.raises(ValueError, match=f"FixedOutputDetector.*{message}"):
+            infer(torch.zeros(logits), torch.zeros(boxes), [(4, 4)] * sizes)
 
 
 def test_inference_softmax_drops_no_object():
