@@ -33,8 +33,10 @@ from detectron2.config import instantiate  # noqa: E402
 from detectron2.engine import launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
-from detr_ext.config import ConfigUsageError, check_overrides  # noqa: E402
+from detr_ext.config import ConfigUsageError, check_overrides, load_config  # noqa: E402
 from detr_ext.engine import (  # noqa: E402
+    OutputDirInUseError,
+    check_new_run_output_dir,
     default_argument_parser,
     do_test,
     do_train,
@@ -100,10 +102,13 @@ if __name__ == "__main__":
     args = parser.parse_args()
     try:
         check_overrides(args.opts)  # before any process starts: one message, exit status 2
+        if not (args.resume or args.eval_only or args.overwrite):
+            cfg = load_config(args.config_file, args.opts)
+            check_new_run_output_dir(cfg.get("train", {}).get("output_dir", ""))
         if args.num_gpus > 1 and args.num_machines == 1:
             # Read before process 0 rewrites config.yaml: a resumed or evaluated run keeps it.
             read_recorded_seed_before_launch(args)
-    except ConfigUsageError as error:
+    except (ConfigUsageError, OutputDirInUseError) as error:
         parser.error(str(error))
     launch(
         main,

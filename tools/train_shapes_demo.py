@@ -15,7 +15,8 @@ Steps: train with ``detr_ext.engine.do_train`` (progress lines with ETA from det
 predictions on the first test images to ``<output>/predictions.png`` and the figures to
 ``<output>/summary.json``. This script is the command line, the seed handling and the order of
 the steps; the grid is drawn by ``detr_ext.engine.prediction_grid``, the summary's figures by
-``detr_ext.engine.run_summary`` and ``detr_ext.utils.json_ready``.
+``detr_ext.engine.run_summary`` and ``detr_ext.utils.json_ready``. A new run replaces an earlier
+run in the same output directory and prints a note saying so (``--resume`` continues it).
 
 The seed: a new run takes the config's ``train.seed`` (a negative one is replaced by a new
 seed each run), prints it and records it in ``<output>/config.yaml``. ``--resume`` and
@@ -159,6 +160,22 @@ def continued_run_seed(args: argparse.Namespace) -> int | None:
         return None
     print(f"note: keeping the seed {seed} that {config_yaml} records for the run being {what}")
     return seed
+
+
+def replace_earlier_run(args: argparse.Namespace) -> bool:
+    """A new run of the demo replaces an earlier one in its output directory (``train_net``
+    refuses that without ``--overwrite``): says so when there is one. Returns ``True`` (the
+    value of ``args.overwrite`` for :func:`detr_ext.engine.setup`)."""
+    from detr_ext.engine.output_dir import last_checkpoint_name
+
+    output_dir = _run_output_dir(args)
+    last = None if args.resume or args.skip_train else last_checkpoint_name(output_dir)
+    if last is not None:
+        print(
+            f"note: {output_dir} holds an earlier run (last checkpoint {last}); this new run "
+            "replaces it (--resume continues it, --output-dir DIR keeps it)"
+        )
+    return True
 
 
 def setup(args: argparse.Namespace):
@@ -328,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> dict | None:
     args.config_file = _resolve_config_file(args.config_file)
     args.eval_only = args.skip_train  # read by detectron2's default_setup
     args.recorded_seed = continued_run_seed(args)
+    args.overwrite = replace_earlier_run(args)
 
     num_processes = resolve_num_processes(args)
     if num_processes == 1:

@@ -21,6 +21,7 @@ from .evaluation import (
     load_eval_checkpoint,
     request_error_analysis,
 )
+from .output_dir import OutputDirInUseError, check_new_run_output_dir
 from .resume import ResumeError
 from .seeds import (
     draw_seed,
@@ -37,6 +38,7 @@ __all__ = [
     "NonFiniteCheckpointError",
     "NonFiniteTrainingError",
     "PeriodicCheckpointer",
+    "OutputDirInUseError",
     "ResumeError",
     "SafeCheckpointer",
     "Trainer",
@@ -44,6 +46,7 @@ __all__ = [
     "build_ema",
     "build_evaluator",
     "build_train_loader",
+    "check_new_run_output_dir",
     "default_argument_parser",
     "do_test",
     "do_train",

@@ -38,6 +38,7 @@ from ..checkpoint.loading import check_caffe2_weights_fit, check_fits_some_key
 from ..checkpoint.norm_counters import DropFrozenNormCountersMixin
 from ..checkpoint.reading import NamedReadErrorsMixin
 from ..utils.file_io import atomic_write
+from .output_dir import LAST_CHECKPOINT_FILE
 from .resume import ResumeError
 
 __all__ = [
@@ -47,8 +48,6 @@ __all__ = [
     "describe_last_checkpoint",
     "nonfinite_keys",
 ]
-
-LAST_CHECKPOINT_FILE = "last_checkpoint"
 
 
 class NonFiniteCheckpointError(FloatingPointError):

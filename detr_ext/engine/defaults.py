@@ -40,6 +40,7 @@ from .ema import EMAHook, unwrap_model
 from .evaluation import build_ema, do_test, request_error_analysis
 from .evaluation_context import main_process_buffers, preserved_random_states
 from .input_format import check_input_format
+from .output_dir import check_new_run_output_dir
 from .prompted import check_training_category_names, text_prompted_model
 from .random_states import GatherRandomStatesHook, RandomStates
 from .resume import (
@@ -99,6 +100,12 @@ def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParse
             action.help = _RESUME_HELP
         elif action.dest == "opts":
             action.help = "config overrides, key=value (e.g. train.max_iter=100 optimizer.lr=1e-4)"
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in train.output_dir even though it holds the checkpoints of an "
+        "earlier run, replacing them (without it, such a run is refused: --resume continues it)",
+    )
     return parser
 
 
@@ -142,6 +149,12 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
         check_train_options(cfg.train)
     check_input_format(cfg)
     share_cpu_threads(cfg)
+    continuing = getattr(args, "resume", False) or getattr(args, "eval_only", False)
+    replaced = None
+    if "train" in cfg and not continuing:
+        replaced = check_new_run_output_dir(
+            cfg.train.get("output_dir", ""), overwrite=getattr(args, "overwrite", False)
+        )
     requested_seed = cfg.train.get("seed", None) if "train" in cfg else None
     kept_seed = keep_recorded_seed(cfg, args)
     seed = draw_seed(cfg)
@@ -156,6 +169,12 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
             "Dataset %r was repaired or warned about when the config registered it:\n  %s",
             name,
             "\n  ".join(messages),
+        )
+    if replaced is not None:
+        logger.warning(
+            "--overwrite: this new run replaces the run in %s (its last checkpoint was %s)",
+            cfg.train.output_dir,
+            replaced,
         )
     if kept_seed is not None:
         logger.info(

@@ -1,0 +1,60 @@
+"""A new training run never overwrites another run's checkpoints unasked.
+
+detectron2 starts a run in ``train.output_dir`` whatever the directory holds: a second
+``train_net.py`` without ``--resume`` (a rerun of the same command, a copied config that kept
+the output directory) rewrites ``config.yaml``, appends to ``metrics.json`` and replaces
+``model_final.pth`` and the periodic checkpoints as it saves its own, and ``last_checkpoint``
+then names the new run's. :func:`check_new_run_output_dir` refuses, before anything is
+written, a new run in a directory whose ``last_checkpoint`` names a checkpoint; ``--resume``
+continues that run, another output directory keeps it, and ``--overwrite`` replaces it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .resume import ResumeError
+
+__all__ = ["OutputDirInUseError", "check_new_run_output_dir", "last_checkpoint_name"]
+
+LAST_CHECKPOINT_FILE = "last_checkpoint"  # fvcore's Checkpointer keeps this name
+
+
+class OutputDirInUseError(ResumeError):
+    """A new run was asked for in a directory that holds the checkpoints of another run."""
+
+
+def last_checkpoint_name(output_dir: str | os.PathLike) -> str | None:
+    """The checkpoint that ``output_dir``'s ``last_checkpoint`` file names (what ``--resume``
+    would load), or ``None`` when there is no such file or it names nothing."""
+    try:
+        with open(os.path.join(output_dir, LAST_CHECKPOINT_FILE)) as f:
+            name = f.read().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return name or None
+
+
+def check_new_run_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> str | None:
+    """Before a new run (neither ``--resume`` nor an evaluation) writes to ``output_dir``.
+
+    Args:
+        output_dir: the run's ``train.output_dir``.
+        overwrite: the user asked to replace the run there (``--overwrite``).
+
+    Returns:
+        the last checkpoint of the run being replaced (``overwrite``), else ``None``.
+
+    Raises:
+        OutputDirInUseError: ``output_dir`` holds a run's checkpoints and ``overwrite`` is off;
+            the message names the last checkpoint and the three ways on.
+    """
+    last = last_checkpoint_name(output_dir)
+    if last is None or overwrite:
+        return last
+    raise OutputDirInUseError(
+        f"train.output_dir={os.fspath(output_dir)} holds the checkpoints of an earlier run "
+        f"(last: {os.path.join(os.fspath(output_dir), last)}); a new run there would replace "
+        "them, its config.yaml and its metrics. Expected --resume to continue that run, "
+        "another output directory for a new one, or --overwrite to replace it."
+    )

@@ -1,0 +1,92 @@
+"""A new run never replaces another run's checkpoints unasked: ``setup`` (every entry point)
+and ``train_net.py`` (before launching) refuse a new run in a ``train.output_dir`` whose
+``last_checkpoint`` names a checkpoint; ``--resume``, ``--eval-only`` and ``--overwrite`` go on.
+detectron2 alone rewrote config.yaml and replaced the checkpoints as the new run saved."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from detr_ext.engine import OutputDirInUseError, check_new_run_output_dir, defaults
+from tests.tool_runs import REPO_ROOT, load_script
+
+DINO_SHAPES = REPO_ROOT / "projects" / "dino" / "configs" / "dino_shapes.py"
+
+
+def _earlier_run(output_dir):
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "last_checkpoint").write_text("model_0000003.pth")
+    (output_dir / "config.yaml").write_text("train:\n  seed: 11\n")
+
+
+def test_check_new_run_output_dir(tmp_path):
+    assert check_new_run_output_dir(tmp_path / "missing") is None
+    assert check_new_run_output_dir(tmp_path) is None  # empty: nothing to replace
+    (tmp_path / "last_checkpoint").write_text("\n")
+    assert check_new_run_output_dir(tmp_path) is None  # names no checkpoint
+    _earlier_run(tmp_path)
+    with pytest.raises(OutputDirInUseError) as info:
+        check_new_run_output_dir(tmp_path)
+    message = str(info.value)
+    assert f"train.output_dir={tmp_path} holds the checkpoints of an earlier run" in message
+    assert f"(last: {tmp_path / 'model_0000003.pth'})" in message
+    assert "--resume" in message and "--overwrite" in message
+    assert check_new_run_output_dir(tmp_path, overwrite=True) == "model_0000003.pth"
+
+
+@pytest.mark.parametrize(
+    "flags, allowed",
+    [
+        ({}, False),
+        ({"resume": True}, True),
+        ({"eval_only": True}, True),
+        ({"overwrite": True}, True),
+    ],
+)
+def test_setup_refuses_a_new_run_over_an_earlier_one(tmp_path, monkeypatch, flags, allowed):
+    _earlier_run(tmp_path)
+    written = []
+    monkeypatch.setattr(defaults, "default_setup", lambda cfg, args: written.append(cfg))
+    args = argparse.Namespace(
+        config_file=str(DINO_SHAPES), opts=[f"train.output_dir={tmp_path}"], **flags
+    )
+    if not allowed:
+        with pytest.raises(OutputDirInUseError, match="holds the checkpoints of an earlier run"):
+            defaults.setup(args)
+        assert written == []  # refused before default_setup rewrites config.yaml
+        return
+    defaults.setup(args)
+    assert len(written) == 1
+    log = (tmp_path / "log.txt").read_text()  # setup's "detr_ext" logger writes there
+    said = f"--overwrite: this new run replaces the run in {tmp_path} (its last checkpoint was "
+    assert (said in log) == (flags == {"overwrite": True})
+
+
+def test_train_net_refuses_before_launching(tmp_path):
+    _earlier_run(tmp_path)
+    command = [sys.executable, str(REPO_ROOT / "tools" / "train_net.py"), "--config-file"]
+    command += [str(DINO_SHAPES), "--num-gpus", "2", f"train.output_dir={tmp_path}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "holds the checkpoints of an earlier run" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "config.yaml").read_text() == "train:\n  seed: 11\n"  # untouched
+
+
+def test_the_demo_replaces_its_earlier_run_and_says_so(tmp_path, capsys):
+    demo = load_script("tools/train_shapes_demo.py")
+    args = demo.parse_arguments(["--output-dir", str(tmp_path)])
+    assert demo.replace_earlier_run(args) is True
+    assert capsys.readouterr().out == ""  # nothing there yet
+    _earlier_run(tmp_path)
+    assert demo.replace_earlier_run(args) is True
+    assert f"note: {tmp_path} holds an earlier run (last checkpoint model_0000003.pth)" in (
+        capsys.readouterr().out
+    )
+    resume = demo.parse_arguments(["--output-dir", str(tmp_path), "--resume"])
+    demo.replace_earlier_run(resume)
+    assert capsys.readouterr().out == ""
