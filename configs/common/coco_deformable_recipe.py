@@ -10,7 +10,8 @@ Deformable DETR, DINO and Align-DETR configs, and this repository's Grounding DI
   gradient clipping at L2 norm 0.1, evaluation and a checkpoint every 5000 iterations, CUDA.
 
 A project config takes it whole and sets what is its own (``train.output_dir`` always; the
-schedule where it is longer)::
+schedule where it is longer: ``common/coco_deformable_recipe_24ep.py`` is this recipe for 24
+epochs)::
 
     _recipe = get_config("common/coco_deformable_recipe.py")
     dataloader, optimizer, train = _recipe.dataloader, _recipe.optimizer, _recipe.train

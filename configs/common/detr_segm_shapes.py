@@ -48,10 +48,18 @@ model.criterion.losses = ["class", "boxes", "masks"]
 model.criterion.weight_dict.update({"loss_mask": 1.0, "loss_dice": 1.0})
 model.criterion.num_points = 112 * 112 // 4
 
-dataloader = get_config("common/data/shapes_segm.py").dataloader
-for _split in ("train", "test"):
-    _mapper, _recipe = dataloader[_split].mapper, _shapes.dataloader[_split].mapper
-    _mapper.augmentation = _recipe.augmentation
-    _mapper.augmentation_with_crop = _recipe.augmentation_with_crop
-    dataloader[_split].num_workers = _shapes.dataloader[_split].num_workers
-dataloader.train.total_batch_size = _shapes.dataloader.train.total_batch_size
+
+def with_detr_shapes_loading(dataloader):
+    """``dataloader`` (a shapes data config: ``common/data/shapes_*.py``) with the augmentation,
+    workers and batch size of ``common/detr_shapes.py``; ``common/detr_panoptic_shapes.py``
+    imports it for the panoptic data."""
+    for split in ("train", "test"):
+        mapper, recipe = dataloader[split].mapper, _shapes.dataloader[split].mapper
+        mapper.augmentation = recipe.augmentation
+        mapper.augmentation_with_crop = recipe.augmentation_with_crop
+        dataloader[split].num_workers = _shapes.dataloader[split].num_workers
+    dataloader.train.total_batch_size = _shapes.dataloader.train.total_batch_size
+    return dataloader
+
+
+dataloader = with_detr_shapes_loading(get_config("common/data/shapes_segm.py").dataloader)

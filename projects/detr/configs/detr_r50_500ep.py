@@ -3,11 +3,11 @@
 Everything else as ``detr_r50_300ep.py``.
 """
 
+from detr_ext.config import get_config
+
 # Re-exported: a LazyConfig file's config is its top-level names.
-from .detr_r50_300ep import ITERS_PER_EPOCH, dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+from .detr_r50_300ep import dataloader, model, optimizer, train  # noqa: F401
 
-EPOCHS, DECAY_EPOCHS = 500, 400
-
-lr_multiplier.scheduler.milestones = [DECAY_EPOCHS * ITERS_PER_EPOCH, EPOCHS * ITERS_PER_EPOCH]
-train.max_iter = EPOCHS * ITERS_PER_EPOCH
+lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_500ep
+train.max_iter = 500 * 1848  # epochs of 1848 iterations at batch 64, as the recipe's
 train.output_dir = "./output/detr_r50_500ep"

@@ -23,19 +23,16 @@ dataloader = get_config("common/data/coco_panoptic_detr.py").dataloader
 dataloader.train.total_batch_size = 16
 dataloader.train.num_workers = 8
 
-optimizer = get_config("common/optim.py").AdamW
-optimizer.lr = 1e-4
-optimizer.weight_decay = 1e-4
+# The optimizer (AdamW, lr 1e-4, weight decay 1e-4) and the gradient clipping (norm 0.1) of
+# DETR's recipe, as the stage-1 detector; no backbone factor: only the mask head trains.
+_recipe = get_config("common/coco_detr_recipe.py")
+optimizer, train = _recipe.optimizer, _recipe.train
+optimizer.params.pop("lr_factor_func")
 
 lr_multiplier = default_X_scheduler(EPOCHS, DECAY_EPOCHS, base_steps=ITERS_PER_EPOCH)
 
-train = get_config("common/train.py").train
 train.init_checkpoint = "./output/detr_r50_panoptic_box_300ep/model_final.pth"
 train.output_dir = "./output/detr_segm_r50_panoptic_25ep"
 train.max_iter = EPOCHS * ITERS_PER_EPOCH
-train.clip_grad.enabled = True
-train.clip_grad.params.max_norm = 0.1
-train.clip_grad.params.norm_type = 2
 train.checkpointer.period = ITERS_PER_EPOCH
 train.eval_period = 5 * ITERS_PER_EPOCH
-train.device = "cuda"

@@ -38,13 +38,13 @@ for part in ("backbone", "position_embedding", "neck", "embed_dim", "num_queries
 model.select_box_nums_for_evaluation = _shapes_model.select_box_nums_for_evaluation
 model.category_names = L(dataset_category_names)(dataset_name="shapes_train")
 model.text_encoder.max_text_len = 64
-_embed_dim = _shapes_model.embed_dim
 _transformer = model.transformer
 _transformer.num_feature_levels = _shapes_model.transformer.num_feature_levels
-for part, num_layers in (("encoder", 2), ("decoder", 3)):
-    getattr(_transformer, part).update(
-        embed_dim=_embed_dim, num_heads=8, feedforward_dim=256, num_layers=num_layers
-    )
+# The small DINO's encoder and decoder sizes.
+for part in ("encoder", "decoder"):
+    _shapes_part = _shapes_model.transformer[part]
+    for key in ("embed_dim", "num_heads", "feedforward_dim", "num_layers"):
+        _transformer[part][key] = _shapes_part[key]
 _transformer.encoder.update(text_feedforward_dim=256, fusion_embed_dim=256, fusion_drop_path=0.0)
 
 # A grounding step costs about 1.5 DINO steps (text encoder, fusion, text attention): 900

@@ -41,15 +41,16 @@ model = L(GroundingDINO)(
     # DINO's transformer (widths, 6 + 6 layers, no dropout, 4 levels), its encoder layers with
     # GLIP's text-image fusion and its decoder layers with text cross-attention (set below).
     transformer=_dino.transformer,
-    embed_dim=256,
-    num_queries=900,
-    aux_loss=True,
-    select_box_nums_for_evaluation=300,
+    # DINO's width, queries, detections kept and denoising queries.
+    embed_dim=_dino.embed_dim,
+    num_queries=_dino.num_queries,
+    aux_loss=_dino.aux_loss,
+    select_box_nums_for_evaluation=_dino.select_box_nums_for_evaluation,
     # DINO's criterion and matcher (same costs and weights) on token logits.
     criterion=_dino.criterion,
-    dn_number=100,
-    label_noise_ratio=0.5,
-    box_noise_scale=1.0,
+    dn_number=_dino.dn_number,
+    label_noise_ratio=_dino.label_noise_ratio,
+    box_noise_scale=_dino.box_noise_scale,
     # True for vocabularies longer than one prompt (Objects365, LVIS): each training image is
     # prompted with its own categories and random others that fit (GLIP's recipe).
     sample_training_categories=False,
