@@ -5,8 +5,21 @@ Builds ``model`` from a LazyConfig, feeds a fixed synthetic batch (random images
 size with a few random boxes each) and times forward + backward + AdamW step, after warm-up,
 with ``DETR_EXT_MSDA_BACKEND=compiled`` and with ``pytorch``, each backend training its own copy
 of the same initial weights with the same random numbers. The backends take turns, one step
-each per round, so that a change of machine load affects both alike. Prints the median per
-backend and their ratio and writes JSON.
+each per round, so that a change of machine load affects both alike. Then measures each
+backend's peak memory of one warm step (``--no-memory`` skips it):
+
+- CUDA: ``torch.cuda.max_memory_allocated`` during one more step, minus what was allocated
+  before it (weights, optimizer state): the bytes the step allocates beyond its inputs.
+- CPU: the resident-set high-water mark (``VmHWM``) of a fresh process (this script with
+  ``--memory-probe <backend>``, glibc told to ``mmap`` large blocks and return freed memory)
+  that builds the same model and batch, runs one warm step, resets the mark to the current
+  RSS (Linux ``/proc/self/clear_refs``) and runs one more step: that step's RSS above the RSS
+  before it. ``None`` (the reason on stderr) without ``/proc/self/clear_refs`` or when the
+  probe fails.
+
+Both include the weight gradients, freed after every step. Prints a table (backend, median
+seconds, peak MiB) with the time and memory ratios, and writes JSON
+(``results[backend]["peak_memory_bytes"]``, ``memory_ratio_pytorch_over_compiled``).
 
     python tools/benchmark_train_step.py \
         --config-file projects/dino/configs/dino_r50_4scale_12ep.py --size 512 --batch 1 \
@@ -20,6 +33,7 @@ import copy
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +50,7 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 from detr_ext.config import ConfigUsageError, load_config  # noqa: E402
 from detr_ext.ops.benchmark import environment  # noqa: E402
 from detr_ext.utils.cli import int_at_least  # noqa: E402
+from detr_ext.utils.run_info import proc_status_bytes, reset_peak_rss  # noqa: E402
 
 BACKEND_ENV = "DETR_EXT_MSDA_BACKEND"
 BACKENDS = ("compiled", "pytorch")
@@ -107,6 +122,67 @@ def time_backends(runs: list[BackendRun], inputs: list[dict], warmup: int, repea
     return times
 
 
+def cuda_peak_memory(run: BackendRun, inputs: list[dict]) -> int:
+    """Bytes one more (warm) step of ``run`` allocates on the GPU beyond what was allocated
+    before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    run.step(inputs)  # synchronizes at its end
+    return torch.cuda.max_memory_allocated() - baseline
+
+
+def memory_probe(run: BackendRun, inputs: list[dict]) -> int:
+    """Runs in the fresh ``--memory-probe`` process: bytes of RSS high-water of one warm step of
+    ``run`` above the RSS before it."""
+    run.step(inputs)  # the first step's one-time costs (optimizer state, kernel setup)
+    baseline = reset_peak_rss()  # the high-water mark is now the current RSS
+    if baseline is None:
+        raise RuntimeError("/proc/self/clear_refs is missing")
+    run.step(inputs)
+    return proc_status_bytes("VmHWM") - baseline
+
+
+def cpu_peak_memory(
+    config_file: str, opts: list[str], size: int, batch: int, backend: str, threads: int
+) -> int | None:
+    """:func:`memory_probe` of ``backend`` in a fresh process of this script with the same
+    config, overrides, batch and seed and ``threads`` threads; ``None`` (the reason on stderr)
+    without Linux's ``/proc/self/clear_refs`` or when the probe fails."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        print(f"{backend} peak memory: no /proc/self/clear_refs (not Linux)", file=sys.stderr)
+        return None
+    command = [sys.executable, str(Path(__file__).resolve()), "--config-file", config_file]
+    command += ["--size", str(size), "--batch", str(batch), "--device", "cpu"]
+    command += ["--memory-probe", backend, *opts]
+    # A fixed mmap threshold makes glibc map every large block on its own and unmap it on
+    # free, so RSS follows the live tensors instead of pages kept by the heap.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    env["OMP_NUM_THREADS"] = str(threads)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode == 0 and lines and lines[-1].isdigit():
+        return int(lines[-1])
+    reason = (result.stderr.strip() or result.stdout.strip())[-500:]
+    print(f"{backend} memory probe failed (exit {result.returncode}): {reason}", file=sys.stderr)
+    return None
+
+
+def peak_memory(run: BackendRun, inputs: list[dict], args, device: torch.device) -> int | None:
+    """Peak memory of one warm step of ``run``'s backend (see the module docstring)."""
+    if device.type == "cuda":
+        return cuda_peak_memory(run, inputs)
+    if device.type == "cpu":
+        opts, threads = args.opts, torch.get_num_threads()
+        return cpu_peak_memory(args.config_file, opts, args.size, args.batch, run.backend, threads)
+    print(f"{run.backend} peak memory: not measured on {device.type}", file=sys.stderr)
+    return None
+
+
+def mib(nbytes: int | None) -> str:
+    return "n/a" if nbytes is None else f"{nbytes / 2**20:.1f}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -120,6 +196,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int_at_least(0), default=1)
     parser.add_argument("--repeat", type=int_at_least(1), default=3)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak-memory measurement (on CPU two more model builds)",
+    )
+    # Internal: run as the fresh CPU peak-memory process (see cpu_peak_memory).
+    parser.add_argument("--memory-probe", choices=BACKENDS, help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
     try:
@@ -135,19 +218,44 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device).train()
     inputs = synthetic_batch(args.batch, args.size, cfg.model.num_classes)
+    if args.memory_probe:
+        if device.type != "cpu":
+            parser.error("--memory-probe: CPU only")
+        peak = memory_probe(BackendRun(args.memory_probe, model, device), inputs)
+        print(peak)  # the last line of stdout: what the parent reads
+        return {"peak_memory_bytes": peak}
     # A copy of the same initial weights per backend: their steps alternate.
     runs = [BackendRun(backend, copy.deepcopy(model), device) for backend in BACKENDS]
     del model
     times = time_backends(runs, inputs, args.warmup, args.repeat)
+    peaks = {backend: None for backend in BACKENDS}
+    if not args.no_memory:
+        for run in runs:
+            peaks[run.backend] = peak_memory(run, inputs, args, device)
+    env = environment(device.type)
+    print(
+        f"train step on {env['device_name']} ({device.type}, {env['threads']} threads), "
+        f"commit {env['commit']}; median of {args.repeat} after {args.warmup} warm-up rounds"
+    )
+    print(f"{'backend':>9}  {'median s':>9}  {'peak MiB':>9}")
     results = {}
     for backend in BACKENDS:
         median = statistics.median(times[backend])
-        results[backend] = {"median_s": median, "times_s": times[backend]}
-        print(f"{backend:>9}: median {median:.3f} s per iteration ({args.repeat} timed)")
+        results[backend] = {
+            "median_s": median,
+            "times_s": times[backend],
+            "peak_memory_bytes": peaks[backend],
+        }
+        print(f"{backend:>9}  {median:9.3f}  {mib(peaks[backend]):>9}")
     ratio = results["pytorch"]["median_s"] / results["compiled"]["median_s"]
     print(f"PyTorch path / compiled op time ratio: {ratio:.2f}x")
+    memory_ratio = None
+    if peaks["compiled"] and peaks["pytorch"] is not None:
+        memory_ratio = peaks["pytorch"] / peaks["compiled"]
+    shown = "n/a" if memory_ratio is None else f"{memory_ratio:.2f}x"
+    print(f"PyTorch path / compiled op peak memory ratio: {shown}")
     report = {
-        "environment": environment(device.type),
+        "environment": env,
         "config": args.config_file,
         "overrides": args.opts,
         "size": args.size,
@@ -156,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
         "repeat": args.repeat,
         "results": results,
         "ratio_pytorch_over_compiled": ratio,
+        "memory_ratio_pytorch_over_compiled": memory_ratio,
     }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
