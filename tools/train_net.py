@@ -100,21 +100,25 @@ def dist_url_for(args, parser) -> str:
 if __name__ == "__main__":
     parser = build_parser()
     args = parser.parse_args()
+    several_processes = args.num_gpus * args.num_machines > 1
     try:
         check_overrides(args.opts)  # before any process starts: one message, exit status 2
-        if not (args.resume or args.eval_only or args.overwrite):
+        if several_processes and not (args.resume or args.eval_only or args.overwrite):
+            # One process checks in setup(); loading the config here too would run a config's
+            # own dataset registration twice in that process.
             cfg = load_config(args.config_file, args.opts)
             check_new_run_output_dir(cfg.get("train", {}).get("output_dir", ""))
-        if args.num_gpus > 1 and args.num_machines == 1:
+        if several_processes and args.num_machines == 1:
             # Read before process 0 rewrites config.yaml: a resumed or evaluated run keeps it.
             read_recorded_seed_before_launch(args)
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=dist_url_for(args, parser),
+            args=(args,),
+        )
     except (ConfigUsageError, OutputDirInUseError) as error:
+        # OutputDirInUseError of a single process comes from setup(), run in this process.
         parser.error(str(error))
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=dist_url_for(args, parser),
-        args=(args,),
-    )

@@ -66,10 +66,13 @@ def test_setup_refuses_a_new_run_over_an_earlier_one(tmp_path, monkeypatch, flag
     assert (said in log) == (flags == {"overwrite": True})
 
 
-def test_train_net_refuses_before_launching(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_train_net_refuses_with_a_message(tmp_path, processes):
+    """Several processes: checked before launching. One: setup() refuses in this process (the
+    config is loaded once: loading it twice ran a config's own dataset registration twice)."""
     _earlier_run(tmp_path)
     command = [sys.executable, str(REPO_ROOT / "tools" / "train_net.py"), "--config-file"]
-    command += [str(DINO_SHAPES), "--num-gpus", "2", f"train.output_dir={tmp_path}"]
+    command += [str(DINO_SHAPES), "--num-gpus", str(processes), f"train.output_dir={tmp_path}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "holds the checkpoints of an earlier run" in result.stderr
