@@ -13,8 +13,9 @@ What is and is not continued:
   the same order, also after a change of the number of processes (the position counts the
   indices of all ranks together). With ``aspect_ratio_grouping`` (the default) the partial
   groups waiting when the checkpoint was written are not restored, so a few images (fewer
-  than 2 x the per-process batch size per process) are left out and the grouping that
-  follows may differ.
+  than 2 x the per-process batch size per process) are left out, as many images past the
+  position that the grouping had already used are read again, and the grouping that follows
+  may differ.
 - Random augmentations and denoising noise continue with the generator states the
   checkpoint recorded (:mod:`~detr_ext.engine.random_states`): exactly, with ``num_workers=0``;
   data-loader workers are seeded afresh from the restored state.
