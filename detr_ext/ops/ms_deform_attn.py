@@ -227,6 +227,19 @@ def _check_level_values(spatial_shapes, level_start_index, num_values: int) -> N
 
 
 # ------------------------------------------------------------------ backend and AMP
+def _tracked_by_torch_func(*tensors: torch.Tensor) -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vjp``, ``jacrev``, ``jvp``, ``vmap``)
+    tracks one of ``tensors``. The compiled op's derivative (``register_autograd``) is not one
+    that functorch can use ("an autograd.Function ... must override the setup_context"), so
+    such calls take the PyTorch path: the same function, which every transform supports (with
+    batching rules under ``vmap``). Inputs a transform does not track (constants inside it)
+    keep the compiled op; so does tracing by torch.compile / torch.export."""
+    if torch.compiler.is_compiling():
+        return False
+    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return is_wrapped is not None and any(is_wrapped(tensor) for tensor in tensors)
+
+
 def resolve_backend(backend: str | None, value: torch.Tensor) -> str:
     """Returns "compiled" or "pytorch" for this call.
 
@@ -346,7 +359,9 @@ def ms_deform_attn(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )
     _check_level_values(spatial_shapes, level_start_index, value.shape[1])
-    if resolve_backend(backend, value) == "pytorch":
+    if resolve_backend(backend, value) == "pytorch" or _tracked_by_torch_func(
+        value, sampling_locations, attention_weights
+    ):
         return ms_deform_attn_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
     return torch.ops.detr_ext.ms_deform_attn(
         value,
