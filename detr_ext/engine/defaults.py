@@ -134,7 +134,10 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
     ``default_setup`` (loggers, environment info, ``config.yaml`` saved to
     ``train.output_dir``, seeding). A negative ``train.seed`` is first replaced by a drawn one
     (:func:`draw_seed`), so ``config.yaml`` and the log name the seed of every run; resuming or
-    evaluating a run keeps the seed its ``config.yaml`` records (:func:`keep_recorded_seed`)."""
+    evaluating a run keeps the seed its ``config.yaml`` records (:func:`keep_recorded_seed`).
+    A new run (neither ``args.resume`` nor ``args.eval_only``) in a ``train.output_dir`` that
+    holds another run's checkpoints is refused before anything is written, unless
+    ``args.overwrite`` (:func:`~detr_ext.engine.output_dir.check_new_run_output_dir`)."""
     if not args.config_file or not os.path.isfile(args.config_file):
         raise FileNotFoundError(
             f"--config-file: expected a LazyConfig .py file, got {args.config_file!r}"
