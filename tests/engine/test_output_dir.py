@@ -31,10 +31,12 @@ def test_check_new_run_output_dir(tmp_path):
     _earlier_run(tmp_path)
     with pytest.raises(OutputDirInUseError) as info:
         check_new_run_output_dir(tmp_path)
-    message = str(info.value)
-    assert f"train.output_dir={tmp_path} holds the checkpoints of an earlier run" in message
-    assert f"(last: {tmp_path / 'model_0000003.pth'})" in message
-    assert "--resume" in message and "--overwrite" in message
+    assert str(info.value) == (
+        f"train.output_dir={tmp_path} holds the checkpoints of an earlier run (last: "
+        f"{tmp_path / 'model_0000003.pth'}); a new run there would replace them, its config.yaml "
+        "and its metrics. Expected --resume to continue that run, another output directory for "
+        "a new one, or --overwrite to replace it."
+    )
     assert check_new_run_output_dir(tmp_path, overwrite=True) == "model_0000003.pth"
 
 
