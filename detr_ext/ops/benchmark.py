@@ -84,7 +84,15 @@ def reference_points(problem: Problem, batch: int, generator: torch.Generator) -
     return torch.cat(points).expand(batch, -1, -1)
 
 
-def make_inputs(problem, batch, dtype, device, locations, seed=0, requires_grad=False):
+def make_inputs(
+    problem: Problem,
+    batch: int,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    locations: str,
+    seed: int = 0,
+    requires_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """value, spatial_shapes, level_start_index, sampling_locations, attention_weights.
 
     Realistic locations are what a trained deformable encoder/decoder produces: each query's

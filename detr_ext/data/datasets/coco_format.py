@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from ...utils.file_io import atomic_write_json
@@ -34,7 +35,7 @@ _IMAGE_FILES_REQUIRED = contextvars.ContextVar("detr_ext_image_files_required", 
 
 
 @contextlib.contextmanager
-def image_files_not_required():
+def image_files_not_required() -> Iterator[None]:
     """Within this block, ``register_coco_format_dataset`` registers a json whose image files
     are missing under ``image_root`` instead of refusing it, as ``require_image_files=False``
     does. For a tool that loads a config (which registers its datasets) to list the missing

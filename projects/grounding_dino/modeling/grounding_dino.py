@@ -35,6 +35,7 @@ from detectron2.structures import ImageList
 from torch import Tensor, nn
 
 from detr_ext.layers import (
+    DenoisingQueries,
     GroundingDINOTransformer,
     TokenAlignmentHead,
     dn_post_process,
@@ -363,7 +364,7 @@ class GroundingDINO(GroundedInference, DeformableDetectorBase):
 
     def denoising_queries(
         self, targets: Sequence[Mapping[str, Tensor]], text: Tensor, tokenized: TokenizedPrompts
-    ):
+    ) -> DenoisingQueries | None:
         """DINO's contrastive denoising queries with phrase embeddings as labels.
 
         The label of a denoising box is its phrase's mean projected text feature (before
