@@ -173,7 +173,8 @@ def replace_earlier_run(args: argparse.Namespace) -> bool:
     if last is not None:
         print(
             f"note: {output_dir} holds an earlier run (last checkpoint {last}); this new run "
-            "replaces it (--resume continues it, --output-dir DIR keeps it)"
+            "replaces it, moving its files into replaced_<time>/ there (--resume continues it, "
+            "--output-dir DIR keeps it in place)"
         )
     return True
 

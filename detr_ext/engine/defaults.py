@@ -40,7 +40,7 @@ from .ema import EMAHook, unwrap_model
 from .evaluation import build_ema, do_test, request_error_analysis
 from .evaluation_context import main_process_buffers, preserved_random_states
 from .input_format import check_input_format
-from .output_dir import check_new_run_output_dir
+from .output_dir import check_new_run_output_dir, set_aside_earlier_run
 from .prompted import check_training_category_names, text_prompted_model
 from .random_states import GatherRandomStatesHook, RandomStates
 from .resume import (
@@ -158,6 +158,9 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
         replaced = check_new_run_output_dir(
             cfg.train.get("output_dir", ""), overwrite=getattr(args, "overwrite", False)
         )
+    set_aside = None
+    if replaced is not None and comm.is_main_process():
+        set_aside = set_aside_earlier_run(cfg.train.output_dir)
     requested_seed = cfg.train.get("seed", None) if "train" in cfg else None
     kept_seed = keep_recorded_seed(cfg, args)
     seed = draw_seed(cfg)
@@ -173,11 +176,13 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
             name,
             "\n  ".join(messages),
         )
-    if replaced is not None:
+    if set_aside is not None:
         logger.warning(
-            "--overwrite: this new run replaces the run in %s (its last checkpoint was %s)",
+            "--overwrite: this new run replaces the run in %s (its last checkpoint was %s); "
+            "that run's checkpoints, metrics, events, config.yaml and inference/ are now in %s",
             cfg.train.output_dir,
             replaced,
+            set_aside,
         )
     if kept_seed is not None:
         logger.info(

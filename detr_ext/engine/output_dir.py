@@ -6,16 +6,27 @@ the output directory) rewrites ``config.yaml``, appends to ``metrics.json`` and 
 ``model_final.pth`` and the periodic checkpoints as it saves its own, and ``last_checkpoint``
 then names the new run's. :func:`check_new_run_output_dir` refuses, before anything is
 written, a new run in a directory whose ``last_checkpoint`` names a checkpoint; ``--resume``
-continues that run, another output directory keeps it, and ``--overwrite`` replaces it.
+continues that run, another output directory keeps it, and ``--overwrite`` replaces it:
+:func:`set_aside_earlier_run` first moves the earlier run's checkpoints, ``last_checkpoint``,
+``metrics.json``, TensorBoard events, ``config.yaml`` and ``inference/`` into
+``replaced_<UTC time>/`` inside the directory, so that nothing of it is resumed or mixed into
+the new run's metrics, and nothing is deleted.
 """
 
 from __future__ import annotations
 
+import datetime
+import glob
 import os
 
 from .resume import ResumeError
 
-__all__ = ["OutputDirInUseError", "check_new_run_output_dir", "last_checkpoint_name"]
+__all__ = [
+    "OutputDirInUseError",
+    "check_new_run_output_dir",
+    "last_checkpoint_name",
+    "set_aside_earlier_run",
+]
 
 LAST_CHECKPOINT_FILE = "last_checkpoint"  # fvcore's Checkpointer keeps this name
 
@@ -58,3 +69,38 @@ def check_new_run_output_dir(output_dir: str | os.PathLike, overwrite: bool = Fa
         "them, its config.yaml and its metrics. Expected --resume to continue that run, "
         "another output directory for a new one, or --overwrite to replace it."
     )
+
+
+# What a run writes from its main process only (so that moving it cannot race another process):
+# the files a new run would resume from or mix into its own.
+_RUN_FILES = (
+    LAST_CHECKPOINT_FILE,
+    "model_*.pth",
+    "metrics.json",
+    "events.out.tfevents.*",
+    "config.yaml",
+    "inference",
+)
+
+
+def set_aside_earlier_run(output_dir: str | os.PathLike) -> str | None:
+    """For ``--overwrite``, in the main process before the new run writes anything: move the
+    earlier run's files (its checkpoints and ``last_checkpoint``, ``metrics.json``, TensorBoard
+    events, ``config.yaml``, ``inference/``) into ``<output_dir>/replaced_<UTC time>/``. Logs
+    are left to append to. Returns the new folder, or ``None`` when there was nothing to move."""
+    output_dir = os.fspath(output_dir)
+    found = sorted(
+        {p for pattern in _RUN_FILES for p in glob.glob(os.path.join(output_dir, pattern))}
+    )
+    if not found:
+        return None
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    folder = os.path.join(output_dir, f"replaced_{stamp}")
+    suffix = 1
+    while os.path.exists(folder):
+        folder = os.path.join(output_dir, f"replaced_{stamp}_{suffix}")
+        suffix += 1
+    os.makedirs(folder)
+    for path in found:
+        os.replace(path, os.path.join(folder, os.path.basename(path)))
+    return folder

@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from detr_ext.engine import OutputDirInUseError, check_new_run_output_dir, defaults
+from detr_ext.engine.output_dir import set_aside_earlier_run
 from tests.tool_runs import REPO_ROOT, load_script
 
 DINO_SHAPES = REPO_ROOT / "projects" / "dino" / "configs" / "dino_shapes.py"
@@ -40,6 +42,26 @@ def test_check_new_run_output_dir(tmp_path):
     assert check_new_run_output_dir(tmp_path, overwrite=True) == "model_0000003.pth"
 
 
+def test_set_aside_earlier_run_moves_what_a_new_run_would_resume_or_mix(tmp_path):
+    assert set_aside_earlier_run(tmp_path / "missing") is None
+    assert set_aside_earlier_run(tmp_path) is None  # nothing of a run there
+    run_files = ["last_checkpoint", "model_0000003.pth", "model_final.pth", "metrics.json"]
+    run_files += ["events.out.tfevents.1.host", "config.yaml"]
+    for name in [*run_files, "log.txt", "log.txt.rank1", "notes.md"]:
+        (tmp_path / name).write_text(name)
+    (tmp_path / "inference").mkdir()
+    (tmp_path / "inference" / "coco_instances_results.json").write_text("[]")
+    aside = Path(set_aside_earlier_run(tmp_path))
+    assert aside.parent == tmp_path and aside.name.startswith("replaced_")
+    assert sorted(p.name for p in aside.iterdir()) == sorted([*run_files, "inference"])
+    assert (aside / "model_final.pth").read_text() == "model_final.pth"  # moved, not lost
+    left = sorted(p.name for p in tmp_path.iterdir() if p != aside)
+    assert left == ["log.txt", "log.txt.rank1", "notes.md"]  # logs go on, other files stay
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")
+    again = Path(set_aside_earlier_run(tmp_path))  # within the same second: its own folder
+    assert again != aside and (again / "last_checkpoint").exists()
+
+
 @pytest.mark.parametrize(
     "flags, allowed",
     [
@@ -66,6 +88,12 @@ def test_setup_refuses_a_new_run_over_an_earlier_one(tmp_path, monkeypatch, flag
     log = (tmp_path / "log.txt").read_text()  # setup's "detr_ext" logger writes there
     said = f"--overwrite: this new run replaces the run in {tmp_path} (its last checkpoint was "
     assert (said in log) == (flags == {"overwrite": True})
+    # --overwrite set the earlier run aside: nothing left to resume from (an interrupted new
+    # run was resumed from the earlier run's checkpoint) or to append metrics to.
+    (aside,) = tmp_path.glob("replaced_*") if flags == {"overwrite": True} else [None]
+    if aside is not None:
+        assert sorted(p.name for p in aside.iterdir()) == ["config.yaml", "last_checkpoint"]
+        assert not (tmp_path / "last_checkpoint").exists()
 
 
 @pytest.mark.parametrize("processes", [1, 2])
