@@ -16,12 +16,14 @@ predictions on the first test images to ``<output>/predictions.png`` and the fig
 ``<output>/summary.json``. This script is the command line, the seed handling and the order of
 the steps; the grid is drawn by ``detr_ext.engine.prediction_grid``, the summary's figures by
 ``detr_ext.engine.run_summary`` and ``detr_ext.utils.json_ready``. A new run replaces an earlier
-run in the same output directory and prints a note saying so (``--resume`` continues it).
+run in the same output directory, moving its files into ``replaced_<time>/`` there, and prints
+a note saying so (``--resume`` continues it).
 
 The seed: a new run takes the config's ``train.seed`` (a negative one is replaced by a new
 seed each run), prints it and records it in ``<output>/config.yaml``. ``--resume`` and
 ``--skip-train`` keep the seed that ``config.yaml`` records for the run they continue or
-evaluate; a ``train.seed=N`` override is used instead, and the script says so. ``key=value``
+evaluate; a ``train.seed=N`` override is ignored then (the script says so), and used only
+when nothing is recorded. ``key=value``
 overrides may come before, between or after the options.
 """
 
@@ -137,9 +139,9 @@ def _run_output_dir(args: argparse.Namespace) -> Path:
 
 def continued_run_seed(args: argparse.Namespace) -> int | None:
     """With ``--resume`` or ``--skip-train``: the seed of the run being continued or evaluated,
-    as its ``config.yaml`` records it, to be kept (``None`` when a ``train.seed`` override
-    decides, or nothing is recorded). Says which seed the run takes and why. Called once, before
-    any process writes a new ``config.yaml``."""
+    as its ``config.yaml`` records it, to be kept (``None`` when nothing is recorded); a
+    ``train.seed`` override is set aside for it, as ``train_net`` does. Says which seed the run
+    takes and why. Called once, before any process writes a new ``config.yaml``."""
     from detr_ext.engine import recorded_seed
 
     if not (args.resume or args.skip_train):
@@ -147,17 +149,16 @@ def continued_run_seed(args: argparse.Namespace) -> int | None:
     config_yaml = _run_output_dir(args) / "config.yaml"
     seed = recorded_seed(config_yaml)
     what = "continued" if args.resume else "evaluated"
-    given = [opt for opt in args.opts if _overridden([opt], "train.seed")]
-    if given:
-        recorded = "no seed" if seed is None else f"the seed {seed}"
-        print(
-            f"note: {given[-1]} from the command line, not {recorded} that {config_yaml} "
-            f"records for the run being {what}"
-        )
-        return None
     if seed is None:
         print(f"note: {config_yaml} records no train.seed for the run being {what}")
         return None
+    given = [opt for opt in args.opts if _overridden([opt], "train.seed")]
+    if given:
+        print(
+            f"note: ignoring {given[-1]} from the command line: the run being {what} was "
+            f"trained with the seed {seed} that {config_yaml} records (a resumed run continues "
+            "the checkpoint's random states)"
+        )
     print(f"note: keeping the seed {seed} that {config_yaml} records for the run being {what}")
     return seed
 
@@ -326,9 +327,9 @@ def run(args: argparse.Namespace, start_time: float) -> dict | None:
 
 def _summary_seed(args: argparse.Namespace, cfg) -> int | None:
     """The seed for ``summary.json``: the one the run trained with; with ``--skip-train`` the
-    evaluated model's as its ``config.yaml`` records it, or a ``train.seed`` override (``None``
-    when neither says: a seed drawn for the evaluation alone trained nothing)."""
-    if args.skip_train and args.recorded_seed is None and not _overridden(args.opts, "train.seed"):
+    evaluated model's as its ``config.yaml`` records it (``None`` when it records none: a seed
+    drawn or given for the evaluation alone trained nothing)."""
+    if args.skip_train and args.recorded_seed is None:
         return None
     seed = cfg.train.get("seed")
     return None if seed is None else int(seed)

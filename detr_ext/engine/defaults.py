@@ -48,7 +48,7 @@ from .resume import (
     configured_hyperparameters,
     restore_configured_hyperparameters,
 )
-from .seeds import draw_seed, keep_recorded_seed
+from .seeds import draw_seed, keep_recorded_seed, seed_override_ignored
 from .train_options import check_train_options
 from .trainer import Trainer
 
@@ -185,13 +185,26 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
             set_aside,
         )
     if kept_seed is not None:
-        logger.info(
-            "train.seed=%s: keeping seed %d, which %s records for the run being %s",
-            requested_seed,
-            kept_seed,
-            os.path.join(cfg.train.output_dir, "config.yaml"),
-            "resumed" if getattr(args, "resume", False) else "evaluated",
-        )
+        what = "evaluated" if getattr(args, "eval_only", False) else "resumed"
+        record = os.path.join(cfg.train.output_dir, "config.yaml")
+        if seed_override_ignored(args, kept_seed):
+            logger.warning(
+                "train.seed=%s from the command line is ignored: keeping seed %d, which %s "
+                "records for the run being %s (a resumed run continues the checkpoint's random "
+                "states and data stream; the seed would change only the record)",
+                requested_seed,
+                kept_seed,
+                record,
+                what,
+            )
+        else:
+            logger.info(
+                "train.seed=%s: keeping seed %d, which %s records for the run being %s",
+                requested_seed,
+                kept_seed,
+                record,
+                what,
+            )
     elif seed != requested_seed:
         logger.info(
             "train.seed=%s: drew seed %d (train.seed=%d repeats the run)",

@@ -11,7 +11,13 @@ from omegaconf import DictConfig
 
 from ..config import load_config, overrides_key
 
-__all__ = ["draw_seed", "keep_recorded_seed", "read_recorded_seed_before_launch", "recorded_seed"]
+__all__ = [
+    "draw_seed",
+    "keep_recorded_seed",
+    "read_recorded_seed_before_launch",
+    "recorded_seed",
+    "seed_override_ignored",
+]
 
 
 def draw_seed(cfg: DictConfig) -> int | None:
@@ -54,16 +60,21 @@ def recorded_seed(config_yaml: str | os.PathLike) -> int | None:
 
 
 def _continuing(args: argparse.Namespace) -> bool:
-    """``--resume`` or ``--eval-only`` without a ``train.seed`` override."""
-    continuing = bool(getattr(args, "resume", False) or getattr(args, "eval_only", False))
-    return continuing and not overrides_key(getattr(args, "opts", []), "train.seed")
+    """``--resume`` or ``--eval-only``."""
+    return bool(getattr(args, "resume", False) or getattr(args, "eval_only", False))
+
+
+def seed_override_ignored(args: argparse.Namespace, kept_seed: int | None) -> bool:
+    """Whether a ``train.seed`` override on the command line was set aside for ``kept_seed``,
+    the seed of the run being continued or evaluated (:func:`keep_recorded_seed`)."""
+    return kept_seed is not None and overrides_key(getattr(args, "opts", []), "train.seed")
 
 
 def read_recorded_seed_before_launch(args: argparse.Namespace) -> int | None:
     """For an entry point of a multi-process run on one machine, before ``launch``: set
     ``args.recorded_seed`` to the seed that the ``config.yaml`` of the run being resumed or
-    evaluated records (``None`` when nothing is recorded, a ``train.seed`` override decides, or
-    the run is a new one), and return it. :func:`keep_recorded_seed` then keeps it in every
+    evaluated records (``None`` when nothing is recorded or the run is a new one), and return
+    it. :func:`keep_recorded_seed` then keeps it in every
     process without a collective and before process 0's ``default_setup`` rewrites the file.
     Loads ``args.config_file`` with ``args.opts`` to find ``train.output_dir``."""
     args.recorded_seed = None
@@ -77,11 +88,13 @@ def read_recorded_seed_before_launch(args: argparse.Namespace) -> int | None:
 
 def keep_recorded_seed(cfg: DictConfig, args: argparse.Namespace) -> int | None:
     """With ``--resume`` or ``--eval-only``: set ``train.seed`` to the seed the run's
-    ``config.yaml`` (in ``train.output_dir``) records, unless the command line sets
-    ``train.seed``. Continuing or evaluating a run then neither draws a seed nothing trained
-    with (a negative ``train.seed``) nor takes the config file's when the run was started with
-    another (``train.seed=-1`` on its command line), and ``default_setup`` does not overwrite
-    the record of the seed it trained with.
+    ``config.yaml`` (in ``train.output_dir``) records. Continuing or evaluating a run then
+    neither draws a seed nothing trained with (a negative ``train.seed``) nor takes the config
+    file's when the run was started with another (``train.seed=-1`` on its command line), and
+    ``default_setup`` does not overwrite the record of the seed it trained with. A
+    ``train.seed`` override is set aside too (:func:`seed_override_ignored`): a resumed run
+    continues the checkpoint's random states and data stream, so it would change nothing but
+    the record. With nothing recorded, ``train.seed`` is used as for a new run.
 
     The seed is ``args.recorded_seed`` when the entry point read it before launching
     (:func:`read_recorded_seed_before_launch`); otherwise, in a single process, it is read here.

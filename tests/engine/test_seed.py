@@ -72,8 +72,12 @@ def test_resuming_or_evaluating_keeps_the_recorded_seed(tmp_path, monkeypatch, m
     # A config file with a fixed seed: the run was started with another on its command line.
     fixed = lambda cfg: cfg.train.update(seed=0)  # noqa: E731
     assert run([out], edit=fixed, **{mode: True}) == 1234
-    # A seed given on the command line wins; a new run draws one.
-    assert run([out, "train.seed=7"], **{mode: True}) == 7
+    # A seed given on the command line gives way to the recorded one (it would change nothing
+    # but the record); a new run draws one.
+    assert run([out, "train.seed=7"], **{mode: True}) == 1234
+    assert "train.seed=7 from the command line is ignored: keeping seed 1234" in (
+        (tmp_path / "log.txt").read_text()
+    )
     assert run([out, "train.seed=-1"]) != 1234
     # Nothing recorded: a drawn seed, as before.
     (tmp_path / "config.yaml").write_text("train: {}\n")
@@ -92,7 +96,7 @@ def test_several_processes_keep_the_seed_read_before_launching(tmp_path, monkeyp
     given = argparse.Namespace(
         config_file=str(DINO_SHAPES), opts=[out, "train.seed=3"], resume=True
     )
-    assert seeds.read_recorded_seed_before_launch(given) is None
+    assert seeds.read_recorded_seed_before_launch(given) == 99  # an override gives way
 
     monkeypatch.setattr(comm, "get_world_size", lambda: 2)
     (tmp_path / "config.yaml").write_text("train:\n  seed: 5\n")  # rewritten meanwhile

@@ -29,7 +29,6 @@ from detectron2.data import (
 )
 
 from detr_ext.config import get_config
-from detr_ext.engine import recorded_seed
 from tiny_project import TinyEvaluator, TinyMapper, TinyModel
 
 train = get_config("common/train.py").train

@@ -128,14 +128,17 @@ def test_overrides_are_taken_on_both_sides_of_the_options(parsed_run, tmp_path):
 
 
 @pytest.mark.parametrize("option", ["--resume", "--skip-train"])
-def test_a_seed_override_wins_over_the_recorded_seed_and_is_said(
+def test_a_seed_override_gives_way_to_the_recorded_seed_and_is_said(
     parsed_run, tmp_path, capsys, option
 ):
+    """A continued or evaluated run keeps the seed it was trained with: an override rewrote the
+    record though a resumed run continues the checkpoint's random states (walkthrough audit)."""
     (tmp_path / "config.yaml").write_text("train: {max_iter: 2, seed: 123}\n")
     args = parsed_run([option, "--output-dir", str(tmp_path), "train.seed=5"])
-    assert args.recorded_seed is None and args.opts == ["train.seed=5"]
+    assert args.recorded_seed == 123 and args.opts == ["train.seed=5"]
     out = capsys.readouterr().out
-    assert "note: train.seed=5 from the command line, not the seed 123 that " in out
+    assert "note: ignoring train.seed=5 from the command line: the run being " in out
+    assert "trained with the seed 123 that " in out
 
     args = parsed_run([option, "--output-dir", str(tmp_path)])
     assert args.recorded_seed == 123
