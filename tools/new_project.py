@@ -289,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nnext: python tools/train_net.py --config-file "
         f"projects/{args.name}/configs/{args.name}_shapes.py"
+        "\n(after a change, run it again with --overwrite: its output folder then holds a run)"
     )
 
 

@@ -101,6 +101,9 @@ if __name__ == "__main__":
     parser = build_parser()
     args = parser.parse_args()
     several_processes = args.num_gpus * args.num_machines > 1
+    if args.overwrite and (args.resume or args.eval_only):
+        given = "--resume" if args.resume else "--eval-only"
+        parser.error(f"--overwrite starts a new run: expected it without {given}, got both")
     try:
         check_overrides(args.opts)  # before any process starts: one message, exit status 2
         if several_processes and not (args.resume or args.eval_only or args.overwrite):

@@ -40,7 +40,7 @@ from .ema import EMAHook, unwrap_model
 from .evaluation import build_ema, do_test, request_error_analysis
 from .evaluation_context import main_process_buffers, preserved_random_states
 from .input_format import check_input_format
-from .output_dir import check_new_run_output_dir, set_aside_earlier_run
+from .output_dir import LAST_CHECKPOINT_FILE, check_new_run_output_dir, set_aside_earlier_run
 from .prompted import check_training_category_names, text_prompted_model
 from .random_states import GatherRandomStatesHook, RandomStates
 from .resume import (
@@ -66,9 +66,10 @@ logger = logging.getLogger(__name__)
 
 _EPILOG = """
 Examples:
-  {prog} --config-file projects/dino/configs/dino_shapes.py train.device=cpu
+  {prog} --config-file projects/dino/configs/dino_shapes.py train.output_dir=output/my_run
   {prog} --config-file my_dino.py optimizer.lr=5e-5 train.max_iter=20000  # key=value overrides
   {prog} --config-file my_dino.py --resume                    # continue the run's last checkpoint
+  {prog} --config-file my_dino.py --overwrite                 # replace the run in its output_dir
   {prog} --config-file my_dino.py --eval-only train.init_checkpoint=output/model_final.pth
   {prog} --config-file my_dino.py --num-gpus 8                # one process per GPU
   (one machine: the processes meet on a free port unless --dist-url is given)
@@ -375,6 +376,16 @@ def do_train(
             trainer._data_loader_iter  # noqa: B018  (creates the iterator)
         random_states.restore(start_iter)
     else:
+        if args.resume:
+            # fvcore says only "No checkpoint found. Initializing model from scratch": a
+            # mistyped train.output_dir silently became a new run.
+            logger.warning(
+                "--resume: %s holds no checkpoint to continue (no %s file); this is a new run "
+                "from train.init_checkpoint=%r.",
+                cfg.train.output_dir,
+                LAST_CHECKPOINT_FILE,
+                cfg.train.init_checkpoint,
+            )
         start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)
     return dict(last_results)

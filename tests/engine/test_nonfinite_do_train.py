@@ -4,6 +4,7 @@ message. The Trainer's own handling of non-finite steps is tested in ``test_nonf
 
 import argparse
 import itertools
+import logging
 import os
 
 import pytest
@@ -115,3 +116,16 @@ def test_a_diverged_detector_stops_with_divergence_not_a_matcher_error(project):
     message = str(error.value)
     assert "iteration 0" in message and "probable divergence" in message
     assert f"{cfg.optimizer.lr:.6g}" in message
+
+
+def test_resume_without_a_checkpoint_says_it_starts_a_new_run(tmp_path, caplog):
+    """fvcore's "No checkpoint found" was the only sign that a mistyped train.output_dir made
+    --resume a new run."""
+    cfg = tiny_config(tmp_path / "typo", diverge_at=10**6, max_iter=1)
+    with caplog.at_level(logging.WARNING, logger="detr_ext.engine.defaults"):
+        do_train(argparse.Namespace(resume=True), cfg)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--resume:")]
+    assert said == [
+        f"--resume: {tmp_path / 'typo'} holds no checkpoint to continue (no last_checkpoint "
+        "file); this is a new run from train.init_checkpoint=''."
+    ]

@@ -110,6 +110,18 @@ def test_train_net_refuses_with_a_message(tmp_path, processes):
     assert (tmp_path / "config.yaml").read_text() == "train:\n  seed: 11\n"  # untouched
 
 
+@pytest.mark.parametrize("continuing", ["--resume", "--eval-only"])
+def test_train_net_refuses_overwrite_with_a_continued_run(tmp_path, continuing):
+    """--overwrite with --resume / --eval-only was silently ignored."""
+    command = [sys.executable, str(REPO_ROOT / "tools" / "train_net.py"), "--config-file"]
+    command += [str(DINO_SHAPES), "--overwrite", continuing, f"train.output_dir={tmp_path}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"--overwrite starts a new run: expected it without {continuing}, got both" in (
+        result.stderr
+    )
+
+
 def test_the_demo_replaces_its_earlier_run_and_says_so(tmp_path, capsys):
     demo = load_script("tools/train_shapes_demo.py")
     args = demo.parse_arguments(["--output-dir", str(tmp_path)])
