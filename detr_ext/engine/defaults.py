@@ -40,7 +40,12 @@ from .ema import EMAHook, unwrap_model
 from .evaluation import build_ema, do_test, request_error_analysis
 from .evaluation_context import main_process_buffers, preserved_random_states
 from .input_format import check_input_format
-from .output_dir import LAST_CHECKPOINT_FILE, check_new_run_output_dir, set_aside_earlier_run
+from .output_dir import (
+    LAST_CHECKPOINT_FILE,
+    check_new_run_output_dir,
+    keep_run_config,
+    set_aside_earlier_run,
+)
 from .prompted import check_training_category_names, text_prompted_model
 from .random_states import GatherRandomStatesHook, RandomStates
 from .resume import (
@@ -165,7 +170,11 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
     requested_seed = cfg.train.get("seed", None) if "train" in cfg else None
     kept_seed = keep_recorded_seed(cfg, args)
     seed = draw_seed(cfg)
-    default_setup(cfg, args)
+    evaluating = bool(getattr(args, "eval_only", False)) and "train" in cfg
+    with keep_run_config(
+        cfg.train.output_dir if evaluating else "", evaluating and comm.is_main_process()
+    ):
+        default_setup(cfg, args)
     # default_setup configures the "detectron2" and "fvcore" loggers; add ours.
     setup_logger(
         cfg.train.output_dir, distributed_rank=comm.get_rank(), name="detr_ext", abbrev_name="detr"

@@ -15,16 +15,20 @@ the new run's metrics, and nothing is deleted.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import os
+from collections.abc import Iterator
 
+from ..utils.file_io import atomic_write
 from .resume import ResumeError
 
 __all__ = [
     "OutputDirInUseError",
     "check_new_run_output_dir",
     "last_checkpoint_name",
+    "keep_run_config",
     "set_aside_earlier_run",
 ]
 
@@ -104,3 +108,25 @@ def set_aside_earlier_run(output_dir: str | os.PathLike) -> str | None:
     for path in found:
         os.replace(path, os.path.join(folder, os.path.basename(path)))
     return folder
+
+
+@contextlib.contextmanager
+def keep_run_config(output_dir: str | os.PathLike, enabled: bool) -> Iterator[None]:
+    """Around detectron2's ``default_setup`` of an evaluation (``--eval-only``) in a run's
+    folder: ``default_setup`` saves the evaluation's config as ``config.yaml``, which replaced
+    the run's record (its ``max_iter``, schedule, overrides). With ``enabled`` (the main
+    process of an evaluation) and a ``config.yaml`` there, the run's file is put back and the
+    evaluation's goes to ``inference/config.yaml``, next to the evaluation files."""
+    path = os.path.join(os.fspath(output_dir), "config.yaml")
+    original = None
+    if enabled and os.path.isfile(path):
+        with open(path, "rb") as f:
+            original = f.read()
+    yield
+    if original is None:
+        return
+    if os.path.isfile(path):
+        inference = os.path.join(os.fspath(output_dir), "inference")
+        os.makedirs(inference, exist_ok=True)
+        os.replace(path, os.path.join(inference, "config.yaml"))
+    atomic_write(path, lambda f: f.write(original))

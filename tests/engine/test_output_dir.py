@@ -135,3 +135,23 @@ def test_the_demo_replaces_its_earlier_run_and_says_so(tmp_path, capsys):
     resume = demo.parse_arguments(["--output-dir", str(tmp_path), "--resume"])
     demo.replace_earlier_run(resume)
     assert capsys.readouterr().out == ""
+
+
+def test_evaluating_a_run_keeps_its_config_yaml(tmp_path):
+    """--eval-only (and the demo's --skip-train) in a run's folder: detectron2's default_setup
+    replaced the run's config.yaml (its max_iter, schedule) by the evaluation's config."""
+    _earlier_run(tmp_path)
+    run_record = "train:\n  max_iter: 6\n  seed: 11\n"
+    (tmp_path / "config.yaml").write_text(run_record)
+    args = argparse.Namespace(
+        config_file=str(DINO_SHAPES), opts=[f"train.output_dir={tmp_path}"], eval_only=True
+    )
+    cfg = defaults.setup(args)
+    assert (tmp_path / "config.yaml").read_text() == run_record
+    evaluation = (tmp_path / "inference" / "config.yaml").read_text()
+    assert f"max_iter: {cfg.train.max_iter}" in evaluation and "seed: 11" in evaluation
+    # A folder without a run's config.yaml gets the evaluation's, as before.
+    fresh = tmp_path / "fresh"
+    args.opts = [f"train.output_dir={fresh}"]
+    defaults.setup(args)
+    assert (fresh / "config.yaml").is_file() and not (fresh / "inference").exists()
