@@ -18,7 +18,7 @@ backend's peak memory of one warm step (``--no-memory`` skips it):
   probe fails.
 
 Both include the weight gradients, freed after every step. Prints a table (backend, median
-seconds, peak MiB) with the time and memory ratios, and writes JSON
+seconds, peak MiB) with the time and memory ratios, and, with ``--json``, writes JSON
 (``results[backend]["peak_memory_bytes"]``, ``memory_ratio_pytorch_over_compiled``).
 
     python tools/benchmark_train_step.py \

@@ -188,8 +188,8 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
         )
     if set_aside is not None:
         logger.warning(
-            "--overwrite: this new run replaces the run in %s (its last checkpoint was %s); "
-            "that run's checkpoints, metrics, events, config.yaml and inference/ are now in %s",
+            "This new run replaces the run in %s (its last checkpoint was %s); that run's "
+            "checkpoints, metrics, events, config.yaml and inference/ are now in %s",
             cfg.train.output_dir,
             replaced,
             set_aside,
@@ -215,6 +215,8 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
                 record,
                 what,
             )
+    elif seed != requested_seed and getattr(args, "eval_only", False):
+        logger.info("train.seed=%s: drew seed %d for this evaluation", requested_seed, seed)
     elif seed != requested_seed:
         logger.info(
             "train.seed=%s: drew seed %d (train.seed=%d repeats the run)",

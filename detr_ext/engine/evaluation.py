@@ -266,8 +266,9 @@ def load_eval_checkpoint(
         if not allow_random_weights:
             raise ValueError(
                 "evaluation needs trained weights, but train.init_checkpoint is empty; expected "
-                "train.init_checkpoint=<path to a checkpoint, e.g. model_final.pth> (to "
-                "evaluate a randomly initialised model on purpose, pass --allow-random-weights)"
+                "train.init_checkpoint=<path to a checkpoint, e.g. model_final.pth>, or "
+                "--resume to evaluate the last checkpoint of train.output_dir (to evaluate a "
+                "randomly initialised model on purpose, pass --allow-random-weights)"
             )
         logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights.")
         return None

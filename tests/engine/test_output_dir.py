@@ -86,7 +86,7 @@ def test_setup_refuses_a_new_run_over_an_earlier_one(tmp_path, monkeypatch, flag
     defaults.setup(args)
     assert len(written) == 1
     log = (tmp_path / "log.txt").read_text()  # setup's "detr_ext" logger writes there
-    said = f"--overwrite: this new run replaces the run in {tmp_path} (its last checkpoint was "
+    said = f"This new run replaces the run in {tmp_path} (its last checkpoint was "
     assert (said in log) == (flags == {"overwrite": True})
     # --overwrite set the earlier run aside: nothing left to resume from (an interrupted new
     # run was resumed from the earlier run's checkpoint) or to append metrics to.

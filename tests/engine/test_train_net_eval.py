@@ -104,6 +104,7 @@ def test_eval_only_without_weights_is_refused(tmp_path):
     assert result.returncode != 0
     assert "train.init_checkpoint is empty" in result.stderr
     assert "--allow-random-weights" in result.stderr
+    assert "or --resume to evaluate the last checkpoint of train.output_dir" in result.stderr
     assert not (output_dir / "inference").exists()  # nothing was evaluated
 
     # The opt-in is a documented flag.
