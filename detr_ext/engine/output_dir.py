@@ -1,4 +1,5 @@
-"""A new training run never overwrites another run's checkpoints unasked.
+"""A run's output folder: a new training run never replaces another run's checkpoints
+unasked, and an evaluation leaves the run's ``config.yaml`` as it was (:func:`keep_run_config`).
 
 detectron2 starts a run in ``train.output_dir`` whatever the directory holds: a second
 ``train_net.py`` without ``--resume`` (a rerun of the same command, a copied config that kept
