@@ -56,6 +56,11 @@ from omegaconf import OmegaConf  # noqa: E402
 from detr_ext.engine import DataStreamState, draw_seed  # noqa: E402
 from detr_ext.engine.checkpointer import SafeCheckpointer  # noqa: E402
 from detr_ext.engine.checks import config_dataset_names  # noqa: E402
+from detr_ext.engine.output_dir import (  # noqa: E402
+    OutputDirInUseError,
+    check_new_run_output_dir,
+    set_aside_earlier_run,
+)
 from detr_ext.pretrain import MultiCropAugmentation  # noqa: E402
 from detr_ext.pretrain.checks import check_trainable_backbone, probe_dataset_name  # noqa: E402
 from detr_ext.pretrain.data import (  # noqa: E402
@@ -98,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-iter", type=int, help="iterations (option max_iter)")
     parser.add_argument("--batch-size", type=int, help="images per step (option batch_size)")
     parser.add_argument("--resume", action="store_true", help="continue from last_checkpoint")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new pretraining in --output-dir even though it holds an earlier one (its "
+        "files are moved into replaced_<time>/ there); without it, such a run is refused",
+    )
     parser.add_argument(
         "--probe-dataset",
         default=None,
@@ -147,9 +158,16 @@ def main(args: argparse.Namespace) -> dict:
     requested_seed = options.seed
     # As train.seed in tools/train_net.py: negative draws a seed, logged and checkpointed.
     options.seed = draw_seed(OmegaConf.create({"train": {"seed": requested_seed}}))
+    set_aside = None
+    if not args.resume and check_new_run_output_dir(args.output_dir, overwrite=args.overwrite):
+        set_aside = set_aside_earlier_run(args.output_dir, extra=("backbone.pth", "probe.json"))
     os.makedirs(args.output_dir, exist_ok=True)
     setup_logger(args.output_dir, name="detectron2")
     logger = setup_logger(args.output_dir, name="detr_ext", abbrev_name="detr")
+    if set_aside is not None:
+        logger.warning(
+            "--overwrite: the earlier pretraining in %s is now in %s", args.output_dir, set_aside
+        )
     if options.seed != requested_seed:
         logger.info(
             "seed=%d: drew seed %d (seed=%d repeats the run)", requested_seed, *[options.seed] * 2
@@ -245,4 +263,8 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    _parser = build_parser()
+    try:
+        main(_parser.parse_args())
+    except OutputDirInUseError as error:
+        _parser.error(str(error))

@@ -88,14 +88,16 @@ _RUN_FILES = (
 )
 
 
-def set_aside_earlier_run(output_dir: str | os.PathLike) -> str | None:
+def set_aside_earlier_run(output_dir: str | os.PathLike, extra: tuple[str, ...] = ()) -> str | None:
     """For ``--overwrite``, in the main process before the new run writes anything: move the
     earlier run's files (its checkpoints and ``last_checkpoint``, ``metrics.json``, TensorBoard
     events, ``config.yaml``, ``inference/``) into ``<output_dir>/replaced_<UTC time>/``. Logs
-    are left to append to. Returns the new folder, or ``None`` when there was nothing to move."""
+    are left to append to; ``extra`` adds glob patterns of a tool's own files (the pretraining's
+    ``backbone.pth``). Returns the new folder, or ``None`` when there was nothing to move."""
     output_dir = os.fspath(output_dir)
+    patterns = (*_RUN_FILES, *extra)
     found = sorted(
-        {p for pattern in _RUN_FILES for p in glob.glob(os.path.join(output_dir, pattern))}
+        {p for pattern in patterns for p in glob.glob(os.path.join(output_dir, pattern))}
     )
     if not found:
         return None

@@ -11,7 +11,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.data import DatasetCatalog
 
 from detr_ext.config import get_config
-from detr_ext.engine import NonFiniteTrainingError, SafeCheckpointer
+from detr_ext.engine import NonFiniteTrainingError, OutputDirInUseError, SafeCheckpointer
 from detr_ext.modeling.backbones import build_resnet_backbone
 from detr_ext.pretrain.checks import check_trainable_backbone, probe_dataset_name
 from detr_ext.pretrain.options import PretrainOptions
@@ -69,6 +69,24 @@ def test_negative_seed_draws_a_recorded_seed(tool, images, tmp_path):
     assert f"seed=-1: drew seed {seed['seed']} (seed={seed['seed']} repeats the run)" in (
         (output / "log.txt").read_text()
     )
+
+
+def test_a_new_pretraining_over_an_earlier_one_is_refused_unless_overwrite(tool, images, tmp_path):
+    """It replaced the earlier pretraining's checkpoints and appended to its metrics.json, as
+    train_net did; now the same rule as train_net's (refused; --overwrite sets it aside)."""
+    output = tmp_path / "out"
+    pretrain(tool, images, output, "--max-iter", "1")
+    first = (output / "backbone.pth").read_bytes()
+    with pytest.raises(OutputDirInUseError, match="holds the checkpoints of an earlier run"):
+        pretrain(tool, images, output, "--max-iter", "1")
+    assert (output / "backbone.pth").read_bytes() == first  # refused before writing
+    pretrain(tool, images, output, "--max-iter", "1", "--overwrite")
+    (aside,) = output.glob("replaced_*")
+    assert (aside / "backbone.pth").read_bytes() == first
+    assert {"last_checkpoint", "model_final.pth", "metrics.json"} <= {
+        p.name for p in aside.iterdir()
+    }
+    assert "--overwrite: the earlier pretraining in" in (output / "log.txt").read_text()
 
 
 FROZEN_CONFIG = """
