@@ -226,15 +226,14 @@ def resolve_num_processes(args: argparse.Namespace) -> int:
     from detectron2.data import DatasetCatalog
 
     from detr_ext.config import ConfigUsageError, load_config
-    from detr_ext.engine.prediction_grid import dataset_names
+    from detr_ext.engine.checks import config_dataset_names
 
     try:
         cfg = load_config(args.config_file, args.opts)
     except ConfigUsageError as error:
         raise UsageError(str(error)) from error
-    for split in ("train", "test"):
-        for name in dataset_names(cfg.dataloader[split].dataset.names):
-            DatasetCatalog.get(name)
+    for name in config_dataset_names(cfg, splits=("train", "test")):
+        DatasetCatalog.get(name)
     return args.num_processes
 
 

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["dataset_names", "save_prediction_grid"]
+from .checks import config_dataset_names
 
-
-def dataset_names(names: str | Sequence[str]) -> list[str]:
-    """A config's ``dataset.names`` (one name or several) as a list."""
-    return [names] if isinstance(names, str) else list(names)
+__all__ = ["save_prediction_grid"]
 
 
 def save_prediction_grid(
@@ -34,8 +30,7 @@ def save_prediction_grid(
     from .predictor import Predictor, draw_predictions
 
     predictor = Predictor(cfg, weights, device=cfg.train.device)
-    names = cfg.dataloader.test.dataset.names
-    name = dataset_names(names)[0]
+    name = config_dataset_names(cfg, splits=("test",))[0]
     files = [record["file_name"] for record in DatasetCatalog.get(name)[:num_images]]
     if not files:
         raise ValueError(f"save_prediction_grid: test dataset {name!r} has no images")
