@@ -33,7 +33,6 @@ import copy
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,11 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 from detr_ext.config import ConfigUsageError, load_config  # noqa: E402
 from detr_ext.ops.benchmark import environment  # noqa: E402
 from detr_ext.utils.cli import int_at_least  # noqa: E402
-from detr_ext.utils.run_info import proc_status_bytes, reset_peak_rss  # noqa: E402
+from detr_ext.utils.run_info import (  # noqa: E402
+    peak_rss_probe,
+    proc_status_bytes,
+    reset_peak_rss,
+)
 
 BACKEND_ENV = "DETR_EXT_MSDA_BACKEND"
 BACKENDS = ("compiled", "pytorch")
@@ -149,23 +152,11 @@ def cpu_peak_memory(
     """:func:`memory_probe` of ``backend`` in a fresh process of this script with the same
     config, overrides, batch and seed and ``threads`` threads; ``None`` (the reason on stderr)
     without Linux's ``/proc/self/clear_refs`` or when the probe fails."""
-    if not os.path.exists("/proc/self/clear_refs"):
-        print(f"{backend} peak memory: no /proc/self/clear_refs (not Linux)", file=sys.stderr)
-        return None
     command = [sys.executable, str(Path(__file__).resolve()), "--config-file", config_file]
     command += ["--size", str(size), "--batch", str(batch), "--device", "cpu"]
     command += ["--memory-probe", backend, *opts]
-    # A fixed mmap threshold makes glibc map every large block on its own and unmap it on
-    # free, so RSS follows the live tensors instead of pages kept by the heap.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    env["OMP_NUM_THREADS"] = str(threads)
-    result = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-    lines = result.stdout.strip().splitlines()
-    if result.returncode == 0 and lines and lines[-1].isdigit():
-        return int(lines[-1])
-    reason = (result.stderr.strip() or result.stdout.strip())[-500:]
-    print(f"{backend} memory probe failed (exit {result.returncode}): {reason}", file=sys.stderr)
-    return None
+    env = {"OMP_NUM_THREADS": str(threads)}
+    return peak_rss_probe(command, f"{backend} memory probe", env=env)
 
 
 def peak_memory(run: BackendRun, inputs: list[dict], args, device: torch.device) -> int | None:

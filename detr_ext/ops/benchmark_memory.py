@@ -8,15 +8,13 @@ rest of :mod:`detr_ext.ops`."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ..utils.run_info import proc_status_bytes, reset_peak_rss
+from ..utils.run_info import peak_rss_probe, proc_status_bytes, reset_peak_rss
 from .benchmark import DTYPES, Problem, make_inputs
 from .benchmark_steps import clear_grads, step_function
 
@@ -67,8 +65,6 @@ def peak_memory(
         run()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - baseline
-    if not os.path.exists("/proc/self/clear_refs"):
-        return None
     spec = {
         "problem": asdict(problem),
         "batch": batch,
@@ -78,21 +74,8 @@ def peak_memory(
         "mode": mode,
         "threads": threads,
     }
-    # A fixed mmap threshold makes glibc map every large block on its own and unmap it on
-    # free, so RSS follows the live tensors instead of pages kept by the heap.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    result = subprocess.run(
-        [sys.executable, "-m", __name__, json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-        cwd=_PACKAGE_PARENT,
-    )
-    if result.returncode != 0:
-        print(f"memory probe failed: {result.stderr.strip()[-500:]}", file=sys.stderr)
-        return None
-    return int(result.stdout.strip().splitlines()[-1])
+    command = [sys.executable, "-m", __name__, json.dumps(spec)]
+    return peak_rss_probe(command, "memory probe", cwd=_PACKAGE_PARENT)
 
 
 if __name__ == "__main__":

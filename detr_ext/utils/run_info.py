@@ -8,9 +8,11 @@ import os
 import platform
 import re
 import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["cpu_name", "git_commit", "proc_status_bytes", "reset_peak_rss"]
+__all__ = ["cpu_name", "git_commit", "peak_rss_probe", "proc_status_bytes", "reset_peak_rss"]
 
 
 def git_commit(repo: str | os.PathLike) -> str:
@@ -60,3 +62,32 @@ def reset_peak_rss() -> int | None:
     except OSError:
         return None
     return proc_status_bytes("VmRSS")
+
+
+def peak_rss_probe(
+    command: Sequence[str],
+    label: str,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+) -> int | None:
+    """Run ``command``, a fresh process that measures its own peak memory with
+    :func:`reset_peak_rss` / ``proc_status_bytes("VmHWM")`` and prints the bytes as its last
+    stdout line, and return that number. The process's glibc maps every large block on its own
+    and unmaps it on free (fixed mmap threshold, no trim threshold), so that its RSS follows
+    the live memory instead of pages the heap keeps. ``env`` adds variables (e.g. the thread
+    count). ``None``, with the reason on stderr prefixed by ``label``, where Linux's
+    ``/proc/self/clear_refs`` is missing or the process fails."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        print(f"{label}: no /proc/self/clear_refs (not Linux)", file=sys.stderr)
+        return None
+    full_env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    full_env.update(env or {})
+    result = subprocess.run(
+        list(command), capture_output=True, text=True, check=False, env=full_env, cwd=cwd
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode == 0 and lines and lines[-1].isdigit():
+        return int(lines[-1])
+    reason = (result.stderr.strip() or result.stdout.strip())[-500:]
+    print(f"{label} failed (exit {result.returncode}): {reason}", file=sys.stderr)
+    return None

@@ -115,7 +115,7 @@ def test_memory_probe_process_gets_the_problem_threads_and_allocator_settings(mo
         calls.append((command, kwargs["env"]))
         return subprocess.CompletedProcess(command, 0, stdout="a warning\n12345\n", stderr="")
 
-    monkeypatch.setattr(tool.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     if os.path.exists("/proc/self/clear_refs"):
         peak = tool.cpu_peak_memory("c.py", ["a=1", "b=2"], 64, 2, "pytorch", threads=3)
         assert peak == 12345
@@ -128,7 +128,7 @@ def test_memory_probe_process_gets_the_problem_threads_and_allocator_settings(mo
         assert env["MALLOC_MMAP_THRESHOLD_"] == "65536" and env["MALLOC_TRIM_THRESHOLD_"] == "0"
         # A failed probe is None with its reason, not a crash of the benchmark.
         monkeypatch.setattr(
-            tool.subprocess,
+            subprocess,
             "run",
             lambda command, **kw: subprocess.CompletedProcess(command, 1, "", "Boom: no model"),
         )
@@ -136,7 +136,7 @@ def test_memory_probe_process_gets_the_problem_threads_and_allocator_settings(mo
         assert "compiled memory probe failed (exit 1): Boom: no model" in capsys.readouterr().err
     real_exists = os.path.exists
     monkeypatch.setattr(
-        tool.os.path, "exists", lambda path: path != "/proc/self/clear_refs" and real_exists(path)
+        os.path, "exists", lambda path: path != "/proc/self/clear_refs" and real_exists(path)
     )
     calls.clear()
     assert tool.cpu_peak_memory("c.py", [], 64, 1, "pytorch", threads=1) is None
