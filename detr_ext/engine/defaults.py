@@ -14,6 +14,7 @@ The config is expected to define (see ``configs/common/``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -170,10 +171,8 @@ def setup(args: argparse.Namespace, edit: Callable[[DictConfig], None] | None = 
     requested_seed = cfg.train.get("seed", None) if "train" in cfg else None
     kept_seed = keep_recorded_seed(cfg, args)
     seed = draw_seed(cfg)
-    evaluating = bool(getattr(args, "eval_only", False)) and "train" in cfg
-    with keep_run_config(
-        cfg.train.output_dir if evaluating else "", evaluating and comm.is_main_process()
-    ):
+    evaluating = getattr(args, "eval_only", False) and "train" in cfg and comm.is_main_process()
+    with keep_run_config(cfg.train.output_dir) if evaluating else contextlib.nullcontext():
         default_setup(cfg, args)
     # default_setup configures the "detectron2" and "fvcore" loggers; add ours.
     setup_logger(

@@ -114,15 +114,15 @@ def set_aside_earlier_run(output_dir: str | os.PathLike, extra: tuple[str, ...] 
 
 
 @contextlib.contextmanager
-def keep_run_config(output_dir: str | os.PathLike, enabled: bool) -> Iterator[None]:
+def keep_run_config(output_dir: str | os.PathLike) -> Iterator[None]:
     """Around detectron2's ``default_setup`` of an evaluation (``--eval-only``) in a run's
-    folder: ``default_setup`` saves the evaluation's config as ``config.yaml``, which replaced
-    the run's record (its ``max_iter``, schedule, overrides). With ``enabled`` (the main
-    process of an evaluation) and a ``config.yaml`` there, the run's file is put back and the
-    evaluation's goes to ``inference/config.yaml``, next to the evaluation files."""
+    folder, in the main process: ``default_setup`` saves the evaluation's config as
+    ``config.yaml``, which replaced the run's record (its ``max_iter``, schedule, overrides).
+    With a ``config.yaml`` there, the run's file is put back and the evaluation's goes to
+    ``inference/config.yaml``, next to the evaluation files."""
     path = os.path.join(os.fspath(output_dir), "config.yaml")
     original = None
-    if enabled and os.path.isfile(path):
+    if os.path.isfile(path):
         with open(path, "rb") as f:
             original = f.read()
     yield
