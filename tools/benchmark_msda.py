@@ -11,7 +11,9 @@ compiled op over the PyTorch path, all measured in the same run.
 The PyTorch path is Deformable DETR's reference computation, one ``grid_sample`` per level and a
 weighted sum (``detr_ext.ops.benchmark.grid_sample_baseline``; the library's fallback
 ``ms_deform_attn_pytorch`` adds non-finite handling on top). float16 / bfloat16 values are
-sampled in float32 on CPU (grid_sample is wrong in them there), in their own dtype on CUDA.
+sampled in float32 with the float32 locations the benchmark gives them (on CPU grid_sample is
+wrong in reduced dtypes; on CUDA autocast runs it in the widest input dtype, and locations
+rounded to bfloat16 would sample other points).
 
 Peak memory is that of a warm step (after one untimed call, gradients cleared): on CPU in a
 fresh subprocess per step (the process's RSS high-water mark is reset after the inputs exist

@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <initializer_list>
 #include <limits>
 #include <tuple>
@@ -33,6 +34,23 @@ using msda_cuda::MsdaArgs;
 using msda_cuda::ScalarIO;
 
 bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
+
+// Order in which the kernels' thread groups take the (b, q, h) (MsdaArgs::query_tile):
+// kDefaultQueryTile, or DETR_EXT_MSDA_QUERY_TILE for benchmarking other orders
+// (tools/gpu_check.py times several in one process, so it is read at every call).
+constexpr int kDefaultQueryTile = 1;
+constexpr long kMaxQueryTile = 4096;
+
+int query_tile() {
+  const char* text = std::getenv("DETR_EXT_MSDA_QUERY_TILE");
+  if (text == nullptr || *text == '\0') return kDefaultQueryTile;
+  char* end = nullptr;
+  const long tile = std::strtol(text, &end, 10);
+  TORCH_CHECK(end != text && *end == '\0' && tile >= 1 && tile <= kMaxQueryTile,
+              "DETR_EXT_MSDA_QUERY_TILE: expected an integer from 1 to ", kMaxQueryTile,
+              ", got '", text, "'");
+  return static_cast<int>(tile);
+}
 
 void check_cuda_inputs(std::initializer_list<std::pair<const at::Tensor*, const char*>> tensors,
                        const at::Tensor& value) {
@@ -104,6 +122,7 @@ MsdaArgs<scalar_t, coord_t> make_args(const Inputs& in, const Geometry& geo) {
   a.weights = in.weights.const_data_ptr<coord_t>();
   a.num_groups = in.num_groups();
   a.queries_heads = in.queries * in.heads;
+  a.queries = in.queries;
   a.num_rows = in.num_rows;
   a.heads = static_cast<int>(in.heads);
   a.channels = static_cast<int>(in.channels);
@@ -112,6 +131,7 @@ MsdaArgs<scalar_t, coord_t> make_args(const Inputs& in, const Geometry& geo) {
   a.group_size = geo.group_size;
   a.log2_group_size = geo.log2_group_size;
   a.chunks = geo.chunks;
+  a.query_tile = query_tile();
   return a;
 }
 

@@ -2,7 +2,11 @@
 // ../ms_deform_attn.h).
 //
 // Work mapping (both kernels): a "group" of G threads (G a power of two <= 32, so a warp holds
-// 32 / G whole groups) owns one (b, q, h). Each thread owns packs of kPack contiguous channels:
+// 32 / G whole groups) owns one (b, q, h). Consecutive groups take (b, q, h) in the order that
+// `query_tile` T sets (group_of_slot): T = 1 is the output's memory order, h fastest; T > 1 takes
+// runs of T consecutive queries of one head, so that the groups of a block sample neighbouring
+// positions of the same head (the encoder's queries are the value positions in raster order, so
+// their corner rows overlap and are served from L1). Each thread owns packs of kPack contiguous channels:
 // pack j + k * G for k < chunks, so that the group reads contiguous channels in each chunk.
 // G = next_pow2(ceil(C / kPack)) capped at 32; chunks > 1 only when C > 32 * kPack. With kVec a
 // pack is one aligned 16-byte load (4 float32, 8 float16/bfloat16, 2 float64); without it (C not a
@@ -49,30 +53,54 @@ struct MsdaArgs {
   const coord_t* weights;          // [B, Q, H, L, P]
   int64_t num_groups;              // B * Q * H
   int64_t queries_heads;           // Q * H
+  int64_t queries;                 // Q
   int64_t num_rows;                // N
   int heads, channels, num_points, points_per_group;  // H, C, P, L * P
   int group_size, log2_group_size, chunks;            // G, log2(G), ceil(ceil(C / kPack) / G)
+  int query_tile;                                     // T >= 1, see group_of_slot
 };
+
+// The (b, q, h) group, as b * Q * H + q * H + h, that the slot-th group of threads owns
+// (0 <= slot < B * Q * H; a bijection). T = 1: the slot itself. T > 1: slot = b * Q * H +
+// tile * T * H + h * Tq + (q - tile * T), where Tq = min(T, Q - tile * T) is the tile's number
+// of queries (the last tile of a batch element may be short).
+template <typename scalar_t, typename coord_t>
+__device__ __forceinline__ int64_t group_of_slot(const MsdaArgs<scalar_t, coord_t>& a,
+                                                 int64_t slot) {
+  if (a.query_tile <= 1) return slot;
+  const int64_t b = slot / a.queries_heads;
+  const int64_t rest = slot - b * a.queries_heads;
+  const int64_t tile_span = static_cast<int64_t>(a.query_tile) * a.heads;
+  const int64_t tile = rest / tile_span;
+  const int64_t first_query = tile * a.query_tile;
+  const int64_t tile_queries = min(static_cast<int64_t>(a.query_tile), a.queries - first_query);
+  const int64_t within = rest - tile * tile_span;
+  const int64_t h = within / tile_queries;
+  const int64_t q = first_query + (within - h * tile_queries);
+  return (b * a.queries + q) * a.heads + h;
+}
 
 // Where a thread sits: its (b, q, h) group, its rank in the group, and the shared-memory slot of
 // the group's first thread (threads stage their point in slot threadIdx.x).
 struct GroupPlace {
-  int64_t group;
+  int64_t group;   // b * Q * H + q * H + h
   int rank;
   int first_slot;
-  bool active;     // group < num_groups
+  bool active;     // the group's slot < num_groups
   bool warp_idle;  // the whole warp is past the end: it may leave (no block-wide barriers)
 };
 
-__device__ __forceinline__ GroupPlace place_thread(int64_t num_groups, int log2_group_size) {
+template <typename scalar_t, typename coord_t>
+__device__ __forceinline__ GroupPlace place_thread(const MsdaArgs<scalar_t, coord_t>& a) {
   const int64_t thread = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int tid = static_cast<int>(threadIdx.x);
+  const int64_t slot = thread >> a.log2_group_size;
   GroupPlace place;
-  place.group = thread >> log2_group_size;
-  place.rank = tid & ((1 << log2_group_size) - 1);
+  place.rank = tid & ((1 << a.log2_group_size) - 1);
   place.first_slot = tid - place.rank;
-  place.active = place.group < num_groups;
-  place.warp_idle = ((thread & ~int64_t(31)) >> log2_group_size) >= num_groups;
+  place.active = slot < a.num_groups;
+  place.group = place.active ? group_of_slot(a, slot) : slot;
+  place.warp_idle = ((thread & ~int64_t(31)) >> a.log2_group_size) >= a.num_groups;
   return place;
 }
 
@@ -193,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
   __shared__ int4 staged_rows[kThreads];
   __shared__ Coef4<acc_t> staged_weights[kThreads];
 
-  const GroupPlace place = place_thread(a.num_groups, a.log2_group_size);
+  const GroupPlace place = place_thread(a);
   if (place.warp_idle) return;
   const int64_t b = place.group / a.queries_heads;
   const int64_t h = place.group % a.heads;
@@ -285,7 +313,7 @@ __global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec>
   __shared__ int4 staged_rows[kThreads];
   __shared__ Coef4<acc_t> staged_coefs[kThreads];  // frac_x, frac_y, attn, unused
 
-  const GroupPlace place = place_thread(a.num_groups, a.log2_group_size);
+  const GroupPlace place = place_thread(a);
   if (place.warp_idle) return;
   const int64_t b = place.group / a.queries_heads;
   const int64_t h = place.group % a.heads;

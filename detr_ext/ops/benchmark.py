@@ -29,6 +29,7 @@ __all__ = [
     "interleaved_median_times",
     "make_inputs",
     "median_time",
+    "poison_cuda_allocator",
     "reference_points",
 ]
 
@@ -140,12 +141,18 @@ def grid_sample_baseline(
     """The baseline the compiled op is timed against: multi-scale deformable attention as
     Deformable DETR's reference code computes it (one ``grid_sample`` per level, then the
     weighted sum), without the non-finite handling of :func:`~detr_ext.ops.ms_deform_attn_pytorch`
-    (which costs it 13-17 % on CPU). Same arguments and result as that function. Reduced
-    precision values are sampled in float32 on CPU, where ``grid_sample`` in those dtypes is
-    wrong on per-level views (see ``detr_ext/ops/reference.py``), and in their own dtype on
-    CUDA."""
+    (which costs it 13-17 % on CPU). Same arguments and result as that function.
+
+    Reduced-precision values are sampled in float32 on CPU, where ``grid_sample`` in those
+    dtypes is wrong on per-level views (see ``detr_ext/ops/reference.py``), and on CUDA when
+    the locations are float32 (as :func:`make_inputs` and the models under autocast give them):
+    autocast runs ``grid_sample`` in the widest input dtype, and locations rounded to bfloat16
+    would sample other points (up to 0.65 pixel off on a 167-pixel-wide level; the outputs
+    then differ by up to 0.7 on the encoder preset). With reduced-precision locations on CUDA
+    everything is sampled in the values' dtype."""
     compute_dtype = value.dtype
-    if value.device.type == "cpu" and value.dtype in (torch.float16, torch.bfloat16):
+    reduced = value.dtype in (torch.float16, torch.bfloat16)
+    if reduced and (value.device.type == "cpu" or sampling_locations.dtype == torch.float32):
         compute_dtype = torch.float32
     batch, _, heads, channels = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
@@ -206,6 +213,24 @@ def _synchronize(device: str) -> None:
 def median_time(run: Callable[[], object], device: str, warmup: int, repeat: int) -> float:
     """Median seconds of ``run`` after ``warmup`` calls (CUDA events on a GPU)."""
     return interleaved_median_times({"run": run}, device, warmup, repeat)["run"]
+
+
+POISON_BYTE = 0xFF  # every byte 0xFF: NaN in float64, float32, float16 and bfloat16 alike
+
+
+def poison_cuda_allocator(nbytes: int) -> None:
+    """Fill free memory of torch's CUDA caching allocator with NaN bytes: one block of
+    ``nbytes`` (large allocations made next are cut from it) and 64 blocks of the small-object
+    pool, all freed again. A tensor allocated next with ``empty`` holds NaN until written, so an
+    output element a kernel forgot to write shows as NaN instead of as a plausible zero."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    blocks = [torch.full((nbytes,), POISON_BYTE, dtype=torch.uint8, device="cuda")]
+    blocks += [
+        torch.full((2**19,), POISON_BYTE, dtype=torch.uint8, device="cuda") for _ in range(64)
+    ]
+    torch.cuda.synchronize()
+    del blocks
 
 
 def environment(device: str) -> dict:

@@ -15,9 +15,16 @@ from pathlib import Path
 __all__ = ["cpu_name", "git_commit", "peak_rss_probe", "proc_status_bytes", "reset_peak_rss"]
 
 
+COMMIT_ENV = "DETR_EXT_COMMIT"
+
+
 def git_commit(repo: str | os.PathLike) -> str:
     """Short commit of the git checkout at ``repo``, with ``-dirty`` when tracked files have
-    uncommitted changes; ``"unknown"`` without git or outside a checkout."""
+    uncommitted changes; ``"unknown"`` without git or outside a checkout. ``DETR_EXT_COMMIT``,
+    when set, is returned instead: for a copy of a checkout without its ``.git`` (a GPU
+    machine that is sent the working tree only)."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     try:
         commit = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],

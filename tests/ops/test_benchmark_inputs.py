@@ -50,7 +50,8 @@ def test_encoder_preset_has_a_query_per_value_position():
     assert decoder.num_queries == 900
 
 
-def test_median_time_and_run_facts(tmp_path):
+def test_median_time_and_run_facts(tmp_path, monkeypatch):
+    monkeypatch.delenv("DETR_EXT_COMMIT", raising=False)
     calls = []
     assert median_time(lambda: calls.append(1), "cpu", warmup=2, repeat=3) >= 0
     assert len(calls) == 5
@@ -58,6 +59,9 @@ def test_median_time_and_run_facts(tmp_path):
     assert env["torch"] == torch.__version__ and env["device_name"] == cpu_name() != ""
     assert env["commit"] != "unknown"  # the tests run in a checkout
     assert git_commit(tmp_path) == "unknown"  # not a checkout
+    # A copy without .git (the GPU machine gets the working tree only) is told its commit.
+    monkeypatch.setenv("DETR_EXT_COMMIT", "fea3da1")
+    assert git_commit(tmp_path) == "fea3da1" == environment("cpu")["commit"]
     # Linux has /proc/self/status (a Linux runner without it would leave the probe unchecked).
     assert (proc_status_bytes("VmRSS") is not None) == sys.platform.startswith("linux")
     if sys.platform.startswith("linux"):

@@ -1,0 +1,371 @@
+#!/usr/bin/env python
+"""Measurements of the MSDA CUDA kernels on a GPU, the Python half of ``tools/gpu_check.sh``.
+
+Needs torch and a CUDA build of ``detr_ext._C`` only (no detectron2). Subcommands:
+
+- ``bandwidth``: the device's copy bandwidth, a large device-to-device copy, counting the bytes
+  read plus the bytes written (the ceiling the kernels' DRAM floor is computed from).
+- ``kernels``: the forward and backward kernels alone (``torch.ops.detr_ext``, no Python front
+  or autograd), timed by CUDA-graph replay, for the issue's problems and each kernel group order
+  (``DETR_EXT_MSDA_QUERY_TILE``), with the fewest bytes each must move and its time over the
+  floor those bytes take at the measured bandwidth. Every run's memory is poisoned first (NaN
+  bytes in the caching allocator) and every output checked to be written; the orders must give
+  the same forward, bit for bit, and the same gradients within float rounding.
+- ``sanitize``: small forward+backward runs of every kernel instance, for compute-sanitizer.
+- ``profile``: one launch of each encoder kernel that matters, for ncu.
+- ``report``: a markdown summary of the JSON the others wrote.
+
+    python tools/gpu_check.py bandwidth --json out/bandwidth.json
+    python tools/gpu_check.py kernels --bandwidth out/bandwidth.json --json out/kernels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from detr_ext.ops.benchmark import (  # noqa: E402
+    DTYPES,
+    PRESETS,
+    environment,
+    make_inputs,
+    poison_cuda_allocator,
+)
+
+TILE_ENV = "DETR_EXT_MSDA_QUERY_TILE"
+
+# (preset, batch, dtype, coordinate dtype, locations, query tiles): the kernels step's rows.
+ALL_TILES = (1, 4, 8, 16, 32, 64)
+KERNEL_ROWS = [
+    ("encoder", 2, "float32", "float32", "realistic", ALL_TILES),
+    ("encoder", 2, "float16", "float32", "realistic", ALL_TILES),
+    ("encoder", 2, "bfloat16", "float32", "realistic", ALL_TILES),
+    ("encoder", 2, "bfloat16", "bfloat16", "realistic", ALL_TILES),
+    ("encoder", 2, "float16", "float16", "realistic", (1, 32, 64)),
+    ("encoder", 2, "float32", "float32", "uniform", (1, 32)),
+    ("encoder", 1, "float32", "float32", "realistic", (1, 32)),
+    ("encoder", 8, "float32", "float32", "realistic", (1, 32)),
+    ("decoder", 2, "float32", "float32", "realistic", (1, 8, 32)),
+    ("decoder", 2, "bfloat16", "float32", "realistic", (1, 8, 32)),
+]
+
+
+# ------------------------------------------------------------------ helpers
+def set_tile(tile: int | None) -> None:
+    if tile is None:
+        os.environ.pop(TILE_ENV, None)
+    else:
+        os.environ[TILE_ENV] = str(tile)
+
+
+def graph_seconds(launch, sets: int, launches: int = 12, replays: int = 15) -> tuple[float, str]:
+    """Median seconds of one ``launch(i)`` (``i`` cycling over ``sets`` input sets, so that one
+    set is not served from L2), timed by replaying a CUDA graph of ``launches`` launches; a plain
+    loop of launches if capture fails. Returns (seconds, "graph" or "loop")."""
+    for i in range(sets):
+        launch(i)
+    torch.cuda.synchronize()
+    method = "graph"
+    try:
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            launch(0)
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.cuda.graph(graph):
+            for i in range(launches):
+                launch(i % sets)
+        run = graph.replay
+    except RuntimeError as error:
+        print(f"  graph capture failed ({error}); timing a loop of launches", file=sys.stderr)
+        method = "loop"
+
+        def run():
+            for i in range(launches):
+                launch(i % sets)
+
+    run()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / launches)
+    return statistics.median(times), method
+
+
+def nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed):
+    value, shapes, starts, loc, weights = make_inputs(
+        PRESETS[preset], batch, DTYPES[dtype], "cuda", locations, seed=seed
+    )
+    return value, shapes, starts, loc.to(DTYPES[coord_dtype]), weights.to(DTYPES[coord_dtype])
+
+
+# ------------------------------------------------------------------ subcommands
+def cmd_bandwidth(args) -> dict:
+    elements = args.gib * 2**30 // 4
+    source = torch.randn(elements, device="cuda")
+    target = torch.empty_like(source)
+
+    def launch(_):
+        target.copy_(source)
+
+    seconds, method = graph_seconds(launch, sets=1, launches=5, replays=20)
+    moved = 2 * nbytes(source)  # read once, written once
+    result = {
+        "copy_bytes_read_plus_written": moved,
+        "copy_seconds": seconds,
+        "bandwidth_bytes_per_s": moved / seconds,
+        "method": method,
+        "environment": environment("cuda"),
+        "properties": device_properties(),
+    }
+    print(f"copy bandwidth: {result['bandwidth_bytes_per_s'] / 1e12:.2f} TB/s (read + written)")
+    return result
+
+
+def device_properties() -> dict:
+    props = torch.cuda.get_device_properties(0)
+    names = ("name", "major", "minor", "multi_processor_count", "total_memory", "L2_cache_size")
+    return {name: getattr(props, name, None) for name in names}
+
+
+def run_row(row, bandwidth: float) -> list[dict]:
+    preset, batch, dtype, coord_dtype, locations, tiles = row
+    ops = torch.ops.detr_ext
+    sets = [kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed) for seed in range(3)]
+    value, shapes, starts, loc, weights = sets[0]
+    grad_output = torch.randn(
+        value.shape[0], loc.shape[1], value.shape[2] * value.shape[3], device="cuda"
+    ).to(value.dtype)
+    out_bytes = nbytes(grad_output)
+    forward_bytes = nbytes(value, loc, weights) + out_bytes
+    # Backward: grad_output, value, locations, weights read; the three gradients written.
+    backward_bytes = out_bytes + 2 * nbytes(value, loc, weights)
+    results, reference = [], None
+    for tile in tiles:
+        set_tile(tile)
+        poison_cuda_allocator(4 * forward_bytes)
+        output = ops.ms_deform_attn(value, shapes, starts, loc, weights)
+        grads = ops.ms_deform_attn_backward(grad_output, value, shapes, starts, loc, weights)
+        torch.cuda.synchronize()
+        written = not any(t.isnan().any() for t in (output, *grads))
+        if reference is None:
+            reference = (output, *grads)
+            same_forward, grad_error = True, 0.0
+        else:
+            same_forward = torch.equal(output, reference[0])
+            grad_error = max(
+                float((got.double() - want.double()).abs().max() / want.double().abs().max())
+                for got, want in zip(grads, reference[1:])
+            )
+        forward_s, method = graph_seconds(lambda i: ops.ms_deform_attn(*sets[i]), len(sets))
+        backward_s, _ = graph_seconds(
+            lambda i: ops.ms_deform_attn_backward(grad_output, *sets[i]), len(sets)
+        )
+        entry = {
+            "preset": preset,
+            "batch": batch,
+            "dtype": dtype,
+            "coord_dtype": coord_dtype,
+            "locations": locations,
+            "query_tile": tile,
+            "forward_s": forward_s,
+            "backward_s": backward_s,
+            "forward_bytes": forward_bytes,
+            "backward_bytes": backward_bytes,
+            "forward_floor_s": forward_bytes / bandwidth,
+            "backward_floor_s": backward_bytes / bandwidth,
+            "forward_over_floor": forward_s * bandwidth / forward_bytes,
+            "backward_over_floor": backward_s * bandwidth / backward_bytes,
+            "all_outputs_written": written,
+            "forward_equals_tile_1": same_forward,
+            "max_grad_difference_to_tile_1": grad_error,
+            "timing": method,
+        }
+        results.append(entry)
+        print(
+            f"{preset:<8} B{batch} {dtype:<8} coords {coord_dtype:<8} {locations:<9} T={tile:<3} "
+            f"fwd {forward_s * 1e6:8.1f} us ({entry['forward_over_floor']:5.2f}x floor)  "
+            f"bwd {backward_s * 1e6:8.1f} us ({entry['backward_over_floor']:5.2f}x floor)  "
+            f"written={written} same_fwd={same_forward} grad_diff={grad_error:.1e}",
+            flush=True,
+        )
+    set_tile(None)
+    return results
+
+
+def cmd_kernels(args) -> dict:
+    bandwidth = json.loads(Path(args.bandwidth).read_text())["bandwidth_bytes_per_s"]
+    rows = []
+    for row in KERNEL_ROWS:
+        rows.extend(run_row(row, bandwidth))
+    failures = [
+        r
+        for r in rows
+        if not (r["all_outputs_written"] and r["forward_equals_tile_1"])
+        or not r["max_grad_difference_to_tile_1"] <= (1e-5 if r["dtype"] == "float32" else 1e-2)
+    ]
+    result = {"bandwidth_bytes_per_s": bandwidth, "results": rows, "failures": failures}
+    if failures:
+        print(f"FAILED: {len(failures)} rows with unwritten or differing outputs", file=sys.stderr)
+    return result
+
+
+def cmd_best_tile(args) -> None:
+    """Prints the query tile with the smallest forward + backward time of encoder B2 float32."""
+    rows = json.loads(Path(args.kernels).read_text())["results"]
+    candidates = [
+        r
+        for r in rows
+        if (r["preset"], r["batch"], r["dtype"], r["locations"])
+        == ("encoder", 2, "float32", "realistic")
+    ]
+    print(min(candidates, key=lambda r: r["forward_s"] + r["backward_s"])["query_tile"])
+
+
+def cmd_sanitize(args) -> dict:
+    """Forward+backward of small problems through every kernel instance (vectorized and
+    element-wise channels, all dtypes, both coordinate dtypes, several group orders), checked
+    against the float64 PyTorch path on the CPU."""
+    from detr_ext.ops import ms_deform_attn_pytorch
+
+    failures = []
+    problems = [(2, 5, 3, 32, ((4, 5), (2, 3)), 3), (1, 7, 2, 30, ((3, 3), (1, 2)), 2)]
+    for batch, queries, heads, channels, shapes, points in problems:
+        generator = torch.Generator().manual_seed(0)
+        shapes_t = torch.tensor(shapes)
+        n = int(shapes_t.prod(1).sum())
+        starts = torch.cat([shapes_t.new_zeros(1), shapes_t.prod(1).cumsum(0)[:-1]])
+        value = torch.randn(batch, n, heads, channels, generator=generator, dtype=torch.float64)
+        loc_shape = (batch, queries, heads, len(shapes), points, 2)
+        loc = torch.rand(loc_shape, generator=generator, dtype=torch.float64) * 1.2 - 0.1
+        weights = torch.rand(loc_shape[:-1], generator=generator, dtype=torch.float64)
+        expected = ms_deform_attn_pytorch(value, shapes_t, loc, weights)
+        for dtype in ("float64", "float32", "float16", "bfloat16"):
+            coords = ("float32", dtype) if dtype in ("float16", "bfloat16") else (dtype,)
+            for coord_dtype, tile in ((c, t) for c in coords for t in (None, 3)):
+                set_tile(tile)
+                inputs = [
+                    value.to("cuda", DTYPES[dtype]).requires_grad_(),
+                    shapes_t.cuda(),
+                    starts.cuda(),
+                    loc.to("cuda", DTYPES[coord_dtype]).requires_grad_(),
+                    weights.to("cuda", DTYPES[coord_dtype]).requires_grad_(),
+                ]
+                output = torch.ops.detr_ext.ms_deform_attn(*inputs)
+                output.float().square().sum().backward()
+                torch.cuda.synchronize()
+                error = float((output.cpu().double() - expected).abs().max())
+                if not error < 0.1:
+                    failures.append(f"{dtype}/{coord_dtype}/T={tile} C={channels}: {error}")
+    set_tile(None)
+    print("sanitize cases:", "all agree" if not failures else failures)
+    return {"failures": failures}
+
+
+def cmd_profile(args) -> dict:
+    """One launch each of the encoder's forward (float32, bfloat16) and backward (float32) per
+    query tile: the launches ncu profiles (``-k regex:ms_deform_attn``)."""
+    ops = torch.ops.detr_ext
+    for dtype in ("float32", "bfloat16"):
+        inputs = kernel_inputs("encoder", 2, dtype, "float32", "realistic", seed=0)
+        grad_output = torch.randn(2, inputs[3].shape[1], 256, device="cuda").to(inputs[0].dtype)
+        for tile in args.tiles:
+            set_tile(tile)
+            ops.ms_deform_attn(*inputs)
+            if dtype == "float32":
+                ops.ms_deform_attn_backward(grad_output, *inputs)
+    torch.cuda.synchronize()
+    set_tile(None)
+    return {"tiles": args.tiles}
+
+
+def cmd_report(args) -> None:
+    """Markdown summary: bandwidth, and the kernels table at each row's best query tile."""
+    bandwidth = json.loads(Path(args.bandwidth).read_text())
+    kernels = json.loads(Path(args.kernels).read_text())
+    env = bandwidth["environment"]
+    lines = [
+        f"MSDA CUDA kernels alone on {env['device_name']}, torch {env['torch']} (CUDA "
+        f"{env['torch_cuda']}), commit {env['commit']}. Copy bandwidth "
+        f"{bandwidth['bandwidth_bytes_per_s'] / 1e12:.2f} TB/s (read + written). Median of CUDA-"
+        "graph replays; floor = fewest bytes / bandwidth.",
+        "",
+        "| problem | B | value | coords | locations | T | forward us | x floor | backward us "
+        "| x floor |",
+        "| --- | --: | --- | --- | --- | --: | --: | --: | --: | --: |",
+    ]
+    for r in kernels["results"]:
+        lines.append(
+            f"| {r['preset']} | {r['batch']} | {r['dtype']} | {r['coord_dtype']} "
+            f"| {r['locations']} | {r['query_tile']} | {r['forward_s'] * 1e6:.1f} "
+            f"| {r['forward_over_floor']:.2f} | {r['backward_s'] * 1e6:.1f} "
+            f"| {r['backward_over_floor']:.2f} |"
+        )
+    Path(args.markdown).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    bandwidth = sub.add_parser("bandwidth")
+    bandwidth.add_argument("--gib", type=int, default=2)
+    kernels = sub.add_parser("kernels")
+    kernels.add_argument("--bandwidth", required=True)
+    best = sub.add_parser("best-tile")
+    best.add_argument("--kernels", required=True)
+    sub.add_parser("sanitize")
+    profile = sub.add_parser("profile")
+    profile.add_argument("--tiles", type=int, nargs="+", default=[1])
+    report = sub.add_parser("report")
+    report.add_argument("--bandwidth", required=True)
+    report.add_argument("--kernels", required=True)
+    report.add_argument("--markdown", required=True)
+    for command in (bandwidth, kernels, sub.choices["sanitize"], profile):
+        command.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.command in ("best-tile", "report"):
+        return (cmd_best_tile if args.command == "best-tile" else cmd_report)(args)
+    if not torch.cuda.is_available():
+        raise SystemExit(f"gpu_check {args.command}: torch sees no CUDA GPU")
+    from detr_ext.ops import build_info
+
+    if "cuda" not in build_info()["kernels"]:
+        raise SystemExit(f"gpu_check: detr_ext._C has no CUDA kernels ({build_info()})")
+    handlers = {
+        "bandwidth": cmd_bandwidth,
+        "kernels": cmd_kernels,
+        "sanitize": cmd_sanitize,
+        "profile": cmd_profile,
+    }
+    result = handlers[args.command](args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    if result.get("failures"):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Builds, tests and benchmarks the MSDA CUDA kernels on a GPU machine in one go, and writes the
+# results under $OUT (default output/gpu_check). Needs python3 with torch (CUDA), nvcc and pytest;
+# compute-sanitizer and ncu are used when found. No detectron2: the op and its tests need torch
+# only. Meant for a short lease on a GPU machine: the steps that matter most come first, every
+# step's log is kept, and a failed step does not stop the later ones (except the build).
+#
+#   bash tools/gpu_check.sh                 # all steps
+#   GPU_CHECK_STEPS="build test" bash tools/gpu_check.sh
+#
+# Steps: env, build (for this GPU's architecture, ptxas report, SASS), test (pytest -m cuda),
+# sanitize (compute-sanitizer memcheck of tools/gpu_check.py sanitize alongside the tests,
+# racecheck at the end), bandwidth, kernels (tools/gpu_check.py kernels), bench
+# (tools/benchmark_msda.py), profile (ncu).
+# Files in $OUT: summary.txt (each step's exit code and seconds, then the tables), kernels.md,
+# kernels.json, bench.json, bench.md, logs.tgz (every log: build, pytest, sanitizers, ncu).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-output/gpu_check}
+PY=${PYTHON:-python3}
+STEPS=${GPU_CHECK_STEPS:-"env build test sanitize bandwidth kernels bench profile"}
+LOGS=$(mktemp -d)
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+# step NAME COMMAND...: runs COMMAND with its output in $LOGS/NAME.log, records rc and seconds.
+step() {
+  local name=$1 start rc
+  shift
+  start=$(date +%s)
+  "$@" >"$LOGS/$name.log" 2>&1
+  rc=$?
+  echo "step $name: rc=$rc, $(($(date +%s) - start)) s" | tee -a "$SUMMARY"
+  return $rc
+}
+finish() {
+  tar -czf "$OUT/logs.tgz" -C "$LOGS" . 2>/dev/null
+  echo "----" >>"$SUMMARY"
+  for file in "$OUT/kernels.md" "$OUT/bench.md"; do [[ -f $file ]] && cat "$file" >>"$SUMMARY"; done
+  cat "$SUMMARY"
+}
+trap finish EXIT
+
+tool() { # the first of: PATH, the CUDA toolkit's bin, Nsight Compute's folders
+  command -v "$1" 2>/dev/null && return
+  ls -1 "${CUDA_HOME:-/usr/local/cuda}/bin/$1" /opt/nvidia/nsight-compute/*/"$1" \
+    /usr/local/cuda/nsight-compute*/"$1" 2>/dev/null | tail -1
+}
+
+env_info() {
+  nvidia-smi
+  nvcc --version || "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" --version
+  "$PY" -c "import torch, sys; print(sys.version); print(torch.__version__, torch.version.cuda, \
+torch.cuda.get_device_name(), torch.cuda.get_device_capability())"
+  echo "compute-sanitizer: $(tool compute-sanitizer)"
+  echo "ncu: $(tool ncu)"
+}
+want env && step env env_info
+
+if want build; then
+  ARCH=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
+  export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+  rm -rf build detr_ext/_C*.so
+  if ! step build env TORCH_CUDA_ARCH_LIST="$ARCH" DETR_EXT_WITH_CUDA=1 DETR_EXT_BUILD_REQUIRED=1 \
+    NVCC_APPEND_FLAGS="-Xptxas -v" MAX_JOBS=16 "$PY" setup.py build_ext --inplace; then
+    tail -40 "$LOGS/build.log"
+    exit 1
+  fi
+  grep -E "Compiling entry|Used [0-9]+ registers|spill" "$LOGS/build.log" >"$LOGS/ptxas.txt"
+  CUOBJDUMP=$(tool cuobjdump)
+  [[ -n $CUOBJDUMP ]] && "$CUOBJDUMP" --dump-sass detr_ext/_C*.so >"$LOGS/sass.txt" 2>&1
+  step build_info "$PY" -c "from detr_ext.ops import build_info; import json; \
+print(json.dumps(build_info(), indent=1)); assert 'cuda' in build_info()['kernels']" || exit 1
+fi
+
+# sanitize CHECK: compute-sanitizer's CHECK tool over small runs of every kernel instance,
+# without torch's caching allocator (so that an access past a tensor's end is outside any
+# allocation).
+SANITIZER=$(tool compute-sanitizer)
+sanitize() {
+  if [[ -z $SANITIZER ]]; then
+    echo "step sanitizer_$1: compute-sanitizer not found" | tee -a "$SUMMARY"
+    return
+  fi
+  step "sanitizer_$1" timeout 150 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" \
+    --tool "$1" --error-exitcode 9 "$PY" tools/gpu_check.py sanitize
+  grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$LOGS/sanitizer_$1.log" | tee -a "$SUMMARY"
+}
+
+if want test; then
+  want sanitize && { sanitize memcheck & }  # alongside the tests; no timing runs meanwhile
+  step pytest "$PY" -m pytest tests/ops -m cuda -q -p no:cacheprovider --maxfail=20 --tb=short \
+    -o addopts="" --junitxml="$LOGS/pytest.xml"
+  tail -5 "$LOGS/pytest.log"
+  wait
+fi
+
+want bandwidth && step bandwidth "$PY" tools/gpu_check.py bandwidth --json "$OUT/bandwidth.json"
+
+if want kernels; then
+  step kernels "$PY" tools/gpu_check.py kernels --bandwidth "$OUT/bandwidth.json" \
+    --json "$OUT/kernels.json"
+  "$PY" tools/gpu_check.py report --bandwidth "$OUT/bandwidth.json" \
+    --kernels "$OUT/kernels.json" --markdown "$OUT/kernels.md" >/dev/null
+fi
+
+if want bench; then
+  step bench "$PY" tools/benchmark_msda.py --device cuda --preset encoder decoder --batch 2 \
+    --dtype float32 float16 bfloat16 --locations realistic uniform --warmup 5 --repeat 25 \
+    --json "$OUT/bench.json" --markdown "$OUT/bench.md"
+  step bench_batches "$PY" tools/benchmark_msda.py --device cuda --preset encoder decoder \
+    --batch 1 8 --dtype float32 --locations realistic --warmup 5 --repeat 25 \
+    --json "$LOGS/bench_batches.json" --markdown "$LOGS/bench_batches.md"
+  cat "$LOGS/bench_batches.md" >>"$OUT/bench.md" 2>/dev/null
+fi
+
+if want profile; then
+  NCU=$(tool ncu)
+  TILES=1
+  [[ -f $OUT/kernels.json ]] && TILES="1 $("$PY" tools/gpu_check.py best-tile --kernels "$OUT/kernels.json")"
+  if [[ -n $NCU ]]; then
+    step ncu timeout 300 "$NCU" --clock-control none -k regex:ms_deform_attn \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+      --section LaunchStats --section WarpStateStats --section SchedulerStats \
+      --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,l1tex__t_bytes.sum,lts__t_sectors_op_red.sum,l1tex__t_sector_hit_rate.pct,lts__t_sector_hit_rate.pct \
+      "$PY" tools/gpu_check.py profile --tiles $TILES
+    grep -E "ms_deform_attn_(forward|backward)_kernel|Duration|DRAM Throughput|Memory Throughput|L1/TEX Hit|L2 Hit|Achieved Occupancy|dram__bytes|lts__t_bytes|l1tex__t_bytes|op_red|Compute \(SM\)" \
+      "$LOGS/ncu.log" >"$OUT/ncu_summary.txt"
+  else
+    echo "step ncu: ncu not found" | tee -a "$SUMMARY"
+  fi
+fi
+
+want sanitize && sanitize racecheck
