@@ -92,9 +92,12 @@ sanitize() {
 
 if want test; then
   want sanitize && { sanitize memcheck & }  # alongside the tests; no timing runs meanwhile
-  step pytest "$PY" -m pytest tests/ops -m cuda -q -p no:cacheprovider --maxfail=20 --tb=short \
+  # Several worker processes (pytest-xdist, when installed): faster, and a test that crashes
+  # its process fails alone instead of ending the run.
+  XDIST=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 6")
+  step pytest env OMP_NUM_THREADS=2 "$PY" -m pytest tests/ops -m cuda -q -p no:cacheprovider --tb=short $XDIST \
     -o addopts="" --junitxml="$LOGS/pytest.xml"
-  tail -5 "$LOGS/pytest.log"
+  tail -3 "$LOGS/pytest.log" | tee -a "$SUMMARY"
   wait
 fi
 

@@ -106,14 +106,19 @@ Geometry make_geometry(const Inputs& in, int pack) {
   return geo;
 }
 
+// Checks the sizes and may throw: call it before the launch statement, never inside its argument
+// list (an exception thrown there, after the launch configuration was pushed, crashed the
+// process on an H200).
 template <typename scalar_t, typename coord_t>
-MsdaArgs<scalar_t, coord_t> make_args(const Inputs& in, const Geometry& geo) {
+MsdaArgs<scalar_t, coord_t> make_args(const Inputs& in, const Geometry& geo, int tile) {
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
-  // Corner rows are kept as int32 and channel offsets as int; element offsets are int64.
-  TORCH_CHECK(in.num_rows <= kIntMax && in.channels <= kIntMax / 2 &&
+  // Corner offsets within a head (row * H * C) are kept as int32 and channel offsets as int;
+  // other element offsets are int64.
+  TORCH_CHECK(in.num_rows * in.heads * in.channels <= kIntMax && in.channels <= kIntMax / 2 &&
                   in.levels * in.points <= kIntMax,
-              "ms_deform_attn (CUDA kernel): N, C and L * P must be below 2^31, got N = ",
-              in.num_rows, ", C = ", in.channels, ", L * P = ", in.levels * in.points);
+              "ms_deform_attn (CUDA kernel): N * H * C, C and L * P must be below 2^31, got N = ",
+              in.num_rows, ", H = ", in.heads, ", C = ", in.channels, ", L * P = ",
+              in.levels * in.points);
   MsdaArgs<scalar_t, coord_t> a;
   a.value = in.value.const_data_ptr<scalar_t>();
   a.spatial_shapes = in.spatial_shapes.const_data_ptr<int64_t>();
@@ -126,12 +131,13 @@ MsdaArgs<scalar_t, coord_t> make_args(const Inputs& in, const Geometry& geo) {
   a.num_rows = in.num_rows;
   a.heads = static_cast<int>(in.heads);
   a.channels = static_cast<int>(in.channels);
+  a.row_stride = static_cast<int>(in.heads * in.channels);
   a.num_points = static_cast<int>(in.points);
   a.points_per_group = static_cast<int>(in.levels * in.points);
   a.group_size = geo.group_size;
   a.log2_group_size = geo.log2_group_size;
   a.chunks = geo.chunks;
-  a.query_tile = query_tile();
+  a.query_tile = tile;
   return a;
 }
 
@@ -178,6 +184,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
                      {&sampling_locations, "sampling_locations"},
                      {&attention_weights, "attention_weights"}},
                     value);
+  const int tile = query_tile();
   const c10::cuda::CUDAGuard guard(value.device());
   const Inputs in(value, spatial_shapes, level_start_index, sampling_locations,
                   attention_weights);
@@ -190,14 +197,15 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
     const bool vec = in.channels % ScalarIO<scalar_t>::kPack == 0 &&
                      aligned16(in.value.const_data_ptr()) && aligned16(out);
     const auto stream = c10::cuda::getCurrentCUDAStream();
+    const Geometry geo = make_geometry(in, vec ? msda_cuda::pack_size<scalar_t, true>()
+                                               : msda_cuda::pack_size<scalar_t, false>());
+    const auto args = make_args<scalar_t, coord_t>(in, geo, tile);
     if (vec) {
-      const Geometry geo = make_geometry(in, msda_cuda::pack_size<scalar_t, true>());
       msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true>
-          <<<geo.blocks, kThreads, 0, stream>>>(make_args<scalar_t, coord_t>(in, geo), out);
+          <<<geo.blocks, kThreads, 0, stream>>>(args, out);
     } else {
-      const Geometry geo = make_geometry(in, msda_cuda::pack_size<scalar_t, false>());
       msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, false>
-          <<<geo.blocks, kThreads, 0, stream>>>(make_args<scalar_t, coord_t>(in, geo), out);
+          <<<geo.blocks, kThreads, 0, stream>>>(args, out);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -217,6 +225,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
                      {&sampling_locations, "sampling_locations"},
                      {&attention_weights, "attention_weights"}},
                     value);
+  const int tile = query_tile();
   const c10::cuda::CUDAGuard guard(value.device());
   const Inputs in(value, spatial_shapes, level_start_index, sampling_locations,
                   attention_weights);
@@ -249,16 +258,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
       const bool vec = in.channels % ScalarIO<scalar_t>::kPack == 0 &&
                        aligned16(in.value.const_data_ptr()) && aligned16(go) && aligned16(gv);
       const auto stream = c10::cuda::getCurrentCUDAStream();
+      const Geometry geo = make_geometry(in, vec ? msda_cuda::pack_size<scalar_t, true>()
+                                                 : msda_cuda::pack_size<scalar_t, false>());
+      const auto args = make_args<scalar_t, coord_t>(in, geo, tile);
       if (vec) {
-        const Geometry geo = make_geometry(in, msda_cuda::pack_size<scalar_t, true>());
         msda_cuda::ms_deform_attn_backward_kernel<scalar_t, coord_t, true>
-            <<<geo.blocks, kThreads, 0, stream>>>(make_args<scalar_t, coord_t>(in, geo), go, gv,
-                                                  gl, gw);
+            <<<geo.blocks, kThreads, 0, stream>>>(args, go, gv, gl, gw);
       } else {
-        const Geometry geo = make_geometry(in, msda_cuda::pack_size<scalar_t, false>());
         msda_cuda::ms_deform_attn_backward_kernel<scalar_t, coord_t, false>
-            <<<geo.blocks, kThreads, 0, stream>>>(make_args<scalar_t, coord_t>(in, geo), go, gv,
-                                                  gl, gw);
+            <<<geo.blocks, kThreads, 0, stream>>>(args, go, gv, gl, gw);
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

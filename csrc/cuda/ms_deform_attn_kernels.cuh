@@ -6,18 +6,22 @@
 // `query_tile` T sets (group_of_slot): T = 1 is the output's memory order, h fastest; T > 1 takes
 // runs of T consecutive queries of one head, so that the groups of a block sample neighbouring
 // positions of the same head (the encoder's queries are the value positions in raster order, so
-// their corner rows overlap and are served from L1). Each thread owns packs of kPack contiguous channels:
-// pack j + k * G for k < chunks, so that the group reads contiguous channels in each chunk.
+// their corner rows overlap and are served from L1). Each thread owns packs of kPack contiguous
+// channels: pack j + k * G for k < chunks, so that the group reads contiguous channels in each
+// chunk.
 // G = next_pow2(ceil(C / kPack)) capped at 32; chunks > 1 only when C > 32 * kPack. With kVec a
 // pack is one aligned 16-byte load (4 float32, 8 float16/bfloat16, 2 float64); without it (C not a
 // multiple of that, or unaligned data) a pack of at most 4 elements is loaded element by element
 // and cut at C, so any C works (1, 3, 30, 71, 257, ...).
 //
 // The L * P sampling points of a group are processed in tiles of G: thread j of the group reads
-// location and weight of point (tile + j) (coalesced), computes its corner rows and bilinear
-// factors once, and stages them in shared memory; then every thread of the group walks the G
-// staged points and gathers its channels. So the per-point index math runs once per point, not
-// once per channel.
+// location and weight of point (tile + j) (coalesced), computes its corners' element offsets and
+// bilinear factors once, and stages them in shared memory; then every thread of the group walks
+// the G staged points and gathers its channels. So the per-point index math runs once per point,
+// not once per channel, and a gather costs one 32-bit offset added to a pointer: an offset is
+// row * H * C from the head's first element (N * H * C < 2^31 is checked on the host), which the
+// value and grad_value rows share. (With 64-bit row arithmetic per corner, rematerialized under
+// the register cap, the forward spent most of its issue slots on address math on an H200.)
 #pragma once
 
 #include "ms_deform_attn_io.cuh"
@@ -56,6 +60,7 @@ struct MsdaArgs {
   int64_t queries;                 // Q
   int64_t num_rows;                // N
   int heads, channels, num_points, points_per_group;  // H, C, P, L * P
+  int row_stride;                                     // H * C (N * H * C < 2^31)
   int group_size, log2_group_size, chunks;            // G, log2(G), ceil(ceil(C / kPack) / G)
   int query_tile;                                     // T >= 1, see group_of_slot
 };
@@ -106,7 +111,7 @@ __device__ __forceinline__ GroupPlace place_thread(const MsdaArgs<scalar_t, coor
 
 template <typename acc_t>
 struct SamplePoint {
-  int4 rows;      // value rows of the corners (x0,y0), (x0+1,y0), (x0,y0+1), (x0+1,y0+1); -1: none
+  int4 offsets;   // row * H * C of the corners (x0,y0), (x0+1,y0), (x0,y0+1), (x0+1,y0+1); -1: none
   acc_t frac_x;   // px - floor(px)
   acc_t frac_y;
   acc_t attn;     // attention weight, NaN for a non-finite weight or point (see read_point)
@@ -161,7 +166,7 @@ __device__ __forceinline__ SamplePoint<acc_type<scalar_t>> read_point(
   sp.frac_y = py - y0f;
   const int64_t x0 = static_cast<int64_t>(x0f);
   const int64_t y0 = static_cast<int64_t>(y0f);
-  int rows[4];
+  int offsets[4];
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     const int64_t x = x0 + (k & 1);
@@ -173,9 +178,10 @@ __device__ __forceinline__ SamplePoint<acc_type<scalar_t>> read_point(
                          static_cast<uint64_t>(x);
     const bool inside = x >= 0 && x < width && y >= 0 && y < height &&
                         row < static_cast<uint64_t>(a.num_rows);
-    rows[k] = inside ? static_cast<int>(row) : -1;  // N < 2^31 is checked on the host
+    // N * H * C < 2^31 is checked on the host.
+    offsets[k] = inside ? static_cast<int>(row) * a.row_stride : -1;
   }
-  sp.rows = make_int4(rows[0], rows[1], rows[2], rows[3]);
+  sp.offsets = make_int4(offsets[0], offsets[1], offsets[2], offsets[3]);
   return sp;
 }
 
@@ -192,16 +198,16 @@ __device__ __forceinline__ void bilinear_weights(acc_t fx, acc_t fy, acc_t (&w)[
   w[3] = fx * fy;
 }
 
-// Loads the pack at channel c0 of the four corner rows (zeros for missing corners). All loads are
-// issued before any use, so the four gathers are in flight together.
+// Loads a thread's pack of the four corners (zeros for missing corners); `pack` points at the
+// pack's first channel in the head's first row. All loads are issued before any use, so the four
+// gathers are in flight together.
 template <bool kVec, typename scalar_t, int kPack>
-__device__ __forceinline__ void gather_corners(const scalar_t* value_head, int64_t row_stride,
-                                               const int (&rows)[4], int c0, int count,
-                                               acc_type<scalar_t> (&v)[4][kPack]) {
+__device__ __forceinline__ void gather_corners(const scalar_t* pack, const int (&offsets)[4],
+                                               int count, acc_type<scalar_t> (&v)[4][kPack]) {
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    if (rows[k] >= 0) {
-      load_channels<kVec>(value_head + rows[k] * row_stride + c0, count, v[k]);
+    if (offsets[k] >= 0) {
+      load_channels<kVec>(pack + offsets[k], count, v[k]);
     } else {
 #pragma unroll
       for (int c = 0; c < kPack; ++c) v[k][c] = 0;
@@ -216,22 +222,22 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
                                   scalar_t* __restrict__ output) {
   using acc_t = acc_type<scalar_t>;
   constexpr int kPack = pack_size<scalar_t, kVec>();
-  // Staged points: corner rows and the combined weights attn * bilinear, in two arrays so that
-  // the 16-byte broadcast reads of different groups fall on different banks.
-  __shared__ int4 staged_rows[kThreads];
+  // Staged points: corner offsets and the combined weights attn * bilinear, in two arrays so
+  // that the 16-byte broadcast reads of different groups fall on different banks.
+  __shared__ int4 staged_offsets[kThreads];
   __shared__ Coef4<acc_t> staged_weights[kThreads];
 
   const GroupPlace place = place_thread(a);
   if (place.warp_idle) return;
   const int64_t b = place.group / a.queries_heads;
   const int64_t h = place.group % a.heads;
-  const int64_t row_stride = static_cast<int64_t>(a.heads) * a.channels;
   const scalar_t* value_head = a.value + (b * a.num_rows * a.heads + h) * a.channels;
   const int G = a.group_size;
 
   for (int chunk = 0; chunk < a.chunks; ++chunk) {
     const int c0 = (chunk * G + place.rank) * kPack;
     const int count = a.channels - c0;  // channels of this pack that exist (<= 0: none)
+    const scalar_t* value_pack = value_head + c0;
     acc_t acc[kPack];
 #pragma unroll
     for (int c = 0; c < kPack; ++c) acc[c] = 0;
@@ -246,17 +252,17 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
 #pragma unroll
       for (int k = 0; k < 4; ++k) coef.v[k] *= sp.attn;
       __syncwarp();  // the previous tile's readers are done
-      staged_rows[threadIdx.x] = sp.rows;
+      staged_offsets[threadIdx.x] = sp.offsets;
       staged_weights[threadIdx.x] = coef;
       __syncwarp();
       if (count <= 0) continue;
       const int staged = min(G, a.points_per_group - tile);
       for (int i = 0; i < staged; ++i) {
-        const int4 r = staged_rows[place.first_slot + i];
+        const int4 o = staged_offsets[place.first_slot + i];
         const Coef4<acc_t> w = staged_weights[place.first_slot + i];
-        const int rows[4] = {r.x, r.y, r.z, r.w};
+        const int offsets[4] = {o.x, o.y, o.z, o.w};
         acc_t v[4][kPack];
-        gather_corners<kVec>(value_head, row_stride, rows, c0, count, v);
+        gather_corners<kVec>(value_pack, offsets, count, v);
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
 #pragma unroll
@@ -272,15 +278,16 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
 
 // ----------------------------------------------------------------------------------- backward
 // One pack of one staged point: adds grad_output . value_corner to dot[k] and scatters
-// attn * w[k] * grad_output into the grad_value rows of the present corners.
+// attn * w[k] * grad_output into the grad_value rows of the present corners. `value_pack` and
+// `grad_pack` point at the pack's first channel in the head's first row.
 template <bool kVec, typename scalar_t, int kPack>
 __device__ __forceinline__ void backward_pack(
-    const scalar_t* value_head, acc_type<scalar_t>* grad_value_head, int64_t row_stride,
-    const int (&rows)[4], const acc_type<scalar_t> (&scatter)[4], int c0, int count,
-    const acc_type<scalar_t> (&g)[kPack], acc_type<scalar_t> (&dot)[4]) {
+    const scalar_t* value_pack, acc_type<scalar_t>* grad_pack, const int (&offsets)[4],
+    const acc_type<scalar_t> (&scatter)[4], int count, const acc_type<scalar_t> (&g)[kPack],
+    acc_type<scalar_t> (&dot)[4]) {
   using acc_t = acc_type<scalar_t>;
   acc_t v[4][kPack];
-  gather_corners<kVec>(value_head, row_stride, rows, c0, count, v);
+  gather_corners<kVec>(value_pack, offsets, count, v);
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
 #pragma unroll
@@ -288,11 +295,11 @@ __device__ __forceinline__ void backward_pack(
   }
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    if (rows[k] >= 0 && scatter[k] != acc_t(0)) {
+    if (offsets[k] >= 0 && scatter[k] != acc_t(0)) {
       acc_t add[kPack];
 #pragma unroll
       for (int c = 0; c < kPack; ++c) add[c] = scatter[k] * g[c];
-      atomic_add_channels<kVec>(grad_value_head + rows[k] * row_stride + c0, count, add);
+      atomic_add_channels<kVec>(grad_pack + offsets[k], count, add);
     }
   }
 }
@@ -310,14 +317,13 @@ __global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec>
   using acc_t = acc_type<scalar_t>;
   using CoordIO = ScalarIO<coord_t>;
   constexpr int kPack = pack_size<scalar_t, kVec>();
-  __shared__ int4 staged_rows[kThreads];
+  __shared__ int4 staged_offsets[kThreads];
   __shared__ Coef4<acc_t> staged_coefs[kThreads];  // frac_x, frac_y, attn, unused
 
   const GroupPlace place = place_thread(a);
   if (place.warp_idle) return;
   const int64_t b = place.group / a.queries_heads;
   const int64_t h = place.group % a.heads;
-  const int64_t row_stride = static_cast<int64_t>(a.heads) * a.channels;
   const int64_t head_offset = (b * a.num_rows * a.heads + h) * a.channels;
   const scalar_t* value_head = a.value + head_offset;
   acc_t* grad_value_head = grad_value + head_offset;
@@ -342,23 +348,23 @@ __global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec>
     const SamplePoint<acc_t> sp =
         owner ? read_point(a, place.group, point) : empty_point<acc_t>();
     __syncwarp();
-    staged_rows[threadIdx.x] = sp.rows;
+    staged_offsets[threadIdx.x] = sp.offsets;
     staged_coefs[threadIdx.x] = Coef4<acc_t>{{sp.frac_x, sp.frac_y, sp.attn, acc_t(0)}};
     __syncwarp();
 
     acc_t own_weight = 0, own_x = 0, own_y = 0;  // sums of the point this thread staged
     const int staged = min(G, a.points_per_group - tile);
     for (int i = 0; i < staged; ++i) {
-      const int4 r = staged_rows[place.first_slot + i];
+      const int4 o = staged_offsets[place.first_slot + i];
       const Coef4<acc_t> coef = staged_coefs[place.first_slot + i];
-      const int rows[4] = {r.x, r.y, r.z, r.w};
+      const int offsets[4] = {o.x, o.y, o.z, o.w};
       const acc_t fx = coef.v[0], fy = coef.v[1], attn = coef.v[2];
       acc_t w[4], scatter[4], dot[4] = {0, 0, 0, 0};
       bilinear_weights(fx, fy, w);
 #pragma unroll
       for (int k = 0; k < 4; ++k) scatter[k] = attn * w[k];
       if (first_count > 0) {
-        backward_pack<kVec>(value_head, grad_value_head, row_stride, rows, scatter, first_c0,
+        backward_pack<kVec>(value_head + first_c0, grad_value_head + first_c0, offsets, scatter,
                             first_count, first_g, dot);
       }
       for (int chunk = 1; chunk < a.chunks; ++chunk) {
@@ -367,7 +373,7 @@ __global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec>
         if (count <= 0) continue;
         acc_t g[kPack];
         load_channels<kVec>(grad_out_group + c0, count, g);
-        backward_pack<kVec>(value_head, grad_value_head, row_stride, rows, scatter, c0, count, g,
+        backward_pack<kVec>(value_head + c0, grad_value_head + c0, offsets, scatter, count, g,
                             dot);
       }
       // Missing corners have dot 0 (their value is zero), so they drop out of all three sums.

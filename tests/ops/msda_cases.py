@@ -115,6 +115,19 @@ def forward_and_grads(inputs, backend: str, grad_output: torch.Tensor | None = N
     return output.detach(), value.grad, locations.grad, weights.grad, grad_output
 
 
+def near_pixel_edges(
+    locations: torch.Tensor, spatial_shapes: torch.Tensor, margin: float = 1e-3
+) -> torch.Tensor:
+    """``[B, Q, H, L, P, 2]`` mask of the coordinates whose pixel position (``x * W - 0.5``,
+    ``y * H - 0.5``) lies within ``margin`` of an integer. There the bilinear weights'
+    derivative jumps, so a location gradient computed in float32 (whose rounding of the
+    position can cross the integer) and one computed in float64 may differ by O(1): with
+    millions of points (the encoder preset) some always do."""
+    sizes = spatial_shapes.flip(-1).to(locations.device, torch.float64)  # [L, 2]: (W, H)
+    pixel = locations.double() * sizes[:, None, :] - 0.5
+    return (pixel - pixel.round()).abs() < margin
+
+
 def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """``max|a - e| / max(max|e|, 1e-12)`` in float64."""
     if expected.numel() == 0:
