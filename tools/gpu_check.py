@@ -12,6 +12,10 @@ Needs torch and a CUDA build of ``detr_ext._C`` only (no detectron2). Subcommand
   bytes in the caching allocator) and every output checked to be written; the orders must give
   the same forward, bit for bit, and the same gradients within float rounding.
 - ``sanitize``: small forward+backward runs of every kernel instance, for compute-sanitizer.
+- ``errors``: bad input to the compiled op (a failed C++ check on CPU and on CUDA, a bad
+  ``DETR_EXT_MSDA_QUERY_TILE``), each in its own process: each must raise a RuntimeError, not
+  crash the process (an extension built with a compiler whose libstdc++ differs from the one
+  the process loads crashes there).
 - ``profile``: one launch of each encoder kernel that matters, for ncu.
 - ``report``: a markdown summary of the JSON the others wrote.
 
@@ -24,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -40,6 +43,11 @@ from detr_ext.ops.benchmark import (  # noqa: E402
     environment,
     make_inputs,
     poison_cuda_allocator,
+)
+from detr_ext.ops.gpu_timing import (  # noqa: E402
+    copy_bandwidth,
+    graph_seconds,
+    nbytes,
 )
 
 TILE_ENV = "DETR_EXT_MSDA_QUERY_TILE"
@@ -68,56 +76,6 @@ def set_tile(tile: int | None) -> None:
         os.environ[TILE_ENV] = str(tile)
 
 
-def graph_seconds(
-    launch, sets: int, launches: int = 12, replays: int = 15, graph: bool = True
-) -> tuple[float, str]:
-    """Median seconds of one ``launch(i)`` (``i`` cycling over ``sets`` input sets, so that one
-    set is not served from L2), timed by replaying a CUDA graph of ``launches`` launches; a plain
-    loop of launches if capture fails or ``graph`` is false. Returns (seconds, "graph" or
-    "loop")."""
-    for i in range(sets):
-        launch(i)
-    torch.cuda.synchronize()
-    method = "graph"
-    try:
-        if not graph:
-            raise RuntimeError("not asked for")
-        graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            launch(0)
-        torch.cuda.current_stream().wait_stream(stream)
-        with torch.cuda.graph(graph):
-            for i in range(launches):
-                launch(i % sets)
-        run = graph.replay
-    except RuntimeError as error:
-        if graph:
-            print(f"  graph capture failed ({error}); timing a loop of launches", file=sys.stderr)
-        method = "loop"
-
-        def run():
-            for i in range(launches):
-                launch(i % sets)
-
-    run()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / launches)
-    return statistics.median(times), method
-
-
-def nbytes(*tensors: torch.Tensor) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
 def kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed):
     value, shapes, starts, loc, weights = make_inputs(
         PRESETS[preset], batch, DTYPES[dtype], "cuda", locations, seed=seed
@@ -127,44 +85,15 @@ def kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed):
 
 # ------------------------------------------------------------------ subcommands
 def cmd_bandwidth(args) -> dict:
-    """Copies of ``--gib`` GiB, each way: ``copy_`` (a CUDA-graph memcpy node may run on a copy
-    engine, slower than the SMs) and an elementwise kernel, timed as graph replays and as plain
-    launches. The fastest is the ceiling (bytes read + bytes written per second)."""
-    elements = args.gib * 2**30 // 4
-    source = torch.randn(elements, device="cuda")
-    target = torch.empty_like(source)
-    moved = 2 * nbytes(source)  # read once, written once
-    kinds = {
-        "copy_": lambda _: target.copy_(source),
-        "mul_kernel": lambda _: torch.mul(source, 1.0, out=target),
-    }
-    measurements = []
-    for name, launch in kinds.items():
-        for graph in (True, False):
-            seconds, method = graph_seconds(launch, 1, launches=5, replays=20, graph=graph)
-            measurements.append(
-                {"kind": name, "timing": method, "seconds": seconds, "bytes_per_s": moved / seconds}
-            )
-            print(f"{name:<10} {method:<5} {moved / seconds / 1e12:.2f} TB/s (read + written)")
-    best = max(measurements, key=lambda m: m["bytes_per_s"])
-    result = {
-        "copy_bytes_read_plus_written": moved,
-        "bandwidth_bytes_per_s": best["bytes_per_s"],
-        "best": best,
-        "measurements": measurements,
-        "environment": environment("cuda"),
-        "properties": device_properties(),
-    }
-    print(
-        f"copy bandwidth: {best['bytes_per_s'] / 1e12:.2f} TB/s ({best['kind']}, {best['timing']})"
-    )
+    result = copy_bandwidth(args.gib)
+    result["environment"] = environment("cuda")
+    for m in result["measurements"]:
+        rate = m["bytes_per_s"] / 1e12
+        print(f"{m['kind']:<10} {m['timing']:<5} {rate:.2f} TB/s (read + written)")
+    best = result["best"]
+    rate = best["bytes_per_s"] / 1e12
+    print(f"copy bandwidth: {rate:.2f} TB/s ({best['kind']}, {best['timing']})")
     return result
-
-
-def device_properties() -> dict:
-    props = torch.cuda.get_device_properties(0)
-    names = ("name", "major", "minor", "multi_processor_count", "total_memory", "L2_cache_size")
-    return {name: getattr(props, name, None) for name in names}
 
 
 def run_row(row, bandwidth: float) -> list[dict]:
@@ -301,6 +230,51 @@ def cmd_sanitize(args) -> dict:
     return {"failures": failures}
 
 
+ERROR_CASES = ("cpu_check", "cuda_check", "cuda_backward_check", "cuda_query_tile")
+
+
+def error_case(name: str) -> str:
+    """Runs one bad call of the compiled op; returns the first line of its RuntimeError."""
+    from detr_ext.ops import build_info  # loads detr_ext._C, which registers the op
+
+    if not build_info()["extension_loaded"]:
+        raise SystemExit(f"gpu_check: detr_ext._C is not loaded ({build_info()['error']})")
+    device = "cpu" if name.startswith("cpu") else "cuda"
+    value = torch.randn(1, 20, 2, 8, device=device)
+    shapes = torch.tensor([[4, 5]], device=device)
+    starts = torch.tensor([0], device=device)
+    locations = torch.rand(1, 3, 2, 1, 2, 2, device=device)
+    weights = torch.rand(1, 3, 2, 1, 2, device=device)
+    ops = torch.ops.detr_ext
+    try:
+        if name in ("cpu_check", "cuda_check"):  # weights with 1 point, locations with 2
+            ops.ms_deform_attn(value, shapes, starts, locations, weights[..., :1])
+        elif name == "cuda_backward_check":  # grad_output of the wrong width
+            grad_output = torch.randn(1, 3, 7, device=device)
+            ops.ms_deform_attn_backward(grad_output, value, shapes, starts, locations, weights)
+        else:
+            os.environ[TILE_ENV] = "0"
+            ops.ms_deform_attn(value, shapes, starts, locations, weights)
+    except RuntimeError as error:
+        return str(error).splitlines()[0]
+    raise SystemExit(f"{name}: no error raised")
+
+
+def cmd_errors(args) -> dict:
+    import subprocess
+
+    results = {}
+    for name in ERROR_CASES:
+        run = subprocess.run(
+            [sys.executable, __file__, "error-case", name], capture_output=True, text=True
+        )
+        lines = (run.stdout + run.stderr).strip().splitlines()
+        results[name] = {"exit_code": run.returncode, "last_line": lines[-1] if lines else ""}
+        print(f"{name:<20} exit {run.returncode:>4}  {results[name]['last_line'][:110]}")
+    failures = [name for name, result in results.items() if result["exit_code"] != 0]
+    return {"cases": results, "failures": failures}
+
+
 def cmd_profile(args) -> dict:
     """One launch each of the encoder's forward (float32, bfloat16) and backward (float32) per
     query tile: the launches ncu profiles (``-k regex:ms_deform_attn``)."""
@@ -356,17 +330,22 @@ def main(argv=None) -> None:
     best = sub.add_parser("best-tile")
     best.add_argument("--kernels", required=True)
     sub.add_parser("sanitize")
+    sub.add_parser("errors")
+    sub.add_parser("error-case").add_argument("name", choices=ERROR_CASES)
     profile = sub.add_parser("profile")
     profile.add_argument("--tiles", type=int, nargs="+", default=[1])
     report = sub.add_parser("report")
     report.add_argument("--bandwidth", required=True)
     report.add_argument("--kernels", required=True)
     report.add_argument("--markdown", required=True)
-    for command in (bandwidth, kernels, sub.choices["sanitize"], profile):
+    for command in (bandwidth, kernels, sub.choices["sanitize"], sub.choices["errors"], profile):
         command.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.command in ("best-tile", "report"):
         return (cmd_best_tile if args.command == "best-tile" else cmd_report)(args)
+    if args.command == "error-case":
+        print(error_case(args.name))
+        return None
     if not torch.cuda.is_available():
         raise SystemExit(f"gpu_check {args.command}: torch sees no CUDA GPU")
     from detr_ext.ops import build_info
@@ -374,6 +353,7 @@ def main(argv=None) -> None:
     if "cuda" not in build_info()["kernels"]:
         raise SystemExit(f"gpu_check: detr_ext._C has no CUDA kernels ({build_info()})")
     handlers = {
+        "errors": cmd_errors,
         "bandwidth": cmd_bandwidth,
         "kernels": cmd_kernels,
         "sanitize": cmd_sanitize,

@@ -3,22 +3,25 @@
 # results under $OUT (default output/gpu_check). Needs python3 with torch (CUDA), nvcc and pytest;
 # compute-sanitizer and ncu are used when found. No detectron2: the op and its tests need torch
 # only. Meant for a short lease on a GPU machine: the steps that matter most come first, every
-# step's log is kept, and a failed step does not stop the later ones (except the build).
+# step's log is kept, and a failed step does not stop the later ones (except the build). The
+# exit status is 1 when a step failed (the background memcheck's is in the summary only).
 #
 #   bash tools/gpu_check.sh                 # all steps
 #   GPU_CHECK_STEPS="build test" bash tools/gpu_check.sh
 #
-# Steps: env, build (for this GPU's architecture, ptxas report, SASS), test (pytest -m cuda),
+# Steps: env, build (for this GPU's architecture, ptxas report, SASS, toolchain), errors (bad
+# input raises instead of crashing, tools/gpu_check.py errors), test (pytest -m cuda),
 # sanitize (compute-sanitizer memcheck of tools/gpu_check.py sanitize alongside the tests,
 # racecheck at the end), bandwidth, kernels (tools/gpu_check.py kernels), bench
 # (tools/benchmark_msda.py), profile (ncu).
-# Files in $OUT: summary.txt (each step's exit code and seconds, then the tables), kernels.md,
-# kernels.json, bench.json, bench.md, logs.tgz (every log: build, pytest, sanitizers, ncu).
+# Files in $OUT (at most 8: what a device lease brings back): summary.txt (each step's exit code
+# and seconds, then the tables), bandwidth.json, errors.json, kernels.json, kernels.md,
+# bench.json, bench.md, logs.tgz (every log: build, pytest, sanitizers, ncu and its summary).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-output/gpu_check}
 PY=${PYTHON:-python3}
-STEPS=${GPU_CHECK_STEPS:-"env build test sanitize bandwidth kernels bench profile"}
+STEPS=${GPU_CHECK_STEPS-"env build errors test sanitize bandwidth kernels bench profile"}
 LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
@@ -34,6 +37,7 @@ step() {
   "$@" >"$LOGS/$name.log" 2>&1
   rc=$?
   echo "step $name: rc=$rc, $(($(date +%s) - start)) s" | tee -a "$SUMMARY"
+  [[ $rc -eq 0 ]] || FAILED=1
   return $rc
 }
 finish() {
@@ -63,6 +67,14 @@ want env && step env env_info
 if want build; then
   ARCH=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
   export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+  # The compiler: CC / CXX when set, else the system's /usr/bin/g++ when the g++ on PATH is
+  # another one. On the GPU machine of 2026-12-04, g++ was /opt/gcc/bin/g++ while python3 (built
+  # with the system's GCC 13.3) loads the system's libstdc++, and the extension it built crashed
+  # (SIGSEGV in std::basic_ostream::_M_insert<long>, inside _C.so) on every failed C++ check:
+  # bad input killed the process instead of raising. The errors step below checks this.
+  if [[ -z ${CXX:-} && -x /usr/bin/g++ && "$(command -v g++)" != /usr/bin/g++ ]]; then
+    export CC=/usr/bin/gcc CXX=/usr/bin/g++
+  fi
   rm -rf build detr_ext/_C*.so
   if ! step build env TORCH_CUDA_ARCH_LIST="$ARCH" DETR_EXT_WITH_CUDA=1 DETR_EXT_BUILD_REQUIRED=1 \
     NVCC_APPEND_FLAGS="-Xptxas -v" MAX_JOBS=16 "$PY" setup.py build_ext --inplace; then
@@ -70,6 +82,13 @@ if want build; then
     exit 1
   fi
   grep -E "Compiling entry|Used [0-9]+ registers|spill" "$LOGS/build.log" >"$LOGS/ptxas.txt"
+  {
+    echo "CXX=${CXX:-$(command -v g++)}"
+    "${CXX:-g++}" --version | head -1
+    ldd detr_ext/_C*.so
+    echo "libstdc++ symbols defined in _C.so (nm -DC, T/W): \
+$(nm -DC --defined-only detr_ext/_C*.so 2>/dev/null | grep -c " [TW] std::")"
+  } >"$LOGS/toolchain.txt" 2>&1
   CUOBJDUMP=$(tool cuobjdump)
   [[ -n $CUOBJDUMP ]] && "$CUOBJDUMP" --dump-sass detr_ext/_C*.so >"$LOGS/sass.txt" 2>&1
   step build_info "$PY" -c "from detr_ext.ops import build_info; import json; \
@@ -89,6 +108,8 @@ sanitize() {
     --tool "$1" --error-exitcode 9 "$PY" tools/gpu_check.py sanitize
   grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$LOGS/sanitizer_$1.log" | tee -a "$SUMMARY"
 }
+
+want errors && step errors "$PY" tools/gpu_check.py errors --json "$OUT/errors.json"
 
 if want test; then
   want sanitize && { sanitize memcheck & }  # alongside the tests; no timing runs meanwhile
@@ -131,10 +152,11 @@ if want profile; then
       --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,l1tex__t_bytes.sum,lts__t_sectors_op_red.sum,l1tex__t_sector_hit_rate.pct,lts__t_sector_hit_rate.pct \
       "$PY" tools/gpu_check.py profile --tiles $TILES
     grep -E "ms_deform_attn_(forward|backward)_kernel|Duration|DRAM Throughput|Memory Throughput|L1/TEX Hit|L2 Hit|Achieved Occupancy|dram__bytes|lts__t_bytes|l1tex__t_bytes|op_red|Compute \(SM\)" \
-      "$LOGS/ncu.log" >"$OUT/ncu_summary.txt"
+      "$LOGS/ncu.log" >"$LOGS/ncu_summary.txt"
   else
     echo "step ncu: ncu not found" | tee -a "$SUMMARY"
   fi
 fi
 
 want sanitize && sanitize racecheck
+exit "${FAILED:-0}"

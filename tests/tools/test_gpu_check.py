@@ -1,0 +1,127 @@
+"""tools/gpu_check.py and tools/gpu_check.sh, the parts that run without a GPU: the report and
+the choice of query tile from a kernels JSON, a failed C++ check raising in its own process, the
+refusal to measure without a GPU, and the shell script's bookkeeping (summary, logs archive)
+when it runs no step. The GPU steps themselves run on a GPU machine (README, "GPU check")."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tool_runs import load_script
+
+gpu_check = load_script("tools/gpu_check.py")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _kernel_row(preset, dtype, tile, forward_s, backward_s, batch=2, locations="realistic"):
+    return {
+        "preset": preset,
+        "batch": batch,
+        "dtype": dtype,
+        "coord_dtype": "float32",
+        "locations": locations,
+        "query_tile": tile,
+        "forward_s": forward_s,
+        "backward_s": backward_s,
+        "forward_over_floor": forward_s / 40e-6,
+        "backward_over_floor": backward_s / 60e-6,
+    }
+
+
+def _write_results(tmp_path: Path) -> tuple[Path, Path]:
+    bandwidth = tmp_path / "bandwidth.json"
+    bandwidth.write_text(
+        json.dumps(
+            {
+                "bandwidth_bytes_per_s": 4.27e12,
+                "environment": {
+                    "device_name": "NVIDIA H200",
+                    "torch": "2.11.0",
+                    "torch_cuda": "13.0",
+                    "commit": "abc1234",
+                },
+            }
+        )
+    )
+    kernels = tmp_path / "kernels.json"
+    rows = [
+        _kernel_row("encoder", "float32", 1, 209e-6, 895e-6),
+        _kernel_row("encoder", "float32", 32, 205e-6, 886e-6),
+        _kernel_row("encoder", "float32", 64, 200e-6, 950e-6),  # faster forward, slower sum
+        _kernel_row("encoder", "float32", 8, 100e-6, 100e-6, locations="uniform"),  # not B2 real.
+        _kernel_row("encoder", "bfloat16", 4, 100e-6, 100e-6),
+    ]
+    kernels.write_text(json.dumps({"results": rows}))
+    return bandwidth, kernels
+
+
+def test_best_tile_is_the_fastest_forward_plus_backward_of_encoder_b2_float32(tmp_path, capsys):
+    _, kernels = _write_results(tmp_path)
+    gpu_check.main(["best-tile", "--kernels", str(kernels)])
+    assert capsys.readouterr().out.strip() == "32"
+
+
+def test_report_is_a_markdown_table_of_every_row(tmp_path):
+    bandwidth, kernels = _write_results(tmp_path)
+    markdown = tmp_path / "kernels.md"
+    gpu_check.main(
+        [
+            "report",
+            "--bandwidth",
+            str(bandwidth),
+            "--kernels",
+            str(kernels),
+            "--markdown",
+            str(markdown),
+        ]
+    )
+    text = markdown.read_text()
+    assert "NVIDIA H200" in text and "4.27 TB/s" in text and "abc1234" in text
+    lines = [line for line in text.splitlines() if line.startswith("| encoder")]
+    assert len(lines) == 5
+    assert (
+        "| encoder | 2 | float32 | float32 | realistic | 32 | 205.0 | 5.12 | 886.0 | 14.77 |"
+        in lines
+    )
+
+
+def test_a_failed_check_raises_in_its_own_process():
+    run = subprocess.run(
+        [sys.executable, "tools/gpu_check.py", "error-case", "cpu_check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "expected attention_weights of shape [1, 3, 2, 1, 2]" in run.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+@pytest.mark.parametrize("command", [["bandwidth"], ["kernels", "--bandwidth", "x.json"]])
+def test_measuring_without_a_gpu_is_refused(command):
+    with pytest.raises(SystemExit, match="torch sees no CUDA GPU"):
+        gpu_check.main(command)
+
+
+def test_shell_script_without_steps_writes_its_summary_and_logs(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run(
+        ["bash", "tools/gpu_check.sh"],
+        cwd=REPO,
+        env={**os.environ, "OUT": str(out), "GPU_CHECK_STEPS": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (out / "summary.txt").read_text().startswith("----")
+    with tarfile.open(out / "logs.tgz") as archive:
+        assert archive.getnames() == ["."]
