@@ -67,6 +67,12 @@ from detr_ext.utils.cli import int_at_least  # noqa: E402
 
 
 # ------------------------------------------------------------------ reporting
+def _ms(seconds: float) -> str:
+    """Milliseconds with two decimals below 10 ms (GPU rows), one above."""
+    milliseconds = seconds * 1e3
+    return f"{milliseconds:.2f}" if milliseconds < 10 else f"{milliseconds:.1f}"
+
+
 def _mib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:.1f}"
 
@@ -107,8 +113,8 @@ def markdown_table(result: dict) -> str:
         difference = row.get("max_output_difference")  # absent in results of older versions
         lines.append(
             f"| {row['problem']} | {row['batch']} | {row['dtype']} | {row['locations']} "
-            f"| {row['mode'].replace('_', '+')} | {row['compiled_s'] * 1e3:.1f} "
-            f"| {row['pytorch_s'] * 1e3:.1f} | {row['speedup']:.1f}x "
+            f"| {row['mode'].replace('_', '+')} | {_ms(row['compiled_s'])} "
+            f"| {_ms(row['pytorch_s'])} | {row['speedup']:.1f}x "
             f"| {_mib(row['compiled_peak_bytes'])} | {_mib(row['pytorch_peak_bytes'])} "
             f"| {'n/a' if ratio is None else f'{ratio:.3f}'} "
             f"| {'n/a' if difference is None else f'{difference:.1e}'} |"

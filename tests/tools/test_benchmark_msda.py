@@ -45,6 +45,7 @@ def test_tiny_custom_run_writes_json_markdown_and_plot(tmp_path):
         assert row["queries"] == 50 and row["shapes"] == [[8, 8], [4, 4]]
     assert result["environment"]["torch"]
     assert "| custom |" in (tmp_path / "bench.md").read_text()
+    assert [benchmark_msda._ms(s) for s in (0.000275, 0.0131, 0.25)] == ["0.28", "13.1", "250.0"]
     assert (tmp_path / "bench.png").stat().st_size > 0
 
 
