@@ -17,6 +17,9 @@ Needs torch and a CUDA build of ``detr_ext._C`` only (no detectron2). Subcommand
   crash the process (an extension built with a compiler whose libstdc++ differs from the one
   the process loads crashes there).
 - ``profile``: one launch of each encoder kernel that matters, for ncu.
+- ``trace``: where an end-to-end forward+backward step (``tools/benchmark_msda.py``'s, compiled
+  op) spends its time besides the kernels: the step's CPU time against its GPU span, and
+  torch.profiler's tables (by CPU and by CUDA time) and Chrome trace.
 - ``report``: a markdown summary of the JSON the others wrote.
 
     python tools/gpu_check.py bandwidth --json out/bandwidth.json
@@ -37,53 +40,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from detr_ext.ops.benchmark import (  # noqa: E402
-    DTYPES,
-    PRESETS,
-    environment,
-    make_inputs,
-    poison_cuda_allocator,
+from detr_ext.ops.benchmark import DTYPES, PRESETS, environment, make_inputs  # noqa: E402
+from detr_ext.ops.benchmark_kernels import (  # noqa: E402
+    KERNEL_ROWS,
+    TILE_ENV,
+    kernel_inputs,
+    run_row,
+    set_tile,
 )
-from detr_ext.ops.gpu_timing import (  # noqa: E402
-    copy_bandwidth,
-    graph_seconds,
-    nbytes,
-)
-
-TILE_ENV = "DETR_EXT_MSDA_QUERY_TILE"
-
-# (preset, batch, dtype, coordinate dtype, locations, query tiles): the kernels step's rows.
-ALL_TILES = (1, 4, 8, 16, 32, 64)
-KERNEL_ROWS = [
-    ("encoder", 2, "float32", "float32", "realistic", ALL_TILES),
-    ("encoder", 2, "float16", "float32", "realistic", ALL_TILES),
-    ("encoder", 2, "bfloat16", "float32", "realistic", ALL_TILES),
-    ("encoder", 2, "bfloat16", "bfloat16", "realistic", ALL_TILES),
-    ("encoder", 2, "float16", "float16", "realistic", (1, 32, 64)),
-    ("encoder", 2, "float32", "float32", "uniform", (1, 32)),
-    ("encoder", 1, "float32", "float32", "realistic", (1, 32)),
-    ("encoder", 8, "float32", "float32", "realistic", (1, 32)),
-    ("decoder", 2, "float32", "float32", "realistic", (1, 8, 32)),
-    ("decoder", 2, "bfloat16", "float32", "realistic", (1, 8, 32)),
-]
+from detr_ext.ops.gpu_timing import copy_bandwidth  # noqa: E402
 
 
-# ------------------------------------------------------------------ helpers
-def set_tile(tile: int | None) -> None:
-    if tile is None:
-        os.environ.pop(TILE_ENV, None)
-    else:
-        os.environ[TILE_ENV] = str(tile)
-
-
-def kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed):
-    value, shapes, starts, loc, weights = make_inputs(
-        PRESETS[preset], batch, DTYPES[dtype], "cuda", locations, seed=seed
-    )
-    return value, shapes, starts, loc.to(DTYPES[coord_dtype]), weights.to(DTYPES[coord_dtype])
-
-
-# ------------------------------------------------------------------ subcommands
 def cmd_bandwidth(args) -> dict:
     result = copy_bandwidth(args.gib)
     result["environment"] = environment("cuda")
@@ -94,71 +61,6 @@ def cmd_bandwidth(args) -> dict:
     rate = best["bytes_per_s"] / 1e12
     print(f"copy bandwidth: {rate:.2f} TB/s ({best['kind']}, {best['timing']})")
     return result
-
-
-def run_row(row, bandwidth: float) -> list[dict]:
-    preset, batch, dtype, coord_dtype, locations, tiles = row
-    ops = torch.ops.detr_ext
-    sets = [kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed) for seed in range(3)]
-    value, shapes, starts, loc, weights = sets[0]
-    grad_output = torch.randn(
-        value.shape[0], loc.shape[1], value.shape[2] * value.shape[3], device="cuda"
-    ).to(value.dtype)
-    out_bytes = nbytes(grad_output)
-    forward_bytes = nbytes(value, loc, weights) + out_bytes
-    # Backward: grad_output, value, locations, weights read; the three gradients written.
-    backward_bytes = out_bytes + 2 * nbytes(value, loc, weights)
-    results, reference = [], None
-    for tile in tiles:
-        set_tile(tile)
-        poison_cuda_allocator(4 * forward_bytes)
-        output = ops.ms_deform_attn(value, shapes, starts, loc, weights)
-        grads = ops.ms_deform_attn_backward(grad_output, value, shapes, starts, loc, weights)
-        torch.cuda.synchronize()
-        written = not any(t.isnan().any() for t in (output, *grads))
-        if reference is None:
-            reference = (output, *grads)
-            same_forward, grad_error = True, 0.0
-        else:
-            same_forward = torch.equal(output, reference[0])
-            grad_error = max(
-                float((got.double() - want.double()).abs().max() / want.double().abs().max())
-                for got, want in zip(grads, reference[1:])
-            )
-        forward_s, method = graph_seconds(lambda i: ops.ms_deform_attn(*sets[i]), len(sets))
-        backward_s, _ = graph_seconds(
-            lambda i: ops.ms_deform_attn_backward(grad_output, *sets[i]), len(sets)
-        )
-        entry = {
-            "preset": preset,
-            "batch": batch,
-            "dtype": dtype,
-            "coord_dtype": coord_dtype,
-            "locations": locations,
-            "query_tile": tile,
-            "forward_s": forward_s,
-            "backward_s": backward_s,
-            "forward_bytes": forward_bytes,
-            "backward_bytes": backward_bytes,
-            "forward_floor_s": forward_bytes / bandwidth,
-            "backward_floor_s": backward_bytes / bandwidth,
-            "forward_over_floor": forward_s * bandwidth / forward_bytes,
-            "backward_over_floor": backward_s * bandwidth / backward_bytes,
-            "all_outputs_written": written,
-            "forward_equals_tile_1": same_forward,
-            "max_grad_difference_to_tile_1": grad_error,
-            "timing": method,
-        }
-        results.append(entry)
-        print(
-            f"{preset:<8} B{batch} {dtype:<8} coords {coord_dtype:<8} {locations:<9} T={tile:<3} "
-            f"fwd {forward_s * 1e6:8.1f} us ({entry['forward_over_floor']:5.2f}x floor)  "
-            f"bwd {backward_s * 1e6:8.1f} us ({entry['backward_over_floor']:5.2f}x floor)  "
-            f"written={written} same_fwd={same_forward} grad_diff={grad_error:.1e}",
-            flush=True,
-        )
-    set_tile(None)
-    return results
 
 
 def cmd_kernels(args) -> dict:
@@ -292,6 +194,51 @@ def cmd_profile(args) -> dict:
     return {"tiles": args.tiles}
 
 
+def cmd_trace(args) -> dict:
+    import statistics
+    import time
+
+    from detr_ext.ops.benchmark_steps import step_function
+
+    inputs = make_inputs(
+        PRESETS[args.preset], 2, torch.float32, "cuda", "realistic", requires_grad=True
+    )
+    run = step_function("compiled", "forward_backward", inputs)
+    for _ in range(5):
+        run()
+    torch.cuda.synchronize()
+    cpu, span = [], []
+    for _ in range(20):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        begin = time.perf_counter()
+        run()
+        cpu.append(time.perf_counter() - begin)  # the host's time; kernels may still run
+        end.record()
+        end.synchronize()
+        span.append(start.elapsed_time(end) / 1e3)
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(5):
+            run()
+            torch.cuda.synchronize()
+    averages = profiler.key_averages()
+    for sort in ("self_cpu_time_total", "self_device_time_total"):
+        print(averages.table(sort_by=sort, row_limit=20))
+    if args.trace_file:
+        profiler.export_chrome_trace(args.trace_file)
+    result = {
+        "preset": args.preset,
+        "step_cpu_s": statistics.median(cpu),
+        "step_span_s": statistics.median(span),
+    }
+    print(
+        f"{args.preset} B2 float32 forward+backward: host {result['step_cpu_s'] * 1e6:.0f} us, "
+        f"GPU span {result['step_span_s'] * 1e6:.0f} us (medians of 20)"
+    )
+    return result
+
+
 def cmd_report(args) -> None:
     """Markdown summary: bandwidth, and the kernels table at each row's best query tile."""
     bandwidth = json.loads(Path(args.bandwidth).read_text())
@@ -332,13 +279,23 @@ def main(argv=None) -> None:
     sub.add_parser("sanitize")
     sub.add_parser("errors")
     sub.add_parser("error-case").add_argument("name", choices=ERROR_CASES)
+    trace = sub.add_parser("trace")
+    trace.add_argument("--preset", choices=sorted(PRESETS), default="encoder")
+    trace.add_argument("--trace-file", default=None, help="write a Chrome trace here")
     profile = sub.add_parser("profile")
     profile.add_argument("--tiles", type=int, nargs="+", default=[1])
     report = sub.add_parser("report")
     report.add_argument("--bandwidth", required=True)
     report.add_argument("--kernels", required=True)
     report.add_argument("--markdown", required=True)
-    for command in (bandwidth, kernels, sub.choices["sanitize"], sub.choices["errors"], profile):
+    for command in (
+        bandwidth,
+        kernels,
+        sub.choices["sanitize"],
+        sub.choices["errors"],
+        profile,
+        trace,
+    ):
         command.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.command in ("best-tile", "report"):
@@ -358,6 +315,7 @@ def main(argv=None) -> None:
         "kernels": cmd_kernels,
         "sanitize": cmd_sanitize,
         "profile": cmd_profile,
+        "trace": cmd_trace,
     }
     result = handlers[args.command](args)
     if args.json:

@@ -13,7 +13,7 @@
 # input raises instead of crashing, tools/gpu_check.py errors), test (pytest -m cuda),
 # sanitize (compute-sanitizer memcheck of tools/gpu_check.py sanitize alongside the tests,
 # racecheck at the end), bandwidth, kernels (tools/gpu_check.py kernels), bench
-# (tools/benchmark_msda.py), profile (ncu).
+# (tools/benchmark_msda.py), trace (torch.profiler of an end-to-end step), profile (ncu).
 # Files in $OUT (at most 8: what a device lease brings back): summary.txt (each step's exit code
 # and seconds, then the tables), bandwidth.json, errors.json, kernels.json, kernels.md,
 # bench.json, bench.md, logs.tgz (every log: build, pytest, sanitizers, ncu and its summary).
@@ -21,7 +21,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-output/gpu_check}
 PY=${PYTHON:-python3}
-STEPS=${GPU_CHECK_STEPS-"env build errors test sanitize bandwidth kernels bench profile"}
+STEPS=${GPU_CHECK_STEPS-"env build errors test sanitize bandwidth kernels bench trace profile"}
 LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
@@ -139,6 +139,14 @@ if want bench; then
     --batch 1 8 --dtype float32 --locations realistic --warmup 5 --repeat 25 \
     --json "$LOGS/bench_batches.json" --markdown "$LOGS/bench_batches.md"
   cat "$LOGS/bench_batches.md" >>"$OUT/bench.md" 2>/dev/null
+fi
+
+if want trace; then
+  for preset in encoder decoder; do
+    step "trace_$preset" "$PY" tools/gpu_check.py trace --preset "$preset" \
+      --trace-file "$LOGS/trace_$preset.json"
+    tail -1 "$LOGS/trace_$preset.log" | tee -a "$SUMMARY"
+  done
 fi
 
 if want profile; then

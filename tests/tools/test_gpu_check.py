@@ -125,3 +125,12 @@ def test_shell_script_without_steps_writes_its_summary_and_logs(tmp_path):
     assert (out / "summary.txt").read_text().startswith("----")
     with tarfile.open(out / "logs.tgz") as archive:
         assert archive.getnames() == ["."]
+
+
+@pytest.mark.cuda
+def test_trace_reports_host_time_and_gpu_span_of_a_step(tmp_path, capsys):
+    out, trace = tmp_path / "trace.json", tmp_path / "chrome.json"
+    gpu_check.main(["trace", "--preset", "decoder", "--json", str(out), "--trace-file", str(trace)])
+    result = json.loads(out.read_text())
+    assert result["preset"] == "decoder" and result["step_span_s"] > 0 < result["step_cpu_s"]
+    assert "ms_deform_attn" in trace.read_text() and "Self CPU" in capsys.readouterr().out
