@@ -21,6 +21,9 @@
 // location gradients NaN, keeps its weight gradient finite, and puts NaN into grad_value on the
 // in-map corners it samples. Points far outside the map (finite) sample zero, zero gradients.
 //
+// Sizes: the CUDA kernels need N * H * C and C below 2^31 and L * P below 2^30 (a clear error
+// otherwise); the CPU kernel has no such limit.
+//
 // Coordinate dtype: sampling_locations and attention_weights share one dtype ("coord"), which
 // is either the value dtype or, for float16/bfloat16 values, float32 (keeps sub-pixel precision of
 // the locations under mixed precision). All arithmetic is done in float32 (float64 for float64).

@@ -19,6 +19,7 @@
 #include <c10/cuda/CUDAStream.h>  // not ATen/cuda/CUDAContext.h: it needs the cuSPARSE headers
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
@@ -112,11 +113,13 @@ Geometry make_geometry(const Inputs& in, int pack) {
 template <typename scalar_t, typename coord_t>
 MsdaArgs<scalar_t, coord_t> make_args(const Inputs& in, const Geometry& geo, int tile) {
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
-  // Corner offsets within a head (row * H * C) are kept as int32 and channel offsets as int;
-  // other element offsets are int64.
-  TORCH_CHECK(in.num_rows * in.heads * in.channels <= kIntMax && in.channels <= kIntMax / 2 &&
-                  in.levels * in.points <= kIntMax,
-              "ms_deform_attn (CUDA kernel): N * H * C, C and L * P must be below 2^31, got N = ",
+  // Corner offsets within a head (row * H * C), H, channel offsets and point indices are kept
+  // as int (N counted as at least 1, so that H * C is bounded when N = 0 too; L * P leaves
+  // room for a tile of points past it); other element offsets are int64.
+  TORCH_CHECK(std::max<int64_t>(in.num_rows, 1) * in.heads * in.channels <= kIntMax &&
+                  in.channels <= kIntMax / 2 && in.levels * in.points <= kIntMax / 2,
+              "ms_deform_attn (CUDA kernel): N * H * C and C must be below 2^31 and L * P below "
+              "2^30, got N = ",
               in.num_rows, ", H = ", in.heads, ", C = ", in.channels, ", L * P = ",
               in.levels * in.points);
   MsdaArgs<scalar_t, coord_t> a;

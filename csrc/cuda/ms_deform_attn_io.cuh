@@ -126,9 +126,9 @@ constexpr int pack_size() {
   return kVec || ScalarIO<T>::kPack < 4 ? ScalarIO<T>::kPack : 4;
 }
 
-// Loads the channels [c0, c0 + kCount) of a row into out, as one 16-byte load when kVec (the
-// caller guarantees alignment and that the whole pack is inside the row) or element by element
-// otherwise, where only the first `count` elements exist and the rest read as zero.
+// Loads the kCount channels at p into out, as one 16-byte load when kVec (the caller guarantees
+// alignment and that the whole pack is inside the row) or element by element otherwise, where
+// only the first `count` elements exist and the rest read as zero.
 template <bool kVec, typename T, int kCount>
 __device__ __forceinline__ void load_channels(const T* p, int count, acc_type<T> (&out)[kCount]) {
   if constexpr (kVec) {

@@ -128,7 +128,7 @@ __device__ __forceinline__ SamplePoint<acc_t> empty_point() {
 // Reads point `point` (= l * P + p) of group `group` and locates its bilinear corners, as
 // grid_sample(align_corners=False, padding_mode="zeros"): px = x * W - 0.5, py = y * H - 0.5.
 // A corner outside the level, or (with corrupted spatial_shapes / level_start_index) outside
-// [0, N), gets row -1 and is never read.
+// [0, N), gets offset -1 and is never read.
 // Non-finite inputs (rule in ../ms_deform_attn.h), as in the CPU kernel's non_finite_poison /
 // effective_weight and without a test in the per-channel loops: x - x is exactly 0 for a finite x
 // and NaN otherwise (no fast-math here, so it is not folded). A non-finite coordinate puts NaN
