@@ -88,18 +88,25 @@ def cmd_best_tile(args) -> None:
         for r in rows
         if (r["preset"], r["batch"], r["dtype"], r["locations"])
         == ("encoder", 2, "float32", "realistic")
+        and r.get("half_backward_pack", 8) == 8
     ]
     print(min(candidates, key=lambda r: r["forward_s"] + r["backward_s"])["query_tile"])
 
 
 def cmd_sanitize(args) -> dict:
     """Forward+backward of small problems through every kernel instance (vectorized and
-    element-wise channels, all dtypes, both coordinate dtypes, several group orders), checked
-    against the float64 PyTorch path on the CPU."""
+    element-wise channels, all dtypes, both coordinate dtypes, several group orders, the
+    half-precision backward with packs of 4), checked against the float64 PyTorch path on the
+    CPU."""
     from detr_ext.ops import ms_deform_attn_pytorch
 
     failures = []
-    problems = [(2, 5, 3, 32, ((4, 5), (2, 3)), 3), (1, 7, 2, 30, ((3, 3), (1, 2)), 2)]
+    # C = 32: vector packs; 30: element-wise; 12: element-wise packs of 8, vector packs of 4.
+    problems = [
+        (2, 5, 3, 32, ((4, 5), (2, 3)), 3),
+        (1, 7, 2, 30, ((3, 3), (1, 2)), 2),
+        (1, 4, 2, 12, ((2, 3),), 2),
+    ]
     for batch, queries, heads, channels, shapes, points in problems:
         generator = torch.Generator().manual_seed(0)
         shapes_t = torch.tensor(shapes)
@@ -111,9 +118,11 @@ def cmd_sanitize(args) -> dict:
         weights = torch.rand(loc_shape[:-1], generator=generator, dtype=torch.float64)
         expected = ms_deform_attn_pytorch(value, shapes_t, loc, weights)
         for dtype in ("float64", "float32", "float16", "bfloat16"):
-            coords = ("float32", dtype) if dtype in ("float16", "bfloat16") else (dtype,)
-            for coord_dtype, tile in ((c, t) for c in coords for t in (None, 3)):
-                set_tile(tile)
+            half = dtype in ("float16", "bfloat16")
+            coords = ("float32", dtype) if half else (dtype,)
+            variants = ((None, None), (3, None)) + (((None, 4),) if half else ())
+            for coord_dtype, (tile, pack) in ((c, v) for c in coords for v in variants):
+                set_tile(tile, pack)
                 inputs = [
                     value.to("cuda", DTYPES[dtype]).requires_grad_(),
                     shapes_t.cuda(),
@@ -126,7 +135,9 @@ def cmd_sanitize(args) -> dict:
                 torch.cuda.synchronize()
                 error = float((output.detach().cpu().double() - expected).abs().max())
                 if not error < 0.1:
-                    failures.append(f"{dtype}/{coord_dtype}/T={tile} C={channels}: {error}")
+                    failures.append(
+                        f"{dtype}/{coord_dtype}/T={tile}/pack={pack} C={channels}: {error}"
+                    )
     set_tile(None)
     print("sanitize cases:", "all agree" if not failures else failures)
     return {"failures": failures}
@@ -239,6 +250,11 @@ def cmd_trace(args) -> dict:
     return result
 
 
+def pack_note(row: dict) -> str:
+    """ ", half pack 4" for the half-precision backward variant; rows before it have no key."""
+    return ", half pack 4" if row.get("half_backward_pack", 8) == 4 else ""
+
+
 def cmd_report(args) -> None:
     """Markdown summary: bandwidth, and the kernels table at each row's best query tile."""
     bandwidth = json.loads(Path(args.bandwidth).read_text())
@@ -257,7 +273,7 @@ def cmd_report(args) -> None:
     for r in kernels["results"]:
         lines.append(
             f"| {r['preset']} | {r['batch']} | {r['dtype']} | {r['coord_dtype']} "
-            f"| {r['locations']} | {r['query_tile']} | {r['forward_s'] * 1e6:.1f} "
+            f"| {r['locations']} | {r['query_tile']}{pack_note(r)} | {r['forward_s'] * 1e6:.1f} "
             f"| {r['forward_over_floor']:.2f} | {r['backward_s'] * 1e6:.1f} "
             f"| {r['backward_over_floor']:.2f} |"
         )

@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <initializer_list>
 #include <limits>
+#include <string>
 #include <tuple>
 #include <utility>
 
@@ -35,6 +36,21 @@ using msda_cuda::MsdaArgs;
 using msda_cuda::ScalarIO;
 
 bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
+
+// Channels per thread of the float16 / bfloat16 backward: 8 (one 16-byte load; the default) or,
+// with DETR_EXT_MSDA_HALF_BACKWARD_PACK=4, 4 (an 8-byte load; twice the threads, each issuing
+// one vector reduction per corner instead of two). An experiment for the GPU check: on an H200
+// the half-precision backward took 1.9x the float32 one, which uses packs of 4 floats.
+int half_backward_pack() {
+  const char* text = std::getenv("DETR_EXT_MSDA_HALF_BACKWARD_PACK");
+  if (text == nullptr || *text == '\0') return 8;
+  const std::string pack(text);
+  TORCH_CHECK(pack == "4" || pack == "8",
+              "DETR_EXT_MSDA_HALF_BACKWARD_PACK: expected 4 or 8, got '", pack, "'");
+  return pack == "4" ? 4 : 8;
+}
+
+bool aligned8(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 8 == 0; }
 
 // Order in which the kernels' thread groups take the (b, q, h) (MsdaArgs::query_tile):
 // kDefaultQueryTile, or DETR_EXT_MSDA_QUERY_TILE for benchmarking other orders
@@ -229,6 +245,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
                      {&attention_weights, "attention_weights"}},
                     value);
   const int tile = query_tile();
+  const int half_pack = half_backward_pack();
   const c10::cuda::CUDAGuard guard(value.device());
   const Inputs in(value, spatial_shapes, level_start_index, sampling_locations,
                   attention_weights);
@@ -261,6 +278,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
       const bool vec = in.channels % ScalarIO<scalar_t>::kPack == 0 &&
                        aligned16(in.value.const_data_ptr()) && aligned16(go) && aligned16(gv);
       const auto stream = c10::cuda::getCurrentCUDAStream();
+      if constexpr (sizeof(scalar_t) == 2) {
+        const bool vec4 = half_pack == 4 && in.channels % 4 == 0 &&
+                          aligned8(in.value.const_data_ptr()) && aligned8(go) && aligned16(gv);
+        if (vec4) {
+          const Geometry geo = make_geometry(in, 4);
+          const auto args = make_args<scalar_t, coord_t>(in, geo, tile);
+          msda_cuda::ms_deform_attn_backward_kernel<scalar_t, coord_t, true, 4>
+              <<<geo.blocks, kThreads, 0, stream>>>(args, go, gv, gl, gw);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          return;
+        }
+      }
       const Geometry geo = make_geometry(in, vec ? msda_cuda::pack_size<scalar_t, true>()
                                                  : msda_cuda::pack_size<scalar_t, false>());
       const auto args = make_args<scalar_t, coord_t>(in, geo, tile);

@@ -76,6 +76,17 @@ struct HalfWidthIO {
       out[2 * i + 1] = Bits::to_float(static_cast<unsigned short>(words[i] >> 16));
     }
   }
+  // 4 elements as one aligned 8-byte load: the pack of the half-precision backward when
+  // DETR_EXT_MSDA_HALF_BACKWARD_PACK=4 (ms_deform_attn_cuda.cu).
+  static __device__ __forceinline__ void load_pack4(const T* p, float (&out)[4]) {
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
+    const unsigned int words[2] = {raw.x, raw.y};
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      out[2 * i] = Bits::to_float(static_cast<unsigned short>(words[i] & 0xffffu));
+      out[2 * i + 1] = Bits::to_float(static_cast<unsigned short>(words[i] >> 16));
+    }
+  }
   static __device__ __forceinline__ void store_pack(T* p, const float (&in)[kPack]) {
     unsigned int words[4];
 #pragma unroll
@@ -127,13 +138,16 @@ constexpr int pack_size() {
 }
 
 // Loads the kCount channels at p into out, as one 16-byte load when kVec (the caller guarantees
-// alignment and that the whole pack is inside the row) or element by element otherwise, where
-// only the first `count` elements exist and the rest read as zero.
+// alignment and that the whole pack is inside the row; 8 bytes for a pack of 4 float16/bfloat16)
+// or element by element otherwise, where only the first `count` elements exist and the rest read
+// as zero.
 template <bool kVec, typename T, int kCount>
 __device__ __forceinline__ void load_channels(const T* p, int count, acc_type<T> (&out)[kCount]) {
-  if constexpr (kVec) {
-    static_assert(kCount == ScalarIO<T>::kPack);
+  if constexpr (kVec && kCount == ScalarIO<T>::kPack) {
     ScalarIO<T>::load_pack(p, out);
+  } else if constexpr (kVec) {
+    static_assert(sizeof(T) == 2 && kCount == 4, "a vector pack is 16 bytes, or 4 half elements");
+    ScalarIO<T>::load_pack4(p, out);
   } else {
 #pragma unroll
     for (int c = 0; c < kCount; ++c) {

@@ -41,10 +41,10 @@ template <typename scalar_t>
 constexpr int forward_min_blocks() {
   return sizeof(scalar_t) == 4 ? 5 : 4;
 }
-template <typename scalar_t, bool kVec>
+template <typename scalar_t, bool kVec, int kPack>
 constexpr int backward_min_blocks() {
   if constexpr (sizeof(scalar_t) == 4) return 4;
-  if constexpr (sizeof(scalar_t) == 2) return 3;
+  if constexpr (sizeof(scalar_t) == 2) return kVec && kPack == 4 ? 4 : 3;  // 4: the variant
   return kVec ? 3 : 2;
 }
 
@@ -307,8 +307,10 @@ __device__ __forceinline__ void backward_pack(
 // grad_value: [B, N, H, C] in acc_t (float32 for float16/bfloat16 values), zero-initialized.
 // grad_locations / grad_weights: every element is written exactly once, by the thread that staged
 // the point, after the group has reduced the channel sums with warp shuffles (no atomics).
-template <typename scalar_t, typename coord_t, bool kVec>
-__global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec>()))
+// kPack: channels per thread, pack_size<scalar_t, kVec>() except for the half-precision variant
+// with packs of 4 (twice the threads per (b, q, h), one vector reduction per corner each).
+template <typename scalar_t, typename coord_t, bool kVec, int kPack = pack_size<scalar_t, kVec>()>
+__global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec, kPack>()))
     ms_deform_attn_backward_kernel(const MsdaArgs<scalar_t, coord_t> a,
                                    const scalar_t* __restrict__ grad_output,
                                    acc_type<scalar_t>* __restrict__ grad_value,
@@ -316,7 +318,6 @@ __global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec>
                                    coord_t* __restrict__ grad_weights) {
   using acc_t = acc_type<scalar_t>;
   using CoordIO = ScalarIO<coord_t>;
-  constexpr int kPack = pack_size<scalar_t, kVec>();
   __shared__ int4 staged_offsets[kThreads];
   __shared__ Coef4<acc_t> staged_coefs[kThreads];  // frac_x, frac_y, attn, unused
 

@@ -3,10 +3,13 @@ and backward ops (``torch.ops.detr_ext``, no Python front or autograd) timed by 
 for the issue's problems and each kernel group order (``DETR_EXT_MSDA_QUERY_TILE``), with the
 fewest bytes each must move and its time over the floor those bytes take at a given bandwidth.
 Every run's memory is poisoned first and every output checked to be written; the orders must
-give the same forward, bit for bit. Torch only, like the rest of :mod:`detr_ext.ops`."""
+give the same forward, bit for bit. Half-precision rows can also time the backward with packs
+of 4 channels per thread (``DETR_EXT_MSDA_HALF_BACKWARD_PACK=4``, an experiment; 8 is the
+default). Torch only, like the rest of :mod:`detr_ext.ops`."""
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
@@ -14,11 +17,22 @@ import torch
 from .benchmark import DTYPES, PRESETS, make_inputs, poison_cuda_allocator
 from .gpu_timing import graph_seconds, nbytes
 
-__all__ = ["ALL_TILES", "KERNEL_ROWS", "TILE_ENV", "kernel_inputs", "run_row", "set_tile"]
+__all__ = [
+    "ALL_TILES",
+    "HALF_PACK_ENV",
+    "KERNEL_ROWS",
+    "TILE_ENV",
+    "kernel_inputs",
+    "run_row",
+    "set_tile",
+]
 
 TILE_ENV = "DETR_EXT_MSDA_QUERY_TILE"
+HALF_PACK_ENV = "DETR_EXT_MSDA_HALF_BACKWARD_PACK"
 
-# (preset, batch, dtype, coordinate dtype, locations, query tiles): the kernels step's rows.
+# (preset, batch, dtype, coordinate dtype, locations, query tiles[, half-precision backward
+# packs]): the kernels step's rows; each row is timed at every (tile, pack), the first the
+# reference of the others.
 ALL_TILES = (1, 4, 8, 16, 32, 64)
 KERNEL_ROWS = [
     ("encoder", 2, "float32", "float32", "realistic", ALL_TILES),
@@ -31,14 +45,19 @@ KERNEL_ROWS = [
     ("encoder", 8, "float32", "float32", "realistic", (1, 32)),
     ("decoder", 2, "float32", "float32", "realistic", (1, 8, 32)),
     ("decoder", 2, "bfloat16", "float32", "realistic", (1, 8, 32)),
+    ("encoder", 2, "bfloat16", "float32", "realistic", (1,), (8, 4)),
+    ("encoder", 2, "float16", "float32", "realistic", (1,), (8, 4)),
+    ("decoder", 2, "bfloat16", "float32", "realistic", (1,), (8, 4)),
 ]
 
 
-def set_tile(tile: int | None) -> None:
-    if tile is None:
-        os.environ.pop(TILE_ENV, None)
-    else:
-        os.environ[TILE_ENV] = str(tile)
+def set_tile(tile: int | None, half_pack: int | None = None) -> None:
+    """Set (or with ``None``, unset) the kernels' group order and half-precision backward pack."""
+    for name, value in ((TILE_ENV, tile), (HALF_PACK_ENV, half_pack)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = str(value)
 
 
 def kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed):
@@ -48,12 +67,11 @@ def kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed):
     return value, shapes, starts, loc.to(DTYPES[coord_dtype]), weights.to(DTYPES[coord_dtype])
 
 
-# ------------------------------------------------------------------ subcommands
-
-
 def run_row(row, bandwidth: float) -> list[dict]:
-    """One of ``KERNEL_ROWS``: a result per query tile (times, bytes, floors, checks)."""
-    preset, batch, dtype, coord_dtype, locations, tiles = row
+    """One of ``KERNEL_ROWS``: a result per query tile and half-precision backward pack (times,
+    bytes, floors, checks)."""
+    preset, batch, dtype, coord_dtype, locations, tiles, *packs = row
+    half_packs = packs[0] if packs else (8,)
     ops = torch.ops.detr_ext
     sets = [kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed) for seed in range(3)]
     value, shapes, starts, loc, weights = sets[0]
@@ -65,8 +83,8 @@ def run_row(row, bandwidth: float) -> list[dict]:
     # Backward: grad_output, value, locations, weights read; the three gradients written.
     backward_bytes = out_bytes + 2 * nbytes(value, loc, weights)
     results, reference = [], None
-    for tile in tiles:
-        set_tile(tile)
+    for tile, half_pack in itertools.product(tiles, half_packs):
+        set_tile(tile, half_pack)
         poison_cuda_allocator(4 * forward_bytes)
         output = ops.ms_deform_attn(value, shapes, starts, loc, weights)
         grads = ops.ms_deform_attn_backward(grad_output, value, shapes, starts, loc, weights)
@@ -92,6 +110,7 @@ def run_row(row, bandwidth: float) -> list[dict]:
             "coord_dtype": coord_dtype,
             "locations": locations,
             "query_tile": tile,
+            "half_backward_pack": half_pack,
             "forward_s": forward_s,
             "backward_s": backward_s,
             "forward_bytes": forward_bytes,
@@ -108,6 +127,7 @@ def run_row(row, bandwidth: float) -> list[dict]:
         results.append(entry)
         print(
             f"{preset:<8} B{batch} {dtype:<8} coords {coord_dtype:<8} {locations:<9} T={tile:<3} "
+            f"pack {half_pack} "
             f"fwd {forward_s * 1e6:8.1f} us ({entry['forward_over_floor']:5.2f}x floor)  "
             f"bwd {backward_s * 1e6:8.1f} us ({entry['backward_over_floor']:5.2f}x floor)  "
             f"written={written} same_fwd={same_forward} grad_diff={grad_error:.1e}",

@@ -40,6 +40,7 @@ ENCODER = Case(1, 22223, 8, 32, ((100, 167), (50, 84), (25, 42), (13, 21)), 4, "
 
 
 QUERY_TILE_ENV = "DETR_EXT_MSDA_QUERY_TILE"
+HALF_PACK_ENV = "DETR_EXT_MSDA_HALF_BACKWARD_PACK"
 REDUCED = (torch.float16, torch.bfloat16)
 
 
@@ -109,6 +110,31 @@ def test_cuda_parity_in_every_group_order(case, dtype, tile, monkeypatch):
     # Runs of `tile` queries of one head per thread group (short last runs when Q % tile != 0).
     monkeypatch.setenv(QUERY_TILE_ENV, str(tile))
     _check(case, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cuda_parity_of_the_half_backward_with_packs_of_4(case, dtype, monkeypatch):
+    # DETR_EXT_MSDA_HALF_BACKWARD_PACK=4: 8-byte packs where C % 4 == 0 (C = 8, 16, 32, 64
+    # here), the element-wise kernel elsewhere.
+    monkeypatch.setenv(HALF_PACK_ENV, "4")
+    _check(case, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_half_backward_with_packs_of_4_on_the_encoder(dtype, monkeypatch):
+    monkeypatch.setenv(HALF_PACK_ENV, "4")
+    inputs = make_preset_inputs(PRESETS["encoder"], 2, DTYPES[dtype], "cuda", "realistic")
+    reference = forward_and_grads(_upcast(inputs, "cuda"), "pytorch")
+    _check_against(inputs, reference, DTYPES[dtype])
+
+
+def test_cuda_bad_half_backward_pack_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(HALF_PACK_ENV, "16")
+    inputs = make_inputs(CASES[3], torch.float32, device="cuda")
+    grad_output = torch.ones(1, 11, 128, device="cuda")
+    with pytest.raises(RuntimeError, match=f"{HALF_PACK_ENV}: expected 4 or 8, got '16'"):
+        torch.ops.detr_ext.ms_deform_attn_backward(grad_output, *inputs)
 
 
 @pytest.mark.parametrize("text", ["0", "-2", "abc", "4097", "3x"])
