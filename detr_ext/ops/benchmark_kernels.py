@@ -111,6 +111,7 @@ def run_row(row, bandwidth: float) -> list[dict]:
             "locations": locations,
             "query_tile": tile,
             "half_backward_pack": half_pack,
+            "packs_compared": bool(packs),  # a row of both packs (its pack 8 repeats T=1's)
             "forward_s": forward_s,
             "backward_s": backward_s,
             "forward_bytes": forward_bytes,

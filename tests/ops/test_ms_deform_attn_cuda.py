@@ -115,10 +115,23 @@ def test_cuda_parity_in_every_group_order(case, dtype, tile, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_cuda_parity_of_the_half_backward_with_packs_of_4(case, dtype, monkeypatch):
-    # DETR_EXT_MSDA_HALF_BACKWARD_PACK=4: 8-byte packs where C % 4 == 0 (C = 8, 16, 32, 64
+    # DETR_EXT_MSDA_HALF_BACKWARD_PACK=4: 8-byte packs where C % 4 == 0 (C = 4, 8, 16, 32, 64
     # here), the element-wise kernel elsewhere.
     monkeypatch.setenv(HALF_PACK_ENV, "4")
     _check(case, dtype)
+
+
+@pytest.mark.parametrize("coords", ["float32", "value dtype"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_half_backward_with_packs_of_4_in_two_chunks(dtype, coords, monkeypatch):
+    # C = 136: 34 packs of 4, so 32 threads per (b, q, h) and a second chunk of channels.
+    monkeypatch.setenv(HALF_PACK_ENV, "4")
+    case = Case(2, 9, 2, 136, ((5, 6), (2, 3)), 3, "mixed")
+    inputs = make_inputs(
+        case, dtype, device="cuda", coord_dtype=torch.float32 if coords == "float32" else dtype
+    )
+    reference = forward_and_grads(_upcast(inputs), "pytorch")
+    _check_against(inputs, reference, dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -58,6 +58,11 @@ def _write_results(tmp_path: Path) -> tuple[Path, Path]:
         _kernel_row("encoder", "float32", 64, 200e-6, 950e-6),  # faster forward, slower sum
         _kernel_row("encoder", "float32", 8, 100e-6, 100e-6, locations="uniform"),  # not B2 real.
         _kernel_row("encoder", "bfloat16", 4, 100e-6, 100e-6),
+        {
+            **_kernel_row("encoder", "bfloat16", 1, 168e-6, 900e-6),
+            "half_backward_pack": 4,
+            "packs_compared": True,
+        },
     ]
     kernels.write_text(json.dumps({"results": rows}))
     return bandwidth, kernels
@@ -86,7 +91,8 @@ def test_report_is_a_markdown_table_of_every_row(tmp_path):
     text = markdown.read_text()
     assert "NVIDIA H200" in text and "4.27 TB/s" in text and "abc1234" in text
     lines = [line for line in text.splitlines() if line.startswith("| encoder")]
-    assert len(lines) == 5
+    assert len(lines) == 6
+    assert lines[-1].startswith("| encoder | 2 | bfloat16 | float32 | realistic | 1, half pack 4 |")
     assert (
         "| encoder | 2 | float32 | float32 | realistic | 32 | 205.0 | 5.12 | 886.0 | 14.77 |"
         in lines
