@@ -13,7 +13,8 @@
 # input raises instead of crashing, tools/gpu_check.py errors), test (pytest -m cuda),
 # sanitize (compute-sanitizer memcheck of tools/gpu_check.py sanitize alongside the tests,
 # racecheck at the end), bandwidth, kernels (tools/gpu_check.py kernels), bench
-# (tools/benchmark_msda.py), trace (torch.profiler of an end-to-end step), profile (ncu).
+# (tools/benchmark_msda.py), trace (torch.profiler of an end-to-end step), profile (ncu),
+# models (the model-level cuda tests, when scripts/gpu_wheels.sh's .whl/ was carried along).
 # Files in $OUT (at most 8: what a device lease brings back): summary.txt (each step's exit code
 # and seconds, then the tables), bandwidth.json, errors.json, kernels.json, kernels.md,
 # bench.json, bench.md, logs.tgz (every log: build, pytest, sanitizers, ncu and its summary).
@@ -21,7 +22,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-output/gpu_check}
 PY=${PYTHON:-python3}
-STEPS=${GPU_CHECK_STEPS-"env build errors test sanitize bandwidth kernels bench trace profile"}
+STEPS=${GPU_CHECK_STEPS-"env build errors test sanitize bandwidth kernels bench trace profile models"}
 LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
@@ -163,6 +164,28 @@ if want profile; then
       "$LOGS/ncu.log" >"$LOGS/ncu_summary.txt"
   else
     echo "step ncu: ncu not found" | tee -a "$SUMMARY"
+  fi
+fi
+
+# models: the model-level cuda tests (a training step of every shapes model under fp16 / bf16
+# autocast, the trainer's fp16 AMP) with detectron2 and its dependencies from .whl/
+# (scripts/gpu_wheels.sh), when carried there. Grounding DINO's text encoder package is not
+# among the wheels, so its model is left out.
+if want models; then
+  if compgen -G ".whl/sal_detectron2-*.whl" >/dev/null; then
+    SITE=$(mktemp -d)
+    wheels=$(ls .whl/*.whl | grep -v sal_detectron2)
+    # shellcheck disable=SC2086
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" $wheels \
+      >"$LOGS/models_install.log" 2>&1
+    "$PY" -m zipfile -e .whl/sal_detectron2-*.whl "$SITE" >>"$LOGS/models_install.log" 2>&1
+    rm -f "$SITE"/detectron2/_C*.so
+    step models env PYTHONPATH="$SITE" OMP_NUM_THREADS=4 "$PY" -m pytest \
+      tests/projects/test_mixed_precision.py tests/engine/test_trainer.py -m cuda \
+      -k "not grounding_dino" -q -p no:cacheprovider --tb=short -o addopts=""
+    tail -3 "$LOGS/models.log" | tee -a "$SUMMARY"
+  else
+    echo "step models: no .whl/ (scripts/gpu_wheels.sh, carried as .whl)" | tee -a "$SUMMARY"
   fi
 fi
 
