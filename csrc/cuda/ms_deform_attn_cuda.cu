@@ -124,8 +124,8 @@ Geometry make_geometry(const Inputs& in, int pack) {
 }
 
 // Checks the sizes and may throw: call it before the launch statement, never inside its argument
-// list (an exception thrown there, after the launch configuration was pushed, crashed the
-// process on an H200).
+// list (nvcc evaluates the arguments after pushing the launch configuration, which a throw would
+// leave behind).
 template <typename scalar_t, typename coord_t>
 MsdaArgs<scalar_t, coord_t> make_args(const Inputs& in, const Geometry& geo, int tile) {
   constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
