@@ -35,6 +35,7 @@ from detectron2.utils import comm  # noqa: E402
 
 from detr_ext.config import ConfigUsageError, check_overrides, load_config  # noqa: E402
 from detr_ext.engine import (  # noqa: E402
+    EvalCheckpointNotFoundError,
     OutputDirInUseError,
     check_new_run_output_dir,
     default_argument_parser,
@@ -122,6 +123,9 @@ if __name__ == "__main__":
             dist_url=dist_url_for(args, parser),
             args=(args,),
         )
-    except (ConfigUsageError, OutputDirInUseError) as error:
-        # OutputDirInUseError of a single process comes from setup(), run in this process.
+    except (ConfigUsageError, OutputDirInUseError, EvalCheckpointNotFoundError) as error:
+        # Those of a single process come from main(), run in this process: setup() refusing the
+        # output directory, --eval-only without weights (NothingToEvaluateError is a
+        # ConfigUsageError) or with a checkpoint that does not exist. Several processes report
+        # theirs from the process that raised.
         parser.error(str(error))

@@ -14,6 +14,8 @@ from .defaults import (
 )
 from .ema import EMAHook, ModelEMA, apply_ema, unwrap_model
 from .evaluation import (
+    EvalCheckpointNotFoundError,
+    NothingToEvaluateError,
     build_ema,
     build_evaluator,
     do_test,
@@ -34,9 +36,11 @@ from .trainer import NonFiniteTrainingError, Trainer
 __all__ = [
     "DataStreamState",
     "EMAHook",
+    "EvalCheckpointNotFoundError",
     "ModelEMA",
     "NonFiniteCheckpointError",
     "NonFiniteTrainingError",
+    "NothingToEvaluateError",
     "PeriodicCheckpointer",
     "OutputDirInUseError",
     "ResumeError",

@@ -15,12 +15,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from ..checkpoint.loading import ema_weights_requested, load_model_weights
-from ..config import accepts_argument
+from ..config import ConfigUsageError, accepts_argument
 from .checks import check_num_classes
 from .ema import ModelEMA, apply_ema
 from .prompted import evaluation_category_names
 
 __all__ = [
+    "EvalCheckpointNotFoundError",
+    "NothingToEvaluateError",
     "build_ema",
     "build_evaluator",
     "do_test",
@@ -30,6 +32,18 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class NothingToEvaluateError(ConfigUsageError):
+    """An evaluation was asked for without weights to evaluate (an empty
+    ``train.init_checkpoint``); the message names the ways on. Tools print it without a
+    traceback."""
+
+
+class EvalCheckpointNotFoundError(FileNotFoundError):
+    """The checkpoint an evaluation should load does not exist (a missing
+    ``train.init_checkpoint``, or a run folder without the checkpoint ``--resume`` would take);
+    the message says which. Tools print it without a traceback."""
 
 
 def _ema_cfg(cfg: DictConfig) -> DictConfig | dict:
@@ -209,13 +223,13 @@ def last_checkpoint_of_run(output_dir: str) -> str:
     ``last_checkpoint`` file names), for ``--eval-only --resume``.
 
     Raises:
-        FileNotFoundError: ``output_dir`` has no ``last_checkpoint`` file, or the file it
-            names does not exist.
+        EvalCheckpointNotFoundError: ``output_dir`` has no ``last_checkpoint`` file, or the
+            file it names does not exist.
     """
     # fvcore's Checkpointer reads last_checkpoint as --resume does; it needs no real model.
     checkpointer = Checkpointer(nn.Module(), output_dir)
     if not checkpointer.has_checkpoint():
-        raise FileNotFoundError(
+        raise EvalCheckpointNotFoundError(
             f"--eval-only --resume evaluates the last checkpoint of train.output_dir, but "
             f"{output_dir!r} has no 'last_checkpoint' file (no run saved a checkpoint there); "
             "expected the train.output_dir of a run, or train.init_checkpoint=<file> without "
@@ -225,7 +239,9 @@ def last_checkpoint_of_run(output_dir: str) -> str:
     if not os.path.isfile(path):
         tag = os.path.join(output_dir, "last_checkpoint")
         name = os.path.relpath(path, output_dir)
-        raise FileNotFoundError(f"--eval-only --resume: {tag} names {name!r}, which does not exist")
+        raise EvalCheckpointNotFoundError(
+            f"--eval-only --resume: {tag} names {name!r}, which does not exist"
+        )
     return path
 
 
@@ -252,10 +268,12 @@ def load_eval_checkpoint(
         the checkpoint has them, else ``None``.
 
     Raises:
-        ValueError: ``train.init_checkpoint`` is empty and ``allow_random_weights`` is False;
-            or ``train.ema.use_ema_weights_for_eval_only`` without ``train.ema.enabled`` or
-            without EMA weights in the checkpoint.
-        FileNotFoundError: ``train.init_checkpoint`` is a local path that is not a file.
+        NothingToEvaluateError: ``train.init_checkpoint`` is empty and
+            ``allow_random_weights`` is False.
+        ValueError: ``train.ema.use_ema_weights_for_eval_only`` without ``train.ema.enabled``
+            or without EMA weights in the checkpoint.
+        EvalCheckpointNotFoundError: ``train.init_checkpoint`` is a local path that is not a
+            file, or (``resume``) the run has no checkpoint.
         CheckpointMismatchError: the checkpoint does not fit the model.
     """
     path = cfg.train.get("init_checkpoint", "") or ""
@@ -264,7 +282,7 @@ def load_eval_checkpoint(
         logger.info("--eval-only --resume: evaluating %s, the run's last checkpoint.", path)
     if not path:
         if not allow_random_weights:
-            raise ValueError(
+            raise NothingToEvaluateError(
                 "evaluation needs trained weights, but train.init_checkpoint is empty; expected "
                 "train.init_checkpoint=<path to a checkpoint, e.g. model_final.pth>, or "
                 "--resume to evaluate the last checkpoint of train.output_dir (to evaluate a "
@@ -273,7 +291,10 @@ def load_eval_checkpoint(
         logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights.")
         return None
     ema_only = ema_weights_requested(cfg)
-    extra = load_model_weights(model, path, where="train.init_checkpoint")
+    try:
+        extra = load_model_weights(model, path, where="train.init_checkpoint")
+    except FileNotFoundError as error:
+        raise EvalCheckpointNotFoundError(str(error)) from error
     ema = build_ema(cfg, model)
     if ema is None:
         return None

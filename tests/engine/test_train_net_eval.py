@@ -101,7 +101,8 @@ def test_eval_only_without_weights_is_refused(tmp_path):
         cwd=tmp_path,
         datasets=tmp_path / "datasets",
     )
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr[-3000:]  # a usage error, not a crash
+    assert "Traceback" not in result.stderr
     assert "train.init_checkpoint is empty" in result.stderr
     assert "--allow-random-weights" in result.stderr
     assert "or --resume to evaluate the last checkpoint of train.output_dir" in result.stderr
@@ -111,6 +112,23 @@ def test_eval_only_without_weights_is_refused(tmp_path):
     parser = load_script("tools/train_net.py").build_parser()
     assert "--allow-random-weights" in parser.format_help()
     assert parser.parse_args(["--eval-only", "--allow-random-weights"]).allow_random_weights
+
+
+@pytest.mark.parametrize("how", ["missing init_checkpoint", "--resume without a checkpoint"])
+def test_eval_only_without_its_checkpoint_is_a_usage_error(tmp_path, how):
+    config = tiny_shapes_config("detr", tmp_path)
+    output_dir = tmp_path / "run"
+    arguments = ["--config-file", str(config), "--eval-only", f"train.output_dir={output_dir}"]
+    if how == "missing init_checkpoint":
+        arguments.append(f"train.init_checkpoint={tmp_path / 'missing.pth'}")
+        message = "train.init_checkpoint: expected a checkpoint file, got missing path"
+    else:
+        arguments.insert(0, "--resume")
+        message = "has no 'last_checkpoint' file (no run saved a checkpoint there)"
+    result = run_tool("train_net.py", arguments, cwd=tmp_path, datasets=tmp_path / "datasets")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and message in result.stderr
+    assert not (output_dir / "inference").exists()
 
 
 def test_load_eval_checkpoint_errors(tmp_path):
