@@ -14,6 +14,8 @@ import torch
 from detr_ext.ops import build_info, ms_deform_attn
 from detr_ext.ops.benchmark import DTYPES, PRESETS, poison_cuda_allocator
 from detr_ext.ops.benchmark import make_inputs as make_preset_inputs
+from detr_ext.ops.benchmark_kernels import HALF_PACK_ENV
+from detr_ext.ops.benchmark_kernels import TILE_ENV as QUERY_TILE_ENV
 from detr_ext.ops.benchmark_steps import TOLERANCES, output_difference
 from tests.ops.msda_cases import (
     CASES,
@@ -39,8 +41,6 @@ TOLERANCE = {
 ENCODER = Case(1, 22223, 8, 32, ((100, 167), (50, 84), (25, 42), (13, 21)), 4, "mixed")
 
 
-QUERY_TILE_ENV = "DETR_EXT_MSDA_QUERY_TILE"
-HALF_PACK_ENV = "DETR_EXT_MSDA_HALF_BACKWARD_PACK"
 REDUCED = (torch.float16, torch.bfloat16)
 
 
