@@ -41,6 +41,7 @@ from detr_ext.engine import (  # noqa: E402
     default_argument_parser,
     do_test,
     do_train,
+    eval_checkpoint_path,
     leave_process_group,
     load_eval_checkpoint,
     read_recorded_seed_before_launch,
@@ -112,6 +113,13 @@ if __name__ == "__main__":
             # own dataset registration twice in that process.
             cfg = load_config(args.config_file, args.opts)
             check_new_run_output_dir(cfg.get("train", {}).get("output_dir", ""))
+        if several_processes and args.eval_only:
+            # The weights to evaluate, checked once here: otherwise every process raised.
+            eval_checkpoint_path(
+                load_config(args.config_file, args.opts),
+                allow_random_weights=args.allow_random_weights,
+                resume=args.resume,
+            )
         if several_processes and args.num_machines == 1:
             # Read before process 0 rewrites config.yaml: a resumed or evaluated run keeps it.
             read_recorded_seed_before_launch(args)
@@ -126,6 +134,6 @@ if __name__ == "__main__":
     except (ConfigUsageError, OutputDirInUseError, EvalCheckpointNotFoundError) as error:
         # Those of a single process come from main(), run in this process: setup() refusing the
         # output directory, --eval-only without weights (NothingToEvaluateError is a
-        # ConfigUsageError) or with a checkpoint that does not exist. Several processes report
-        # theirs from the process that raised.
+        # ConfigUsageError) or with a checkpoint that does not exist. Before several processes
+        # start, this process checks the output directory and the weights to evaluate.
         parser.error(str(error))

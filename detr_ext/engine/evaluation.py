@@ -26,6 +26,7 @@ __all__ = [
     "build_ema",
     "build_evaluator",
     "do_test",
+    "eval_checkpoint_path",
     "evaluation_output_dir",
     "load_eval_checkpoint",
     "request_error_analysis",
@@ -245,6 +246,40 @@ def last_checkpoint_of_run(output_dir: str) -> str:
     return path
 
 
+def eval_checkpoint_path(
+    cfg: DictConfig, allow_random_weights: bool = False, resume: bool = False
+) -> str:
+    """The checkpoint an evaluation of ``cfg`` loads: ``cfg.train.init_checkpoint``, or with
+    ``resume`` the last checkpoint of ``cfg.train.output_dir``; ``""`` for randomly initialised
+    weights (only with ``allow_random_weights``). It builds no model, so ``train_net`` also
+    checks this before it starts several processes (one usage error instead of a traceback
+    from each process).
+
+    Raises:
+        NothingToEvaluateError: ``train.init_checkpoint`` is empty and
+            ``allow_random_weights`` is False.
+        EvalCheckpointNotFoundError: ``train.init_checkpoint`` is a local path that is not a
+            file, or (``resume``) the run has no checkpoint.
+    """
+    if resume:
+        return last_checkpoint_of_run(cfg.train.output_dir)
+    path = cfg.train.get("init_checkpoint", "") or ""
+    if not path:
+        if allow_random_weights:
+            return ""
+        raise NothingToEvaluateError(
+            "evaluation needs trained weights, but train.init_checkpoint is empty; expected "
+            "train.init_checkpoint=<path to a checkpoint, e.g. model_final.pth>, or "
+            "--resume to evaluate the last checkpoint of train.output_dir (to evaluate a "
+            "randomly initialised model on purpose, pass --allow-random-weights)"
+        )
+    if "://" not in path and not os.path.isfile(path):
+        raise EvalCheckpointNotFoundError(
+            f"train.init_checkpoint: expected a checkpoint file, got missing path {path!r}"
+        )
+    return path
+
+
 def load_eval_checkpoint(
     cfg: DictConfig, model: nn.Module, allow_random_weights: bool = False, resume: bool = False
 ) -> ModelEMA | None:
@@ -276,18 +311,10 @@ def load_eval_checkpoint(
             file, or (``resume``) the run has no checkpoint.
         CheckpointMismatchError: the checkpoint does not fit the model.
     """
-    path = cfg.train.get("init_checkpoint", "") or ""
+    path = eval_checkpoint_path(cfg, allow_random_weights=allow_random_weights, resume=resume)
     if resume:
-        path = last_checkpoint_of_run(cfg.train.output_dir)
         logger.info("--eval-only --resume: evaluating %s, the run's last checkpoint.", path)
     if not path:
-        if not allow_random_weights:
-            raise NothingToEvaluateError(
-                "evaluation needs trained weights, but train.init_checkpoint is empty; expected "
-                "train.init_checkpoint=<path to a checkpoint, e.g. model_final.pth>, or "
-                "--resume to evaluate the last checkpoint of train.output_dir (to evaluate a "
-                "randomly initialised model on purpose, pass --allow-random-weights)"
-            )
         logger.warning("train.init_checkpoint is empty: evaluating randomly initialised weights.")
         return None
     ema_only = ema_weights_requested(cfg)

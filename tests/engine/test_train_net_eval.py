@@ -12,7 +12,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from detr_ext.checkpoint import CheckpointMismatchError
-from detr_ext.engine import ModelEMA, load_eval_checkpoint
+from detr_ext.engine import ModelEMA, eval_checkpoint_path, load_eval_checkpoint
 from tests.tool_runs import SHAPES_CONFIGS, load_script, run_tool, tiny_shapes_config
 
 
@@ -92,12 +92,16 @@ def test_evaluation_with_two_processes_equals_one_process(tmp_path):
     assert len(single_lines) == 3 and single_lines == double_lines  # the AP table's numbers
 
 
-def test_eval_only_without_weights_is_refused(tmp_path):
+# Two processes: train_net checks the weights before it starts them (one usage error, not a
+# traceback from each process).
+@pytest.mark.parametrize("processes", [1, 2])
+def test_eval_only_without_weights_is_refused(tmp_path, processes):
     config = tiny_shapes_config("detr", tmp_path)
     output_dir = tmp_path / "run"
     result = run_tool(
         "train_net.py",
-        ["--config-file", str(config), "--eval-only", f"train.output_dir={output_dir}"],
+        ["--config-file", str(config), "--eval-only", "--num-gpus", str(processes)]
+        + [f"train.output_dir={output_dir}"],
         cwd=tmp_path,
         datasets=tmp_path / "datasets",
     )
@@ -114,11 +118,13 @@ def test_eval_only_without_weights_is_refused(tmp_path):
     assert parser.parse_args(["--eval-only", "--allow-random-weights"]).allow_random_weights
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 @pytest.mark.parametrize("how", ["missing init_checkpoint", "--resume without a checkpoint"])
-def test_eval_only_without_its_checkpoint_is_a_usage_error(tmp_path, how):
+def test_eval_only_without_its_checkpoint_is_a_usage_error(tmp_path, how, processes):
     config = tiny_shapes_config("detr", tmp_path)
     output_dir = tmp_path / "run"
-    arguments = ["--config-file", str(config), "--eval-only", f"train.output_dir={output_dir}"]
+    arguments = ["--config-file", str(config), "--eval-only", "--num-gpus", str(processes)]
+    arguments.append(f"train.output_dir={output_dir}")
     if how == "missing init_checkpoint":
         arguments.append(f"train.init_checkpoint={tmp_path / 'missing.pth'}")
         message = "train.init_checkpoint: expected a checkpoint file, got missing path"
@@ -129,6 +135,30 @@ def test_eval_only_without_its_checkpoint_is_a_usage_error(tmp_path, how):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and message in result.stderr
     assert not (output_dir / "inference").exists()
+
+
+def test_eval_checkpoint_path(tmp_path):
+    """What train_net checks before it starts several processes, without building a model."""
+    cfg = LazyConfig.load(str(SHAPES_CONFIGS["detr"]))
+    cfg.train.init_checkpoint = ""
+    with pytest.raises(ValueError, match="train.init_checkpoint is empty"):
+        eval_checkpoint_path(cfg)
+    assert eval_checkpoint_path(cfg, allow_random_weights=True) == ""
+    cfg.train.init_checkpoint = str(tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="train.init_checkpoint: .* missing path"):
+        eval_checkpoint_path(cfg, allow_random_weights=True)
+    (tmp_path / "weights.pth").write_bytes(b"")
+    cfg.train.init_checkpoint = str(tmp_path / "weights.pth")
+    assert eval_checkpoint_path(cfg) == str(tmp_path / "weights.pth")
+    cfg.train.init_checkpoint = "https://example.com/model.pth"  # fetched when loaded
+    assert eval_checkpoint_path(cfg) == "https://example.com/model.pth"
+    cfg.train.output_dir = str(tmp_path / "run")  # --resume: the run's last checkpoint
+    with pytest.raises(FileNotFoundError, match="has no 'last_checkpoint' file"):
+        eval_checkpoint_path(cfg, resume=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model_0000009.pth").write_bytes(b"")
+    (tmp_path / "run" / "last_checkpoint").write_text("model_0000009.pth")
+    assert eval_checkpoint_path(cfg, resume=True) == str(tmp_path / "run" / "model_0000009.pth")
 
 
 def test_load_eval_checkpoint_errors(tmp_path):
