@@ -295,6 +295,9 @@ def run(args: argparse.Namespace, start_time: float) -> dict | None:
             "device": str(cfg.train.device),
             "iterations": iterations,
             "trained": not args.skip_train,
+            # The iteration this run's training started at (0; with --resume after the
+            # checkpoint's): train_seconds covers iterations start_iter .. iterations - 1.
+            "start_iter": int(timings.get("start_iter", 0)),
             "train_seconds": None if train_seconds is None else round(train_seconds, 1),
             # The final evaluation's time (part of train_seconds when it ran in training).
             "eval_seconds": eval_seconds,
@@ -314,7 +317,11 @@ def run(args: argparse.Namespace, start_time: float) -> dict | None:
     with open(output_dir / "summary.json", "w") as f:
         json.dump(summary, f, indent=2)
 
-    print(summary_line(box_ap, iterations, train_seconds, summary["wall_seconds"]))
+    print(
+        summary_line(
+            box_ap, iterations, train_seconds, summary["wall_seconds"], summary["start_iter"]
+        )
+    )
     if summary["seed"] is not None and args.skip_train:
         print(f"seed: {summary['seed']} (the evaluated model's, as recorded in config.yaml)")
     elif summary["seed"] is not None:

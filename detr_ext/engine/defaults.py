@@ -269,7 +269,9 @@ def do_train(
         args: the parsed command line (``resume`` is used).
         cfg: the run's config.
         timings: if given, ``timings["eval_seconds"]`` is set to the duration of the last
-            evaluation (the one after the final iteration, part of the training time).
+            evaluation (the one after the final iteration, part of the training time), and
+            ``timings["start_iter"]`` to the iteration this run started at (0, or the one after
+            the checkpoint that ``--resume`` continued).
 
     Returns:
         the results of the last evaluation (the one after the final iteration), as
@@ -397,5 +399,7 @@ def do_train(
                 cfg.train.init_checkpoint,
             )
         start_iter = 0
+    if timings is not None:
+        timings["start_iter"] = start_iter
     trainer.train(start_iter, cfg.train.max_iter)
     return dict(last_results)

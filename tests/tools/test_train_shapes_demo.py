@@ -52,6 +52,7 @@ def test_train_evaluate_draw_then_resume_then_skip_train(work_dir):
 
     summary = json.loads((output_dir / "summary.json").read_text())
     assert summary["iterations"] == 2 and summary["trained"] is True
+    assert summary["start_iter"] == 0
     assert isinstance(summary["box_AP"], float) and 0 <= summary["box_AP"] <= 100
     assert summary["box_AP"] == summary["results"]["bbox"]["AP"]
     assert summary["train_seconds"] > 0 and summary["wall_seconds"] >= summary["train_seconds"]
@@ -78,6 +79,9 @@ def test_train_evaluate_draw_then_resume_then_skip_train(work_dir):
     assert result.returncode == 0, output[-8000:]
     summary = json.loads((output_dir / "summary.json").read_text())
     assert summary["iterations"] == 3 and summary["seed"] == seed
+    # Its time covers the one iteration it ran, and the summary says so.
+    assert summary["start_iter"] == 2
+    assert "after 3 iterations (1 of them in this run, from iteration 2) in " in result.stdout
     assert _recorded_seed(output_dir) == seed
     assert f"add train.seed={seed} to repeat this run" in result.stdout
     assert f"note: keeping the seed {seed} that " in result.stdout
