@@ -123,12 +123,15 @@ if __name__ == "__main__":
         if several_processes and args.num_machines == 1:
             # Read before process 0 rewrites config.yaml: a resumed or evaluated run keeps it.
             read_recorded_seed_before_launch(args)
+        # Put in args too: the logged command line then says "auto", not detectron2's default
+        # port, which the run does not use.
+        args.dist_url = dist_url_for(args, parser)
         launch(
             main,
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
-            dist_url=dist_url_for(args, parser),
+            dist_url=args.dist_url,
             args=(args,),
         )
     except (ConfigUsageError, OutputDirInUseError, EvalCheckpointNotFoundError) as error:

@@ -70,6 +70,10 @@ def test_evaluation_with_two_processes_equals_one_process(tmp_path):
             datasets=tmp_path / "datasets",
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr[-6000:]
+        # The logged command line names the port choice the run used, not detectron2's
+        # default port (tcp://127.0.0.1:49152 for root), which it did not use.
+        logged = (output_dir / "log.txt").read_text()
+        assert "dist_url='auto'" in logged and "49152" not in logged
         detections = json.loads(
             (output_dir / "inference" / "coco_instances_results.json").read_text()
         )
