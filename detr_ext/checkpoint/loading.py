@@ -30,6 +30,7 @@ __all__ = [
     "ema_weights_requested",
     "ShapeCheckingCheckpointer",
     "UnreadableCheckpointError",
+    "check_checkpoint_path",
     "load_model_weights",
 ]
 
@@ -270,6 +271,26 @@ def _copy_ema_weights(model: nn.Module, extra: dict[str, Any], where: str, path:
             model_state[key].copy_(value)
 
 
+def check_checkpoint_path(path: str | os.PathLike, where: str) -> str:
+    """``path`` as a str, after checking that it names a checkpoint to load: a local file, or a
+    URL (``detectron2://``, ``https://`` ..., fetched when loaded).
+
+    Args:
+        path: the checkpoint's path or URL.
+        where: what names the path in messages, e.g. ``"train.init_checkpoint"``.
+
+    Raises:
+        ValueError: ``path`` is empty.
+        FileNotFoundError: ``path`` is a local path that is not a file.
+    """
+    path = os.fspath(path)
+    if not path:
+        raise ValueError(f"{where}: expected a checkpoint path, got ''")
+    if "://" not in path and not os.path.isfile(path):
+        raise FileNotFoundError(f"{where}: expected a checkpoint file, got missing path {path!r}")
+    return path
+
+
 def load_model_weights(
     model: nn.Module,
     path: str | os.PathLike,
@@ -301,11 +322,7 @@ def load_model_weights(
             checkpoint matches none of the model's keys, or lacks some of them.
         UnreadableCheckpointError: the file cannot be read (truncated, corrupt).
     """
-    path = os.fspath(path)
-    if not path:
-        raise ValueError(f"{where}: expected a checkpoint path, got ''")
-    if "://" not in path and not os.path.isfile(path):
-        raise FileNotFoundError(f"{where}: expected a checkpoint file, got missing path {path!r}")
+    path = check_checkpoint_path(path, where)
     checkpointer = ShapeCheckingCheckpointer(model, where=where, **(checkpointables or {}))
     extra = checkpointer.load(path, checkpointables=list(checkpointables or {}))
     if ema:

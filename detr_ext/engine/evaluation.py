@@ -14,7 +14,11 @@ from fvcore.common.checkpoint import Checkpointer
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
-from ..checkpoint.loading import ema_weights_requested, load_model_weights
+from ..checkpoint.loading import (
+    check_checkpoint_path,
+    ema_weights_requested,
+    load_model_weights,
+)
 from ..config import ConfigUsageError, accepts_argument
 from .checks import check_num_classes
 from .ema import ModelEMA, apply_ema
@@ -273,11 +277,10 @@ def eval_checkpoint_path(
             "--resume to evaluate the last checkpoint of train.output_dir (to evaluate a "
             "randomly initialised model on purpose, pass --allow-random-weights)"
         )
-    if "://" not in path and not os.path.isfile(path):
-        raise EvalCheckpointNotFoundError(
-            f"train.init_checkpoint: expected a checkpoint file, got missing path {path!r}"
-        )
-    return path
+    try:
+        return check_checkpoint_path(path, where="train.init_checkpoint")
+    except FileNotFoundError as error:
+        raise EvalCheckpointNotFoundError(str(error)) from error
 
 
 def load_eval_checkpoint(
