@@ -3,10 +3,12 @@
 
 For each problem (preset or custom shapes), batch size, dtype and kind of sampling locations,
 both backends run forward (under no_grad) and forward+backward. Reported: median time after
-warm-up (CUDA events on a GPU; the two backends timed in turns, so that machine load affects
-both alike), peak memory of one step beyond the inputs, the largest difference between the two
-outputs (a row whose outputs disagree stops the run), and the speedup and memory ratios of the
-compiled op over the PyTorch path, all measured in the same run.
+warm-up (CUDA events on a GPU, around ``--burst`` steps queued back to back as a training loop
+queues them, so that a step's host work overlaps the previous step's kernels; the two backends
+timed in turns, so that machine load affects both alike), peak memory of one step beyond the
+inputs, the largest difference between the two outputs (a row whose outputs disagree stops the
+run), and the speedup and memory ratios of the compiled op over the PyTorch path, all measured
+in the same run.
 
 The PyTorch path is Deformable DETR's reference computation, one ``grid_sample`` per level and a
 weighted sum (``detr_ext.ops.benchmark.grid_sample_baseline``; the library's fallback
@@ -101,8 +103,7 @@ def markdown_table(result: dict) -> str:
     env = result["environment"]
     lines = [
         f"MSDA benchmark on {env['device_name']} ({env['device']}, {env['threads']} threads), "
-        f"torch {env['torch']}, commit {env['commit']}; median of {result['repeat']} runs after "
-        f"{result['warmup']} warm-up runs.",
+        f"torch {env['torch']}, commit {env['commit']}; {timing_sentence(result)}",
         "",
         "| problem | batch | dtype | locations | mode | compiled ms | PyTorch ms | speedup "
         "| compiled MiB | PyTorch MiB | memory ratio | max output difference |",
@@ -120,6 +121,19 @@ def markdown_table(result: dict) -> str:
             f"| {'n/a' if difference is None else f'{difference:.1e}'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def timing_sentence(result: dict) -> str:
+    """How the table's times were taken (results written before ``burst`` existed timed every
+    call alone)."""
+    burst = result.get("burst", 1)
+    runs = f"median of {result['repeat']} runs after {result['warmup']} warm-up runs"
+    if burst == 1:
+        return f"{runs}, each run timed alone."
+    return (
+        f"{runs}; a run is {burst} steps queued back to back (the host runs ahead of the GPU, "
+        f"as in a training loop), its time over {burst}."
+    )
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -182,7 +196,7 @@ def measure(problem, batch, dtype_name, locations, mode, args, threads) -> dict:
         )
         for backend in BACKENDS
     }
-    times = interleaved_median_times(runs, args.device, args.warmup, args.repeat)
+    times = interleaved_median_times(runs, args.device, args.warmup, args.repeat, args.burst)
     del runs
     for backend in BACKENDS:
         row[f"{backend}_s"] = times[backend]
@@ -236,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup", type=int_at_least(0), default=2)
     parser.add_argument("--repeat", type=int_at_least(1), default=5)
+    parser.add_argument(
+        "--burst",
+        type=int_at_least(1),
+        default=None,
+        help="calls per timed interval (default: 10 on cuda, 1 on cpu). On a GPU the host queues\n"
+        "them back to back, as a training loop does, so a step's Python and autograd work\n"
+        "overlaps the previous step's kernels; 1 times each step alone from an idle GPU",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
     parser.add_argument(
         "--json", default="output/benchmark_msda.json", help="where to write results"
@@ -273,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
         problems.append(
             Problem("custom", args.shapes, args.queries, args.heads, args.channels, args.points)
         )
+    if args.burst is None:
+        args.burst = 10 if args.device == "cuda" else 1
     threads = torch.get_num_threads()
     env = environment(args.device)
     print(
@@ -287,7 +311,13 @@ def main(argv: list[str] | None = None) -> dict:
         print_table(rows[-1:])
     print()
     print_table(rows)
-    result = {"environment": env, "warmup": args.warmup, "repeat": args.repeat, "results": rows}
+    result = {
+        "environment": env,
+        "warmup": args.warmup,
+        "repeat": args.repeat,
+        "burst": args.burst,
+        "results": rows,
+    }
     write_reports(result, args.json, args.markdown, args.plot)
     return result
 

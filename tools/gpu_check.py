@@ -18,8 +18,9 @@ Needs torch and a CUDA build of ``detr_ext._C`` only (no detectron2). Subcommand
   the process loads crashes there).
 - ``profile``: one launch of each encoder kernel that matters, for ncu.
 - ``trace``: where an end-to-end forward+backward step (``tools/benchmark_msda.py``'s, compiled
-  op) spends its time besides the kernels: the step's CPU time against its GPU span, and
-  torch.profiler's tables (by CPU and by CUDA time) and Chrome trace.
+  op) spends its time besides the kernels: the step's CPU time against its GPU span when timed
+  alone, its time when steps are queued back to back, and torch.profiler's tables (by CPU and
+  by CUDA time) and Chrome trace.
 - ``report``: a markdown summary of the JSON the others wrote.
 
     python tools/gpu_check.py bandwidth --json out/bandwidth.json
@@ -44,6 +45,7 @@ from detr_ext.ops.benchmark import DTYPES, PRESETS, environment, make_inputs  # 
 from detr_ext.ops.benchmark_kernels import (  # noqa: E402
     KERNEL_ROWS,
     TILE_ENV,
+    UNROLL_ENV,
     kernel_inputs,
     run_row,
     set_tile,
@@ -89,6 +91,7 @@ def cmd_best_tile(args) -> None:
         if (r["preset"], r["batch"], r["dtype"], r["locations"])
         == ("encoder", 2, "float32", "realistic")
         and r.get("half_backward_pack", 8) == 8
+        and r.get("forward_unroll", 1) == 1
     ]
     print(min(candidates, key=lambda r: r["forward_s"] + r["backward_s"])["query_tile"])
 
@@ -96,8 +99,8 @@ def cmd_best_tile(args) -> None:
 def cmd_sanitize(args) -> dict:
     """Forward+backward of small problems through every kernel instance (vectorized and
     element-wise channels, all dtypes, both coordinate dtypes, several group orders, the
-    half-precision backward with packs of 4), checked against the float64 PyTorch path on the
-    CPU."""
+    half-precision backward with packs of 4, the float32 forward unrolled by 2), checked against
+    the float64 PyTorch path on the CPU."""
     from detr_ext.ops import ms_deform_attn_pytorch
 
     failures = []
@@ -122,9 +125,13 @@ def cmd_sanitize(args) -> dict:
         for dtype in ("float64", "float32", "float16", "bfloat16"):
             half = dtype in ("float16", "bfloat16")
             coords = ("float32", dtype) if half else (dtype,)
-            variants = ((None, None), (3, None)) + (((None, 4),) if half else ())
-            for coord_dtype, (tile, pack) in ((c, v) for c in coords for v in variants):
-                set_tile(tile, pack)
+            variants = ((None, None, None), (3, None, None))
+            if half:
+                variants += ((None, 4, None),)
+            if dtype == "float32":
+                variants += ((None, None, 2), (3, None, 2))
+            for coord_dtype, (tile, pack, unroll) in ((c, v) for c in coords for v in variants):
+                set_tile(tile, pack, unroll)
                 inputs = [
                     value.to("cuda", DTYPES[dtype]).requires_grad_(),
                     shapes_t.cuda(),
@@ -138,14 +145,21 @@ def cmd_sanitize(args) -> dict:
                 error = float((output.detach().cpu().double() - expected).abs().max())
                 if not error < 0.1:
                     failures.append(
-                        f"{dtype}/{coord_dtype}/T={tile}/pack={pack} C={channels}: {error}"
+                        f"{dtype}/{coord_dtype}/T={tile}/pack={pack}/unroll={unroll} "
+                        f"C={channels}: {error}"
                     )
     set_tile(None)
     print("sanitize cases:", "all agree" if not failures else failures)
     return {"failures": failures}
 
 
-ERROR_CASES = ("cpu_check", "cuda_check", "cuda_backward_check", "cuda_query_tile")
+ERROR_CASES = (
+    "cpu_check",
+    "cuda_check",
+    "cuda_backward_check",
+    "cuda_query_tile",
+    "cuda_forward_unroll",
+)
 
 
 def error_case(name: str) -> str:
@@ -167,6 +181,9 @@ def error_case(name: str) -> str:
         elif name == "cuda_backward_check":  # grad_output of the wrong width
             grad_output = torch.randn(1, 3, 7, device=device)
             ops.ms_deform_attn_backward(grad_output, value, shapes, starts, locations, weights)
+        elif name == "cuda_forward_unroll":
+            os.environ[UNROLL_ENV] = "3"
+            ops.ms_deform_attn(value, shapes, starts, locations, weights)
         else:
             os.environ[TILE_ENV] = "0"
             ops.ms_deform_attn(value, shapes, starts, locations, weights)
@@ -192,7 +209,8 @@ def cmd_errors(args) -> dict:
 
 def cmd_profile(args) -> dict:
     """One launch each of the encoder's forward (float32, bfloat16) and backward (float32) per
-    query tile: the launches ncu profiles (``-k regex:ms_deform_attn``)."""
+    query tile, and the float32 forward unrolled by 2 at each tile: the launches ncu profiles
+    (``-k regex:ms_deform_attn``)."""
     ops = torch.ops.detr_ext
     for dtype in ("float32", "bfloat16"):
         inputs = kernel_inputs("encoder", 2, dtype, "float32", "realistic", seed=0)
@@ -202,6 +220,8 @@ def cmd_profile(args) -> dict:
             ops.ms_deform_attn(*inputs)
             if dtype == "float32":
                 ops.ms_deform_attn_backward(grad_output, *inputs)
+                set_tile(tile, unroll=2)
+                ops.ms_deform_attn(*inputs)
     torch.cuda.synchronize()
     set_tile(None)
     return {"tiles": args.tiles}
@@ -230,6 +250,17 @@ def cmd_trace(args) -> dict:
         end.record()
         end.synchronize()
         span.append(start.elapsed_time(end) / 1e3)
+    # The same steps queued back to back (how tools/benchmark_msda.py times them): the host's
+    # work of one step overlaps the kernels of the previous one.
+    queued = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            run()
+        end.record()
+        end.synchronize()
+        queued.append(start.elapsed_time(end) / 1e3 / 20)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as profiler:
         for _ in range(5):
@@ -244,18 +275,23 @@ def cmd_trace(args) -> dict:
         "preset": args.preset,
         "step_cpu_s": statistics.median(cpu),
         "step_span_s": statistics.median(span),
+        "step_queued_s": statistics.median(queued),
     }
     print(
         f"{args.preset} B2 float32 forward+backward: host {result['step_cpu_s'] * 1e6:.0f} us, "
-        f"GPU span {result['step_span_s'] * 1e6:.0f} us (medians of 20)"
+        f"GPU span {result['step_span_s'] * 1e6:.0f} us (medians of 20), "
+        f"queued 20 at a time {result['step_queued_s'] * 1e6:.0f} us per step"
     )
     return result
 
 
 def pack_note(row: dict) -> str:
-    """The pack of the rows that compare the half-precision backward's packs (results written
-    before the variant have no such key)."""
-    return f", half pack {row['half_backward_pack']}" if row.get("packs_compared") else ""
+    """The variant of the rows that compare the half-precision backward's packs or the float32
+    forward's unrolls (results written before a variant have no such key)."""
+    note = f", half pack {row['half_backward_pack']}" if row.get("packs_compared") else ""
+    if row.get("unrolls_compared"):
+        note += f", unroll {row['forward_unroll']}"
+    return note
 
 
 def cmd_report(args) -> None:

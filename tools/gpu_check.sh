@@ -8,6 +8,12 @@
 #
 #   bash tools/gpu_check.sh                 # all steps
 #   GPU_CHECK_STEPS="build test" bash tools/gpu_check.sh
+#   GPU_CHECK_DEADLINE=480 bash tools/gpu_check.sh   # start no step after 480 s
+#
+# GPU_CHECK_DEADLINE (seconds from the start): a step that would start later is skipped and
+# said to be in the summary, and the sanitizers, ncu and the models step are cut at it, so that
+# a run ends inside a lease's command limit with its files written (a command killed at the
+# limit would leave no logs archive). Other steps started before it run to their end.
 #
 # Steps: env, build (for this GPU's architecture, ptxas report, SASS, toolchain), errors (bad
 # input raises instead of crashing, tools/gpu_check.py errors), test (pytest -m cuda),
@@ -30,10 +36,26 @@ SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 
 want() { [[ " $STEPS " == *" $1 "* ]]; }
+DEADLINE=${GPU_CHECK_DEADLINE:-}
+BEGIN=$(date +%s)
+# remaining: seconds left before GPU_CHECK_DEADLINE (a large number without one).
+remaining() {
+  if [[ -z $DEADLINE ]]; then echo 100000; else echo $((DEADLINE - ($(date +%s) - BEGIN))); fi
+}
+# cap N: N seconds, or fewer when GPU_CHECK_DEADLINE comes sooner (at least 1).
+cap() {
+  local left
+  left=$(remaining)
+  if [[ $left -lt $1 ]]; then echo $((left > 1 ? left : 1)); else echo "$1"; fi
+}
 # step NAME COMMAND...: runs COMMAND with its output in $LOGS/NAME.log, records rc and seconds.
 step() {
   local name=$1 start rc
   shift
+  if [[ $(remaining) -le 0 ]]; then
+    echo "step $name: skipped, past GPU_CHECK_DEADLINE=$DEADLINE s" | tee -a "$SUMMARY"
+    return 0
+  fi
   start=$(date +%s)
   "$@" >"$LOGS/$name.log" 2>&1
   rc=$?
@@ -105,7 +127,7 @@ sanitize() {
     echo "step sanitizer_$1: compute-sanitizer not found" | tee -a "$SUMMARY"
     return
   fi
-  step "sanitizer_$1" timeout 150 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" \
+  step "sanitizer_$1" timeout "$(cap 150)" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" \
     --tool "$1" --error-exitcode 9 "$PY" tools/gpu_check.py sanitize
   grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$LOGS/sanitizer_$1.log" | tee -a "$SUMMARY"
 }
@@ -133,13 +155,20 @@ if want kernels; then
 fi
 
 if want bench; then
+  # Steps queued 10 at a time (the benchmark's default on a GPU), then the float32 rows once
+  # more with every step timed alone (--burst 1), for the record.
   step bench "$PY" tools/benchmark_msda.py --device cuda --preset encoder decoder --batch 2 \
     --dtype float32 float16 bfloat16 --locations realistic uniform --warmup 5 --repeat 25 \
-    --json "$OUT/bench.json" --markdown "$OUT/bench.md"
+    --burst 10 --json "$OUT/bench.json" --markdown "$OUT/bench.md"
   step bench_batches "$PY" tools/benchmark_msda.py --device cuda --preset encoder decoder \
-    --batch 1 8 --dtype float32 --locations realistic --warmup 5 --repeat 25 \
+    --batch 1 8 --dtype float32 --locations realistic --warmup 5 --repeat 25 --burst 10 \
     --json "$LOGS/bench_batches.json" --markdown "$LOGS/bench_batches.md"
-  cat "$LOGS/bench_batches.md" >>"$OUT/bench.md" 2>/dev/null
+  step bench_alone "$PY" tools/benchmark_msda.py --device cuda --preset encoder decoder \
+    --batch 2 --dtype float32 --locations realistic --warmup 5 --repeat 25 --burst 1 \
+    --no-memory --json "$LOGS/bench_alone.json" --markdown "$LOGS/bench_alone.md"
+  for part in bench_batches bench_alone; do
+    cat "$LOGS/$part.md" >>"$OUT/bench.md" 2>/dev/null
+  done
 fi
 
 if want trace; then
@@ -155,7 +184,7 @@ if want profile; then
   TILES=1
   [[ -f $OUT/kernels.json ]] && TILES="1 $("$PY" tools/gpu_check.py best-tile --kernels "$OUT/kernels.json")"
   if [[ -n $NCU ]]; then
-    step ncu timeout 300 "$NCU" --clock-control none -k regex:ms_deform_attn \
+    step ncu timeout "$(cap 300)" "$NCU" --clock-control none -k regex:ms_deform_attn \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
       --section LaunchStats --section WarpStateStats --section SchedulerStats \
       --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,l1tex__t_bytes.sum,lts__t_sectors_op_red.sum,l1tex__t_sector_hit_rate.pct,lts__t_sector_hit_rate.pct \
@@ -180,7 +209,7 @@ if want models; then
       >"$LOGS/models_install.log" 2>&1
     "$PY" -m zipfile -e .whl/sal_detectron2-*.whl "$SITE" >>"$LOGS/models_install.log" 2>&1
     rm -f "$SITE"/detectron2/_C*.so
-    step models env PYTHONPATH="$SITE" OMP_NUM_THREADS=4 "$PY" -m pytest \
+    step models timeout "$(cap 300)" env PYTHONPATH="$SITE" OMP_NUM_THREADS=4 "$PY" -m pytest \
       tests/projects/test_mixed_precision.py tests/engine/test_trainer.py -m cuda \
       -k "not grounding_dino" -q -p no:cacheprovider --tb=short -o addopts=""
     tail -3 "$LOGS/models.log" | tee -a "$SUMMARY"

@@ -26,6 +26,7 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 namespace detr_ext {
@@ -48,6 +49,19 @@ int half_backward_pack() {
   TORCH_CHECK(pack == "4" || pack == "8",
               "DETR_EXT_MSDA_HALF_BACKWARD_PACK: expected 4 or 8, got '", pack, "'");
   return pack == "4" ? 4 : 8;
+}
+
+// Staged points per step of the float32 forward with 16-byte packs: 1 (the default) or, with
+// DETR_EXT_MSDA_FORWARD_UNROLL=2, 2 (two points' gathers in flight per thread). An experiment for
+// the GPU check: on an H200 the float32 forward waited on its gathers (59 % occupancy, 48
+// registers). Other dtypes and packs ignore it.
+int forward_unroll() {
+  const char* text = std::getenv("DETR_EXT_MSDA_FORWARD_UNROLL");
+  if (text == nullptr || *text == '\0') return 1;
+  const std::string unroll(text);
+  TORCH_CHECK(unroll == "1" || unroll == "2",
+              "DETR_EXT_MSDA_FORWARD_UNROLL: expected 1 or 2, got '", unroll, "'");
+  return unroll == "2" ? 2 : 1;
 }
 
 bool aligned8(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 8 == 0; }
@@ -204,6 +218,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
                      {&attention_weights, "attention_weights"}},
                     value);
   const int tile = query_tile();
+  const int unroll = forward_unroll();
   const c10::cuda::CUDAGuard guard(value.device());
   const Inputs in(value, spatial_shapes, level_start_index, sampling_locations,
                   attention_weights);
@@ -219,6 +234,14 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
     const Geometry geo = make_geometry(in, vec ? msda_cuda::pack_size<scalar_t, true>()
                                                : msda_cuda::pack_size<scalar_t, false>());
     const auto args = make_args<scalar_t, coord_t>(in, geo, tile);
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (vec && unroll == 2) {
+        msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true, 2>
+            <<<geo.blocks, kThreads, 0, stream>>>(args, out);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
+    }
     if (vec) {
       msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true>
           <<<geo.blocks, kThreads, 0, stream>>>(args, out);

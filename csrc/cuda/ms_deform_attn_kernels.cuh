@@ -37,8 +37,9 @@ constexpr unsigned kFullMask = 0xffffffffu;
 // Minimum resident blocks per SM handed to __launch_bounds__ (a register cap of
 // 65536 / (256 * n)): chosen from `nvcc -Xptxas -v` for sm_80 / sm_90 as the highest occupancy
 // that the compiler reaches without spilling.
-template <typename scalar_t>
+template <typename scalar_t, int kUnroll = 1>
 constexpr int forward_min_blocks() {
+  if constexpr (kUnroll == 2) return 4;  // the unrolled variant: two points' gathers in flight
   return sizeof(scalar_t) == 4 ? 5 : 4;
 }
 template <typename scalar_t, bool kVec, int kPack>
@@ -216,8 +217,24 @@ __device__ __forceinline__ void gather_corners(const scalar_t* pack, const int (
 }
 
 // ------------------------------------------------------------------------------------ forward
-template <typename scalar_t, typename coord_t, bool kVec>
-__global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
+// Adds one staged point's four weighted corners of the thread's pack to acc.
+template <typename acc_t, int kPack>
+__device__ __forceinline__ void accumulate_corners(const Coef4<acc_t>& w,
+                                                   const acc_t (&v)[4][kPack],
+                                                   acc_t (&acc)[kPack]) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+#pragma unroll
+    for (int c = 0; c < kPack; ++c) acc[c] += w.v[k] * v[k][c];
+  }
+}
+
+// kUnroll 2 (DETR_EXT_MSDA_FORWARD_UNROLL=2, float32 with 16-byte packs only; an experiment for
+// the GPU check): the gathers of two staged points are issued before either point's sums, so
+// twice the loads are in flight per thread, at 64 registers (4 blocks/SM) instead of 48 (5).
+// The sums keep their order, so the output is the same bit for bit.
+template <typename scalar_t, typename coord_t, bool kVec, int kUnroll = 1>
+__global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t, kUnroll>()))
     ms_deform_attn_forward_kernel(const MsdaArgs<scalar_t, coord_t> a,
                                   scalar_t* __restrict__ output) {
   using acc_t = acc_type<scalar_t>;
@@ -257,17 +274,29 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
       __syncwarp();
       if (count <= 0) continue;
       const int staged = min(G, a.points_per_group - tile);
-      for (int i = 0; i < staged; ++i) {
+      int i = 0;
+      if constexpr (kUnroll == 2) {
+        for (; i + 1 < staged; i += 2) {
+          const int4 o0 = staged_offsets[place.first_slot + i];
+          const int4 o1 = staged_offsets[place.first_slot + i + 1];
+          const Coef4<acc_t> w0 = staged_weights[place.first_slot + i];
+          const Coef4<acc_t> w1 = staged_weights[place.first_slot + i + 1];
+          const int offsets0[4] = {o0.x, o0.y, o0.z, o0.w};
+          const int offsets1[4] = {o1.x, o1.y, o1.z, o1.w};
+          acc_t v0[4][kPack], v1[4][kPack];
+          gather_corners<kVec>(value_pack, offsets0, count, v0);
+          gather_corners<kVec>(value_pack, offsets1, count, v1);
+          accumulate_corners(w0, v0, acc);
+          accumulate_corners(w1, v1, acc);
+        }
+      }
+      for (; i < staged; ++i) {
         const int4 o = staged_offsets[place.first_slot + i];
         const Coef4<acc_t> w = staged_weights[place.first_slot + i];
         const int offsets[4] = {o.x, o.y, o.z, o.w};
         acc_t v[4][kPack];
         gather_corners<kVec>(value_pack, offsets, count, v);
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-#pragma unroll
-          for (int c = 0; c < kPack; ++c) acc[c] += w.v[k] * v[k][c];
-        }
+        accumulate_corners(w, v, acc);
       }
     }
     if (place.active && count > 0) {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +134,7 @@ def make_inputs(
 
 def grid_sample_baseline(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
+    spatial_shapes: torch.Tensor | Sequence[tuple[int, int]],
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
@@ -149,14 +149,20 @@ def grid_sample_baseline(
     autocast runs ``grid_sample`` in the widest input dtype, and locations rounded to bfloat16
     would sample other points (up to 0.65 pixel off on a 167-pixel-wide level; the outputs
     then differ by up to 0.7 on the encoder preset). With reduced-precision locations on CUDA
-    everything is sampled in the values' dtype."""
+    everything is sampled in the values' dtype.
+
+    ``spatial_shapes`` may be the (height, width) pairs on the host: reading a CUDA tensor's
+    values waits for the GPU, which the timed steps (``benchmark_steps``) leave out of the
+    baseline's time as a training loop would, by reading them once."""
     compute_dtype = value.dtype
     reduced = value.dtype in (torch.float16, torch.bfloat16)
     if reduced and (value.device.type == "cpu" or sampling_locations.dtype == torch.float32):
         compute_dtype = torch.float32
     batch, _, heads, channels = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
-    sizes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    if isinstance(spatial_shapes, torch.Tensor):
+        spatial_shapes = spatial_shapes.tolist()
+    sizes = [(int(h), int(w)) for h, w in spatial_shapes]
     grids = 2 * sampling_locations.to(compute_dtype) - 1
     samples = []
     for level, part in enumerate(value.to(compute_dtype).split([h * w for h, w in sizes], dim=1)):
@@ -175,12 +181,24 @@ def grid_sample_baseline(
 
 
 def interleaved_median_times(
-    runs: Mapping[str, Callable[[], object]], device: str, warmup: int, repeat: int
+    runs: Mapping[str, Callable[[], object]],
+    device: str,
+    warmup: int,
+    repeat: int,
+    burst: int = 1,
 ) -> dict[str, float]:
-    """Median seconds of each of ``runs`` after ``warmup`` calls of each, timed in turns (one
-    call of each per round), so that a change of machine load affects them alike."""
-    if repeat < 1 or warmup < 0:
-        raise ValueError(f"expected repeat >= 1 and warmup >= 0, got {repeat} and {warmup}")
+    """Median seconds of one call of each of ``runs`` after ``warmup`` calls of each, timed in
+    turns (one interval of each per round), so that a change of machine load affects them alike.
+
+    Each timed interval is ``burst`` consecutive calls, and a call's time is the interval over
+    ``burst``. On a GPU the host then queues the calls back to back without waiting for them, as
+    a training loop does, so one call's host work (Python, autograd, launches) overlaps the
+    previous call's kernels and the time is that of a step in such a loop; ``burst=1`` times every
+    call alone, from an idle GPU, with its host time before the first kernel included."""
+    if repeat < 1 or warmup < 0 or burst < 1:
+        raise ValueError(
+            f"expected repeat >= 1, warmup >= 0 and burst >= 1, got {repeat}, {warmup} and {burst}"
+        )
     for _ in range(warmup):
         for run in runs.values():
             run()
@@ -188,20 +206,23 @@ def interleaved_median_times(
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
         for name, run in runs.items():
-            times[name].append(_time_once(run, device))
+            times[name].append(_time_once(run, device, burst) / burst)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _time_once(run: Callable[[], object], device: str) -> float:
+def _time_once(run: Callable[[], object], device: str, calls: int = 1) -> float:
+    """Seconds of ``calls`` consecutive calls of ``run``."""
     if device == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        run()
+        for _ in range(calls):
+            run()
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3
     begin = time.perf_counter()
-    run()
+    for _ in range(calls):
+        run()
     return time.perf_counter() - begin
 
 
@@ -210,9 +231,12 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_time(run: Callable[[], object], device: str, warmup: int, repeat: int) -> float:
-    """Median seconds of ``run`` after ``warmup`` calls (CUDA events on a GPU)."""
-    return interleaved_median_times({"run": run}, device, warmup, repeat)["run"]
+def median_time(
+    run: Callable[[], object], device: str, warmup: int, repeat: int, burst: int = 1
+) -> float:
+    """Median seconds of ``run`` after ``warmup`` calls (CUDA events on a GPU; ``burst`` as in
+    :func:`interleaved_median_times`)."""
+    return interleaved_median_times({"run": run}, device, warmup, repeat, burst)["run"]
 
 
 POISON_BYTE = 0xFF  # every byte 0xFF: NaN in float64, float32, float16 and bfloat16 alike

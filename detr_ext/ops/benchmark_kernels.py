@@ -5,7 +5,9 @@ fewest bytes each must move and its time over the floor those bytes take at a gi
 Every run's memory is poisoned first and every output checked to be written; the orders must
 give the same forward, bit for bit. Half-precision rows can also time the backward with packs
 of 4 channels per thread (``DETR_EXT_MSDA_HALF_BACKWARD_PACK=4``, an experiment; 8 is the
-default). Torch only, like the rest of :mod:`detr_ext.ops`."""
+default), float32 rows the forward with two points' gathers in flight per thread
+(``DETR_EXT_MSDA_FORWARD_UNROLL=2``, an experiment; 1 is the default). Torch only, like the
+rest of :mod:`detr_ext.ops`."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ __all__ = [
     "HALF_PACK_ENV",
     "KERNEL_ROWS",
     "TILE_ENV",
+    "UNROLL_ENV",
     "kernel_inputs",
     "run_row",
     "set_tile",
@@ -29,10 +32,11 @@ __all__ = [
 
 TILE_ENV = "DETR_EXT_MSDA_QUERY_TILE"
 HALF_PACK_ENV = "DETR_EXT_MSDA_HALF_BACKWARD_PACK"
+UNROLL_ENV = "DETR_EXT_MSDA_FORWARD_UNROLL"
 
 # (preset, batch, dtype, coordinate dtype, locations, query tiles[, half-precision backward
-# packs]): the kernels step's rows; each row is timed at every (tile, pack), the first the
-# reference of the others.
+# packs[, forward unrolls]]): the kernels step's rows; each row is timed at every (tile, pack,
+# unroll), the first the reference of the others.
 ALL_TILES = (1, 4, 8, 16, 32, 64)
 KERNEL_ROWS = [
     ("encoder", 2, "float32", "float32", "realistic", ALL_TILES),
@@ -48,12 +52,16 @@ KERNEL_ROWS = [
     ("encoder", 2, "bfloat16", "float32", "realistic", (1,), (8, 4)),
     ("encoder", 2, "float16", "float32", "realistic", (1,), (8, 4)),
     ("decoder", 2, "bfloat16", "float32", "realistic", (1,), (8, 4)),
+    ("encoder", 2, "float32", "float32", "realistic", (1, 32, 64), (8,), (1, 2)),
+    ("encoder", 8, "float32", "float32", "realistic", (1, 64), (8,), (1, 2)),
+    ("decoder", 2, "float32", "float32", "realistic", (1, 8), (8,), (1, 2)),
 ]
 
 
-def set_tile(tile: int | None, half_pack: int | None = None) -> None:
-    """Set (or with ``None``, unset) the kernels' group order and half-precision backward pack."""
-    for name, value in ((TILE_ENV, tile), (HALF_PACK_ENV, half_pack)):
+def set_tile(tile: int | None, half_pack: int | None = None, unroll: int | None = None) -> None:
+    """Set (or with ``None``, unset) the kernels' group order, half-precision backward pack and
+    float32 forward unroll."""
+    for name, value in ((TILE_ENV, tile), (HALF_PACK_ENV, half_pack), (UNROLL_ENV, unroll)):
         if value is None:
             os.environ.pop(name, None)
         else:
@@ -68,10 +76,11 @@ def kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed):
 
 
 def run_row(row, bandwidth: float) -> list[dict]:
-    """One of ``KERNEL_ROWS``: a result per query tile and half-precision backward pack (times,
-    bytes, floors, checks)."""
-    preset, batch, dtype, coord_dtype, locations, tiles, *packs = row
-    half_packs = packs[0] if packs else (8,)
+    """One of ``KERNEL_ROWS``: a result per query tile, half-precision backward pack and forward
+    unroll (times, bytes, floors, checks)."""
+    preset, batch, dtype, coord_dtype, locations, tiles, *variants = row
+    half_packs = variants[0] if variants else (8,)
+    unrolls = variants[1] if len(variants) > 1 else (1,)
     ops = torch.ops.detr_ext
     sets = [kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed) for seed in range(3)]
     value, shapes, starts, loc, weights = sets[0]
@@ -83,8 +92,8 @@ def run_row(row, bandwidth: float) -> list[dict]:
     # Backward: grad_output, value, locations, weights read; the three gradients written.
     backward_bytes = out_bytes + 2 * nbytes(value, loc, weights)
     results, reference = [], None
-    for tile, half_pack in itertools.product(tiles, half_packs):
-        set_tile(tile, half_pack)
+    for tile, half_pack, unroll in itertools.product(tiles, half_packs, unrolls):
+        set_tile(tile, half_pack, unroll)
         poison_cuda_allocator(4 * forward_bytes)
         output = ops.ms_deform_attn(value, shapes, starts, loc, weights)
         grads = ops.ms_deform_attn_backward(grad_output, value, shapes, starts, loc, weights)
@@ -111,7 +120,9 @@ def run_row(row, bandwidth: float) -> list[dict]:
             "locations": locations,
             "query_tile": tile,
             "half_backward_pack": half_pack,
-            "packs_compared": bool(packs),  # a row of both packs (its pack 8 repeats T=1's)
+            "forward_unroll": unroll,
+            "packs_compared": len(half_packs) > 1,  # a row of both packs (pack 8 repeats T=1's)
+            "unrolls_compared": len(unrolls) > 1,
             "forward_s": forward_s,
             "backward_s": backward_s,
             "forward_bytes": forward_bytes,
@@ -128,7 +139,7 @@ def run_row(row, bandwidth: float) -> list[dict]:
         results.append(entry)
         print(
             f"{preset:<8} B{batch} {dtype:<8} coords {coord_dtype:<8} {locations:<9} T={tile:<3} "
-            f"pack {half_pack} "
+            f"pack {half_pack} unroll {unroll} "
             f"fwd {forward_s * 1e6:8.1f} us ({entry['forward_over_floor']:5.2f}x floor)  "
             f"bwd {backward_s * 1e6:8.1f} us ({entry['backward_over_floor']:5.2f}x floor)  "
             f"written={written} same_fwd={same_forward} grad_diff={grad_error:.1e}",

@@ -28,10 +28,12 @@ MODES = ("forward", "forward_backward")
 def step_function(backend: str, mode: str, inputs):
     """A closure running one forward (no_grad) or forward+backward of ``backend``."""
     value, spatial_shapes, level_start_index, locations, weights = inputs
+    # The baseline's level sizes, read from the device once (every call would wait for the GPU).
+    host_shapes = [tuple(shape) for shape in spatial_shapes.tolist()]
 
     def forward():
         if backend == "pytorch":
-            return grid_sample_baseline(value, spatial_shapes, locations, weights)
+            return grid_sample_baseline(value, host_shapes, locations, weights)
         return ms_deform_attn(
             value, spatial_shapes, level_start_index, locations, weights, backend="compiled"
         )

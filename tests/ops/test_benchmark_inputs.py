@@ -50,6 +50,31 @@ def test_encoder_preset_has_a_query_per_value_position():
     assert decoder.num_queries == 900
 
 
+def test_interleaved_times_divide_a_burst_by_its_calls(monkeypatch):
+    """A timed interval of `burst` calls counts as `burst` calls: with a clock that advances
+    1 s per call of one run and 3 s per call of the other, every burst gives 1 s and 3 s."""
+    from detr_ext.ops import benchmark
+
+    clock = [0.0]
+    calls = {"a": 0, "b": 0}
+
+    def make(name, seconds):
+        def run():
+            calls[name] += 1
+            clock[0] += seconds
+
+        return run
+
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: clock[0])
+    runs = {"a": make("a", 1.0), "b": make("b", 3.0)}
+    times = benchmark.interleaved_median_times(runs, "cpu", warmup=2, repeat=3, burst=4)
+    assert times == {"a": 1.0, "b": 3.0}
+    assert calls == {"a": 2 + 3 * 4, "b": 2 + 3 * 4}
+    assert median_time(make("a", 2.0), "cpu", warmup=0, repeat=1, burst=5) == 2.0
+    with pytest.raises(ValueError, match="burst >= 1, got 2, 0 and 0"):
+        benchmark.interleaved_median_times(runs, "cpu", warmup=0, repeat=2, burst=0)
+
+
 def test_median_time_and_run_facts(tmp_path, monkeypatch):
     monkeypatch.delenv("DETR_EXT_COMMIT", raising=False)
     calls = []

@@ -14,7 +14,7 @@ import torch
 from detr_ext.ops import build_info, ms_deform_attn
 from detr_ext.ops.benchmark import DTYPES, PRESETS, poison_cuda_allocator
 from detr_ext.ops.benchmark import make_inputs as make_preset_inputs
-from detr_ext.ops.benchmark_kernels import HALF_PACK_ENV
+from detr_ext.ops.benchmark_kernels import HALF_PACK_ENV, UNROLL_ENV
 from detr_ext.ops.benchmark_kernels import TILE_ENV as QUERY_TILE_ENV
 from detr_ext.ops.benchmark_steps import TOLERANCES, output_difference
 from tests.ops.msda_cases import (
@@ -148,6 +148,38 @@ def test_cuda_bad_half_backward_pack_is_a_clear_error(monkeypatch):
     grad_output = torch.ones(1, 11, 128, device="cuda")
     with pytest.raises(RuntimeError, match=f"{HALF_PACK_ENV}: expected 4 or 8, got '16'"):
         torch.ops.detr_ext.ms_deform_attn_backward(grad_output, *inputs)
+
+
+@pytest.mark.parametrize("tile", [1, 3])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cuda_parity_of_the_forward_unrolled_by_2(case, tile, monkeypatch):
+    # DETR_EXT_MSDA_FORWARD_UNROLL=2: float32 with 16-byte packs (C % 4 == 0) gathers two
+    # points at a time; odd L * P leave a last point alone, other C take the element-wise kernel.
+    monkeypatch.setenv(UNROLL_ENV, "2")
+    monkeypatch.setenv(QUERY_TILE_ENV, str(tile))
+    _check(case, torch.float32)
+
+
+def test_cuda_forward_unrolled_by_2_is_the_same_bit_for_bit(monkeypatch):
+    """The unrolled forward adds the same products in the same order: the encoder preset's
+    output is identical, and so is a case with an odd number of points per tile."""
+    for case_inputs in (
+        make_preset_inputs(PRESETS["encoder"], 2, torch.float32, "cuda", "realistic"),
+        make_inputs(Case(2, 33, 3, 64, ((9, 7), (4, 5), (2, 2)), 3, "mixed"), torch.float32,
+                    device="cuda"),
+    ):  # fmt: skip
+        monkeypatch.delenv(UNROLL_ENV, raising=False)
+        expected = torch.ops.detr_ext.ms_deform_attn(*case_inputs)
+        monkeypatch.setenv(UNROLL_ENV, "2")
+        poison_cuda_allocator(2**28)
+        assert torch.equal(torch.ops.detr_ext.ms_deform_attn(*case_inputs), expected)
+
+
+def test_cuda_bad_forward_unroll_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(UNROLL_ENV, "4")
+    inputs = make_inputs(CASES[3], torch.float32, device="cuda")
+    with pytest.raises(RuntimeError, match=f"{UNROLL_ENV}: expected 1 or 2, got '4'"):
+        ms_deform_attn(*inputs, backend="compiled")
 
 
 @pytest.mark.parametrize("text", ["0", "-2", "abc", "4097", "3x"])

@@ -44,7 +44,10 @@ def test_tiny_custom_run_writes_json_markdown_and_plot(tmp_path):
         assert row["speedup"] == pytest.approx(row["pytorch_s"] / row["compiled_s"])
         assert row["queries"] == 50 and row["shapes"] == [[8, 8], [4, 4]]
     assert result["environment"]["torch"]
-    assert "| custom |" in (tmp_path / "bench.md").read_text()
+    assert result["burst"] == 1  # the CPU default: each step timed alone
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "| custom |" in markdown
+    assert "median of 2 runs after 1 warm-up runs, each run timed alone." in markdown
     assert [benchmark_msda._ms(s) for s in (0.000275, 0.0131, 0.25)] == ["0.28", "13.1", "250.0"]
     assert (tmp_path / "bench.png").stat().st_size > 0
 
@@ -73,6 +76,7 @@ def test_bad_shapes_argument_is_rejected(shapes, capsys):
         ["--points", "0"],
         ["--warmup", "-1"],
         ["--repeat", "two"],
+        ["--burst", "0"],
     ],
 )
 def test_bad_counts_are_refused_by_the_parser(argument, capsys):
@@ -89,17 +93,50 @@ def test_missing_from_json_is_named(tmp_path):
         benchmark_msda.main(["--from-json", str(tmp_path / "none.json")])
 
 
+def test_timing_sentence_names_the_burst():
+    result = {"repeat": 25, "warmup": 5, "burst": 10}
+    assert benchmark_msda.timing_sentence(result) == (
+        "median of 25 runs after 5 warm-up runs; a run is 10 steps queued back to back (the host "
+        "runs ahead of the GPU, as in a training loop), its time over 10."
+    )
+    del result["burst"]  # results written before --burst timed every step alone
+    assert benchmark_msda.timing_sentence(result).endswith("each run timed alone.")
+
+
+def test_burst_is_passed_to_the_timing(monkeypatch, tmp_path):
+    seen = []
+
+    def fake_times(runs, device, warmup, repeat, burst=1):
+        seen.append(burst)
+        return {name: 1.0 for name in runs}
+
+    monkeypatch.setattr(benchmark_msda, "interleaved_median_times", fake_times)
+    result = benchmark_msda.main(
+        [
+            "--shapes", "4x4", "--queries", "3", "--heads", "1", "--channels", "2",
+            "--points", "1", "--locations", "uniform", "--mode", "forward", "--burst", "7",
+            "--device", "cpu", "--no-memory", "--json", str(tmp_path / "b.json"),
+        ]
+    )  # fmt: skip
+    assert seen == [7] and result["burst"] == 7
+    assert json.loads((tmp_path / "b.json").read_text())["burst"] == 7
+
+
 def test_the_baseline_is_the_plain_grid_sample_computation():
     """The timed PyTorch path is Deformable DETR's grid_sample computation (not the fallback
     with non-finite handling, 13-17 % slower), equal to the library's oracle."""
     from detr_ext.ops import ms_deform_attn_pytorch
-    from detr_ext.ops.benchmark import Problem, make_inputs
+    from detr_ext.ops.benchmark import Problem, grid_sample_baseline, make_inputs
 
     problem = Problem("t", ((6, 7), (3, 4)), 5, heads=2, channels=3, points=2)
     inputs = make_inputs(problem, 2, torch.float64, "cpu", "uniform")
     run = step_function("pytorch", "forward", inputs)
     value, shapes, _, locations, weights = inputs
     torch.testing.assert_close(run(), ms_deform_attn_pytorch(value, shapes, locations, weights))
+    # The level sizes as host pairs (how the timed step passes them: no device read per call).
+    torch.testing.assert_close(
+        grid_sample_baseline(value, [(6, 7), (3, 4)], locations, weights), run()
+    )
     assert output_difference(problem, 1, "float64", "cpu", "uniform") < 1e-12
 
 

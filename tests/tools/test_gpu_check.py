@@ -63,6 +63,11 @@ def _write_results(tmp_path: Path) -> tuple[Path, Path]:
             "half_backward_pack": 4,
             "packs_compared": True,
         },
+        {  # the fastest, but not the default kernel: not the profile's tile
+            **_kernel_row("encoder", "float32", 16, 150e-6, 880e-6),
+            "forward_unroll": 2,
+            "unrolls_compared": True,
+        },
     ]
     kernels.write_text(json.dumps({"results": rows}))
     return bandwidth, kernels
@@ -91,8 +96,9 @@ def test_report_is_a_markdown_table_of_every_row(tmp_path):
     text = markdown.read_text()
     assert "NVIDIA H200" in text and "4.27 TB/s" in text and "abc1234" in text
     lines = [line for line in text.splitlines() if line.startswith("| encoder")]
-    assert len(lines) == 6
-    assert lines[-1].startswith("| encoder | 2 | bfloat16 | float32 | realistic | 1, half pack 4 |")
+    assert len(lines) == 7
+    assert lines[-2].startswith("| encoder | 2 | bfloat16 | float32 | realistic | 1, half pack 4 |")
+    assert lines[-1].startswith("| encoder | 2 | float32 | float32 | realistic | 16, unroll 2 |")
     assert (
         "| encoder | 2 | float32 | float32 | realistic | 32 | 205.0 | 5.12 | 886.0 | 14.77 |"
         in lines
@@ -133,10 +139,37 @@ def test_shell_script_without_steps_writes_its_summary_and_logs(tmp_path):
         assert archive.getnames() == ["."]
 
 
+def test_shell_script_skips_the_steps_past_its_deadline(tmp_path):
+    """GPU_CHECK_DEADLINE: a step that would start after it is skipped and named in the summary
+    (the run still ends with its summary and logs archive, inside a lease's command limit)."""
+    out = tmp_path / "out"
+    run = subprocess.run(
+        ["bash", "tools/gpu_check.sh"],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "OUT": str(out),
+            "GPU_CHECK_STEPS": "env errors",
+            "GPU_CHECK_DEADLINE": "0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert summary[:2] == [
+        "step env: skipped, past GPU_CHECK_DEADLINE=0 s",
+        "step errors: skipped, past GPU_CHECK_DEADLINE=0 s",
+    ]
+    assert (out / "logs.tgz").is_file()
+
+
 @pytest.mark.cuda
 def test_trace_reports_host_time_and_gpu_span_of_a_step(tmp_path, capsys):
     out, trace = tmp_path / "trace.json", tmp_path / "chrome.json"
     gpu_check.main(["trace", "--preset", "decoder", "--json", str(out), "--trace-file", str(trace)])
     result = json.loads(out.read_text())
     assert result["preset"] == "decoder" and result["step_span_s"] > 0 < result["step_cpu_s"]
+    assert result["step_queued_s"] > 0
     assert "ms_deform_attn" in trace.read_text() and "Self CPU" in capsys.readouterr().out
