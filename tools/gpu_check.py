@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:
 from detr_ext.ops.benchmark import DTYPES, PRESETS, environment, make_inputs  # noqa: E402
 from detr_ext.ops.benchmark_kernels import (  # noqa: E402
     KERNEL_ROWS,
+    LEAN_ENV,
     TILE_ENV,
     UNROLL_ENV,
     kernel_inputs,
@@ -92,6 +93,7 @@ def cmd_best_tile(args) -> None:
         == ("encoder", 2, "float32", "realistic")
         and r.get("half_backward_pack", 8) == 8
         and r.get("forward_unroll", 1) == 1
+        and r.get("forward_lean", 0) == 0
     ]
     print(min(candidates, key=lambda r: r["forward_s"] + r["backward_s"])["query_tile"])
 
@@ -99,8 +101,8 @@ def cmd_best_tile(args) -> None:
 def cmd_sanitize(args) -> dict:
     """Forward+backward of small problems through every kernel instance (vectorized and
     element-wise channels, all dtypes, both coordinate dtypes, several group orders, the
-    half-precision backward with packs of 4, the float32 forward unrolled by 2), checked against
-    the float64 PyTorch path on the CPU."""
+    half-precision backward with packs of 4, the float32 forward unrolled by 2, the lean forward
+    gather), checked against the float64 PyTorch path on the CPU."""
     from detr_ext.ops import ms_deform_attn_pytorch
 
     failures = []
@@ -125,13 +127,16 @@ def cmd_sanitize(args) -> dict:
         for dtype in ("float64", "float32", "float16", "bfloat16"):
             half = dtype in ("float16", "bfloat16")
             coords = ("float32", dtype) if half else (dtype,)
-            variants = ((None, None, None), (3, None, None))
+            variants = ((None, None, None, None), (3, None, None, None))
+            if dtype != "float64":
+                variants += ((None, None, None, 1), (3, None, None, 1))
             if half:
-                variants += ((None, 4, None),)
+                variants += ((None, 4, None, None),)
             if dtype == "float32":
-                variants += ((None, None, 2), (3, None, 2))
-            for coord_dtype, (tile, pack, unroll) in ((c, v) for c in coords for v in variants):
-                set_tile(tile, pack, unroll)
+                variants += ((None, None, 2, None), (3, None, 2, None), (None, None, 2, 1))
+            for coord_dtype, variant in ((c, v) for c in coords for v in variants):
+                tile, pack, unroll, lean = variant
+                set_tile(tile, pack, unroll, lean)
                 inputs = [
                     value.to("cuda", DTYPES[dtype]).requires_grad_(),
                     shapes_t.cuda(),
@@ -145,7 +150,7 @@ def cmd_sanitize(args) -> dict:
                 error = float((output.detach().cpu().double() - expected).abs().max())
                 if not error < 0.1:
                     failures.append(
-                        f"{dtype}/{coord_dtype}/T={tile}/pack={pack}/unroll={unroll} "
+                        f"{dtype}/{coord_dtype}/T={tile}/pack={pack}/unroll={unroll}/lean={lean} "
                         f"C={channels}: {error}"
                     )
     set_tile(None)
@@ -159,6 +164,7 @@ ERROR_CASES = (
     "cuda_backward_check",
     "cuda_query_tile",
     "cuda_forward_unroll",
+    "cuda_forward_lean",
 )
 
 
@@ -181,8 +187,8 @@ def error_case(name: str) -> str:
         elif name == "cuda_backward_check":  # grad_output of the wrong width
             grad_output = torch.randn(1, 3, 7, device=device)
             ops.ms_deform_attn_backward(grad_output, value, shapes, starts, locations, weights)
-        elif name == "cuda_forward_unroll":
-            os.environ[UNROLL_ENV] = "3"
+        elif name in ("cuda_forward_unroll", "cuda_forward_lean"):
+            os.environ[UNROLL_ENV if name == "cuda_forward_unroll" else LEAN_ENV] = "3"
             ops.ms_deform_attn(value, shapes, starts, locations, weights)
         else:
             os.environ[TILE_ENV] = "0"
@@ -209,8 +215,8 @@ def cmd_errors(args) -> dict:
 
 def cmd_profile(args) -> dict:
     """One launch each of the encoder's forward (float32, bfloat16) and backward (float32) per
-    query tile, and the float32 forward unrolled by 2 at each tile: the launches ncu profiles
-    (``-k regex:ms_deform_attn``)."""
+    query tile, the float32 forward unrolled by 2 and both forwards with the lean gather at each
+    tile: the launches ncu profiles (``-k regex:ms_deform_attn``)."""
     ops = torch.ops.detr_ext
     for dtype in ("float32", "bfloat16"):
         inputs = kernel_inputs("encoder", 2, dtype, "float32", "realistic", seed=0)
@@ -222,6 +228,8 @@ def cmd_profile(args) -> dict:
                 ops.ms_deform_attn_backward(grad_output, *inputs)
                 set_tile(tile, unroll=2)
                 ops.ms_deform_attn(*inputs)
+            set_tile(tile, lean=1)
+            ops.ms_deform_attn(*inputs)
     torch.cuda.synchronize()
     set_tile(None)
     return {"tiles": args.tiles}
@@ -286,11 +294,14 @@ def cmd_trace(args) -> dict:
 
 
 def pack_note(row: dict) -> str:
-    """The variant of the rows that compare the half-precision backward's packs or the float32
-    forward's unrolls (results written before a variant have no such key)."""
+    """The variant of the rows that compare the half-precision backward's packs, the float32
+    forward's unrolls or the lean forward gather (results written before a variant have no
+    such key)."""
     note = f", half pack {row['half_backward_pack']}" if row.get("packs_compared") else ""
     if row.get("unrolls_compared"):
         note += f", unroll {row['forward_unroll']}"
+    if row.get("leans_compared"):
+        note += f", lean {row['forward_lean']}"
     return note
 
 

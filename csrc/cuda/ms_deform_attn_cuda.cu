@@ -64,6 +64,19 @@ int forward_unroll() {
   return unroll == "2" ? 2 : 1;
 }
 
+// The float32 / float16 / bfloat16 forward with 16-byte packs gathers through byte offsets
+// (ms_deform_attn_kernels.cuh, kLean) with DETR_EXT_MSDA_FORWARD_LEAN=1 (default 0). An experiment
+// for the GPU check: on an H200 the half-precision forward was bound by instruction issue, much
+// of it address arithmetic and zeroing of missing corners.
+bool forward_lean() {
+  const char* text = std::getenv("DETR_EXT_MSDA_FORWARD_LEAN");
+  if (text == nullptr || *text == '\0') return false;
+  const std::string lean(text);
+  TORCH_CHECK(lean == "0" || lean == "1",
+              "DETR_EXT_MSDA_FORWARD_LEAN: expected 0 or 1, got '", lean, "'");
+  return lean == "1";
+}
+
 bool aligned8(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 8 == 0; }
 
 // Order in which the kernels' thread groups take the (b, q, h) (MsdaArgs::query_tile):
@@ -219,6 +232,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
                     value);
   const int tile = query_tile();
   const int unroll = forward_unroll();
+  const bool lean_wanted = forward_lean();
   const c10::cuda::CUDAGuard guard(value.device());
   const Inputs in(value, spatial_shapes, level_start_index, sampling_locations,
                   attention_weights);
@@ -234,21 +248,23 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
     const Geometry geo = make_geometry(in, vec ? msda_cuda::pack_size<scalar_t, true>()
                                                : msda_cuda::pack_size<scalar_t, false>());
     const auto args = make_args<scalar_t, coord_t>(in, geo, tile);
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      if (vec && unroll == 2) {
-        msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true, 2>
-            <<<geo.blocks, kThreads, 0, stream>>>(args, out);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        return;
+    using Kernel = void (*)(const msda_cuda::MsdaArgs<scalar_t, coord_t>, scalar_t*);
+    Kernel kernel = vec ? msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true>
+                        : msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, false>;
+    if constexpr (sizeof(scalar_t) <= 4) {
+      // The lean gather's byte offsets stay below 2^31 (checked here, not in the kernel).
+      const bool lean = lean_wanted && vec &&
+                        std::max<int64_t>(in.num_rows, 1) * in.heads * in.channels <=
+                            std::numeric_limits<int32_t>::max() / int64_t{sizeof(scalar_t)};
+      if (lean) kernel = msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true, 1, true>;
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (vec && unroll == 2) {
+          kernel = lean ? msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true, 2, true>
+                        : msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true, 2>;
+        }
       }
     }
-    if (vec) {
-      msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true>
-          <<<geo.blocks, kThreads, 0, stream>>>(args, out);
-    } else {
-      msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, false>
-          <<<geo.blocks, kThreads, 0, stream>>>(args, out);
-    }
+    kernel<<<geo.blocks, kThreads, 0, stream>>>(args, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return output;

@@ -51,6 +51,13 @@ struct ScalarIO<float> {
     out[2] = raw.z;
     out[3] = raw.w;
   }
+  // A pack from its 16 raw bytes (zero bytes give zeros).
+  static __device__ __forceinline__ void from_raw(const uint4& raw, float (&out)[kPack]) {
+    out[0] = __uint_as_float(raw.x);
+    out[1] = __uint_as_float(raw.y);
+    out[2] = __uint_as_float(raw.z);
+    out[3] = __uint_as_float(raw.w);
+  }
   static __device__ __forceinline__ void store_pack(float* p, const float (&in)[kPack]) {
     *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
   }
@@ -68,7 +75,10 @@ struct HalfWidthIO {
     *reinterpret_cast<unsigned short*>(p) = Bits::from_float(v);
   }
   static __device__ __forceinline__ void load_pack(const T* p, float (&out)[kPack]) {
-    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    from_raw(__ldg(reinterpret_cast<const uint4*>(p)), out);
+  }
+  // A pack from its 16 raw bytes (zero bytes give zeros).
+  static __device__ __forceinline__ void from_raw(const uint4& raw, float (&out)[kPack]) {
     const unsigned int words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {  // little endian: element 2i sits in the low half-word

@@ -216,6 +216,47 @@ __device__ __forceinline__ void gather_corners(const scalar_t* pack, const int (
   }
 }
 
+// The lean gather (forward with kLean): the four corners' 16-byte packs as raw bytes from
+// `pack` plus each corner's byte offset (-1: none), zeroed as raw words where a corner is
+// missing and converted after all loads. Against gather_corners: a 32-bit byte offset added to
+// a pointer kept for the loop (no scaling of an element offset), and four raw zero words per
+// missing corner instead of a zero per channel and a conversion under a predicate. kVec packs
+// of float32 / float16 / bfloat16 only.
+template <typename scalar_t, int kPack>
+__device__ __forceinline__ void gather_corners_raw(const char* pack, const int (&offsets)[4],
+                                                   acc_type<scalar_t> (&v)[4][kPack]) {
+  static_assert(kPack * sizeof(scalar_t) == 16, "the lean gather reads 16-byte packs");
+  uint4 raw[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    raw[k] = make_uint4(0u, 0u, 0u, 0u);
+    if (offsets[k] >= 0) raw[k] = __ldg(reinterpret_cast<const uint4*>(pack + offsets[k]));
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k) ScalarIO<scalar_t>::from_raw(raw[k], v[k]);
+}
+
+// `pointer`, as a value the compiler cannot recompute from the kernel's arguments: without it,
+// nvcc rebuilt the lean gather's 64-bit base (argument load, add, scale) under each corner's
+// predicate in the half-precision forward instead of keeping it in two registers.
+__device__ __forceinline__ const char* opaque_pointer(const char* pointer) {
+  asm volatile("mov.b64 %0, %0;" : "+l"(pointer));
+  return pointer;
+}
+
+// One staged point's corners of the thread's pack: gather_corners, or with kLean the lean
+// gather from `bytes` (the pack's first byte, opaque_pointer) and byte offsets.
+template <bool kLean, bool kVec, typename scalar_t, int kPack>
+__device__ __forceinline__ void gather_point(const scalar_t* pack, const char* bytes,
+                                             const int (&offsets)[4], int count,
+                                             acc_type<scalar_t> (&v)[4][kPack]) {
+  if constexpr (kLean) {
+    gather_corners_raw<scalar_t>(bytes, offsets, v);
+  } else {
+    gather_corners<kVec>(pack, offsets, count, v);
+  }
+}
+
 // ------------------------------------------------------------------------------------ forward
 // Adds one staged point's four weighted corners of the thread's pack to acc.
 template <typename acc_t, int kPack>
@@ -233,7 +274,12 @@ __device__ __forceinline__ void accumulate_corners(const Coef4<acc_t>& w,
 // the GPU check): the gathers of two staged points are issued before either point's sums, so
 // twice the loads are in flight per thread, at 64 registers (4 blocks/SM) instead of 48 (5).
 // The sums keep their order, so the output is the same bit for bit.
-template <typename scalar_t, typename coord_t, bool kVec, int kUnroll = 1>
+// kLean (DETR_EXT_MSDA_FORWARD_LEAN=1, 16-byte packs of float32 / float16 / bfloat16 when
+// N * H * C * sizeof(scalar_t) < 2^31; an experiment for the GPU check): corners staged as byte
+// offsets and gathered by gather_corners_raw, fewer instructions per corner (on an H200 the
+// half-precision forward was bound by instruction issue). Same products, same order: the same
+// output bit for bit.
+template <typename scalar_t, typename coord_t, bool kVec, int kUnroll = 1, bool kLean = false>
 __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t, kUnroll>()))
     ms_deform_attn_forward_kernel(const MsdaArgs<scalar_t, coord_t> a,
                                   scalar_t* __restrict__ output) {
@@ -255,6 +301,8 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t, kUnrol
     const int c0 = (chunk * G + place.rank) * kPack;
     const int count = a.channels - c0;  // channels of this pack that exist (<= 0: none)
     const scalar_t* value_pack = value_head + c0;
+    const char* value_bytes = nullptr;  // the lean gather's base
+    if constexpr (kLean) value_bytes = opaque_pointer(reinterpret_cast<const char*>(value_pack));
     acc_t acc[kPack];
 #pragma unroll
     for (int c = 0; c < kPack; ++c) acc[c] = 0;
@@ -268,8 +316,16 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t, kUnrol
       bilinear_weights(sp.frac_x, sp.frac_y, coef.v);
 #pragma unroll
       for (int k = 0; k < 4; ++k) coef.v[k] *= sp.attn;
+      int4 offsets_staged = sp.offsets;
+      if constexpr (kLean) {  // byte offsets (the host checked that they fit in an int)
+        constexpr int kSize = static_cast<int>(sizeof(scalar_t));
+        offsets_staged.x = sp.offsets.x >= 0 ? sp.offsets.x * kSize : -1;
+        offsets_staged.y = sp.offsets.y >= 0 ? sp.offsets.y * kSize : -1;
+        offsets_staged.z = sp.offsets.z >= 0 ? sp.offsets.z * kSize : -1;
+        offsets_staged.w = sp.offsets.w >= 0 ? sp.offsets.w * kSize : -1;
+      }
       __syncwarp();  // the previous tile's readers are done
-      staged_offsets[threadIdx.x] = sp.offsets;
+      staged_offsets[threadIdx.x] = offsets_staged;
       staged_weights[threadIdx.x] = coef;
       __syncwarp();
       if (count <= 0) continue;
@@ -284,8 +340,8 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t, kUnrol
           const int offsets0[4] = {o0.x, o0.y, o0.z, o0.w};
           const int offsets1[4] = {o1.x, o1.y, o1.z, o1.w};
           acc_t v0[4][kPack], v1[4][kPack];
-          gather_corners<kVec>(value_pack, offsets0, count, v0);
-          gather_corners<kVec>(value_pack, offsets1, count, v1);
+          gather_point<kLean, kVec>(value_pack, value_bytes, offsets0, count, v0);
+          gather_point<kLean, kVec>(value_pack, value_bytes, offsets1, count, v1);
           accumulate_corners(w0, v0, acc);
           accumulate_corners(w1, v1, acc);
         }
@@ -295,7 +351,7 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t, kUnrol
         const Coef4<acc_t> w = staged_weights[place.first_slot + i];
         const int offsets[4] = {o.x, o.y, o.z, o.w};
         acc_t v[4][kPack];
-        gather_corners<kVec>(value_pack, offsets, count, v);
+        gather_point<kLean, kVec>(value_pack, value_bytes, offsets, count, v);
         accumulate_corners(w, v, acc);
       }
     }

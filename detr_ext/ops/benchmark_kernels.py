@@ -6,8 +6,9 @@ Every run's memory is poisoned first and every output checked to be written; the
 give the same forward, bit for bit. Half-precision rows can also time the backward with packs
 of 4 channels per thread (``DETR_EXT_MSDA_HALF_BACKWARD_PACK=4``, an experiment; 8 is the
 default), float32 rows the forward with two points' gathers in flight per thread
-(``DETR_EXT_MSDA_FORWARD_UNROLL=2``, an experiment; 1 is the default). Torch only, like the
-rest of :mod:`detr_ext.ops`."""
+(``DETR_EXT_MSDA_FORWARD_UNROLL=2``), and float32 / half-precision rows the forward gathering
+through byte offsets (``DETR_EXT_MSDA_FORWARD_LEAN=1``); experiments, off by default. Torch
+only, like the rest of :mod:`detr_ext.ops`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ __all__ = [
     "ALL_TILES",
     "HALF_PACK_ENV",
     "KERNEL_ROWS",
+    "LEAN_ENV",
     "TILE_ENV",
     "UNROLL_ENV",
     "kernel_inputs",
@@ -33,10 +35,11 @@ __all__ = [
 TILE_ENV = "DETR_EXT_MSDA_QUERY_TILE"
 HALF_PACK_ENV = "DETR_EXT_MSDA_HALF_BACKWARD_PACK"
 UNROLL_ENV = "DETR_EXT_MSDA_FORWARD_UNROLL"
+LEAN_ENV = "DETR_EXT_MSDA_FORWARD_LEAN"
 
 # (preset, batch, dtype, coordinate dtype, locations, query tiles[, half-precision backward
-# packs[, forward unrolls]]): the kernels step's rows; each row is timed at every (tile, pack,
-# unroll), the first the reference of the others.
+# packs[, forward unrolls[, forward lean 0/1]]]): the kernels step's rows; each row is timed at
+# every (tile, pack, unroll, lean), the first the reference of the others.
 ALL_TILES = (1, 4, 8, 16, 32, 64)
 KERNEL_ROWS = [
     ("encoder", 2, "float32", "float32", "realistic", ALL_TILES),
@@ -52,16 +55,25 @@ KERNEL_ROWS = [
     ("encoder", 2, "bfloat16", "float32", "realistic", (1,), (8, 4)),
     ("encoder", 2, "float16", "float32", "realistic", (1,), (8, 4)),
     ("decoder", 2, "bfloat16", "float32", "realistic", (1,), (8, 4)),
-    ("encoder", 2, "float32", "float32", "realistic", (1, 32, 64), (8,), (1, 2)),
-    ("encoder", 8, "float32", "float32", "realistic", (1, 64), (8,), (1, 2)),
-    ("decoder", 2, "float32", "float32", "realistic", (1, 8), (8,), (1, 2)),
+    ("encoder", 2, "float32", "float32", "realistic", (1, 32, 64), (8,), (1, 2), (0, 1)),
+    ("encoder", 2, "bfloat16", "float32", "realistic", (1, 64), (8,), (1,), (0, 1)),
+    ("encoder", 2, "float16", "float32", "realistic", (1, 64), (8,), (1,), (0, 1)),
+    ("encoder", 8, "float32", "float32", "realistic", (1, 64), (8,), (1, 2), (0, 1)),
+    ("decoder", 2, "float32", "float32", "realistic", (1, 8), (8,), (1, 2), (0, 1)),
+    ("decoder", 2, "bfloat16", "float32", "realistic", (1,), (8,), (1,), (0, 1)),
 ]
 
 
-def set_tile(tile: int | None, half_pack: int | None = None, unroll: int | None = None) -> None:
-    """Set (or with ``None``, unset) the kernels' group order, half-precision backward pack and
-    float32 forward unroll."""
-    for name, value in ((TILE_ENV, tile), (HALF_PACK_ENV, half_pack), (UNROLL_ENV, unroll)):
+def set_tile(
+    tile: int | None,
+    half_pack: int | None = None,
+    unroll: int | None = None,
+    lean: int | None = None,
+) -> None:
+    """Set (or with ``None``, unset) the kernels' group order, half-precision backward pack,
+    float32 forward unroll and lean forward gather (0 / 1)."""
+    settings = {TILE_ENV: tile, HALF_PACK_ENV: half_pack, UNROLL_ENV: unroll, LEAN_ENV: lean}
+    for name, value in settings.items():
         if value is None:
             os.environ.pop(name, None)
         else:
@@ -76,11 +88,12 @@ def kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed):
 
 
 def run_row(row, bandwidth: float) -> list[dict]:
-    """One of ``KERNEL_ROWS``: a result per query tile, half-precision backward pack and forward
-    unroll (times, bytes, floors, checks)."""
+    """One of ``KERNEL_ROWS``: a result per query tile, half-precision backward pack, forward
+    unroll and lean forward gather (times, bytes, floors, checks)."""
     preset, batch, dtype, coord_dtype, locations, tiles, *variants = row
     half_packs = variants[0] if variants else (8,)
     unrolls = variants[1] if len(variants) > 1 else (1,)
+    leans = variants[2] if len(variants) > 2 else (0,)
     ops = torch.ops.detr_ext
     sets = [kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed) for seed in range(3)]
     value, shapes, starts, loc, weights = sets[0]
@@ -92,8 +105,8 @@ def run_row(row, bandwidth: float) -> list[dict]:
     # Backward: grad_output, value, locations, weights read; the three gradients written.
     backward_bytes = out_bytes + 2 * nbytes(value, loc, weights)
     results, reference = [], None
-    for tile, half_pack, unroll in itertools.product(tiles, half_packs, unrolls):
-        set_tile(tile, half_pack, unroll)
+    for tile, half_pack, unroll, lean in itertools.product(tiles, half_packs, unrolls, leans):
+        set_tile(tile, half_pack, unroll, lean)
         poison_cuda_allocator(4 * forward_bytes)
         output = ops.ms_deform_attn(value, shapes, starts, loc, weights)
         grads = ops.ms_deform_attn_backward(grad_output, value, shapes, starts, loc, weights)
@@ -121,8 +134,10 @@ def run_row(row, bandwidth: float) -> list[dict]:
             "query_tile": tile,
             "half_backward_pack": half_pack,
             "forward_unroll": unroll,
+            "forward_lean": lean,
             "packs_compared": len(half_packs) > 1,  # a row of both packs (pack 8 repeats T=1's)
             "unrolls_compared": len(unrolls) > 1,
+            "leans_compared": len(leans) > 1,
             "forward_s": forward_s,
             "backward_s": backward_s,
             "forward_bytes": forward_bytes,
@@ -139,7 +154,7 @@ def run_row(row, bandwidth: float) -> list[dict]:
         results.append(entry)
         print(
             f"{preset:<8} B{batch} {dtype:<8} coords {coord_dtype:<8} {locations:<9} T={tile:<3} "
-            f"pack {half_pack} unroll {unroll} "
+            f"pack {half_pack} unroll {unroll} lean {lean} "
             f"fwd {forward_s * 1e6:8.1f} us ({entry['forward_over_floor']:5.2f}x floor)  "
             f"bwd {backward_s * 1e6:8.1f} us ({entry['backward_over_floor']:5.2f}x floor)  "
             f"written={written} same_fwd={same_forward} grad_diff={grad_error:.1e}",

@@ -14,7 +14,7 @@ import torch
 from detr_ext.ops import build_info, ms_deform_attn
 from detr_ext.ops.benchmark import DTYPES, PRESETS, poison_cuda_allocator
 from detr_ext.ops.benchmark import make_inputs as make_preset_inputs
-from detr_ext.ops.benchmark_kernels import HALF_PACK_ENV, UNROLL_ENV
+from detr_ext.ops.benchmark_kernels import HALF_PACK_ENV, LEAN_ENV, UNROLL_ENV
 from detr_ext.ops.benchmark_kernels import TILE_ENV as QUERY_TILE_ENV
 from detr_ext.ops.benchmark_steps import TOLERANCES, output_difference
 from tests.ops.msda_cases import (
@@ -160,25 +160,49 @@ def test_cuda_parity_of_the_forward_unrolled_by_2(case, tile, monkeypatch):
     _check(case, torch.float32)
 
 
-def test_cuda_forward_unrolled_by_2_is_the_same_bit_for_bit(monkeypatch):
-    """The unrolled forward adds the same products in the same order: the encoder preset's
-    output is identical, and so is a case with an odd number of points per tile."""
-    for case_inputs in (
-        make_preset_inputs(PRESETS["encoder"], 2, torch.float32, "cuda", "realistic"),
-        make_inputs(Case(2, 33, 3, 64, ((9, 7), (4, 5), (2, 2)), 3, "mixed"), torch.float32,
-                    device="cuda"),
-    ):  # fmt: skip
-        monkeypatch.delenv(UNROLL_ENV, raising=False)
-        expected = torch.ops.detr_ext.ms_deform_attn(*case_inputs)
-        monkeypatch.setenv(UNROLL_ENV, "2")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_cuda_parity_of_the_lean_forward(case, dtype, monkeypatch):
+    # DETR_EXT_MSDA_FORWARD_LEAN=1: byte offsets and raw 16-byte gathers where the packs are
+    # vectors (C % 4 == 0 in float32, C % 8 == 0 in half precision), the default elsewhere.
+    monkeypatch.setenv(LEAN_ENV, "1")
+    _check(case, dtype)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{UNROLL_ENV: "2"}, {LEAN_ENV: "1"}, {UNROLL_ENV: "2", LEAN_ENV: "1"}],
+    ids=["unroll", "lean", "unroll+lean"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_forward_variants_are_the_same_bit_for_bit(dtype, variant, monkeypatch):
+    """The unrolled and the lean forward add the same products in the same order: the encoder
+    preset's output is identical, and so is a case with an odd number of points per tile and
+    one whose missing corners are many (points outside the maps)."""
+    cases = (
+        make_preset_inputs(PRESETS["encoder"], 2, dtype, "cuda", "realistic"),
+        make_inputs(Case(2, 33, 3, 64, ((9, 7), (4, 5), (2, 2)), 3, "mixed"), dtype,
+                    device="cuda", coord_dtype=torch.float32),
+        make_inputs(Case(2, 9, 3, 64, ((5, 7), (1, 1), (3, 3)), 8, "outside"), dtype,
+                    device="cuda", coord_dtype=torch.float32),
+    )  # fmt: skip
+    for inputs in cases:
+        for name in (UNROLL_ENV, LEAN_ENV):
+            monkeypatch.delenv(name, raising=False)
+        expected = torch.ops.detr_ext.ms_deform_attn(*inputs)
+        for name, text in variant.items():
+            monkeypatch.setenv(name, text)
         poison_cuda_allocator(2**28)
-        assert torch.equal(torch.ops.detr_ext.ms_deform_attn(*case_inputs), expected)
+        assert torch.equal(torch.ops.detr_ext.ms_deform_attn(*inputs), expected)
 
 
-def test_cuda_bad_forward_unroll_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv(UNROLL_ENV, "4")
+@pytest.mark.parametrize(
+    "name, text, expected", [(UNROLL_ENV, "4", "1 or 2"), (LEAN_ENV, "yes", "0 or 1")]
+)
+def test_cuda_bad_forward_variant_is_a_clear_error(name, text, expected, monkeypatch):
+    monkeypatch.setenv(name, text)
     inputs = make_inputs(CASES[3], torch.float32, device="cuda")
-    with pytest.raises(RuntimeError, match=f"{UNROLL_ENV}: expected 1 or 2, got '4'"):
+    with pytest.raises(RuntimeError, match=f"{name}: expected {expected}, got '{text}'"):
         ms_deform_attn(*inputs, backend="compiled")
 
 
