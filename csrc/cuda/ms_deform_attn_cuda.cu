@@ -38,44 +38,37 @@ using msda_cuda::ScalarIO;
 
 bool aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
 
+// The value of the environment variable `name`: `fallback` when unset or empty, else `first` or
+// `second` written as an integer; anything else is an error naming what was expected. The
+// switches below are read at every call, so that tools/gpu_check.py can time their settings in
+// one process.
+int env_choice(const char* name, int first, int second, int fallback) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == '\0') return fallback;
+  const std::string value(text);
+  const bool is_first = value == std::to_string(first);
+  TORCH_CHECK(is_first || value == std::to_string(second), name, ": expected ", first, " or ",
+              second, ", got '", value, "'");
+  return is_first ? first : second;
+}
+
 // Channels per thread of the float16 / bfloat16 backward: 8 (one 16-byte load; the default) or,
 // with DETR_EXT_MSDA_HALF_BACKWARD_PACK=4, 4 (an 8-byte load; twice the threads, each issuing
 // one vector reduction per corner instead of two). An experiment for the GPU check: on an H200
 // the half-precision backward took 1.9x the float32 one, which uses packs of 4 floats.
-int half_backward_pack() {
-  const char* text = std::getenv("DETR_EXT_MSDA_HALF_BACKWARD_PACK");
-  if (text == nullptr || *text == '\0') return 8;
-  const std::string pack(text);
-  TORCH_CHECK(pack == "4" || pack == "8",
-              "DETR_EXT_MSDA_HALF_BACKWARD_PACK: expected 4 or 8, got '", pack, "'");
-  return pack == "4" ? 4 : 8;
-}
+int half_backward_pack() { return env_choice("DETR_EXT_MSDA_HALF_BACKWARD_PACK", 4, 8, 8); }
 
 // Staged points per step of the float32 forward with 16-byte packs: 1 (the default) or, with
 // DETR_EXT_MSDA_FORWARD_UNROLL=2, 2 (two points' gathers in flight per thread). An experiment for
 // the GPU check: on an H200 the float32 forward waited on its gathers (59 % occupancy, 48
 // registers). Other dtypes and packs ignore it.
-int forward_unroll() {
-  const char* text = std::getenv("DETR_EXT_MSDA_FORWARD_UNROLL");
-  if (text == nullptr || *text == '\0') return 1;
-  const std::string unroll(text);
-  TORCH_CHECK(unroll == "1" || unroll == "2",
-              "DETR_EXT_MSDA_FORWARD_UNROLL: expected 1 or 2, got '", unroll, "'");
-  return unroll == "2" ? 2 : 1;
-}
+int forward_unroll() { return env_choice("DETR_EXT_MSDA_FORWARD_UNROLL", 1, 2, 1); }
 
 // The float32 / float16 / bfloat16 forward with 16-byte packs gathers through byte offsets
 // (ms_deform_attn_kernels.cuh, kLean) with DETR_EXT_MSDA_FORWARD_LEAN=1 (default 0). An experiment
 // for the GPU check: on an H200 the half-precision forward was bound by instruction issue, much
 // of it address arithmetic and zeroing of missing corners.
-bool forward_lean() {
-  const char* text = std::getenv("DETR_EXT_MSDA_FORWARD_LEAN");
-  if (text == nullptr || *text == '\0') return false;
-  const std::string lean(text);
-  TORCH_CHECK(lean == "0" || lean == "1",
-              "DETR_EXT_MSDA_FORWARD_LEAN: expected 0 or 1, got '", lean, "'");
-  return lean == "1";
-}
+bool forward_lean() { return env_choice("DETR_EXT_MSDA_FORWARD_LEAN", 0, 1, 0) == 1; }
 
 bool aligned8(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 8 == 0; }
 
