@@ -155,13 +155,14 @@ if want kernels; then
 fi
 
 if want bench; then
-  # Steps queued 10 at a time (the benchmark's default on a GPU), then the float32 rows once
-  # more with every step timed alone (--burst 1), for the record.
+  # Steps queued 10 at a time (the benchmark's default on a GPU; median of 10 such timings,
+  # 100 steps, where the timing of single steps took 25), then the float32 rows once more with
+  # every step timed alone (--burst 1), for the record.
   step bench "$PY" tools/benchmark_msda.py --device cuda --preset encoder decoder --batch 2 \
-    --dtype float32 float16 bfloat16 --locations realistic uniform --warmup 5 --repeat 25 \
+    --dtype float32 float16 bfloat16 --locations realistic uniform --warmup 5 --repeat 10 \
     --burst 10 --json "$OUT/bench.json" --markdown "$OUT/bench.md"
   step bench_batches "$PY" tools/benchmark_msda.py --device cuda --preset encoder decoder \
-    --batch 1 8 --dtype float32 --locations realistic --warmup 5 --repeat 25 --burst 10 \
+    --batch 1 8 --dtype float32 --locations realistic --warmup 5 --repeat 10 --burst 10 \
     --json "$LOGS/bench_batches.json" --markdown "$LOGS/bench_batches.md"
   step bench_alone "$PY" tools/benchmark_msda.py --device cuda --preset encoder decoder \
     --batch 2 --dtype float32 --locations realistic --warmup 5 --repeat 25 --burst 1 \
