@@ -174,6 +174,24 @@ def test_cuda_parity_of_the_lean_forward(case, dtype, monkeypatch):
     [{UNROLL_ENV: "2"}, {LEAN_ENV: "1"}, {UNROLL_ENV: "2", LEAN_ENV: "1"}],
     ids=["unroll", "lean", "unroll+lean"],
 )
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cuda_forward_variants_in_two_chunks(dtype, variant, monkeypatch):
+    # More 16-byte packs than 32 threads: C = 160 float32 (40 packs) or 272 half-precision
+    # values (34 packs) make a second chunk of channels, with its own base pointer.
+    for name, text in variant.items():
+        monkeypatch.setenv(name, text)
+    channels = 160 if dtype == torch.float32 else 272
+    case = Case(2, 9, 2, channels, ((5, 6), (2, 3)), 3, "mixed")
+    inputs = make_inputs(case, dtype, device="cuda", coord_dtype=torch.float32)
+    reference = forward_and_grads(_upcast(inputs), "pytorch")
+    _check_against(inputs, reference, dtype)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{UNROLL_ENV: "2"}, {LEAN_ENV: "1"}, {UNROLL_ENV: "2", LEAN_ENV: "1"}],
+    ids=["unroll", "lean", "unroll+lean"],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cuda_forward_variants_are_the_same_bit_for_bit(dtype, variant, monkeypatch):
     """The unrolled and the lean forward add the same products in the same order: the encoder
