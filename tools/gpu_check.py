@@ -41,7 +41,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from detr_ext.ops.benchmark import DTYPES, PRESETS, environment, make_inputs  # noqa: E402
+from detr_ext.ops.benchmark import (  # noqa: E402
+    DTYPES,
+    PRESETS,
+    environment,
+    make_inputs,
+    median_time,
+)
 from detr_ext.ops.benchmark_kernels import (  # noqa: E402
     KERNEL_ROWS,
     LEAN_ENV,
@@ -263,15 +269,7 @@ def cmd_trace(args) -> dict:
         span.append(start.elapsed_time(end) / 1e3)
     # The same steps queued back to back (how tools/benchmark_msda.py times them): the host's
     # work of one step overlaps the kernels of the previous one.
-    queued = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(20):
-            run()
-        end.record()
-        end.synchronize()
-        queued.append(start.elapsed_time(end) / 1e3 / 20)
+    queued = median_time(run, "cuda", warmup=0, repeat=5, burst=20)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as profiler:
         for _ in range(5):
@@ -286,7 +284,7 @@ def cmd_trace(args) -> dict:
         "preset": args.preset,
         "step_cpu_s": statistics.median(cpu),
         "step_span_s": statistics.median(span),
-        "step_queued_s": statistics.median(queued),
+        "step_queued_s": queued,
     }
     print(
         f"{args.preset} B2 float32 forward+backward: host {result['step_cpu_s'] * 1e6:.0f} us, "

@@ -123,16 +123,20 @@ def test_measuring_without_a_gpu_is_refused(command):
         gpu_check.main(command)
 
 
-def test_shell_script_without_steps_writes_its_summary_and_logs(tmp_path):
-    out = tmp_path / "out"
-    run = subprocess.run(
+def _run_shell_script(out: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         ["bash", "tools/gpu_check.sh"],
         cwd=REPO,
-        env={**os.environ, "OUT": str(out), "GPU_CHECK_STEPS": ""},
+        env={**os.environ, "OUT": str(out), **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_shell_script_without_steps_writes_its_summary_and_logs(tmp_path):
+    out = tmp_path / "out"
+    run = _run_shell_script(out, GPU_CHECK_STEPS="")
     assert run.returncode == 0, run.stderr
     assert (out / "summary.txt").read_text().startswith("----")
     with tarfile.open(out / "logs.tgz") as archive:
@@ -143,19 +147,7 @@ def test_shell_script_skips_the_steps_past_its_deadline(tmp_path):
     """GPU_CHECK_DEADLINE: a step that would start after it is skipped and named in the summary
     (the run still ends with its summary and logs archive, inside a lease's command limit)."""
     out = tmp_path / "out"
-    run = subprocess.run(
-        ["bash", "tools/gpu_check.sh"],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "OUT": str(out),
-            "GPU_CHECK_STEPS": "env errors",
-            "GPU_CHECK_DEADLINE": "0",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = _run_shell_script(out, GPU_CHECK_STEPS="env errors", GPU_CHECK_DEADLINE="0")
     assert run.returncode == 0, run.stderr
     summary = (out / "summary.txt").read_text().splitlines()
     assert summary[:2] == [
