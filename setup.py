@@ -128,7 +128,13 @@ def make_extension(with_cuda: bool):
     # the copy torch has already loaded). It also honours `#pragma omp simd` (vectorized
     # reductions without -ffast-math).
     cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"]
-    link_flags = ["-fopenmp"]
+    # -lstdc++ (after the objects): the C++ runtime as the shared libstdc++.so.6 that torch and
+    # Python load, even where the compiler driver links it statically (-static-libstdc++ in a
+    # wrapper or spec file, as /opt/gcc/bin/g++ on the GPU machine of 2026-12-04 did). A static
+    # copy inside _C.so shares none of the shared one's locale and iostream state: there every
+    # failed TORCH_CHECK that formats a number crashed the process (SIGSEGV in
+    # std::basic_ostream::_M_insert<long>) or dropped the number, instead of raising.
+    link_flags = ["-fopenmp", "-lstdc++"]
     if not with_cuda:
         return CppExtension(
             "detr_ext._C",

@@ -80,6 +80,13 @@ TORCH_LIBRARY(detr_ext, m) {
       "ms_deform_attn_backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, "
       "Tensor level_start_index, Tensor sampling_locations, Tensor attention_weights) "
       "-> (Tensor, Tensor, Tensor)");
+  // The gradients as a graph, for backward(create_graph=True) (ms_deform_attn_autograd.cpp);
+  // implemented by the Python front with the PyTorch path. output_mask: which of value,
+  // sampling_locations, attention_weights need one (the others come back as zeros).
+  m.def(
+      "ms_deform_attn_grad_graph(Tensor grad_output, Tensor value, Tensor spatial_shapes, "
+      "Tensor level_start_index, Tensor sampling_locations, Tensor attention_weights, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   m.def("build_info() -> str", &build_info);
 }
 

@@ -13,9 +13,9 @@ Needs torch and a CUDA build of ``detr_ext._C`` only (no detectron2). Subcommand
   the same forward, bit for bit, and the same gradients within float rounding.
 - ``sanitize``: small forward+backward runs of every kernel instance, for compute-sanitizer.
 - ``errors``: bad input to the compiled op (a failed C++ check on CPU and on CUDA, a bad
-  ``DETR_EXT_MSDA_QUERY_TILE``), each in its own process: each must raise a RuntimeError, not
-  crash the process (an extension built with a compiler whose libstdc++ differs from the one
-  the process loads crashes there).
+  ``DETR_EXT_MSDA_QUERY_TILE`` or ``DETR_EXT_MSDA_FORWARD_LEAN``), each in its own process:
+  each must raise a RuntimeError, not crash the process (an extension built with a compiler
+  whose libstdc++ differs from the one the process loads crashes there).
 - ``profile``: one launch of each encoder kernel that matters, for ncu.
 - ``trace``: where an end-to-end forward+backward step (``tools/benchmark_msda.py``'s, compiled
   op) spends its time besides the kernels: the step's CPU time against its GPU span when timed
@@ -52,7 +52,6 @@ from detr_ext.ops.benchmark_kernels import (  # noqa: E402
     KERNEL_ROWS,
     LEAN_ENV,
     TILE_ENV,
-    UNROLL_ENV,
     kernel_inputs,
     run_row,
     set_tile,
@@ -90,7 +89,9 @@ def cmd_kernels(args) -> dict:
 
 
 def cmd_best_tile(args) -> None:
-    """Prints the query tile with the smallest forward + backward time of encoder B2 float32."""
+    """Prints the query tile with the smallest forward + backward time of encoder B2 float32.
+    The files of earlier runs (up to 2026-12-04) also hold rows of kernel variants (a backward
+    pack, forward unroll or gather other than that run's default); those are left out."""
     rows = json.loads(Path(args.kernels).read_text())["results"]
     candidates = [
         r
@@ -107,16 +108,15 @@ def cmd_best_tile(args) -> None:
 def cmd_sanitize(args) -> dict:
     """Forward+backward of small problems through every kernel instance (vectorized and
     element-wise channels, all dtypes, both coordinate dtypes, several group orders, the
-    half-precision backward with packs of 4, the float32 forward unrolled by 2, the lean forward
+    forward's byte-offset gather and, with ``DETR_EXT_MSDA_FORWARD_LEAN=0``, its element-offset
     gather), checked against the float64 PyTorch path on the CPU."""
     from detr_ext.ops import ms_deform_attn_pytorch
 
     failures = []
-    # C = 32: vector packs (L * P = 9: a tile of 8 points and a tile of 1, so the unrolled
-    # forward's odd remainder runs too); 30: element-wise; 12: element-wise (packs of 4) by
-    # default, the half-precision backward's vector packs of 4 with
-    # DETR_EXT_MSDA_HALF_BACKWARD_PACK=4. Only the forward output is compared here (the
-    # gradients are compared in the cuda tests).
+    # C = 32: 16-byte packs (L * P = 9 points, so the last tile of staged points is short); 30:
+    # element-wise; 12: 16-byte packs in float32, element-wise in the half-precision forward and
+    # packs of 4 in its backward. Only the forward output is compared here (the gradients are
+    # compared in the cuda tests).
     problems = [
         (2, 5, 3, 32, ((4, 5), (2, 3), (1, 1)), 3),
         (1, 7, 2, 30, ((3, 3), (1, 2)), 2),
@@ -135,17 +135,14 @@ def cmd_sanitize(args) -> dict:
         for dtype in ("float64", "float32", "float16", "bfloat16"):
             half = dtype in ("float16", "bfloat16")
             coords = ("float32", dtype) if half else (dtype,)
-            variants = ((None, None, None, None), (3, None, None, None))
-            if half:
-                variants += ((None, 4, None, None),)
-            # The forward variants where they apply (16-byte packs: C = 32 here).
+            # (query tile, forward gather): the defaults, another group order, and the
+            # element-offset gather (the one inputs past 2^31 bytes take) where the default is
+            # the byte-offset one: 16-byte packs of float32 / float16 / bfloat16, C = 32 here.
+            settings = ((None, None), (3, None))
             if dtype != "float64" and channels == 32:
-                variants += ((None, None, None, 1), (3, None, None, 1))
-            if dtype == "float32" and channels == 32:
-                variants += ((None, None, 2, None), (3, None, 2, None), (None, None, 2, 1))
-            for coord_dtype, variant in ((c, v) for c in coords for v in variants):
-                tile, pack, unroll, lean = variant
-                set_tile(tile, pack, unroll, lean)
+                settings += ((None, 0),)
+            for coord_dtype, (tile, lean) in ((c, v) for c in coords for v in settings):
+                set_tile(tile, lean)
                 inputs = [
                     value.to("cuda", DTYPES[dtype]).requires_grad_(),
                     shapes_t.cuda(),
@@ -159,8 +156,7 @@ def cmd_sanitize(args) -> dict:
                 error = float((output.detach().cpu().double() - expected).abs().max())
                 if not error < 0.1:
                     failures.append(
-                        f"{dtype}/{coord_dtype}/T={tile}/pack={pack}/unroll={unroll}/lean={lean} "
-                        f"C={channels}: {error}"
+                        f"{dtype}/{coord_dtype}/T={tile}/lean={lean} C={channels}: {error}"
                     )
     set_tile(None)
     print("sanitize cases:", "all agree" if not failures else failures)
@@ -172,7 +168,6 @@ ERROR_CASES = (
     "cuda_check",
     "cuda_backward_check",
     "cuda_query_tile",
-    "cuda_forward_unroll",
     "cuda_forward_lean",
 )
 
@@ -196,8 +191,8 @@ def error_case(name: str) -> str:
         elif name == "cuda_backward_check":  # grad_output of the wrong width
             grad_output = torch.randn(1, 3, 7, device=device)
             ops.ms_deform_attn_backward(grad_output, value, shapes, starts, locations, weights)
-        elif name in ("cuda_forward_unroll", "cuda_forward_lean"):
-            os.environ[UNROLL_ENV if name == "cuda_forward_unroll" else LEAN_ENV] = "3"
+        elif name == "cuda_forward_lean":
+            os.environ[LEAN_ENV] = "3"
             ops.ms_deform_attn(value, shapes, starts, locations, weights)
         else:
             os.environ[TILE_ENV] = "0"
@@ -224,8 +219,9 @@ def cmd_errors(args) -> dict:
 
 def cmd_profile(args) -> dict:
     """One launch each of the encoder's forward (float32, bfloat16) and backward (float32) per
-    query tile, the float32 forward unrolled by 2 and both forwards with the lean gather at each
-    tile: the launches ncu profiles (``-k regex:ms_deform_attn``)."""
+    query tile, and each forward once more with the element-offset gather
+    (``DETR_EXT_MSDA_FORWARD_LEAN=0``) at the first tile, for comparison: the launches ncu
+    profiles (``-k regex:ms_deform_attn``)."""
     ops = torch.ops.detr_ext
     for dtype in ("float32", "bfloat16"):
         inputs = kernel_inputs("encoder", 2, dtype, "float32", "realistic", seed=0)
@@ -235,10 +231,8 @@ def cmd_profile(args) -> dict:
             ops.ms_deform_attn(*inputs)
             if dtype == "float32":
                 ops.ms_deform_attn_backward(grad_output, *inputs)
-                set_tile(tile, unroll=2)
-                ops.ms_deform_attn(*inputs)
-            set_tile(tile, lean=1)
-            ops.ms_deform_attn(*inputs)
+        set_tile(args.tiles[0], lean=0)
+        ops.ms_deform_attn(*inputs)
     torch.cuda.synchronize()
     set_tile(None)
     return {"tiles": args.tiles}
@@ -295,9 +289,10 @@ def cmd_trace(args) -> dict:
 
 
 def pack_note(row: dict) -> str:
-    """The variant of the rows that compare the half-precision backward's packs, the float32
-    forward's unrolls or the lean forward gather (results written before a variant have no
-    such key)."""
+    """The variant of a row of an earlier run (up to 2026-12-04) that compared the
+    half-precision backward's packs, the float32 forward's unrolls or the forward's gathers.
+    Those variants are gone: rows written now, like those before the variants, have none of
+    these keys."""
     note = f", half pack {row['half_backward_pack']}" if row.get("packs_compared") else ""
     if row.get("unrolls_compared"):
         note += f", unroll {row['forward_unroll']}"

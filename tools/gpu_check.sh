@@ -90,14 +90,11 @@ want env && step env env_info
 if want build; then
   ARCH=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
   export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-  # The compiler: CC / CXX when set, else the system's /usr/bin/g++ when the g++ on PATH is
-  # another one. On the GPU machine of 2026-12-04, g++ was /opt/gcc/bin/g++ while python3 (built
-  # with the system's GCC 13.3) loads the system's libstdc++, and the extension it built crashed
-  # (SIGSEGV in std::basic_ostream::_M_insert<long>, inside _C.so) on every failed C++ check:
-  # bad input killed the process instead of raising. The errors step below checks this.
-  if [[ -z ${CXX:-} && -x /usr/bin/g++ && "$(command -v g++)" != /usr/bin/g++ ]]; then
-    export CC=/usr/bin/gcc CXX=/usr/bin/g++
-  fi
+  # The compiler is the machine's (CC / CXX when set). On the GPU machine of 2026-12-04 g++ was
+  # /opt/gcc/bin/g++, which linked libstdc++ statically into _C.so: every failed C++ check
+  # crashed the process (SIGSEGV) instead of raising. setup.py now links the shared libstdc++
+  # explicitly; toolchain.txt says what the compiler is and what _C.so links, and the errors
+  # step checks that bad input raises.
   rm -rf build detr_ext/_C*.so
   if ! step build env TORCH_CUDA_ARCH_LIST="$ARCH" DETR_EXT_WITH_CUDA=1 DETR_EXT_BUILD_REQUIRED=1 \
     NVCC_APPEND_FLAGS="-Xptxas -v" MAX_JOBS=16 "$PY" setup.py build_ext --inplace; then
@@ -108,6 +105,10 @@ if want build; then
   {
     echo "CXX=${CXX:-$(command -v g++)}"
     "${CXX:-g++}" --version | head -1
+    COMPILER=$(command -v "${CXX:-g++}")
+    file -L "$COMPILER" 2>/dev/null || true
+    # A wrapper script: its text (what it adds to each compile and link).
+    grep -Iq . "$COMPILER" 2>/dev/null && head -c 1500 "$COMPILER"
     ldd detr_ext/_C*.so
     echo "libstdc++ symbols defined in _C.so (nm -DC, T/W): \
 $(nm -DC --defined-only detr_ext/_C*.so 2>/dev/null | grep -c " [TW] std::")"

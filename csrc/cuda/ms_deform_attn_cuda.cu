@@ -52,23 +52,10 @@ int env_choice(const char* name, int first, int second, int fallback) {
   return is_first ? first : second;
 }
 
-// Channels per thread of the float16 / bfloat16 backward: 8 (one 16-byte load; the default) or,
-// with DETR_EXT_MSDA_HALF_BACKWARD_PACK=4, 4 (an 8-byte load; twice the threads, each issuing
-// one vector reduction per corner instead of two). An experiment for the GPU check: on an H200
-// the half-precision backward took 1.9x the float32 one, which uses packs of 4 floats.
-int half_backward_pack() { return env_choice("DETR_EXT_MSDA_HALF_BACKWARD_PACK", 4, 8, 8); }
-
-// Staged points per step of the float32 forward with 16-byte packs: 1 (the default) or, with
-// DETR_EXT_MSDA_FORWARD_UNROLL=2, 2 (two points' gathers in flight per thread). An experiment for
-// the GPU check: on an H200 the float32 forward waited on its gathers (59 % occupancy, 48
-// registers). Other dtypes and packs ignore it.
-int forward_unroll() { return env_choice("DETR_EXT_MSDA_FORWARD_UNROLL", 1, 2, 1); }
-
 // The float32 / float16 / bfloat16 forward with 16-byte packs gathers through byte offsets
-// (ms_deform_attn_kernels.cuh, kLean) with DETR_EXT_MSDA_FORWARD_LEAN=1 (default 0). An experiment
-// for the GPU check: on an H200 the half-precision forward was bound by instruction issue, much
-// of it address arithmetic and zeroing of missing corners.
-bool forward_lean() { return env_choice("DETR_EXT_MSDA_FORWARD_LEAN", 0, 1, 0) == 1; }
+// (ms_deform_attn_kernels.cuh, kLean) where they fit in an int; DETR_EXT_MSDA_FORWARD_LEAN=0 makes
+// it take the element-offset gather that larger inputs take (the tests compare the two).
+bool forward_lean() { return env_choice("DETR_EXT_MSDA_FORWARD_LEAN", 0, 1, 1) == 1; }
 
 bool aligned8(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 8 == 0; }
 
@@ -224,7 +211,6 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
                      {&attention_weights, "attention_weights"}},
                     value);
   const int tile = query_tile();
-  const int unroll = forward_unroll();
   const bool lean_wanted = forward_lean();
   const c10::cuda::CUDAGuard guard(value.device());
   const Inputs in(value, spatial_shapes, level_start_index, sampling_locations,
@@ -249,13 +235,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
       const bool lean = lean_wanted && vec &&
                         std::max<int64_t>(in.num_rows, 1) * in.heads * in.channels <=
                             std::numeric_limits<int32_t>::max() / int64_t{sizeof(scalar_t)};
-      if (lean) kernel = msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true, 1, true>;
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (vec && unroll == 2) {
-          kernel = lean ? msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true, 2, true>
-                        : msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true, 2>;
-        }
-      }
+      if (lean) kernel = msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true, true>;
     }
     kernel<<<geo.blocks, kThreads, 0, stream>>>(args, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -277,7 +257,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
                      {&attention_weights, "attention_weights"}},
                     value);
   const int tile = query_tile();
-  const int half_pack = half_backward_pack();
   const c10::cuda::CUDAGuard guard(value.device());
   const Inputs in(value, spatial_shapes, level_start_index, sampling_locations,
                   attention_weights);
@@ -307,13 +286,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
       acc_t* gv = grad_value_acc.mutable_data_ptr<acc_t>();
       coord_t* gl = grad_locations.mutable_data_ptr<coord_t>();
       coord_t* gw = grad_weights.mutable_data_ptr<coord_t>();
-      const bool vec = in.channels % ScalarIO<scalar_t>::kPack == 0 &&
+      // 16-byte packs (float64 / float32); float16 / bfloat16 take packs of 4 below.
+      const bool vec = sizeof(scalar_t) != 2 && in.channels % ScalarIO<scalar_t>::kPack == 0 &&
                        aligned16(in.value.const_data_ptr()) && aligned16(go) && aligned16(gv);
       const auto stream = c10::cuda::getCurrentCUDAStream();
       if constexpr (sizeof(scalar_t) == 2) {
-        const bool vec4 = half_pack == 4 && in.channels % 4 == 0 &&
-                          aligned8(in.value.const_data_ptr()) && aligned8(go) && aligned16(gv);
-        if (vec4) {
+        // float16 / bfloat16: packs of 4 channels (8-byte loads, 8 threads per (b, q, h) as in
+        // float32, one 16-byte vector reduction per corner). On an H200 (2026-12-04, encoder
+        // preset, batch 2) this backward took 848 us where packs of 8 took 1664 us.
+        if (in.channels % 4 == 0 && aligned8(in.value.const_data_ptr()) && aligned8(go) &&
+            aligned16(gv)) {
           const Geometry geo = make_geometry(in, 4);
           const auto args = make_args<scalar_t, coord_t>(in, geo, tile);
           msda_cuda::ms_deform_attn_backward_kernel<scalar_t, coord_t, true, 4>
@@ -325,13 +307,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
       const Geometry geo = make_geometry(in, vec ? msda_cuda::pack_size<scalar_t, true>()
                                                  : msda_cuda::pack_size<scalar_t, false>());
       const auto args = make_args<scalar_t, coord_t>(in, geo, tile);
-      if (vec) {
-        msda_cuda::ms_deform_attn_backward_kernel<scalar_t, coord_t, true>
-            <<<geo.blocks, kThreads, 0, stream>>>(args, go, gv, gl, gw);
-      } else {
-        msda_cuda::ms_deform_attn_backward_kernel<scalar_t, coord_t, false>
-            <<<geo.blocks, kThreads, 0, stream>>>(args, go, gv, gl, gw);
+      if constexpr (sizeof(scalar_t) != 2) {
+        if (vec) {
+          msda_cuda::ms_deform_attn_backward_kernel<scalar_t, coord_t, true>
+              <<<geo.blocks, kThreads, 0, stream>>>(args, go, gv, gl, gw);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          return;
+        }
       }
+      msda_cuda::ms_deform_attn_backward_kernel<scalar_t, coord_t, false>
+          <<<geo.blocks, kThreads, 0, stream>>>(args, go, gv, gl, gw);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

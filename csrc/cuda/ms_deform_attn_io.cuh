@@ -86,8 +86,8 @@ struct HalfWidthIO {
       out[2 * i + 1] = Bits::to_float(static_cast<unsigned short>(words[i] >> 16));
     }
   }
-  // 4 elements as one aligned 8-byte load: the pack of the half-precision backward when
-  // DETR_EXT_MSDA_HALF_BACKWARD_PACK=4 (ms_deform_attn_cuda.cu).
+  // 4 elements as one aligned 8-byte load: the pack of the half-precision backward
+  // (ms_deform_attn_cuda.cu).
   static __device__ __forceinline__ void load_pack4(const T* p, float (&out)[4]) {
     const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
     const unsigned int words[2] = {raw.x, raw.y};

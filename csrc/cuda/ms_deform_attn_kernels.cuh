@@ -37,15 +37,14 @@ constexpr unsigned kFullMask = 0xffffffffu;
 // Minimum resident blocks per SM handed to __launch_bounds__ (a register cap of
 // 65536 / (256 * n)): chosen from `nvcc -Xptxas -v` for sm_80 / sm_90 as the highest occupancy
 // that the compiler reaches without spilling.
-template <typename scalar_t, int kUnroll = 1>
+template <typename scalar_t>
 constexpr int forward_min_blocks() {
-  if constexpr (kUnroll == 2) return 4;  // the unrolled variant: two points' gathers in flight
   return sizeof(scalar_t) == 4 ? 5 : 4;
 }
 template <typename scalar_t, bool kVec, int kPack>
 constexpr int backward_min_blocks() {
   if constexpr (sizeof(scalar_t) == 4) return 4;
-  if constexpr (sizeof(scalar_t) == 2) return kVec && kPack == 4 ? 4 : 3;  // 4: the variant
+  if constexpr (sizeof(scalar_t) == 2) return kVec && kPack == 4 ? 4 : 3;
   return kVec ? 3 : 2;
 }
 
@@ -270,17 +269,14 @@ __device__ __forceinline__ void accumulate_corners(const Coef4<acc_t>& w,
   }
 }
 
-// kUnroll 2 (DETR_EXT_MSDA_FORWARD_UNROLL=2, float32 with 16-byte packs only; an experiment for
-// the GPU check): the gathers of two staged points are issued before either point's sums, so
-// twice the loads are in flight per thread, at 64 registers (4 blocks/SM) instead of 48 (5).
-// The sums keep their order, so the output is the same bit for bit.
-// kLean (DETR_EXT_MSDA_FORWARD_LEAN=1, 16-byte packs of float32 / float16 / bfloat16 when
-// N * H * C * sizeof(scalar_t) < 2^31; an experiment for the GPU check): corners staged as byte
-// offsets and gathered by gather_corners_raw, fewer instructions per corner (on an H200 the
-// half-precision forward was bound by instruction issue). Same products, same order: the same
-// output bit for bit.
-template <typename scalar_t, typename coord_t, bool kVec, int kUnroll = 1, bool kLean = false>
-__global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t, kUnroll>()))
+// kLean (the default for 16-byte packs of float32 / float16 / bfloat16 when
+// N * H * C * sizeof(scalar_t) < 2^31; DETR_EXT_MSDA_FORWARD_LEAN=0 turns it off): corners staged
+// as byte offsets and gathered by gather_corners_raw, fewer instructions per corner. On an H200
+// (2026-12-04, encoder preset, batch 2) it took the half-precision forward from 168 to 150 us and
+// the float32 one from 209 to 208 us (T=1; 205 to 200 us at T=64). Same products, same order:
+// the same output bit for bit as the element-offset gather.
+template <typename scalar_t, typename coord_t, bool kVec, bool kLean = false>
+__global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
     ms_deform_attn_forward_kernel(const MsdaArgs<scalar_t, coord_t> a,
                                   scalar_t* __restrict__ output) {
   using acc_t = acc_type<scalar_t>;
@@ -330,23 +326,7 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t, kUnrol
       __syncwarp();
       if (count <= 0) continue;
       const int staged = min(G, a.points_per_group - tile);
-      int i = 0;
-      if constexpr (kUnroll == 2) {
-        for (; i + 1 < staged; i += 2) {
-          const int4 o0 = staged_offsets[place.first_slot + i];
-          const int4 o1 = staged_offsets[place.first_slot + i + 1];
-          const Coef4<acc_t> w0 = staged_weights[place.first_slot + i];
-          const Coef4<acc_t> w1 = staged_weights[place.first_slot + i + 1];
-          const int offsets0[4] = {o0.x, o0.y, o0.z, o0.w};
-          const int offsets1[4] = {o1.x, o1.y, o1.z, o1.w};
-          acc_t v0[4][kPack], v1[4][kPack];
-          gather_point<kLean, kVec>(value_pack, value_bytes, offsets0, count, v0);
-          gather_point<kLean, kVec>(value_pack, value_bytes, offsets1, count, v1);
-          accumulate_corners(w0, v0, acc);
-          accumulate_corners(w1, v1, acc);
-        }
-      }
-      for (; i < staged; ++i) {
+      for (int i = 0; i < staged; ++i) {
         const int4 o = staged_offsets[place.first_slot + i];
         const Coef4<acc_t> w = staged_weights[place.first_slot + i];
         const int offsets[4] = {o.x, o.y, o.z, o.w};
@@ -392,8 +372,8 @@ __device__ __forceinline__ void backward_pack(
 // grad_value: [B, N, H, C] in acc_t (float32 for float16/bfloat16 values), zero-initialized.
 // grad_locations / grad_weights: every element is written exactly once, by the thread that staged
 // the point, after the group has reduced the channel sums with warp shuffles (no atomics).
-// kPack: channels per thread, pack_size<scalar_t, kVec>() except for the half-precision variant
-// with packs of 4 (twice the threads per (b, q, h), one vector reduction per corner each).
+// kPack: channels per thread, pack_size<scalar_t, kVec>() except for float16 / bfloat16 with
+// vector loads, which take packs of 4 (8-byte loads, one vector reduction per corner).
 template <typename scalar_t, typename coord_t, bool kVec, int kPack = pack_size<scalar_t, kVec>()>
 __global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec, kPack>()))
     ms_deform_attn_backward_kernel(const MsdaArgs<scalar_t, coord_t> a,

@@ -3,16 +3,13 @@ and backward ops (``torch.ops.detr_ext``, no Python front or autograd) timed by 
 for the issue's problems and each kernel group order (``DETR_EXT_MSDA_QUERY_TILE``), with the
 fewest bytes each must move and its time over the floor those bytes take at a given bandwidth.
 Every run's memory is poisoned first and every output checked to be written; the orders must
-give the same forward, bit for bit. Half-precision rows can also time the backward with packs
-of 4 channels per thread (``DETR_EXT_MSDA_HALF_BACKWARD_PACK=4``, an experiment; 8 is the
-default), float32 rows the forward with two points' gathers in flight per thread
-(``DETR_EXT_MSDA_FORWARD_UNROLL=2``), and float32 / half-precision rows the forward gathering
-through byte offsets (``DETR_EXT_MSDA_FORWARD_LEAN=1``); experiments, off by default. Torch
-only, like the rest of :mod:`detr_ext.ops`."""
+give the same forward, bit for bit. Every row times the kernels' defaults (the forward gathering
+through byte offsets, the half-precision backward in packs of 4 channels); the element-offset
+gather of ``DETR_EXT_MSDA_FORWARD_LEAN=0`` is compared in the cuda tests and profiled by
+``tools/gpu_check.py profile``. Torch only, like the rest of :mod:`detr_ext.ops`."""
 
 from __future__ import annotations
 
-import itertools
 import os
 
 import torch
@@ -22,24 +19,19 @@ from .gpu_timing import graph_seconds, nbytes
 
 __all__ = [
     "ALL_TILES",
-    "HALF_PACK_ENV",
     "KERNEL_ROWS",
     "LEAN_ENV",
     "TILE_ENV",
-    "UNROLL_ENV",
     "kernel_inputs",
     "run_row",
     "set_tile",
 ]
 
 TILE_ENV = "DETR_EXT_MSDA_QUERY_TILE"
-HALF_PACK_ENV = "DETR_EXT_MSDA_HALF_BACKWARD_PACK"
-UNROLL_ENV = "DETR_EXT_MSDA_FORWARD_UNROLL"
 LEAN_ENV = "DETR_EXT_MSDA_FORWARD_LEAN"
 
-# (preset, batch, dtype, coordinate dtype, locations, query tiles[, half-precision backward
-# packs[, forward unrolls[, forward lean 0/1]]]): the kernels step's rows; each row is timed at
-# every (tile, pack, unroll, lean), the first the reference of the others.
+# (preset, batch, dtype, coordinate dtype, locations, query tiles): the kernels step's rows; each
+# row is timed at every tile, the first (1, the default order) the reference of the others.
 ALL_TILES = (1, 4, 8, 16, 32, 64)
 KERNEL_ROWS = [
     ("encoder", 2, "float32", "float32", "realistic", ALL_TILES),
@@ -52,27 +44,13 @@ KERNEL_ROWS = [
     ("encoder", 8, "float32", "float32", "realistic", (1, 32)),
     ("decoder", 2, "float32", "float32", "realistic", (1, 8, 32)),
     ("decoder", 2, "bfloat16", "float32", "realistic", (1, 8, 32)),
-    ("encoder", 2, "bfloat16", "float32", "realistic", (1,), (8, 4)),
-    ("encoder", 2, "float16", "float32", "realistic", (1,), (8, 4)),
-    ("decoder", 2, "bfloat16", "float32", "realistic", (1,), (8, 4)),
-    ("encoder", 2, "float32", "float32", "realistic", (1, 32, 64), (8,), (1, 2), (0, 1)),
-    ("encoder", 2, "bfloat16", "float32", "realistic", (1, 64), (8,), (1,), (0, 1)),
-    ("encoder", 2, "float16", "float32", "realistic", (1, 64), (8,), (1,), (0, 1)),
-    ("encoder", 8, "float32", "float32", "realistic", (1, 64), (8,), (1, 2), (0, 1)),
-    ("decoder", 2, "float32", "float32", "realistic", (1, 8), (8,), (1, 2), (0, 1)),
-    ("decoder", 2, "bfloat16", "float32", "realistic", (1,), (8,), (1,), (0, 1)),
 ]
 
 
-def set_tile(
-    tile: int | None,
-    half_pack: int | None = None,
-    unroll: int | None = None,
-    lean: int | None = None,
-) -> None:
-    """Set (or with ``None``, unset) the kernels' group order, half-precision backward pack,
-    float32 forward unroll and lean forward gather (0 / 1)."""
-    settings = {TILE_ENV: tile, HALF_PACK_ENV: half_pack, UNROLL_ENV: unroll, LEAN_ENV: lean}
+def set_tile(tile: int | None, lean: int | None = None) -> None:
+    """Set (or with ``None``, unset: the default) the kernels' group order and the forward's
+    gather (1: byte offsets, 0: element offsets)."""
+    settings = {TILE_ENV: tile, LEAN_ENV: lean}
     for name, value in settings.items():
         if value is None:
             os.environ.pop(name, None)
@@ -88,12 +66,8 @@ def kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed):
 
 
 def run_row(row, bandwidth: float) -> list[dict]:
-    """One of ``KERNEL_ROWS``: a result per query tile, half-precision backward pack, forward
-    unroll and lean forward gather (times, bytes, floors, checks)."""
-    preset, batch, dtype, coord_dtype, locations, tiles, *variants = row
-    half_packs = variants[0] if variants else (8,)
-    unrolls = variants[1] if len(variants) > 1 else (1,)
-    leans = variants[2] if len(variants) > 2 else (0,)
+    """One of ``KERNEL_ROWS``: a result per query tile (times, bytes, floors, checks)."""
+    preset, batch, dtype, coord_dtype, locations, tiles = row
     ops = torch.ops.detr_ext
     sets = [kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed) for seed in range(3)]
     value, shapes, starts, loc, weights = sets[0]
@@ -105,8 +79,8 @@ def run_row(row, bandwidth: float) -> list[dict]:
     # Backward: grad_output, value, locations, weights read; the three gradients written.
     backward_bytes = out_bytes + 2 * nbytes(value, loc, weights)
     results, reference = [], None
-    for tile, half_pack, unroll, lean in itertools.product(tiles, half_packs, unrolls, leans):
-        set_tile(tile, half_pack, unroll, lean)
+    for tile in tiles:
+        set_tile(tile)
         poison_cuda_allocator(4 * forward_bytes)
         output = ops.ms_deform_attn(value, shapes, starts, loc, weights)
         grads = ops.ms_deform_attn_backward(grad_output, value, shapes, starts, loc, weights)
@@ -132,12 +106,6 @@ def run_row(row, bandwidth: float) -> list[dict]:
             "coord_dtype": coord_dtype,
             "locations": locations,
             "query_tile": tile,
-            "half_backward_pack": half_pack,
-            "forward_unroll": unroll,
-            "forward_lean": lean,
-            "packs_compared": len(half_packs) > 1,  # a row of both packs (pack 8 repeats T=1's)
-            "unrolls_compared": len(unrolls) > 1,
-            "leans_compared": len(leans) > 1,
             "forward_s": forward_s,
             "backward_s": backward_s,
             "forward_bytes": forward_bytes,
@@ -154,7 +122,6 @@ def run_row(row, bandwidth: float) -> list[dict]:
         results.append(entry)
         print(
             f"{preset:<8} B{batch} {dtype:<8} coords {coord_dtype:<8} {locations:<9} T={tile:<3} "
-            f"pack {half_pack} unroll {unroll} lean {lean} "
             f"fwd {forward_s * 1e6:8.1f} us ({entry['forward_over_floor']:5.2f}x floor)  "
             f"bwd {backward_s * 1e6:8.1f} us ({entry['backward_over_floor']:5.2f}x floor)  "
             f"written={written} same_fwd={same_forward} grad_diff={grad_error:.1e}",

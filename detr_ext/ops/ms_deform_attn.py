@@ -2,10 +2,11 @@
 
 ``ms_deform_attn`` is the one entry point the rest of the library calls. With the compiled
 extension loaded it runs ``torch.ops.detr_ext.ms_deform_attn`` (C++ on CPU, CUDA on GPU), a real
-PyTorch operator: ``register_autograd`` gives it gradients for value, sampling locations and
-attention weights, and ``register_fake`` lets ``torch.compile(fullgraph=True)`` trace it without
-a graph break. Without the extension (or for a device/dtype it was not built for), it runs the
-grid_sample reference path and says why, once.
+PyTorch operator: its derivative for value, sampling locations and attention weights is
+registered in C++ (csrc/ms_deform_attn_autograd.cpp: no Python in an eager step's forward or
+backward), and ``register_fake`` lets ``torch.compile(fullgraph=True)`` trace it without a graph
+break. Without the extension (or for a device/dtype it was not built for), it runs the grid_sample
+reference path and says why, once.
 """
 
 from __future__ import annotations
@@ -48,50 +49,33 @@ def _register() -> bool:
             weights.new_empty(weights.shape),
         )
 
-    def _setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def _backward(ctx, grad_output):
-        value, spatial_shapes, level_start_index, locations, weights = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # backward(create_graph=True): gradients that can be differentiated again.
-            return _differentiable_backward(ctx, grad_output)
-        grad_value, grad_locations, grad_weights = torch.ops.detr_ext.ms_deform_attn_backward(
-            grad_output.contiguous(), value, spatial_shapes, level_start_index, locations, weights
-        )
-        return grad_value, None, None, grad_locations, grad_weights
-
-    torch.library.register_autograd(
-        "detr_ext::ms_deform_attn", _backward, setup_context=_setup_context
-    )
+    # The op's derivative is registered in C++ (csrc/ms_deform_attn_autograd.cpp); for
+    # backward(create_graph=True) it calls this op, implemented here with the PyTorch path.
+    _LIBRARY.impl("ms_deform_attn_grad_graph", _grad_graph, "CompositeImplicitAutograd")
     return True
 
 
-def _differentiable_backward(ctx, grad_output):
+_LIBRARY = torch.library.Library("detr_ext", "IMPL")
+
+
+def _grad_graph(grad_output, value, spatial_shapes, level_start_index, locations, weights, mask):
     """The compiled op's gradients as a graph (double backward: a gradient penalty, a Hessian
-    product): the compiled backward kernel has no derivative of its own, so these come from the
-    PyTorch path, which computes the same function (within floating-point rounding)."""
-    value, spatial_shapes, _, locations, weights = ctx.saved_tensors
-    wanted = [
-        (index, tensor)
-        for index, tensor in ((0, value), (3, locations), (4, weights))
-        if ctx.needs_input_grad[index]
-    ]
-    grads: list[torch.Tensor | None] = [None] * 5
+    product): the backward kernel has no derivative of its own, so these come from the PyTorch
+    path, which computes the same function (within floating-point rounding). ``mask`` says which
+    of value, locations, weights need a gradient; the others get zeros."""
+    del level_start_index  # the PyTorch path splits value by spatial_shapes alone
+    tensors = (value, locations, weights)
+    wanted = [index for index, want in enumerate(mask) if want]
+    grads = [torch.zeros_like(tensor) for tensor in tensors]
     if wanted:
-        inputs = [
-            tensor if tensor.requires_grad else tensor.detach().requires_grad_()
-            for _, tensor in wanted
-        ]
-        by_index = dict(zip((index for index, _ in wanted), inputs, strict=True))
-        output = ms_deform_attn_pytorch(
-            by_index.get(0, value),
-            spatial_shapes,
-            by_index.get(3, locations),
-            by_index.get(4, weights),
-        )
-        computed = torch.autograd.grad(output, inputs, grad_output, create_graph=True)
-        for (index, _), grad in zip(wanted, computed, strict=True):
+        inputs = list(tensors)
+        for index in wanted:
+            tensor = tensors[index]
+            inputs[index] = tensor if tensor.requires_grad else tensor.detach().requires_grad_()
+        leaves = [inputs[index] for index in wanted]
+        output = ms_deform_attn_pytorch(inputs[0], spatial_shapes, inputs[1], inputs[2])
+        computed = torch.autograd.grad(output, leaves, grad_output, create_graph=True)
+        for index, grad in zip(wanted, computed, strict=True):
             grads[index] = grad
     return tuple(grads)
 
@@ -229,15 +213,21 @@ def _check_level_values(spatial_shapes, level_start_index, num_values: int) -> N
 # ------------------------------------------------------------------ backend and AMP
 def _tracked_by_torch_func(*tensors: torch.Tensor) -> bool:
     """Whether a ``torch.func`` transform (``grad``, ``vjp``, ``jacrev``, ``jvp``, ``vmap``)
-    tracks one of ``tensors``. The compiled op's derivative (``register_autograd``) is not one
-    that functorch can use ("an autograd.Function ... must override the setup_context"), so
-    such calls take the PyTorch path: the same function, which every transform supports (with
-    batching rules under ``vmap``). Inputs a transform does not track (constants inside it)
-    keep the compiled op; so does tracing by torch.compile / torch.export."""
+    tracks one of ``tensors``, or runs while one of them needs a gradient of plain autograd.
+    The compiled op has no batching rule for ``vmap`` and its derivative is a C++ autograd
+    Function, which functorch refuses ("cannot use C++ torch::autograd::Function with functorch
+    transforms"), so such calls take the PyTorch path: the same function, which every transform
+    supports. Inputs a transform does not track and that need no gradient (constants inside it)
+    keep the compiled op (run without an autograd node); so does tracing by torch.compile /
+    torch.export."""
     if torch.compiler.is_compiling():
         return False
-    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return is_wrapped is not None and any(is_wrapped(tensor) for tensor in tensors)
+    functorch = torch._C._functorch
+    if functorch.peek_interpreter_stack() is None:
+        return False  # no transform is running
+    return any(
+        functorch.is_functorch_wrapped_tensor(tensor) or tensor.requires_grad for tensor in tensors
+    )
 
 
 def resolve_backend(backend: str | None, value: torch.Tensor) -> str:

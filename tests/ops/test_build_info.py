@@ -2,6 +2,8 @@
 the backend choice when no compiled kernel serves a tensor (both found by `make mutate`)."""
 
 import importlib
+import shutil
+import subprocess
 import warnings
 
 import pytest
@@ -43,3 +45,32 @@ def test_auto_falls_back_once_with_the_reason_and_compiled_refuses(monkeypatch):
         assert front.resolve_backend("auto", value) == "pytorch"
     with pytest.raises(RuntimeError, match="backend='compiled' is unavailable: .*without meta"):
         front.resolve_backend("compiled", value)
+
+
+@pytest.mark.skipif(load_extension() is not None, reason="detr_ext._C not loaded")
+def test_a_failed_cpp_check_raises_with_its_numbers():
+    """The extension shares the process's C++ runtime. Built by a compiler that links libstdc++
+    statically (the GPU machine's /opt/gcc/bin/g++ of 2026-12-04), every failed TORCH_CHECK that
+    formats a number crashed the process there (SIGSEGV) and here lost the number ("got " and
+    nothing); setup.py now links libstdc++.so explicitly."""
+    value = torch.zeros(1, 4, 2, 8)
+    args = (
+        value,
+        torch.tensor([[2, 2]]),
+        torch.tensor([0]),
+        torch.rand(1, 3, 2, 1, 2, 2),
+        torch.rand(1, 5, 2, 1, 2),  # 5 queries where the locations have 3
+    )
+    with pytest.raises(RuntimeError, match=r"attention_weights of shape \[1, 3, 2, 1, 2\]"):
+        torch.ops.detr_ext.ms_deform_attn(*args)
+
+
+@pytest.mark.skipif(load_extension() is not None, reason="detr_ext._C not loaded")
+@pytest.mark.skipif(shutil.which("ldd") is None, reason="needs ldd")
+def test_the_extension_links_the_shared_libstdcxx():
+    import detr_ext._C
+
+    linked = subprocess.run(
+        ["ldd", detr_ext._C.__file__], capture_output=True, text=True, check=True
+    ).stdout
+    assert "libstdc++.so" in linked, linked

@@ -14,7 +14,7 @@ import torch
 from detr_ext.ops import build_info, ms_deform_attn
 from detr_ext.ops.benchmark import DTYPES, PRESETS, poison_cuda_allocator
 from detr_ext.ops.benchmark import make_inputs as make_preset_inputs
-from detr_ext.ops.benchmark_kernels import HALF_PACK_ENV, LEAN_ENV, UNROLL_ENV
+from detr_ext.ops.benchmark_kernels import LEAN_ENV
 from detr_ext.ops.benchmark_kernels import TILE_ENV as QUERY_TILE_ENV
 from detr_ext.ops.benchmark_steps import TOLERANCES, output_difference
 from tests.ops.msda_cases import (
@@ -95,6 +95,10 @@ def test_cuda_kernels_registered():
 @pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_cuda_parity(case, dtype):
+    # The cases' C reach every kernel: 16-byte packs where they divide C (2 float64, 4 float32
+    # or 8 half-precision values; the float32 / half-precision forward gathers them through byte
+    # offsets), the half-precision backward's packs of 4 where C % 4 == 0 (C = 4, 8, 16, 32,
+    # 64), element-wise kernels for the other C (in float32: 1, 3, 7, 30, 71, 257).
     _check(case, dtype)
 
 
@@ -112,20 +116,10 @@ def test_cuda_parity_in_every_group_order(case, dtype, tile, monkeypatch):
     _check(case, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_cuda_parity_of_the_half_backward_with_packs_of_4(case, dtype, monkeypatch):
-    # DETR_EXT_MSDA_HALF_BACKWARD_PACK=4: 8-byte packs where C % 4 == 0 (C = 4, 8, 16, 32, 64
-    # here), the element-wise kernel elsewhere.
-    monkeypatch.setenv(HALF_PACK_ENV, "4")
-    _check(case, dtype)
-
-
 @pytest.mark.parametrize("coords", ["float32", "value dtype"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_cuda_half_backward_with_packs_of_4_in_two_chunks(dtype, coords, monkeypatch):
+def test_cuda_half_backward_in_two_chunks(dtype, coords):
     # C = 136: 34 packs of 4, so 32 threads per (b, q, h) and a second chunk of channels.
-    monkeypatch.setenv(HALF_PACK_ENV, "4")
     case = Case(2, 9, 2, 136, ((5, 6), (2, 3)), 3, "mixed")
     inputs = make_inputs(
         case, dtype, device="cuda", coord_dtype=torch.float32 if coords == "float32" else dtype
@@ -134,52 +128,23 @@ def test_cuda_half_backward_with_packs_of_4_in_two_chunks(dtype, coords, monkeyp
     _check_against(inputs, reference, dtype)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_cuda_half_backward_with_packs_of_4_on_the_encoder(dtype, monkeypatch):
-    monkeypatch.setenv(HALF_PACK_ENV, "4")
-    inputs = make_preset_inputs(PRESETS["encoder"], 2, DTYPES[dtype], "cuda", "realistic")
-    reference = forward_and_grads(_upcast(inputs, "cuda"), "pytorch")
-    _check_against(inputs, reference, DTYPES[dtype])
-
-
-def test_cuda_bad_half_backward_pack_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv(HALF_PACK_ENV, "16")
-    inputs = make_inputs(CASES[3], torch.float32, device="cuda")
-    grad_output = torch.ones(1, 11, 128, device="cuda")
-    with pytest.raises(RuntimeError, match=f"{HALF_PACK_ENV}: expected 4 or 8, got '16'"):
-        torch.ops.detr_ext.ms_deform_attn_backward(grad_output, *inputs)
-
-
-@pytest.mark.parametrize("tile", [1, 3])
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_cuda_parity_of_the_forward_unrolled_by_2(case, tile, monkeypatch):
-    # DETR_EXT_MSDA_FORWARD_UNROLL=2: float32 with 16-byte packs (C % 4 == 0) gathers two
-    # points at a time; odd L * P leave a last point alone, other C take the element-wise kernel.
-    monkeypatch.setenv(UNROLL_ENV, "2")
-    monkeypatch.setenv(QUERY_TILE_ENV, str(tile))
-    _check(case, torch.float32)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_cuda_parity_of_the_lean_forward(case, dtype, monkeypatch):
-    # DETR_EXT_MSDA_FORWARD_LEAN=1: byte offsets and raw 16-byte gathers where the packs are
-    # vectors (C % 4 == 0 in float32, C % 8 == 0 in half precision), the default elsewhere.
-    monkeypatch.setenv(LEAN_ENV, "1")
+def test_cuda_parity_of_the_element_offset_forward(case, dtype, monkeypatch):
+    # DETR_EXT_MSDA_FORWARD_LEAN=0: the 16-byte packs (C % 4 == 0 in float32, C % 8 == 0 in half
+    # precision) gathered through element offsets, as inputs past 2^31 bytes always are; the
+    # other C take the element-wise kernel either way.
+    monkeypatch.setenv(LEAN_ENV, "0")
     _check(case, dtype)
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [{UNROLL_ENV: "2"}, {LEAN_ENV: "1"}, {UNROLL_ENV: "2", LEAN_ENV: "1"}],
-    ids=["unroll", "lean", "unroll+lean"],
-)
+@pytest.mark.parametrize("lean", [None, "0"], ids=["byte offsets", "element offsets"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_cuda_forward_variants_in_two_chunks(dtype, variant, monkeypatch):
+def test_cuda_forward_gathers_in_two_chunks(dtype, lean, monkeypatch):
     # More 16-byte packs than 32 threads: C = 160 float32 (40 packs) or 272 half-precision
     # values (34 packs) make a second chunk of channels, with its own base pointer.
-    for name, text in variant.items():
-        monkeypatch.setenv(name, text)
+    if lean is not None:
+        monkeypatch.setenv(LEAN_ENV, lean)
     channels = 160 if dtype == torch.float32 else 272
     case = Case(2, 9, 2, channels, ((5, 6), (2, 3)), 3, "mixed")
     inputs = make_inputs(case, dtype, device="cuda", coord_dtype=torch.float32)
@@ -187,40 +152,36 @@ def test_cuda_forward_variants_in_two_chunks(dtype, variant, monkeypatch):
     _check_against(inputs, reference, dtype)
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [{UNROLL_ENV: "2"}, {LEAN_ENV: "1"}, {UNROLL_ENV: "2", LEAN_ENV: "1"}],
-    ids=["unroll", "lean", "unroll+lean"],
-)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_cuda_forward_variants_are_the_same_bit_for_bit(dtype, variant, monkeypatch):
-    """The unrolled and the lean forward add the same products in the same order: the encoder
-    preset's output is identical, and so is a case with an odd number of points per tile and
-    one whose missing corners are many (points outside the maps)."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_cuda_forward_gathers_are_the_same_bit_for_bit(dtype, monkeypatch):
+    """The byte-offset gather (the default) and the element-offset one
+    (``DETR_EXT_MSDA_FORWARD_LEAN=0``) add the same products in the same order: the encoder
+    preset's output is identical, and so is that of a case with a short last tile of points, one
+    whose missing corners are many (points outside the maps) and one of two chunks of
+    channels."""
+    channels = 160 if dtype == torch.float32 else 272
     cases = (
         make_preset_inputs(PRESETS["encoder"], 2, dtype, "cuda", "realistic"),
         make_inputs(Case(2, 33, 3, 64, ((9, 7), (4, 5), (2, 2)), 3, "mixed"), dtype,
                     device="cuda", coord_dtype=torch.float32),
         make_inputs(Case(2, 9, 3, 64, ((5, 7), (1, 1), (3, 3)), 8, "outside"), dtype,
                     device="cuda", coord_dtype=torch.float32),
+        make_inputs(Case(2, 9, 2, channels, ((5, 6), (2, 3)), 3, "mixed"), dtype,
+                    device="cuda", coord_dtype=torch.float32),
     )  # fmt: skip
     for inputs in cases:
-        for name in (UNROLL_ENV, LEAN_ENV):
-            monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(LEAN_ENV, raising=False)
         expected = torch.ops.detr_ext.ms_deform_attn(*inputs)
-        for name, text in variant.items():
-            monkeypatch.setenv(name, text)
+        monkeypatch.setenv(LEAN_ENV, "0")
         poison_cuda_allocator(2**28)
         assert torch.equal(torch.ops.detr_ext.ms_deform_attn(*inputs), expected)
 
 
-@pytest.mark.parametrize(
-    "name, text, expected", [(UNROLL_ENV, "4", "1 or 2"), (LEAN_ENV, "yes", "0 or 1")]
-)
-def test_cuda_bad_forward_variant_is_a_clear_error(name, text, expected, monkeypatch):
-    monkeypatch.setenv(name, text)
+@pytest.mark.parametrize("text", ["yes", "2", "-1"])
+def test_cuda_bad_forward_gather_is_a_clear_error(text, monkeypatch):
+    monkeypatch.setenv(LEAN_ENV, text)
     inputs = make_inputs(CASES[3], torch.float32, device="cuda")
-    with pytest.raises(RuntimeError, match=f"{name}: expected {expected}, got '{text}'"):
+    with pytest.raises(RuntimeError, match=f"{LEAN_ENV}: expected 0 or 1, got '{text}'"):
         ms_deform_attn(*inputs, backend="compiled")
 
 

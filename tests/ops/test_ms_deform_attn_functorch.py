@@ -1,8 +1,9 @@
-"""``torch.func`` transforms of the operator: the compiled op's ``register_autograd`` formula is
-not usable by functorch (``torch.func.grad`` raised "an autograd.Function ... must override the
-setup_context staticmethod"), so inputs a transform tracks take the PyTorch path, the same
-function. ``grad``, ``jacrev``, ``jvp`` and ``vmap`` then give what plain autograd and a loop
-over the batch give with the compiled op."""
+"""``torch.func`` transforms of the operator: functorch refuses the compiled op's derivative
+(a C++ autograd Function: "cannot use C++ torch::autograd::Function with functorch transforms";
+registered from Python it raised "an autograd.Function ... must override the setup_context
+staticmethod") and the op has no ``vmap`` batching rule, so inputs a transform tracks take the
+PyTorch path, the same function. ``grad``, ``jacrev``, ``jvp`` and ``vmap`` then give what plain
+autograd and a loop over the batch give with the compiled op."""
 
 from __future__ import annotations
 
@@ -68,3 +69,9 @@ def test_constants_inside_a_transform_keep_the_compiled_op(monkeypatch):
     torch.testing.assert_close(grad, expected)
     torch.func.grad(lambda w: _loss(value, shapes, starts, locations, w))(weights)
     assert calls == [1]  # tracked weights: the PyTorch path
+    # A constant that needs a gradient of plain autograd outside the transform: functorch
+    # refuses the op's C++ autograd Function, so the PyTorch path again.
+    outer = value.clone().requires_grad_()
+    grad = torch.func.grad(lambda s: s * _loss(outer, shapes, starts, locations, weights))(scale)
+    assert calls == [1]
+    torch.testing.assert_close(grad, expected)
