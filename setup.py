@@ -121,6 +121,28 @@ def want_cuda() -> bool:
     return True
 
 
+def shared_libstdcxx() -> list[str]:
+    """The shared libstdc++ that this process loaded (with torch), as a link argument (Linux).
+
+    Named by its path after the objects, it provides the C++ runtime of _C.so even where the
+    compiler would link libstdc++ statically: /opt/gcc/bin/g++ on the GPU machine of 2026-12-04
+    is a wrapper whose -B directory holds libstdc++.a only, so even an explicit -lstdc++ found
+    the archive. A static copy inside _C.so shares none of the shared one's locale and iostream
+    state: there every failed TORCH_CHECK that formats a number crashed the process (SIGSEGV in
+    std::basic_ostream::_M_insert<long>) or dropped the number, instead of raising.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    import torch  # noqa: F401 - its libraries load libstdc++.so.6
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = [line.split()[-1] for line in maps if "/libstdc++.so" in line]
+    except OSError:
+        return []
+    return paths[:1] if paths and os.path.isfile(paths[0]) else []
+
+
 def make_extension(with_cuda: bool):
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     # -fopenmp: at::parallel_for is header code that only runs in parallel when the extension
@@ -128,13 +150,7 @@ def make_extension(with_cuda: bool):
     # the copy torch has already loaded). It also honours `#pragma omp simd` (vectorized
     # reductions without -ffast-math).
     cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"]
-    # -lstdc++ (after the objects): the C++ runtime as the shared libstdc++.so.6 that torch and
-    # Python load, even where the compiler driver links it statically (-static-libstdc++ in a
-    # wrapper or spec file, as /opt/gcc/bin/g++ on the GPU machine of 2026-12-04 did). A static
-    # copy inside _C.so shares none of the shared one's locale and iostream state: there every
-    # failed TORCH_CHECK that formats a number crashed the process (SIGSEGV in
-    # std::basic_ostream::_M_insert<long>) or dropped the number, instead of raising.
-    link_flags = ["-fopenmp", "-lstdc++"]
+    link_flags = ["-fopenmp", *shared_libstdcxx()]
     if not with_cuda:
         return CppExtension(
             "detr_ext._C",
