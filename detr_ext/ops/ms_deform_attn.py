@@ -66,7 +66,7 @@ def _grad_graph(grad_output, value, spatial_shapes, level_start_index, locations
     del level_start_index  # the PyTorch path splits value by spatial_shapes alone
     tensors = (value, locations, weights)
     wanted = [index for index, want in enumerate(mask) if want]
-    grads = [torch.zeros_like(tensor) for tensor in tensors]
+    grads = [None if want else torch.zeros_like(tensor) for tensor, want in zip(tensors, mask)]
     if wanted:
         inputs = list(tensors)
         for index in wanted:
