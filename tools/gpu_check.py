@@ -21,6 +21,10 @@ Needs torch and a CUDA build of ``detr_ext._C`` only (no detectron2). Subcommand
   op) spends its time besides the kernels: the step's CPU time against its GPU span when timed
   alone, its time when steps are queued back to back, and torch.profiler's tables (by CPU and
   by CUDA time) and Chrome trace.
+- ``probe``: the forward against its gathers alone (``tools/gather_probe.cu``, built here with
+  torch.utils.cpp_extension; :mod:`detr_ext.ops.gather_probe`): the same corners with none of the
+  op's own work, in several layouts, orders and corner sizes; ``--profile``: one launch each of
+  the rows that matter, for ncu.
 - ``report``: a markdown summary of the JSON the others wrote.
 
     python tools/gpu_check.py bandwidth --json out/bandwidth.json
@@ -288,6 +292,37 @@ def cmd_trace(args) -> dict:
     return result
 
 
+def cmd_probe(args) -> dict:
+    from detr_ext.ops.gather_probe import build_probe, probe_markdown, run_probe
+
+    major, minor = torch.cuda.get_device_capability()
+    arch = f"{major}{minor}" + ("a" if major == 9 else "")  # sm_90a, as tools/gpu_check.sh builds
+    module = build_probe(REPO / "tools" / "gather_probe.cu", arch)
+    if args.profile:
+        from detr_ext.ops.gather_probe import profile_launches
+
+        profile_launches(module)
+        return {}
+    bandwidth = json.loads(Path(args.bandwidth).read_text())["bandwidth_bytes_per_s"]
+    rows = run_probe(module, bandwidth)
+    failures = [
+        r
+        for r in rows
+        if not r.get("all_outputs_written", True) or not r.get("max_error_to_expected", 0) <= 1e-4
+    ]
+    result = {
+        "bandwidth_bytes_per_s": bandwidth,
+        "environment": environment("cuda"),
+        "results": rows,
+        "failures": failures,
+    }
+    if args.markdown:
+        Path(args.markdown).write_text(probe_markdown(result))
+    if failures:
+        print(f"FAILED: {len(failures)} rows unwritten or off", file=sys.stderr)
+    return result
+
+
 def pack_note(row: dict) -> str:
     """The variant of a row of an earlier run (up to 2026-12-04) that compared the
     half-precision backward's packs, the float32 forward's unrolls or the forward's gathers.
@@ -346,6 +381,10 @@ def main(argv=None) -> None:
     trace.add_argument("--trace-file", default=None, help="write a Chrome trace here")
     profile = sub.add_parser("profile")
     profile.add_argument("--tiles", type=int, nargs="+", default=[1])
+    probe = sub.add_parser("probe")
+    probe.add_argument("--bandwidth", help="bandwidth.json (not needed with --profile)")
+    probe.add_argument("--markdown", default=None)
+    probe.add_argument("--profile", action="store_true", help="one launch of each, for ncu")
     report = sub.add_parser("report")
     report.add_argument("--bandwidth", required=True)
     report.add_argument("--kernels", required=True)
@@ -357,6 +396,7 @@ def main(argv=None) -> None:
         sub.choices["errors"],
         profile,
         trace,
+        probe,
     ):
         command.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -378,6 +418,7 @@ def main(argv=None) -> None:
         "sanitize": cmd_sanitize,
         "profile": cmd_profile,
         "trace": cmd_trace,
+        "probe": cmd_probe,
     }
     result = handlers[args.command](args)
     if args.json:

@@ -18,17 +18,19 @@
 # Steps: env, build (for this GPU's architecture, ptxas report, SASS, toolchain), errors (bad
 # input raises instead of crashing, tools/gpu_check.py errors), test (pytest -m cuda),
 # sanitize (compute-sanitizer memcheck of tools/gpu_check.py sanitize alongside the tests,
-# racecheck at the end), bandwidth, kernels (tools/gpu_check.py kernels), bench
+# racecheck at the end), bandwidth, kernels (tools/gpu_check.py kernels), probe (the forward
+# against its gathers alone, tools/gpu_check.py probe, and ncu of both), bench
 # (tools/benchmark_msda.py), trace (torch.profiler of an end-to-end step), profile (ncu),
 # models (the model-level cuda tests, when scripts/gpu_wheels.sh's .whl/ was carried along).
 # Files in $OUT (at most 8: what a device lease brings back): summary.txt (each step's exit code
-# and seconds, then the tables), bandwidth.json, errors.json, kernels.json, kernels.md,
-# bench.json, bench.md, logs.tgz (every log: build, pytest, sanitizers, ncu and its summary).
+# and seconds, the errors step's cases, then the tables), bandwidth.json, kernels.json,
+# kernels.md, probe.json, bench.json, bench.md, logs.tgz (every log: build, errors.json, pytest,
+# sanitizers, probe.md, ncu and its summaries).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-output/gpu_check}
 PY=${PYTHON:-python3}
-STEPS=${GPU_CHECK_STEPS-"env build errors test sanitize bandwidth kernels bench trace profile models"}
+STEPS=${GPU_CHECK_STEPS-"env build errors test sanitize bandwidth kernels probe bench trace profile models"}
 LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
@@ -66,7 +68,9 @@ step() {
 finish() {
   tar -czf "$OUT/logs.tgz" -C "$LOGS" . 2>/dev/null
   echo "----" >>"$SUMMARY"
-  for file in "$OUT/kernels.md" "$OUT/bench.md"; do [[ -f $file ]] && cat "$file" >>"$SUMMARY"; done
+  for file in "$OUT/kernels.md" "$LOGS/probe.md" "$OUT/bench.md"; do
+    [[ -f $file ]] && cat "$file" >>"$SUMMARY"
+  done
   cat "$SUMMARY"
 }
 trap finish EXIT
@@ -133,7 +137,10 @@ sanitize() {
   grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$LOGS/sanitizer_$1.log" | tee -a "$SUMMARY"
 }
 
-want errors && step errors "$PY" tools/gpu_check.py errors --json "$OUT/errors.json"
+if want errors; then
+  step errors "$PY" tools/gpu_check.py errors --json "$LOGS/errors.json"
+  cat "$LOGS/errors.log" >>"$SUMMARY"
+fi
 
 if want test; then
   want sanitize && { sanitize memcheck & }  # alongside the tests; no timing runs meanwhile
@@ -153,6 +160,22 @@ if want kernels; then
     --json "$OUT/kernels.json"
   "$PY" tools/gpu_check.py report --bandwidth "$OUT/bandwidth.json" \
     --kernels "$OUT/kernels.json" --markdown "$OUT/kernels.md" >/dev/null
+fi
+
+NCU=$(tool ncu)
+if want probe; then
+  step probe "$PY" tools/gpu_check.py probe --bandwidth "$OUT/bandwidth.json" \
+    --json "$OUT/probe.json" --markdown "$LOGS/probe.md"
+  if [[ -n $NCU ]]; then
+    step probe_ncu timeout "$(cap 150)" "$NCU" --clock-control none \
+      -k regex:"gather_probe|ms_deform_attn_forward" --section SpeedOfLight \
+      --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+      --section Occupancy --section WarpStateStats --section SchedulerStats \
+      --metrics dram__bytes_read.sum,lts__t_bytes.sum,l1tex__t_bytes.sum,l1tex__t_sector_hit_rate.pct,l1tex__t_requests_pipe_lsu_mem_global_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum \
+      "$PY" tools/gpu_check.py probe --profile
+    grep -E "gather_probe_kernel|ms_deform_attn_forward_kernel|Duration|Memory Throughput|L1/TEX Hit|Achieved Occupancy|Compute \(SM\)|lts__t_bytes|l1tex__t_bytes|l1tex__t_requests|l1tex__t_sectors_pipe|wavefronts|Issued Warp|No Eligible|Stall" \
+      "$LOGS/probe_ncu.log" >"$LOGS/probe_ncu_summary.txt"
+  fi
 fi
 
 if want bench; then
@@ -182,7 +205,6 @@ if want trace; then
 fi
 
 if want profile; then
-  NCU=$(tool ncu)
   TILES=1
   [[ -f $OUT/kernels.json ]] && TILES="1 $("$PY" tools/gpu_check.py best-tile --kernels "$OUT/kernels.json")"
   if [[ -n $NCU ]]; then
