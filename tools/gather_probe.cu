@@ -6,8 +6,8 @@
 // the same work mapping: a group of G = kCornerBytes / 16 threads owns one (b, q, h), thread j
 // of the group stages point (tile + j)'s four corner byte offsets in shared memory, and every
 // thread of the group then loads its 16 bytes of each staged corner (one 16-byte load per
-// corner, the four of a point in flight together; variants: two points in flight, or more
-// resident blocks). What it leaves out is the op's own work:
+// corner, the four of a point in flight together; variants: two points in flight, more resident
+// blocks, or the staging's former bank conflicts). What it leaves out is the op's own work:
 // reading locations, weights and the level table, the corner arithmetic, the bilinear weights,
 // the conversions of half-precision data and the multiplications. Each loaded word is added as a
 // float32 into the thread's 16-byte sum (one add per word), so that no load is dead code, and
@@ -36,12 +36,16 @@ __device__ __forceinline__ const char* opaque_pointer(const char* pointer) {
 // kMinBlocks: resident blocks per SM for __launch_bounds__; 5 is the float32 forward's register
 // cap, so that the probe runs at the op's occupancy, 8 the most a 256-thread block allows.
 // kInFlight: the points whose corners are loaded before any is used (the op: 1, four loads).
-template <int kCornerBytes, int kInFlight, int kMinBlocks>
+// kPadded: the staged points at the op's padded shared-memory slots (t + t / 8, see staged_slot
+// in csrc/cuda/ms_deform_attn_kernels.cuh); without, at slot t, where the groups of a warp read
+// from the same banks (the op's staging up to 2026-12-04).
+template <int kCornerBytes, int kInFlight, int kMinBlocks, bool kPadded = true>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     gather_probe_kernel(const char* __restrict__ data, const int4* __restrict__ offsets,
                         int points, int64_t groups, float4* __restrict__ out) {
   constexpr int G = kCornerBytes / 16;
-  __shared__ int4 staged[kThreads];
+  __shared__ int4 staged[kThreads + kThreads / 8];
+  const auto slot_of = [](int t) { return kPadded ? t + (t >> 3) : t; };
   const int64_t thread = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t slot = thread / G;
   const int rank = static_cast<int>(threadIdx.x) % G;
@@ -55,7 +59,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     int4 own = make_int4(-1, -1, -1, -1);
     if (active && point < points) own = __ldg(offsets + slot * points + point);
     __syncwarp();
-    staged[threadIdx.x] = own;
+    staged[slot_of(threadIdx.x)] = own;
     __syncwarp();
     const int count = min(G, points - tile);
     for (int i = 0; i < count; i += kInFlight) {
@@ -63,7 +67,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 #pragma unroll
       for (int n = 0; n < kInFlight; ++n) {
         // Past the tile's last point (count not a multiple of kInFlight): no corner.
-        const int4 s = i + n < count ? staged[first + i + n] : make_int4(-1, -1, -1, -1);
+        const int4 s =
+            i + n < count ? staged[slot_of(first + i + n)] : make_int4(-1, -1, -1, -1);
         const int corner[4] = {s.x, s.y, s.z, s.w};
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
@@ -100,9 +105,12 @@ void launch(const std::string& variant, int64_t blocks, cudaStream_t stream, con
   } else if (variant == "full_occupancy") {
     gather_probe_kernel<kCornerBytes, 1, 8>
         <<<blocks, kThreads, 0, stream>>>(data, offsets, points, groups, out);
+  } else if (variant == "conflicted") {
+    gather_probe_kernel<kCornerBytes, 1, 5, false>
+        <<<blocks, kThreads, 0, stream>>>(data, offsets, points, groups, out);
   } else {
-    TORCH_CHECK(false, "gather_probe: variant must be plain, two_points or full_occupancy, got ",
-                variant);
+    TORCH_CHECK(false, "gather_probe: variant must be plain, two_points, full_occupancy or ",
+                "conflicted, got ", variant);
   }
 }
 

@@ -34,6 +34,19 @@ namespace msda_cuda {
 constexpr int kThreads = 256;  // per block
 constexpr unsigned kFullMask = 0xffffffffu;
 
+// Shared-memory slot of the point that thread t stages: t + t / 8. The groups of a warp read
+// their staged points together, group g at slot g * G + i; without the padding, the 16-byte
+// entries of groups 8 threads apart lie 128 bytes apart, on the same four banks, and a warp's
+// read took 4 wavefronts (G = 8: four groups on the same banks; ncu, H200, 2026-12-04: half of
+// the forward's shared-load wavefronts were such conflicts, about a third of all the wavefronts
+// of the L1 data pipe that the corner gathers need). With it, the groups of a warp read
+// different banks for every G <= 16 (only G = 2, sixteen 16-byte entries, needs two).
+// The slot of a group's i-th staged point is staged_slot(first) + staged_slot(i), where first
+// (the group's first thread) is a multiple of G: for G >= 8 first / 8 and i / 8 add up, for
+// G < 8 both i / 8 and the carry are 0.
+constexpr int kStagedSlots = kThreads + kThreads / 8;
+__device__ __forceinline__ int staged_slot(int thread) { return thread + (thread >> 3); }
+
 // Minimum resident blocks per SM handed to __launch_bounds__ (a register cap of
 // 65536 / (256 * n)): chosen from `nvcc -Xptxas -v` for sm_80 / sm_90 as the highest occupancy
 // that the compiler reaches without spilling.
@@ -281,10 +294,10 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
                                   scalar_t* __restrict__ output) {
   using acc_t = acc_type<scalar_t>;
   constexpr int kPack = pack_size<scalar_t, kVec>();
-  // Staged points: corner offsets and the combined weights attn * bilinear, in two arrays so
-  // that the 16-byte broadcast reads of different groups fall on different banks.
-  __shared__ int4 staged_offsets[kThreads];
-  __shared__ Coef4<acc_t> staged_weights[kThreads];
+  // Staged points: corner offsets and the combined weights attn * bilinear, in two arrays (one
+  // 16-byte read each per point), at the padded slots of staged_slot.
+  __shared__ int4 staged_offsets[kStagedSlots];
+  __shared__ Coef4<acc_t> staged_weights[kStagedSlots];
 
   const GroupPlace place = place_thread(a);
   if (place.warp_idle) return;
@@ -292,6 +305,7 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
   const int64_t h = place.group % a.heads;
   const scalar_t* value_head = a.value + (b * a.num_rows * a.heads + h) * a.channels;
   const int G = a.group_size;
+  const int group_slot = staged_slot(place.first_slot);
 
   for (int chunk = 0; chunk < a.chunks; ++chunk) {
     const int c0 = (chunk * G + place.rank) * kPack;
@@ -321,14 +335,15 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
         offsets_staged.w = sp.offsets.w >= 0 ? sp.offsets.w * kSize : -1;
       }
       __syncwarp();  // the previous tile's readers are done
-      staged_offsets[threadIdx.x] = offsets_staged;
-      staged_weights[threadIdx.x] = coef;
+      staged_offsets[staged_slot(threadIdx.x)] = offsets_staged;
+      staged_weights[staged_slot(threadIdx.x)] = coef;
       __syncwarp();
       if (count <= 0) continue;
       const int staged = min(G, a.points_per_group - tile);
       for (int i = 0; i < staged; ++i) {
-        const int4 o = staged_offsets[place.first_slot + i];
-        const Coef4<acc_t> w = staged_weights[place.first_slot + i];
+        const int slot = group_slot + staged_slot(i);
+        const int4 o = staged_offsets[slot];
+        const Coef4<acc_t> w = staged_weights[slot];
         const int offsets[4] = {o.x, o.y, o.z, o.w};
         acc_t v[4][kPack];
         gather_point<kLean, kVec>(value_pack, value_bytes, offsets, count, v);
@@ -383,8 +398,8 @@ __global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec,
                                    coord_t* __restrict__ grad_weights) {
   using acc_t = acc_type<scalar_t>;
   using CoordIO = ScalarIO<coord_t>;
-  __shared__ int4 staged_offsets[kThreads];
-  __shared__ Coef4<acc_t> staged_coefs[kThreads];  // frac_x, frac_y, attn, unused
+  __shared__ int4 staged_offsets[kStagedSlots];
+  __shared__ Coef4<acc_t> staged_coefs[kStagedSlots];  // frac_x, frac_y, attn, unused
 
   const GroupPlace place = place_thread(a);
   if (place.warp_idle) return;
@@ -395,6 +410,7 @@ __global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec,
   acc_t* grad_value_head = grad_value + head_offset;
   const scalar_t* grad_out_group = grad_output + place.group * a.channels;
   const int G = a.group_size;
+  const int group_slot = staged_slot(place.first_slot);
 
   // grad_output of the first pack stays in registers; further chunks (C > 32 * kPack) reload
   // theirs per point from L1/L2.
@@ -414,15 +430,17 @@ __global__ void __launch_bounds__(kThreads, (backward_min_blocks<scalar_t, kVec,
     const SamplePoint<acc_t> sp =
         owner ? read_point(a, place.group, point) : empty_point<acc_t>();
     __syncwarp();
-    staged_offsets[threadIdx.x] = sp.offsets;
-    staged_coefs[threadIdx.x] = Coef4<acc_t>{{sp.frac_x, sp.frac_y, sp.attn, acc_t(0)}};
+    staged_offsets[staged_slot(threadIdx.x)] = sp.offsets;
+    staged_coefs[staged_slot(threadIdx.x)] =
+        Coef4<acc_t>{{sp.frac_x, sp.frac_y, sp.attn, acc_t(0)}};
     __syncwarp();
 
     acc_t own_weight = 0, own_x = 0, own_y = 0;  // sums of the point this thread staged
     const int staged = min(G, a.points_per_group - tile);
     for (int i = 0; i < staged; ++i) {
-      const int4 o = staged_offsets[place.first_slot + i];
-      const Coef4<acc_t> coef = staged_coefs[place.first_slot + i];
+      const int slot = group_slot + staged_slot(i);
+      const int4 o = staged_offsets[slot];
+      const Coef4<acc_t> coef = staged_coefs[slot];
       const int offsets[4] = {o.x, o.y, o.z, o.w};
       const acc_t fx = coef.v[0], fy = coef.v[1], attn = coef.v[2];
       acc_t w[4], scatter[4], dot[4] = {0, 0, 0, 0};
