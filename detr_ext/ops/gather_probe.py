@@ -53,9 +53,10 @@ _INT32_MAX = 2**31 - 1
 # locations ("realistic") or with every point at the centre of its level ("centre": all L1
 # hits, the op's own work with the memory system out of the way); "gather" rows time the probe:
 # "plain" as the op's forward (four loads in flight, 5 blocks per SM, padded staging),
-# "conflicted" with the staging's former bank conflicts; "two_points" (eight loads in flight)
-# and "full_occupancy" (8 blocks per SM), measured on 2026-12-04 (1-2 % faster, 4 % slower at
-# T = 1: the gathers do not wait on latency), are kept in the probe but not timed by default.
+# "prefetch" with the next tile's offsets loaded before the current tile's gathers (the op's
+# DETR_EXT_MSDA_FORWARD_PREFETCH=1). Measured on 2026-12-04 and no longer timed by default:
+# "two_points" (eight loads in flight, 1-2 % faster), "full_occupancy" (8 blocks per SM, 4 %
+# slower) and "conflicted" (the staging's former bank conflicts: the same time).
 PROBE_ROWS = [
     ("op", "float32", "token", 1, "realistic", "-"),
     ("op", "float32", "token", 64, "realistic", "-"),
@@ -73,11 +74,13 @@ PROBE_ROWS = [
     ("gather", 64, "token", 1, "resident", "plain"),
     ("gather", 128, "token", 1, "none", "plain"),
     ("gather", 64, "token", 1, "none", "plain"),
-    ("gather", 128, "token", 1, "realistic", "conflicted"),
-    ("gather", 64, "token", 1, "realistic", "conflicted"),
-    ("gather", 128, "token", 1, "none", "conflicted"),
+    ("gather", 128, "token", 1, "realistic", "prefetch"),
+    ("gather", 128, "token", 64, "realistic", "prefetch"),
+    ("gather", 64, "token", 1, "realistic", "prefetch"),
+    ("gather", 128, "token", 1, "none", "prefetch"),
+    ("gather", 64, "token", 1, "none", "prefetch"),
 ]
-PROBE_VARIANTS = ("plain", "two_points", "full_occupancy", "conflicted")
+PROBE_VARIANTS = ("plain", "two_points", "full_occupancy", "conflicted", "prefetch")
 
 
 def group_of_slot(batch: int, queries: int, heads: int, tile: int) -> torch.Tensor:
