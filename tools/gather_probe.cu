@@ -37,7 +37,7 @@ __device__ __forceinline__ const char* opaque_pointer(const char* pointer) {
 // cap, so that the probe runs at the op's occupancy, 8 the most a 256-thread block allows.
 // kInFlight: the points whose corners are loaded before any is used (the op: 1, four loads).
 // kPadded: the staged points at the op's padded shared-memory slots (t + t / 8, see staged_slot
-// in csrc/cuda/ms_deform_attn_kernels.cuh); without, at slot t, where the groups of a warp read
+// in csrc/cuda/ms_deform_attn_device.cuh); without, at slot t, where the groups of a warp read
 // from the same banks (the op's staging up to 2026-12-04).
 // kPrefetch: the next tile's offsets are loaded before the current tile's gathers (the op's
 // DETR_EXT_MSDA_FORWARD_PREFETCH=1).

@@ -140,7 +140,7 @@ sanitize() {
 
 if want errors; then
   step errors "$PY" tools/gpu_check.py errors --json "$LOGS/errors.json"
-  cat "$LOGS/errors.log" >>"$SUMMARY"
+  [[ -f $LOGS/errors.log ]] && cat "$LOGS/errors.log" >>"$SUMMARY"
 fi
 
 if want test; then

@@ -1,5 +1,5 @@
 // CUDA entry points of multi-scale deformable attention (semantics in ../ms_deform_attn.h, kernels
-// and their thread mapping in ms_deform_attn_kernels.cuh).
+// and their thread mapping in ms_deform_attn_device.cuh).
 //
 // Compared with the original Deformable-DETR kernel (one thread per channel, scalar atomics, an
 // im2col step that must divide the batch): one thread per 16-byte pack of channels, the point
@@ -113,7 +113,7 @@ struct Inputs {
   int64_t num_groups() const { return batch * queries * heads; }
 };
 
-// Launch geometry: G threads per (b, q, h), see ms_deform_attn_kernels.cuh.
+// Launch geometry: G threads per (b, q, h), see ms_deform_attn_device.cuh.
 struct Geometry {
   int group_size = 1, log2_group_size = 0, chunks = 1;
   unsigned int blocks = 0;

@@ -19,7 +19,7 @@ would change it:
 - ``none``: no corner read at all: the probe's staging, loop and store alone.
 
 The corner arithmetic here is the kernel's (``read_point`` in
-``csrc/cuda/ms_deform_attn_kernels.cuh``): ``px = x * W - 0.5``, corners ``floor(px) + {0, 1}``,
+``csrc/cuda/ms_deform_attn_device.cuh``): ``px = x * W - 0.5``, corners ``floor(px) + {0, 1}``,
 a corner outside its level (or past the value rows) not read. The tests check it against the
 PyTorch path on the CPU. Torch only, like the rest of :mod:`detr_ext.ops`.
 """
@@ -86,7 +86,7 @@ PROBE_VARIANTS = ("plain", "two_points", "full_occupancy", "conflicted", "prefet
 def group_of_slot(batch: int, queries: int, heads: int, tile: int) -> torch.Tensor:
     """``[B * Q * H]`` int64: the (b, q, h) group, as ``(b * Q + q) * H + h``, that the
     kernels' slot-th group of threads owns at query tile ``tile`` (``group_of_slot`` in
-    ``csrc/cuda/ms_deform_attn_kernels.cuh``): T = 1 is the identity; T > 1 takes runs of T
+    ``csrc/cuda/ms_deform_attn_device.cuh``): T = 1 is the identity; T > 1 takes runs of T
     consecutive queries of one head, the last tile of a batch element possibly shorter."""
     if tile < 1:
         raise ValueError(f"tile must be >= 1, got {tile}")

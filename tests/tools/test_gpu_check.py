@@ -80,6 +80,8 @@ def _write_results(tmp_path: Path) -> tuple[Path, Path]:
             "unrolls_compared": True,
             "leans_compared": True,
         },
+        # A row of the forward's prefetching variant (PREFETCH_ROWS): fastest, not the default.
+        {**_kernel_row("encoder", "float32", 1, 140e-6, 880e-6), "forward_prefetch": 1},
     ]
     kernels.write_text(json.dumps({"results": rows}))
     return bandwidth, kernels
@@ -108,12 +110,13 @@ def test_report_is_a_markdown_table_of_every_row(tmp_path):
     text = markdown.read_text()
     assert "NVIDIA H200" in text and "4.27 TB/s" in text and "abc1234" in text
     lines = [line for line in text.splitlines() if line.startswith("| encoder")]
-    assert len(lines) == 8
-    assert lines[-3].startswith("| encoder | 2 | bfloat16 | float32 | realistic | 1, half pack 4 |")
-    assert lines[-2].startswith("| encoder | 2 | float32 | float32 | realistic | 16, unroll 2 |")
-    assert lines[-1].startswith(
+    assert len(lines) == 9
+    assert lines[-4].startswith("| encoder | 2 | bfloat16 | float32 | realistic | 1, half pack 4 |")
+    assert lines[-3].startswith("| encoder | 2 | float32 | float32 | realistic | 16, unroll 2 |")
+    assert lines[-2].startswith(
         "| encoder | 2 | float32 | float32 | realistic | 64, unroll 1, lean 1 |"
     )
+    assert lines[-1].startswith("| encoder | 2 | float32 | float32 | realistic | 1, prefetch |")
     assert (
         "| encoder | 2 | float32 | float32 | realistic | 32 | 205.0 | 5.12 | 886.0 | 14.77 |"
         in lines
