@@ -16,7 +16,9 @@ would change it:
 - ``order``: the query tile T of the kernels' group order (``DETR_EXT_MSDA_QUERY_TILE``);
 - ``resident``: every corner moved into the first ``64 * corner_bytes`` bytes of the data, all L1
   hits: the gathers' instruction cost with no L2 or DRAM behind it;
-- ``none``: no corner read at all: the probe's staging, loop and store alone.
+- ``none``: no corner read at all: the probe's staging, loop and store alone;
+- the probe kernel's ``variant`` (``PROBE_VARIANTS``): as the op's forward, or changed in how it
+  loads (see ``PROBE_ROWS``).
 
 The corner arithmetic here is the kernel's (``read_point`` in
 ``csrc/cuda/ms_deform_attn_device.cuh``): ``px = x * W - 0.5``, corners ``floor(px) + {0, 1}``,
