@@ -180,7 +180,6 @@ if want models; then
   fi
 fi
 
-
 want bandwidth && step bandwidth "$PY" tools/gpu_check.py bandwidth --json "$OUT/bandwidth.json"
 
 if want kernels; then
