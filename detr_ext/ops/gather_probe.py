@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from .benchmark import DTYPES, PRESETS, make_inputs, poison_cuda_allocator
-from .benchmark_kernels import set_tile
+from .benchmark import poison_cuda_allocator
+from .benchmark_kernels import kernel_inputs, set_tile
 from .gpu_timing import graph_seconds, nbytes
 
 __all__ = [
@@ -190,12 +190,14 @@ def build_probe(source: Path, arch: str | None = None):
 
 
 def _inputs(dtype: str, locations: str, seed: int):
-    value, shapes, starts, loc, weights = make_inputs(
-        PRESETS["encoder"], 2, DTYPES[dtype], "cuda", "realistic", seed=seed
+    """The kernels step's encoder inputs at batch 2 (float32 coordinates); with ``centre``,
+    every point moved to the centre of its level."""
+    value, shapes, starts, loc, weights = kernel_inputs(
+        "encoder", 2, dtype, "float32", "realistic", seed
     )
     if locations == "centre":
         loc = torch.full_like(loc, 0.5)
-    return value, shapes, starts, loc.float(), weights.float()
+    return value, shapes, starts, loc, weights
 
 
 def _probe_offsets(sets, corner_bytes: int, layout: str, tile: int, corners: str):
