@@ -39,8 +39,8 @@ __device__ __forceinline__ const char* opaque_pointer(const char* pointer) {
 // kPadded: the staged points at the op's padded shared-memory slots (t + t / 8, see staged_slot
 // in csrc/cuda/ms_deform_attn_device.cuh); without, at slot t, where the groups of a warp read
 // from the same banks (the op's staging up to 2026-12-04).
-// kPrefetch: the next tile's offsets are loaded before the current tile's gathers (the op's
-// DETR_EXT_MSDA_FORWARD_PREFETCH=1).
+// kPrefetch: the next tile's offsets are loaded before the current tile's gathers (as the op's
+// former DETR_EXT_MSDA_FORWARD_PREFETCH=1, which lost on an H200 and was dropped).
 template <int kCornerBytes, int kInFlight, int kMinBlocks, bool kPadded = true,
           bool kPrefetch = false>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)

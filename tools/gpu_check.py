@@ -8,14 +8,12 @@ Needs torch and a CUDA build of ``detr_ext._C`` only (no detectron2). Subcommand
 - ``kernels``: the forward and backward kernels alone (``torch.ops.detr_ext``, no Python front
   or autograd), timed by CUDA-graph replay, for the issue's problems and each kernel group order
   (``DETR_EXT_MSDA_QUERY_TILE``), with the fewest bytes each must move and its time over the
-  floor those bytes take at the measured bandwidth; some rows once more with the forward's
-  variant ``DETR_EXT_MSDA_FORWARD_PREFETCH=1``. Every run's memory is poisoned first (NaN
+  floor those bytes take at the measured bandwidth. Every run's memory is poisoned first (NaN
   bytes in the caching allocator) and every output checked to be written; the orders must give
   the same forward, bit for bit, and the same gradients within float rounding.
 - ``sanitize``: small forward+backward runs of every kernel instance, for compute-sanitizer.
 - ``errors``: bad input to the compiled op (a failed C++ check on CPU and on CUDA, a bad
-  ``DETR_EXT_MSDA_QUERY_TILE``, ``DETR_EXT_MSDA_FORWARD_LEAN`` or
-  ``DETR_EXT_MSDA_FORWARD_PREFETCH``), each in its own process:
+  ``DETR_EXT_MSDA_QUERY_TILE`` or ``DETR_EXT_MSDA_FORWARD_LEAN``), each in its own process:
   each must raise a RuntimeError, not crash the process (an extension built with a compiler
   whose libstdc++ differs from the one the process loads crashes there).
 - ``profile``: one launch of each encoder kernel that matters, for ncu.
@@ -54,7 +52,6 @@ from detr_ext.ops.benchmark import (  # noqa: E402
 )
 from detr_ext.ops.benchmark_kernels import (  # noqa: E402
     KERNEL_ROWS,
-    PREFETCH_ROWS,
     kernel_inputs,
     run_row,
     set_tile,
@@ -80,8 +77,6 @@ def cmd_kernels(args) -> dict:
     rows = []
     for row in KERNEL_ROWS:
         rows.extend(run_row(row, bandwidth))
-    for row in PREFETCH_ROWS:  # the variant, each row against the default's forward
-        rows.extend(run_row(row, bandwidth, prefetch=1))
     failures = [
         r
         for r in rows
@@ -97,7 +92,8 @@ def cmd_kernels(args) -> dict:
 def cmd_best_tile(args) -> None:
     """Prints the query tile with the smallest forward + backward time of encoder B2 float32.
     The files of earlier runs (up to 2026-12-04) also hold rows of kernel variants (a backward
-    pack, forward unroll or gather other than that run's default); those are left out."""
+    pack, forward unroll or gather other than that run's default, or the forward loading the
+    next tile's points early); those are left out."""
     rows = json.loads(Path(args.kernels).read_text())["results"]
     candidates = [
         r
@@ -136,8 +132,7 @@ def cmd_errors(args) -> dict:
 def cmd_profile(args) -> dict:
     """One launch each of the encoder's forward (float32, bfloat16) and backward (float32) per
     query tile, and each forward once more with the element-offset gather
-    (``DETR_EXT_MSDA_FORWARD_LEAN=0``) and once with the prefetching one
-    (``DETR_EXT_MSDA_FORWARD_PREFETCH=1``) at the first tile, for comparison: the launches ncu
+    (``DETR_EXT_MSDA_FORWARD_LEAN=0``) at the first tile, for comparison: the launches ncu
     profiles (``-k regex:ms_deform_attn``)."""
     ops = torch.ops.detr_ext
     for dtype in ("float32", "bfloat16"):
@@ -149,8 +144,6 @@ def cmd_profile(args) -> dict:
             if dtype == "float32":
                 ops.ms_deform_attn_backward(grad_output, *inputs)
         set_tile(args.tiles[0], lean=0)
-        ops.ms_deform_attn(*inputs)
-        set_tile(args.tiles[0], prefetch=1)
         ops.ms_deform_attn(*inputs)
     torch.cuda.synchronize()
     set_tile(None)
@@ -239,10 +232,10 @@ def cmd_probe(args) -> dict:
 
 
 def pack_note(row: dict) -> str:
-    """The variant of a row: the forward loading the next tile's points early
-    (``DETR_EXT_MSDA_FORWARD_PREFETCH=1``, ``PREFETCH_ROWS``), or in an earlier run (up to
-    2026-12-04) the half-precision backward's packs, the float32 forward's unrolls or the
-    forward's gathers, variants that are gone."""
+    """The variant of a row of an earlier run (up to 2026-12-04) that compared the
+    half-precision backward's packs, the float32 forward's unrolls, the forward's gathers or the
+    forward loading the next tile's points early (``forward_prefetch``, 7615a0a). Those variants
+    are gone: rows written now, like those before the variants, have none of these keys."""
     note = f", half pack {row['half_backward_pack']}" if row.get("packs_compared") else ""
     if row.get("unrolls_compared"):
         note += f", unroll {row['forward_unroll']}"

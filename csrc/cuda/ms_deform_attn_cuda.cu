@@ -56,11 +56,6 @@ int env_choice(const char* name, int first, int second, int fallback) {
 // it take the element-offset gather that larger inputs take (the tests compare the two).
 bool forward_lean() { return env_choice("DETR_EXT_MSDA_FORWARD_LEAN", 0, 1, 1) == 1; }
 
-// DETR_EXT_MSDA_FORWARD_PREFETCH=1: the lean forward loads the next tile's points before it
-// gathers the current tile's corners (ms_deform_attn_kernels.cuh, kPrefetch); a variant to be
-// timed on a GPU (tools/gpu_check.py kernels), off by default.
-bool forward_prefetch() { return env_choice("DETR_EXT_MSDA_FORWARD_PREFETCH", 0, 1, 0) == 1; }
-
 bool aligned8(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 8 == 0; }
 
 // Order in which the kernels' thread groups take the (b, q, h) (MsdaArgs::query_tile):
@@ -216,7 +211,6 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
                     value);
   const int tile = query_tile();
   const bool lean_wanted = forward_lean();
-  const bool prefetch = forward_prefetch();
   const c10::cuda::CUDAGuard guard(value.device());
   const Inputs in(value, spatial_shapes, level_start_index, sampling_locations,
                   attention_weights);
@@ -240,12 +234,7 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
       const bool lean = lean_wanted && vec &&
                         std::max<int64_t>(in.num_rows, 1) * in.heads * in.channels <=
                             std::numeric_limits<int32_t>::max() / int64_t{sizeof(scalar_t)};
-      if (lean) {
-        kernel =
-            prefetch
-                ? msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true, true, true>
-                : msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true, true>;
-      }
+      if (lean) kernel = msda_cuda::ms_deform_attn_forward_kernel<scalar_t, coord_t, true, true>;
     }
     kernel<<<geo.blocks, kThreads, 0, stream>>>(args, out);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -140,8 +140,7 @@ __device__ __forceinline__ SamplePoint<acc_t> empty_point() {
   return {make_int4(-1, -1, -1, -1), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
 }
 
-// read_point (load_point, then locate_point): reads point `point` (= l * P + p) of group `group`
-// and locates its bilinear corners, as
+// Reads point `point` (= l * P + p) of group `group` and locates its bilinear corners, as
 // grid_sample(align_corners=False, padding_mode="zeros"): px = x * W - 0.5, py = y * H - 0.5.
 // A corner outside the level, or (with corrupted spatial_shapes / level_start_index) outside
 // [0, N), gets offset -1 and is never read.
@@ -151,35 +150,21 @@ __device__ __forceinline__ SamplePoint<acc_t> empty_point() {
 // into `poison` and `attn`, a +-inf weight turns `attn` into NaN; a NaN attn times a zero corner
 // or zero dot product is NaN, so the output and the location gradients of the point are NaN, and
 // `poison` makes its weight gradient NaN.
-template <typename acc_t>
-struct PointInputs {
-  acc_t loc_x, loc_y, weight;
-};
-
-// The per-point loads of read_point: point `point` of group `group`'s location and weight.
 template <typename scalar_t, typename coord_t>
-__device__ __forceinline__ PointInputs<acc_type<scalar_t>> load_point(
+__device__ __forceinline__ SamplePoint<acc_type<scalar_t>> read_point(
     const MsdaArgs<scalar_t, coord_t>& a, int64_t group, int point) {
+  using acc_t = acc_type<scalar_t>;
   using CoordIO = ScalarIO<coord_t>;
   const int64_t index = group * a.points_per_group + point;
-  return {CoordIO::load(a.locations + 2 * index), CoordIO::load(a.locations + 2 * index + 1),
-          CoordIO::load(a.weights + index)};
-}
-
-// read_point from its loaded inputs (load_point): the level, the corners and the factors.
-template <typename scalar_t, typename coord_t>
-__device__ __forceinline__ SamplePoint<acc_type<scalar_t>> locate_point(
-    const MsdaArgs<scalar_t, coord_t>& a, const PointInputs<acc_type<scalar_t>>& in, int point) {
-  using acc_t = acc_type<scalar_t>;
-  const acc_t loc_x = in.loc_x;
-  const acc_t loc_y = in.loc_y;
+  const acc_t loc_x = CoordIO::load(a.locations + 2 * index);
+  const acc_t loc_y = CoordIO::load(a.locations + 2 * index + 1);
   const int level = point / a.num_points;
   const int64_t height = a.spatial_shapes[2 * level];
   const int64_t width = a.spatial_shapes[2 * level + 1];
   const int64_t start = a.level_start[level];
 
   SamplePoint<acc_t> sp = empty_point<acc_t>();
-  const acc_t weight = in.weight;
+  const acc_t weight = CoordIO::load(a.weights + index);
   sp.poison = (loc_x - loc_x) + (loc_y - loc_y);
   sp.attn = weight + (weight - weight) + sp.poison;
   sp.width = static_cast<acc_t>(width);
@@ -213,12 +198,6 @@ __device__ __forceinline__ SamplePoint<acc_type<scalar_t>> locate_point(
   }
   sp.offsets = make_int4(offsets[0], offsets[1], offsets[2], offsets[3]);
   return sp;
-}
-
-template <typename scalar_t, typename coord_t>
-__device__ __forceinline__ SamplePoint<acc_type<scalar_t>> read_point(
-    const MsdaArgs<scalar_t, coord_t>& a, int64_t group, int point) {
-  return locate_point(a, load_point(a, group, point), point);
 }
 
 template <typename acc_t>

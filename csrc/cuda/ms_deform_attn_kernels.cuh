@@ -27,15 +27,10 @@ __device__ __forceinline__ void accumulate_corners(const Coef4<acc_t>& w,
 // (2026-12-04, encoder preset, batch 2) it took the half-precision forward from 168 to 150 us and
 // the float32 one from 209 to 208 us (T=1; 205 to 200 us at T=64). Same products, same order:
 // the same output bit for bit as the element-offset gather.
-//
-// kPrefetch (with kLean only; DETR_EXT_MSDA_FORWARD_PREFETCH=1, off by default until measured on
-// a GPU): each thread loads the location and weight of its point of the next tile before the
-// group gathers the current tile's corners, so that the next tile's loads wait alongside the
-// gathers instead of after them. On an H200 (2026-12-04) the forward's gathers alone with no
-// corner read took 97.5 us for 136 MB (tools/gpu_check.py probe): a chain of one DRAM round trip
-// per tile and warp. Same products in the same order: the same output bit for bit.
-template <typename scalar_t, typename coord_t, bool kVec, bool kLean = false,
-          bool kPrefetch = false>
+// Tried there and dropped: loading the next tile's locations and weights before gathering the
+// current tile's corners (7615a0a, DETR_EXT_MSDA_FORWARD_PREFETCH=1): float32 206 -> 221 us at
+// T=1, 199 -> 210 us at T=64, half precision unchanged (benchmarks/results/h200_notes.md).
+template <typename scalar_t, typename coord_t, bool kVec, bool kLean = false>
 __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
     ms_deform_attn_forward_kernel(const MsdaArgs<scalar_t, coord_t> a,
                                   scalar_t* __restrict__ output) {
@@ -64,26 +59,11 @@ __global__ void __launch_bounds__(kThreads, (forward_min_blocks<scalar_t>()))
 #pragma unroll
     for (int c = 0; c < kPack; ++c) acc[c] = 0;
 
-    static_assert(kLean || !kPrefetch, "the prefetching forward is a variant of the lean one");
-    PointInputs<acc_t> next{};  // kPrefetch: the inputs of this thread's point of the next tile
-    if constexpr (kPrefetch) {
-      if (place.active && place.rank < a.points_per_group) {
-        next = load_point(a, place.group, place.rank);
-      }
-    }
     for (int tile = 0; tile < a.points_per_group; tile += G) {
       const int point = tile + place.rank;
-      const bool owner = place.active && point < a.points_per_group;
-      SamplePoint<acc_t> sp = empty_point<acc_t>();
-      if constexpr (kPrefetch) {
-        const PointInputs<acc_t> current = next;
-        if (place.active && point + G < a.points_per_group) {
-          next = load_point(a, place.group, point + G);
-        }
-        if (owner) sp = locate_point(a, current, point);
-      } else {
-        if (owner) sp = read_point(a, place.group, point);
-      }
+      const SamplePoint<acc_t> sp = place.active && point < a.points_per_group
+                                        ? read_point(a, place.group, point)
+                                        : empty_point<acc_t>();
       Coef4<acc_t> coef;
       bilinear_weights(sp.frac_x, sp.frac_y, coef.v);
 #pragma unroll

@@ -21,8 +21,6 @@ __all__ = [
     "ALL_TILES",
     "KERNEL_ROWS",
     "LEAN_ENV",
-    "PREFETCH_ENV",
-    "PREFETCH_ROWS",
     "TILE_ENV",
     "kernel_inputs",
     "run_row",
@@ -31,7 +29,6 @@ __all__ = [
 
 TILE_ENV = "DETR_EXT_MSDA_QUERY_TILE"
 LEAN_ENV = "DETR_EXT_MSDA_FORWARD_LEAN"
-PREFETCH_ENV = "DETR_EXT_MSDA_FORWARD_PREFETCH"
 
 # (preset, batch, dtype, coordinate dtype, locations, query tiles): the kernels step's rows; each
 # row is timed at every tile, the first (1, the default order) the reference of the others.
@@ -50,21 +47,10 @@ KERNEL_ROWS = [
 ]
 
 
-# The rows timed once more with the forward's variant DETR_EXT_MSDA_FORWARD_PREFETCH=1 (the next
-# tile's points loaded before the current tile's gathers), each against the default's forward.
-PREFETCH_ROWS = [
-    ("encoder", 2, "float32", "float32", "realistic", (1, 64)),
-    ("encoder", 2, "float16", "float32", "realistic", (1, 64)),
-    ("encoder", 2, "bfloat16", "float32", "realistic", (1,)),
-    ("decoder", 2, "float32", "float32", "realistic", (1,)),
-]
-
-
-def set_tile(tile: int | None, lean: int | None = None, prefetch: int | None = None) -> None:
-    """Set (or with ``None``, unset: the default) the kernels' group order, the forward's
-    gather (1: byte offsets, 0: element offsets) and whether it loads the next tile's points
-    early (1) or not (0)."""
-    settings = {TILE_ENV: tile, LEAN_ENV: lean, PREFETCH_ENV: prefetch}
+def set_tile(tile: int | None, lean: int | None = None) -> None:
+    """Set (or with ``None``, unset: the default) the kernels' group order and the forward's
+    gather (1: byte offsets, 0: element offsets)."""
+    settings = {TILE_ENV: tile, LEAN_ENV: lean}
     for name, value in settings.items():
         if value is None:
             os.environ.pop(name, None)
@@ -79,10 +65,8 @@ def kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed):
     return value, shapes, starts, loc.to(DTYPES[coord_dtype]), weights.to(DTYPES[coord_dtype])
 
 
-def run_row(row, bandwidth: float, prefetch: int | None = None) -> list[dict]:
-    """One of ``KERNEL_ROWS``: a result per query tile (times, bytes, floors, checks). With
-    ``prefetch`` (``PREFETCH_ROWS``), every tile runs with ``DETR_EXT_MSDA_FORWARD_PREFETCH`` set
-    to it and is checked against the default's forward at tile 1."""
+def run_row(row, bandwidth: float) -> list[dict]:
+    """One of ``KERNEL_ROWS``: a result per query tile (times, bytes, floors, checks)."""
     preset, batch, dtype, coord_dtype, locations, tiles = row
     ops = torch.ops.detr_ext
     sets = [kernel_inputs(preset, batch, dtype, coord_dtype, locations, seed) for seed in range(3)]
@@ -94,22 +78,13 @@ def run_row(row, bandwidth: float, prefetch: int | None = None) -> list[dict]:
     forward_bytes = nbytes(value, loc, weights) + out_bytes
     # Backward: grad_output, value, locations, weights read; the three gradients written.
     backward_bytes = out_bytes + 2 * nbytes(value, loc, weights)
-
-    def outputs():
+    results, reference = [], None
+    for tile in tiles:
+        set_tile(tile)
         poison_cuda_allocator(4 * forward_bytes)
         output = ops.ms_deform_attn(value, shapes, starts, loc, weights)
         grads = ops.ms_deform_attn_backward(grad_output, value, shapes, starts, loc, weights)
         torch.cuda.synchronize()
-        return output, grads
-
-    results, reference = [], None
-    if prefetch is not None:
-        set_tile(1)
-        output, grads = outputs()
-        reference = (output, *grads)
-    for tile in tiles:
-        set_tile(tile, prefetch=prefetch)
-        output, grads = outputs()
         written = not any(t.isnan().any() for t in (output, *grads))
         if reference is None:
             reference = (output, *grads)
@@ -144,13 +119,10 @@ def run_row(row, bandwidth: float, prefetch: int | None = None) -> list[dict]:
             "max_grad_difference_to_tile_1": grad_error,
             "timing": method,
         }
-        if prefetch is not None:
-            entry["forward_prefetch"] = prefetch
         results.append(entry)
         print(
             f"{preset:<8} B{batch} {dtype:<8} coords {coord_dtype:<8} {locations:<9} T={tile:<3} "
-            + ("" if prefetch is None else f"prefetch={prefetch} ")
-            + f"fwd {forward_s * 1e6:8.1f} us ({entry['forward_over_floor']:5.2f}x floor)  "
+            f"fwd {forward_s * 1e6:8.1f} us ({entry['forward_over_floor']:5.2f}x floor)  "
             f"bwd {backward_s * 1e6:8.1f} us ({entry['backward_over_floor']:5.2f}x floor)  "
             f"written={written} same_fwd={same_forward} grad_diff={grad_error:.1e}",
             flush=True,

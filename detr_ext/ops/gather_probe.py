@@ -54,11 +54,11 @@ _INT32_MAX = 2**31 - 1
 # "op" rows time the compiled forward (torch.ops.detr_ext.ms_deform_attn) on the realistic
 # locations ("realistic") or with every point at the centre of its level ("centre": all L1
 # hits, the op's own work with the memory system out of the way); "gather" rows time the probe:
-# "plain" as the op's forward (four loads in flight, 5 blocks per SM, padded staging),
-# "prefetch" with the next tile's offsets loaded before the current tile's gathers (the op's
-# DETR_EXT_MSDA_FORWARD_PREFETCH=1). Measured on 2026-12-04 and no longer timed by default:
-# "two_points" (eight loads in flight, 1-2 % faster), "full_occupancy" (8 blocks per SM, 4 %
-# slower) and "conflicted" (the staging's former bank conflicts: the same time).
+# "plain" as the op's forward (four loads in flight, 5 blocks per SM, padded staging).
+# Measured on 2026-12-04 and no longer timed by default: "two_points" (eight loads in flight,
+# 1-2 % faster), "full_occupancy" (8 blocks per SM, 4 % slower), "conflicted" (the staging's
+# former bank conflicts: the same time) and "prefetch" (the next tile's offsets loaded before the
+# current tile's gathers: 2-4 % slower with the corners read, 4-9 % faster without them).
 PROBE_ROWS = [
     ("op", "float32", "token", 1, "realistic", "-"),
     ("op", "float32", "token", 64, "realistic", "-"),
@@ -76,11 +76,6 @@ PROBE_ROWS = [
     ("gather", 64, "token", 1, "resident", "plain"),
     ("gather", 128, "token", 1, "none", "plain"),
     ("gather", 64, "token", 1, "none", "plain"),
-    ("gather", 128, "token", 1, "realistic", "prefetch"),
-    ("gather", 128, "token", 64, "realistic", "prefetch"),
-    ("gather", 64, "token", 1, "realistic", "prefetch"),
-    ("gather", 128, "token", 1, "none", "prefetch"),
-    ("gather", 64, "token", 1, "none", "prefetch"),
 ]
 PROBE_VARIANTS = ("plain", "two_points", "full_occupancy", "conflicted", "prefetch")
 

@@ -10,7 +10,7 @@ import os
 import torch
 
 from .benchmark import DTYPES
-from .benchmark_kernels import LEAN_ENV, PREFETCH_ENV, TILE_ENV, set_tile
+from .benchmark_kernels import LEAN_ENV, TILE_ENV, set_tile
 
 __all__ = ["ERROR_CASES", "error_case", "sanitize_failures"]
 
@@ -19,8 +19,7 @@ def sanitize_failures() -> list[str]:
     """Forward+backward of small problems through every kernel instance (vectorized and
     element-wise channels, all dtypes, both coordinate dtypes, several group orders, the
     forward's byte-offset gather and, with ``DETR_EXT_MSDA_FORWARD_LEAN=0``, its element-offset
-    gather, with ``DETR_EXT_MSDA_FORWARD_PREFETCH=1`` its prefetching variant), checked against
-    the float64 PyTorch path on the CPU."""
+    gather), checked against the float64 PyTorch path on the CPU."""
     from .reference import ms_deform_attn_pytorch
 
     failures = []
@@ -46,15 +45,14 @@ def sanitize_failures() -> list[str]:
         for dtype in ("float64", "float32", "float16", "bfloat16"):
             half = dtype in ("float16", "bfloat16")
             coords = ("float32", dtype) if half else (dtype,)
-            # (query tile, forward gather, prefetch): the defaults, another group order, and
-            # where the default is the byte-offset gather (16-byte packs of float32 / float16 /
-            # bfloat16, C = 32 here) the element-offset one (which inputs past 2^31 bytes take)
-            # and the prefetching one in both orders.
-            settings = ((None, None, None), (3, None, None))
+            # (query tile, forward gather): the defaults, another group order, and the
+            # element-offset gather (the one inputs past 2^31 bytes take) where the default is
+            # the byte-offset one: 16-byte packs of float32 / float16 / bfloat16, C = 32 here.
+            settings = ((None, None), (3, None))
             if dtype != "float64" and channels == 32:
-                settings += ((None, 0, None), (None, None, 1), (3, None, 1))
-            for coord_dtype, (tile, lean, prefetch) in ((c, v) for c in coords for v in settings):
-                set_tile(tile, lean, prefetch)
+                settings += ((None, 0),)
+            for coord_dtype, (tile, lean) in ((c, v) for c in coords for v in settings):
+                set_tile(tile, lean)
                 inputs = [
                     value.to("cuda", DTYPES[dtype]).requires_grad_(),
                     shapes_t.cuda(),
@@ -68,8 +66,7 @@ def sanitize_failures() -> list[str]:
                 error = float((output.detach().cpu().double() - expected).abs().max())
                 if not error < 0.1:
                     failures.append(
-                        f"{dtype}/{coord_dtype}/T={tile}/lean={lean}/prefetch={prefetch} "
-                        f"C={channels}: {error}"
+                        f"{dtype}/{coord_dtype}/T={tile}/lean={lean} C={channels}: {error}"
                     )
     set_tile(None)
     return failures
@@ -81,7 +78,6 @@ ERROR_CASES = (
     "cuda_backward_check",
     "cuda_query_tile",
     "cuda_forward_lean",
-    "cuda_forward_prefetch",
 )
 
 
@@ -106,9 +102,6 @@ def error_case(name: str) -> str:
             ops.ms_deform_attn_backward(grad_output, value, shapes, starts, locations, weights)
         elif name == "cuda_forward_lean":
             os.environ[LEAN_ENV] = "3"
-            ops.ms_deform_attn(value, shapes, starts, locations, weights)
-        elif name == "cuda_forward_prefetch":
-            os.environ[PREFETCH_ENV] = "2"
             ops.ms_deform_attn(value, shapes, starts, locations, weights)
         else:
             os.environ[TILE_ENV] = "0"

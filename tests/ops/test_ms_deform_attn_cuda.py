@@ -14,7 +14,7 @@ import torch
 from detr_ext.ops import build_info, ms_deform_attn
 from detr_ext.ops.benchmark import DTYPES, PRESETS, poison_cuda_allocator
 from detr_ext.ops.benchmark import make_inputs as make_preset_inputs
-from detr_ext.ops.benchmark_kernels import LEAN_ENV, PREFETCH_ENV
+from detr_ext.ops.benchmark_kernels import LEAN_ENV
 from detr_ext.ops.benchmark_kernels import TILE_ENV as QUERY_TILE_ENV
 from detr_ext.ops.benchmark_steps import TOLERANCES, output_difference
 from tests.ops.msda_cases import (
@@ -130,16 +130,6 @@ def test_cuda_half_backward_in_two_chunks(dtype, coords):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_cuda_parity_of_the_prefetching_forward(case, dtype, monkeypatch):
-    # DETR_EXT_MSDA_FORWARD_PREFETCH=1: the next tile's locations and weights are loaded before
-    # the current tile's gathers; every case's last tile, and the cases with fewer points than a
-    # group has threads, end the chain of loads at different places.
-    monkeypatch.setenv(PREFETCH_ENV, "1")
-    _check(case, dtype)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=str)
 def test_cuda_parity_of_the_element_offset_forward(case, dtype, monkeypatch):
     # DETR_EXT_MSDA_FORWARD_LEAN=0: the 16-byte packs (C % 4 == 0 in float32, C % 8 == 0 in half
     # precision) gathered through element offsets, as inputs past 2^31 bytes always are; the
@@ -162,20 +152,13 @@ def test_cuda_forward_gathers_in_two_chunks(dtype, lean, monkeypatch):
     _check_against(inputs, reference, dtype)
 
 
-@pytest.mark.parametrize(
-    "variant",
-    [(LEAN_ENV, "0"), (PREFETCH_ENV, "1")],
-    ids=["element offsets", "next tile's points loaded early"],
-)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_cuda_forward_gathers_are_the_same_bit_for_bit(dtype, variant, monkeypatch):
-    """The byte-offset gather (the default), the element-offset one
-    (``DETR_EXT_MSDA_FORWARD_LEAN=0``) and the byte-offset one that loads the next tile's points
-    before it gathers the current tile's corners (``DETR_EXT_MSDA_FORWARD_PREFETCH=1``) add the
-    same products in the same order: the encoder preset's output is identical, and so is that of
-    a case with a short last tile of points, one whose missing corners are many (points outside
-    the maps) and one of two chunks of channels."""
-    name, setting = variant
+def test_cuda_forward_gathers_are_the_same_bit_for_bit(dtype, monkeypatch):
+    """The byte-offset gather (the default) and the element-offset one
+    (``DETR_EXT_MSDA_FORWARD_LEAN=0``) add the same products in the same order: the encoder
+    preset's output is identical, and so is that of a case with a short last tile of points, one
+    whose missing corners are many (points outside the maps) and one of two chunks of
+    channels."""
     channels = 160 if dtype == torch.float32 else 272
     cases = (
         make_preset_inputs(PRESETS["encoder"], 2, dtype, "cuda", "realistic"),
@@ -187,19 +170,18 @@ def test_cuda_forward_gathers_are_the_same_bit_for_bit(dtype, variant, monkeypat
                     device="cuda", coord_dtype=torch.float32),
     )  # fmt: skip
     for inputs in cases:
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(LEAN_ENV, raising=False)
         expected = torch.ops.detr_ext.ms_deform_attn(*inputs)
-        monkeypatch.setenv(name, setting)
+        monkeypatch.setenv(LEAN_ENV, "0")
         poison_cuda_allocator(2**28)
         assert torch.equal(torch.ops.detr_ext.ms_deform_attn(*inputs), expected)
 
 
-@pytest.mark.parametrize("name", [LEAN_ENV, PREFETCH_ENV])
 @pytest.mark.parametrize("text", ["yes", "2", "-1"])
-def test_cuda_bad_forward_gather_is_a_clear_error(text, name, monkeypatch):
-    monkeypatch.setenv(name, text)
+def test_cuda_bad_forward_gather_is_a_clear_error(text, monkeypatch):
+    monkeypatch.setenv(LEAN_ENV, text)
     inputs = make_inputs(CASES[3], torch.float32, device="cuda")
-    with pytest.raises(RuntimeError, match=f"{name}: expected 0 or 1, got '{text}'"):
+    with pytest.raises(RuntimeError, match=f"{LEAN_ENV}: expected 0 or 1, got '{text}'"):
         ms_deform_attn(*inputs, backend="compiled")
 
 

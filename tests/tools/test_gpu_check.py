@@ -80,7 +80,8 @@ def _write_results(tmp_path: Path) -> tuple[Path, Path]:
             "unrolls_compared": True,
             "leans_compared": True,
         },
-        # A row of the forward's prefetching variant (PREFETCH_ROWS): fastest, not the default.
+        # A row of the forward's former prefetching variant (7615a0a's run): fastest, not the
+        # default.
         {**_kernel_row("encoder", "float32", 1, 140e-6, 880e-6), "forward_prefetch": 1},
     ]
     kernels.write_text(json.dumps({"results": rows}))
